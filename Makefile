@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/audit_stream_demo
+export REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: demo test lint bench-write services install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev,demo]"
+	touch $@
+
+install: $(VENV)/.installed
+
+services:
+	./scripts/services.sh audit_stream_demo
+
+# Set everything up and run the demo stack (web + admin on http://127.0.0.1:8000/).
+demo: install services
+	DJANGO_SETTINGS_MODULE=demo.settings $(PY) manage.py migrate --no-input
+	DJANGO_SETTINGS_MODULE=demo.settings $(PY) manage.py demo_setup
+	$(VENV)/bin/honcho start
+
+# Set everything up and run the whole test suite against real services.
+test: install
+	./scripts/services.sh
+	DATABASE_URL=postgres://postgres@127.0.0.1:5432/audit_stream $(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench-write: install services
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m benchmarks.write

@@ -1,0 +1,83 @@
+"""System checks: bad declarations and bad settings stop start-up with a clear message.
+
+=====================  =========================================================
+``audit_stream.E001``  ``fields``/``exclude`` names a field the model does not have
+``audit_stream.E002``  both ``fields`` and ``exclude`` were given
+``audit_stream.E003``  a tracked model is migrated to a database that is not PostgreSQL
+``audit_stream.E004``  one event model declares the same label twice
+``audit_stream.E005``  an event declaration that cannot be installed (e.g. its condition)
+``audit_stream.E010``  ``AUDIT_STREAM`` is not a dict, has an unknown key or a bad value
+=====================  =========================================================
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core import checks
+from django.db import connections, router
+
+from audit_stream import config, tracking
+
+
+@checks.register()
+def check_declarations(app_configs=None, **kwargs):
+    """Report the problems found while the event models were built."""
+    return [
+        checks.Error(message, hint=hint, obj=label, id=check_id)
+        for label, message, hint, check_id in tracking._problems
+    ]
+
+
+@checks.register()
+def check_databases(app_configs=None, **kwargs):
+    """Triggers need PostgreSQL on every database a tracked model is migrated to."""
+    errors = []
+    for event_model in sorted(set(tracking._labels.values()), key=lambda m: m._meta.label):
+        for alias in connections:
+            vendor = connections[alias].vendor
+            if vendor != "postgresql" and router.allow_migrate_model(alias, event_model):
+                errors.append(
+                    checks.Error(
+                        f"{event_model.pgh_tracked_model._meta.label} is tracked by audit_stream, but"
+                        f' the database "{alias}" it is migrated to is {vendor}, not PostgreSQL.',
+                        hint="Use django.db.backends.postgresql, or route these models away from"
+                        " that database with a database router.",
+                        obj=event_model._meta.label,
+                        id="audit_stream.E003",
+                    )
+                )
+    return errors
+
+
+@checks.register()
+def check_settings(app_configs=None, **kwargs):
+    """``AUDIT_STREAM`` must be a dict of known keys with values of the right type."""
+    value = getattr(settings, "AUDIT_STREAM", {})
+    if not isinstance(value, dict):
+        return [_settings_error(f"AUDIT_STREAM must be a dict, not {type(value).__name__}.")]
+    errors = []
+    for key, item in value.items():
+        if key not in config.KEYS:
+            errors.append(
+                _settings_error(
+                    f"AUDIT_STREAM has an unknown key {key!r}.",
+                    hint="Known keys: " + ", ".join(sorted(config.KEYS)) + ".",
+                )
+            )
+        elif not isinstance(item, config.KEYS[key]):
+            expected = " or ".join(t.__name__ for t in config.KEYS[key])
+            errors.append(
+                _settings_error(f"AUDIT_STREAM[{key!r}] must be a {expected}, not {type(item).__name__}.")
+            )
+    if not errors and "JSON_ENCODER" in value:
+        try:
+            config.json_encoder()
+        except ImportError as exc:
+            errors.append(_settings_error(f"AUDIT_STREAM['JSON_ENCODER'] cannot be imported: {exc}."))
+    return errors
+
+
+def _settings_error(message: str, hint: str | None = None) -> checks.Error:
+    return checks.Error(
+        message, hint=hint or "See the settings reference in the README.", id="audit_stream.E010"
+    )

@@ -1,0 +1,200 @@
+"""``audit_stream.context``: who and why, attached to every event written inside it.
+
+State lives in a :class:`contextvars.ContextVar`, so threads, async tasks,
+``sync_to_async`` and ASGI requests each see their own context.
+
+The context reaches the triggers without an extra round trip: an execute
+wrapper, installed on every connection of every database alias, prefixes each
+statement that can fire a trigger with::
+
+    SELECT set_config('audit_stream.context_id', %s, true),
+           set_config('audit_stream.context_metadata', %s, true);
+
+in the same query string. The values are bound parameters (never formatted
+into SQL), ``pg_stat_statements`` sees one normalised statement, and
+``is_local => true`` ends them with the transaction, so nothing leaks to the
+next request on a reused or pooled connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from audit_stream import config, triggers
+
+__all__ = ["context"]
+
+
+@dataclass
+class _State:
+    """The active context: its id, metadata, and the metadata as sent to SQL."""
+
+    id: uuid.UUID
+    metadata: dict[str, Any] = field(default_factory=dict)
+    serialized: str = "{}"
+
+    def update(self, metadata: dict[str, Any]) -> None:
+        merged = {**self.metadata, **metadata}
+        self.serialized = _serialize(merged)
+        self.metadata = merged
+
+
+_active: contextvars.ContextVar[_State | None] = contextvars.ContextVar("audit_stream_context", default=None)
+
+
+def _current() -> _State | None:
+    """The active context, or ``None``."""
+    return _active.get()
+
+
+def _serialize(metadata: dict[str, Any]) -> str:
+    """Metadata as JSON text, or a ``TypeError`` that names the offending key."""
+    encoder = config.json_encoder()
+    try:
+        return json.dumps(metadata, cls=encoder)
+    except (TypeError, ValueError):
+        for key, value in metadata.items():
+            try:
+                json.dumps(value, cls=encoder)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"audit_stream.context: the value of {key!r} ({type(value).__name__}) is not"
+                    f" JSON serialisable ({exc}). Pass a string, number, bool, None, list, dict,"
+                    " date, UUID or Decimal, or set AUDIT_STREAM['JSON_ENCODER']."
+                ) from None
+        raise
+
+
+class context(contextlib.ContextDecorator):
+    """Group the changes made inside it under one ``Context``, with metadata.
+
+    As a context manager (or decorator), every event written inside it, on any
+    tracked model and any database, points to the same
+    :class:`audit_stream.models.Context` row, whose ``metadata`` holds the
+    keyword arguments. Entering it again inside adds metadata to the one
+    context of the outermost entry.
+
+    Called as a function, it adds metadata to the active context if there is
+    one, and does nothing otherwise::
+
+        with audit_stream.context(user=request.user.pk, url=request.path):
+            order.save()
+            audit_stream.context(reason="refund")  # added to the same context
+
+    Metadata must be JSON serialisable (dates, UUIDs and Decimals are, with
+    the default encoder); anything else raises :class:`TypeError` naming the
+    key, before any SQL is sent.
+
+    Note:
+        Named cursors (``QuerySet.iterator()`` on PostgreSQL) are not given
+        the context; they only read, so no event is affected.
+    """
+
+    def __init__(self, **metadata: Any) -> None:
+        _serialize(metadata)  # fail here, before any SQL
+        self.metadata = metadata
+        self._token: contextvars.Token | None = None
+        state = _active.get()
+        if state is not None:
+            state.update(metadata)
+
+    def __enter__(self) -> _State:
+        state = _active.get()
+        if state is None:
+            state = _State(id=uuid.uuid4())
+            state.update(self.metadata)
+            self._token = _active.set(state)
+        return state
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._token is not None:
+            _active.reset(self._token)
+            self._token = None
+
+    async def __aenter__(self) -> _State:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.__exit__(*exc_info)
+
+
+# Statements that can fire a trigger. Everything else (SELECT, SET, BEGIN,
+# SAVEPOINT, VACUUM, DDL...) is sent untouched.
+_WRITES = ("insert", "update", "delete", "merge", "with", "copy", "call", "do")
+
+_SET = (
+    f"SELECT set_config('{triggers.CONTEXT_ID_SETTING}', %s, true),"
+    f" set_config('{triggers.CONTEXT_METADATA_SETTING}', %s, true); "
+)
+_DIRTY = "_audit_stream_context_set"
+
+
+def _is_write(sql: str | bytes) -> bool:
+    if isinstance(sql, bytes):
+        sql = sql[:12].decode(errors="ignore")
+    head = sql[:12].lstrip().lower()
+    return head.startswith(_WRITES)
+
+
+def _inject(execute, sql, params, many, ctx):
+    """Execute wrapper: send the context along with statements that can write."""
+    connection = ctx["connection"]
+    state = _active.get()
+    if not _is_write(sql) or getattr(ctx["cursor"].cursor, "name", None):
+        return execute(sql, params, many, ctx)
+
+    if state is None:
+        if not connection.in_atomic_block:
+            setattr(connection, _DIRTY, False)  # autocommit: a new transaction
+            return execute(sql, params, many, ctx)
+        if not getattr(connection, _DIRTY, False):
+            return execute(sql, params, many, ctx)
+        # A context exited earlier in this transaction: clear it.
+        values = ("", "")
+    else:
+        values = (str(state.id), state.serialized)
+        if connection.in_atomic_block:
+            setattr(connection, _DIRTY, True)
+
+    if connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"):
+        # Server-side binding cannot send two statements at once: one extra round trip.
+        with connection.cursor() as cursor:
+            cursor.execute(_SET.rstrip("; "), values)
+        return execute(sql, params, many, ctx)
+
+    if isinstance(sql, bytes):
+        sql = sql.decode()
+    if many:
+        params = [_prefix_params(values, p) for p in params]
+    elif params is None:
+        sql = sql.replace("%", "%%")
+        params = values
+    else:
+        params = _prefix_params(values, params)
+    prefix = _SET
+    if isinstance(params, dict):
+        prefix = _SET.replace("%s", "%(_audit_stream_context_id)s", 1).replace(
+            "%s", "%(_audit_stream_context_metadata)s", 1
+        )
+    result = execute(prefix + sql, params, many, ctx)
+    cursor = ctx["cursor"].cursor
+    while cursor.nextset():  # the caller wants the result of its own statement
+        pass
+    return result
+
+
+def _prefix_params(values: tuple[str, str], params: Any) -> Any:
+    if isinstance(params, dict):
+        return {"_audit_stream_context_id": values[0], "_audit_stream_context_metadata": values[1], **params}
+    return (*values, *params)
+
+
+def _install(connection: Any, **kwargs: Any) -> None:
+    """Add the execute wrapper to a PostgreSQL connection (on ``connection_created``)."""
+    if connection.vendor == "postgresql" and _inject not in connection.execute_wrappers:
+        connection.execute_wrappers.append(_inject)

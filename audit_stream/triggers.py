@@ -1,0 +1,277 @@
+"""The SQL that runs inside the user's transaction: every trigger audit_stream installs.
+
+Design (see BENCHMARKS.md for what each choice bought):
+
+* Every event trigger is an ``AFTER ... FOR EACH STATEMENT`` trigger with a
+  transition table (``REFERENCING OLD/NEW TABLE``). One ``INSERT ... SELECT``
+  writes all the event rows of a statement, so ``bulk_create``,
+  ``QuerySet.update()`` and ``QuerySet.delete()`` cost one extra statement,
+  not one function call per row.
+* No ``BEGIN ... EXCEPTION`` block anywhere. django-pgtrigger's stock template
+  calls ``_pgtrigger_should_ignore()``, which reads a setting inside such a
+  block; each aborted subtransaction scans the queue of deferred foreign-key
+  checks, which makes bulk writes quadratic. Our template reads settings with
+  ``current_setting(name, true)``, which cannot raise, and still honours
+  ``pgtrigger.ignore()``.
+* The context (who/why) is read once per statement from two transaction-local
+  settings that :mod:`audit_stream.context` sends with the statement itself.
+  The ``Context`` row is attached once per statement, and only written when
+  it is missing or its metadata changed.
+
+The templates are versioned by their text: django-pgtrigger stores a hash of
+the installed SQL, so changing a template here shows up as a new migration.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import pgtrigger
+from pgtrigger import compiler
+
+if TYPE_CHECKING:
+    from django.db import models
+
+# Settings (GUCs) that carry the context to the triggers. They are always set
+# with set_config(..., is_local => true), so they end with the transaction.
+CONTEXT_ID_SETTING = "audit_stream.context_id"
+CONTEXT_METADATA_SETTING = "audit_stream.context_metadata"
+# Set (transaction-locally) by retention only, to delete from event tables.
+ALLOW_PRUNE_SETTING = "audit_stream.allow_prune"
+
+# Names of the transition tables inside event trigger functions.
+_OLD = "_old"
+_NEW = "_new"
+
+
+class TriggerSql(compiler.UpsertTriggerSql):
+    """django-pgtrigger's installation SQL without the ``EXCEPTION`` block.
+
+    Identical to pgtrigger's v1 template except that the trigger function is
+    not wrapped in a call to ``_pgtrigger_should_ignore()``: each function
+    body checks ``pgtrigger.ignore`` itself, without a subtransaction (see
+    :data:`IGNORE_CHECK`). Do not edit this template casually: migrations
+    reference it, and its hash tells whether installed triggers are current.
+    """
+
+    def get_template(self) -> str:
+        return """
+            CREATE OR REPLACE FUNCTION {pgid}()
+            RETURNS TRIGGER AS $$
+                {declare}
+                BEGIN
+                    {func}
+                END;
+            $$ LANGUAGE plpgsql;
+
+            DROP TRIGGER IF EXISTS {pgid} ON {table};
+            CREATE {constraint} TRIGGER {pgid}
+                {when} {operation} ON {table}
+                {timing}
+                {referencing}
+                FOR EACH {level} {condition}
+                EXECUTE PROCEDURE {execute};
+
+            COMMENT ON TRIGGER {pgid} ON {table} IS '{hash}';
+        """
+
+
+# pgtrigger.ignore("app.Model:name") sets pgtrigger.ignore to an array literal
+# of trigger ids. Reading it with missing_ok => true returns NULL or '' when
+# it is unset, so the common path is two cheap comparisons and no array parse.
+IGNORE_CHECK = """
+    _ignore := current_setting('pgtrigger.ignore', true);
+    IF _ignore IS NOT NULL AND _ignore <> '' AND TG_NAME = ANY(_ignore::text[]) THEN
+        RETURN NULL;
+    END IF;
+"""
+
+
+class _Trigger(pgtrigger.Trigger):
+    """A pgtrigger trigger compiled with :class:`TriggerSql`."""
+
+    def compile(self, model: type[models.Model]) -> compiler.Trigger:
+        compiled = super().compile(model)
+        kwargs = dict(compiled.sql.kwargs)
+        kwargs.pop("ignore_func_name", None)
+        return compiler.Trigger(name=self.name, sql=TriggerSql(**kwargs))
+
+
+def _literal(value: str) -> str:
+    """Quote a string as an SQL literal (only for labels fixed at declaration time)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+_ROW_REFERENCE = re.compile(r'(?<![\w."])(OLD|NEW)\s*\.', re.IGNORECASE)
+
+
+def statement_condition(condition_sql: str) -> str:
+    """Rewrite a row-level pgtrigger condition for the transition tables.
+
+    ``OLD."price" IS DISTINCT FROM NEW."price"`` becomes
+    ``_old."price" IS DISTINCT FROM _new."price"``.
+    """
+    return _ROW_REFERENCE.sub(lambda m: (_OLD if m.group(1).upper() == "OLD" else _NEW) + ".", condition_sql)
+
+
+def references(condition_sql: str) -> set[str]:
+    """Which rows ("OLD", "NEW") a row-level condition refers to."""
+    return {m.group(1).upper() for m in _ROW_REFERENCE.finditer(condition_sql)}
+
+
+class EventTrigger(_Trigger):
+    """Writes one event row per affected row, in one statement per statement.
+
+    For an ``UPDATE`` the snapshot side (``OLD`` or ``NEW``) is read from its
+    transition table; the other side is joined on the primary key only when
+    the condition needs it.
+    """
+
+    level = pgtrigger.Statement
+    when = pgtrigger.After
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        event_model: type[models.Model],
+        label: str,
+        operation: pgtrigger.Operation,
+        snapshot: str,
+        condition_sql: str = "",
+    ) -> None:
+        self.event_model = event_model
+        self.label = label
+        self.snapshot = snapshot
+        self.condition_sql = condition_sql
+        op = str(operation)
+        referencing = {
+            "INSERT": pgtrigger.Referencing(new=_NEW),
+            "UPDATE": pgtrigger.Referencing(old=_OLD, new=_NEW),
+            "DELETE": pgtrigger.Referencing(old=_OLD),
+        }[op]
+        super().__init__(
+            name=name,
+            operation=operation,
+            referencing=referencing,
+            declare=[("_ignore", "text"), ("_context_id", "uuid")],
+        )
+
+    def get_func(self, model: type[models.Model]) -> str:
+        event_model = self.event_model
+        tracked = event_model.pgh_tracked_model
+        pk_column = tracked._meta.pk.column
+        side = _OLD if self.snapshot == "OLD" else _NEW
+        other = _NEW if side == _OLD else _OLD
+        tracked_columns = {f.attname: f.column for f in tracked._meta.concrete_fields}
+
+        columns = ["pgh_label"]
+        values = [_literal(self.label)]
+        if getattr(event_model, "_pgh_has_obj", False):
+            columns.append("pgh_obj_id")
+            values.append(f"{side}.{_quote(pk_column)}")
+        if getattr(event_model, "_pgh_has_context", False):
+            columns.append("pgh_context_id")
+            values.append("_context_id")
+        for field in event_model._meta.concrete_fields:
+            if field.attname in getattr(event_model, "_pgh_tracked_fields", ()):
+                columns.append(field.column)
+                values.append(f"{side}.{_quote(tracked_columns[field.attname])}")
+
+        condition = statement_condition(self.condition_sql) if self.condition_sql else ""
+        source = f"{_quote(side)} AS {side}"
+        other_row = "NEW" if self.snapshot == "OLD" else "OLD"
+        if other_row in references(self.condition_sql):
+            source += (
+                f" JOIN {_quote(other)} AS {other}"
+                f" ON {other}.{_quote(pk_column)} = {side}.{_quote(pk_column)}"
+            )
+
+        # The trigger body. Everything in it is fixed at declaration time
+        # except the context, which is read from transaction-local settings.
+        body = f"""
+            {IGNORE_CHECK}
+            _context_id := nullif(current_setting('{CONTEXT_ID_SETTING}', true), '')::uuid;
+
+            INSERT INTO {_quote(event_model._meta.db_table)} ({", ".join(map(_quote, columns))})
+            SELECT {", ".join(values)}
+            FROM {source}
+            {"WHERE " + condition if condition else ""};
+
+            -- Attach the context once per statement, and only if rows were written.
+            IF FOUND AND _context_id IS NOT NULL THEN
+                PERFORM _audit_stream_attach_context(
+                    _context_id, current_setting('{CONTEXT_METADATA_SETTING}', true)
+                );
+            END IF;
+            RETURN NULL;
+        """
+        return _compact(body)
+
+
+class AppendOnly(_Trigger):
+    """Refuses UPDATE and DELETE on an event table.
+
+    Once per statement, before it touches a row. Retention deletes with
+    ``audit_stream.allow_prune`` set for its own transaction only
+    (:func:`audit_stream.retention.allow_prune`); UPDATE is never allowed.
+    """
+
+    level = pgtrigger.Statement
+    when = pgtrigger.Before
+    operation = pgtrigger.Update | pgtrigger.Delete
+
+    def __init__(self) -> None:
+        super().__init__(name="append_only")
+
+    def get_func(self, model: type[models.Model]) -> str:
+        return _compact(
+            f"""
+            IF TG_OP = 'DELETE'
+               AND current_setting('{ALLOW_PRUNE_SETTING}', true) = 'on' THEN
+                RETURN NULL;
+            END IF;
+            RAISE EXCEPTION 'audit_stream: % on "%" refused: history is append-only',
+                TG_OP, TG_TABLE_NAME
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Old history is removed by retention (manage.py prune_history).';
+            """
+        )
+
+
+def _compact(sql: str) -> str:
+    """Strip indentation so the installed function (and its hash) stays stable."""
+    return "\n".join(line.strip() for line in sql.strip().splitlines() if line.strip())
+
+
+# Installed by audit_stream's migrations. Called once per statement by every
+# event trigger that has a context.
+#
+# The common case is a context that already exists with the same metadata
+# (many statements in one request): one primary-key probe, no write and no row
+# lock. Otherwise an upsert, which also serialises two transactions that
+# create the same context concurrently.
+ATTACH_CONTEXT_FUNCTION = """
+CREATE OR REPLACE FUNCTION _audit_stream_attach_context(_id uuid, _metadata text)
+RETURNS void AS $$
+DECLARE
+    _value jsonb := coalesce(nullif(_metadata, ''), '{}')::jsonb;
+BEGIN
+    PERFORM 1 FROM audit_stream_context WHERE id = _id AND metadata = _value;
+    IF NOT FOUND THEN
+        INSERT INTO audit_stream_context (id, metadata, created_at, updated_at)
+        VALUES (_id, _value, now(), now())
+        ON CONFLICT (id) DO UPDATE
+            SET metadata = EXCLUDED.metadata, updated_at = EXCLUDED.updated_at
+            WHERE audit_stream_context.metadata IS DISTINCT FROM EXCLUDED.metadata;
+    END IF;
+END;
+$$ LANGUAGE plpgsql;
+"""
+
+DROP_ATTACH_CONTEXT_FUNCTION = "DROP FUNCTION IF EXISTS _audit_stream_attach_context(uuid, text);"

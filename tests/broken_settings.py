@@ -1,0 +1,12 @@
+"""tests.settings plus the app of deliberately bad declarations (tests/broken)."""
+
+import os
+
+from tests.settings import *  # noqa: F403
+
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.broken"]  # noqa: F405
+
+if os.environ.get("AUDIT_STREAM_BROKEN") == "not_postgresql":
+    DATABASES = {**DATABASES, "lite": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}  # noqa: F405
+if os.environ.get("AUDIT_STREAM_BROKEN") == "bad_settings":
+    AUDIT_STREAM = {"APPEND_ONLY": "yes", "NOTIFY_CHANEL": "x"}

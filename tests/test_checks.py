@@ -1,0 +1,50 @@
+"""Bad declarations and bad settings stop start-up with a message naming the model and the fix.
+
+Each case runs ``manage.py check`` in a fresh process, as a user would meet it.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _check(case):
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.broken_settings", "AUDIT_STREAM_BROKEN": case}
+    return subprocess.run(
+        [sys.executable, "-m", "django", "check"], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        (
+            "unknown_field",
+            ["audit_stream.E001", "broken.Widget has no field 'colour'", "Choose among: id, name"],
+        ),
+        ("unknown_exclude", ["audit_stream.E001", "broken.Widget has no field 'weight'"]),
+        ("fields_and_exclude", ["audit_stream.E002", "got both fields and exclude"]),
+        ("duplicate_label", ["audit_stream.E004", "declares the event label 'changed' twice"]),
+        ("not_postgresql", ["audit_stream.E003", 'database "lite"', "sqlite, not PostgreSQL"]),
+        (
+            "bad_settings",
+            [
+                "audit_stream.E010",
+                "AUDIT_STREAM['APPEND_ONLY'] must be a bool",
+                "unknown key 'NOTIFY_CHANEL'",
+            ],
+        ),
+    ],
+)
+def test_bad_declaration_fails_the_system_checks(case, expected):
+    result = _check(case)
+    assert result.returncode != 0, result.stdout
+    for text in expected:
+        assert text in result.stderr
+
+
+def test_a_valid_declaration_passes_the_system_checks():
+    result = _check("valid")
+    assert result.returncode == 0, result.stderr
