@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
+import inspect
 import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+from django.db import transaction
 
 from audit_stream import config, triggers
 
@@ -122,6 +126,26 @@ class context(contextlib.ContextDecorator):
     async def __aexit__(self, *exc_info: Any) -> None:
         self.__exit__(*exc_info)
 
+    def _recreate_cm(self) -> context:
+        # As a decorator, each call gets its own entry (and token): safe
+        # across threads and tasks.
+        fresh = object.__new__(type(self))
+        fresh.metadata = self.metadata
+        fresh._token = None
+        return fresh
+
+    def __call__(self, func):
+        """Decorate a function (sync or async) to run inside this context."""
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def inner(*args, **kwargs):
+                async with self._recreate_cm():
+                    return await func(*args, **kwargs)
+
+            return inner
+        return super().__call__(func)
+
 
 # Statements that can fire a trigger. Everything else (SELECT, SET, BEGIN,
 # SAVEPOINT, VACUUM, DDL...) is sent untouched.
@@ -161,17 +185,17 @@ def _inject(execute, sql, params, many, ctx):
         if connection.in_atomic_block:
             setattr(connection, _DIRTY, True)
 
-    if connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"):
-        # Server-side binding cannot send two statements at once: one extra round trip.
-        with connection.cursor() as cursor:
-            cursor.execute(_SET.rstrip("; "), values)
-        return execute(sql, params, many, ctx)
+    if many or connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"):
+        # executemany() and server-side binding use the extended protocol,
+        # which cannot carry two statements: one extra round trip here, in a
+        # transaction so that the transaction-local settings reach the writes.
+        with transaction.atomic(using=connection.alias):
+            ctx["cursor"].cursor.execute(_SET.rstrip("; "), values)
+            return execute(sql, params, many, ctx)
 
     if isinstance(sql, bytes):
         sql = sql.decode()
-    if many:
-        params = [_prefix_params(values, p) for p in params]
-    elif params is None:
+    if params is None:
         sql = sql.replace("%", "%%")
         params = values
     else:

@@ -1,4 +1,11 @@
 from django.contrib import admin
 from django.urls import path
 
-urlpatterns = [path("admin/", admin.site.urls)]
+from tests.testapp import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("write/", views.write),
+    path("late-user/", views.late_user),
+    path("async-write/", views.async_write),
+]

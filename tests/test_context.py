@@ -1,0 +1,302 @@
+"""audit_stream.context(): grouping, metadata, isolation, and what reaches PostgreSQL."""
+
+import datetime
+import decimal
+import uuid
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from django.db import connection, connections, transaction
+
+import audit_stream
+from audit_stream.models import Context
+from tests.testapp.models import Customer, Order, OrderEvent, Product, ProductEvent
+
+pytestmark = pytest.mark.django_db
+
+
+def _context_of(name):
+    return ProductEvent.objects.get(name=name, pgh_label="snapshot").pgh_context_id
+
+
+def test_events_inside_a_context_share_one_context_row():
+    with audit_stream.context(user="ada") as ctx:
+        Product.objects.create(name="a")
+        customer = Customer.objects.create(email="c@example.com", name="C")
+        Order.objects.create(customer=customer)
+        Product.objects.filter(name="a").update(price=3)
+    assert set(ProductEvent.objects.values_list("pgh_context_id", flat=True)) == {ctx.id}
+    assert set(OrderEvent.objects.values_list("pgh_context_id", flat=True)) == {ctx.id}
+    assert Context.objects.get().metadata == {"user": "ada"}
+
+
+def test_events_outside_a_context_have_none():
+    Product.objects.create(name="a")
+    assert _context_of("a") is None
+    assert not Context.objects.exists()
+
+
+def test_nested_contexts_add_metadata_to_the_outermost():
+    with audit_stream.context(user="ada") as outer:
+        with audit_stream.context(reason="import") as inner:
+            Product.objects.create(name="a")
+        Product.objects.create(name="b")
+    assert inner is outer
+    assert _context_of("a") == _context_of("b") == outer.id
+    assert Context.objects.get().metadata == {"user": "ada", "reason": "import"}
+
+
+def test_calling_context_adds_metadata_to_the_active_one():
+    with audit_stream.context(user="ada") as ctx:
+        Product.objects.create(name="a")
+        audit_stream.context(ticket=42)
+        Product.objects.create(name="b")
+    assert Context.objects.get(pk=ctx.id).metadata == {"user": "ada", "ticket": 42}
+
+
+def test_calling_context_without_an_active_one_is_ignored():
+    audit_stream.context(ticket=42)
+    Product.objects.create(name="a")
+    assert _context_of("a") is None
+
+
+def test_a_new_context_after_exit_gets_a_new_row():
+    with audit_stream.context(n=1):
+        Product.objects.create(name="a")
+    with audit_stream.context(n=2):
+        Product.objects.create(name="b")
+    assert _context_of("a") != _context_of("b")
+    assert sorted(c.metadata["n"] for c in Context.objects.all()) == [1, 2]
+
+
+def test_context_row_is_written_once_per_statement_not_per_row(sql):
+    """A bulk statement attaches the context once; the row is not rewritten."""
+    with audit_stream.context(user="bulk") as ctx:
+        Product.objects.bulk_create([Product(name=f"p{i}") for i in range(500)])
+        before = sql("SELECT xmin::text FROM audit_stream_context WHERE id = %s", [ctx.id])
+        Product.objects.update(stock=1)
+        after = sql("SELECT xmin::text FROM audit_stream_context WHERE id = %s", [ctx.id])
+    assert before == after  # same tuple version: unchanged metadata writes nothing
+    assert ProductEvent.objects.filter(pgh_context_id=ctx.id).count() == 1000
+
+
+def test_context_as_a_decorator():
+    @audit_stream.context(job="nightly")
+    def job(name):
+        Product.objects.create(name=name)
+
+    job("a")
+    job("b")
+    assert ProductEvent.objects.values("pgh_context_id").distinct().count() == 2
+    assert {c.metadata["job"] for c in Context.objects.all()} == {"nightly"}
+
+
+def test_context_as_an_async_decorator_and_context_manager():
+    @audit_stream.context(job="async")
+    async def job():
+        await sync_to_async(Product.objects.create)(name="a")
+        async with audit_stream.context(step=2):
+            await sync_to_async(Product.objects.create)(name="b")
+
+    async_to_sync(job)()
+    assert _context_of("a") == _context_of("b")
+    assert Context.objects.get().metadata == {"job": "async", "step": 2}
+
+
+# -- serialisation and hostile values ------------------------------------------------------------
+
+
+def test_dates_uuids_and_decimals_serialise():
+    value = uuid.uuid4()
+    with audit_stream.context(
+        on=datetime.date(2026, 1, 2), at=datetime.datetime(2026, 1, 2, 3, 4, tzinfo=datetime.UTC),
+        id=value, amount=decimal.Decimal("1.10"),
+    ):  # fmt: skip
+        Product.objects.create(name="a")
+    assert Context.objects.get().metadata == {
+        "on": "2026-01-02", "at": "2026-01-02T03:04:00Z", "id": str(value), "amount": "1.10",
+    }  # fmt: skip
+
+
+def test_unserialisable_metadata_raises_before_any_sql(django_assert_num_queries):
+    with django_assert_num_queries(0), pytest.raises(TypeError, match=r"the value of 'blob' \(object\)"):
+        audit_stream.context(user="ada", blob=object())
+
+
+def test_unserialisable_metadata_added_later_raises_and_keeps_the_context():
+    with audit_stream.context(user="ada") as ctx:
+        with pytest.raises(TypeError, match="'bad'"):
+            audit_stream.context(bad={1, 2})
+        Product.objects.create(name="a")
+    assert Context.objects.get(pk=ctx.id).metadata == {"user": "ada"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "it's",
+        'say "hi"',
+        "back\\slash",
+        "'; DROP TABLE testapp_product; --",
+        "$$; SELECT 1; $$",
+        "%s %(name)s %%",
+        "unicode: żółw 🐢 \u2028",
+        "x" * 100_000,
+        {"nested": ["list", 1, None, True, 2.5]},
+    ],
+    ids=["quote", "dquote", "backslash", "injection", "dollar", "percent", "unicode", "100kb", "nested"],
+)
+def test_hostile_metadata_is_stored_exactly(value):
+    with audit_stream.context(value=value):
+        Product.objects.create(name="a")
+    assert Context.objects.get().metadata == {"value": value}
+    assert Product.objects.filter(name="a").exists()
+
+
+# -- what reaches PostgreSQL --------------------------------------------------------------------
+
+
+class _Sent:
+    """An inner execute wrapper: records exactly what goes to the driver (one call, one round trip)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, execute, sql, params, many, context):
+        self.calls.append((sql, params))
+        return execute(sql, params, many, context)
+
+
+@pytest.fixture
+def sent():
+    recorder = _Sent()
+    connection.ensure_connection()
+    connection.execute_wrappers.append(recorder)  # innermost: after audit_stream's
+    yield recorder
+    connection.execute_wrappers.remove(recorder)
+
+
+def test_context_adds_no_round_trip(sent):
+    with audit_stream.context(user="ada"):
+        Product.objects.create(name="a")
+        Product.objects.filter(name="a").update(price=2)
+    assert len(sent.calls) == 2
+
+
+def test_context_values_are_bound_parameters(sent):
+    with audit_stream.context(user="'; DROP TABLE x; --") as ctx:
+        Product.objects.create(name="a")
+    sql, params = sent.calls[0]
+    assert sql.startswith("SELECT set_config('audit_stream.context_id', %s, true)")
+    assert "DROP TABLE" not in sql and "SET LOCAL" not in sql.upper()
+    assert params[:2] == (str(ctx.id), '{"user": "\'; DROP TABLE x; --"}')
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", "SELECT 1", "  select count(*) FROM testapp_product",
+     "SAVEPOINT s1", "SHOW work_mem"],
+)  # fmt: skip
+@pytest.mark.django_db(transaction=True)
+def test_statements_that_cannot_fire_triggers_are_left_untouched(sent, statement):
+    with transaction.atomic(), audit_stream.context(user="ada"), connection.cursor() as cursor:
+        cursor.execute(statement)
+    assert sent.calls[0][0] == statement
+
+
+@pytest.mark.django_db(transaction=True)
+def test_vacuum_is_left_untouched(sent):
+    with audit_stream.context(user="ada"), connection.cursor() as cursor:
+        cursor.execute("VACUUM testapp_product")
+    assert sent.calls[-1][0] == "VACUUM testapp_product"
+
+
+def test_raw_sql_without_params_keeps_its_percent_signs(sql):
+    with audit_stream.context(user="ada"):
+        sql("INSERT INTO testapp_product (name, price, stock, updated_at) VALUES ('100%', 1, 0, now())")
+    assert ProductEvent.objects.get().name == "100%"
+
+
+def test_raw_sql_with_named_params_is_supported():
+    with audit_stream.context(user="ada") as ctx, connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO testapp_product (name, price, stock, updated_at) VALUES (%(n)s, 1, 0, now())",
+            {"n": "named"},
+        )
+    assert _context_of("named") == ctx.id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_executemany_carries_the_context():
+    with audit_stream.context(user="ada") as ctx, connection.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO testapp_product (name, price, stock, updated_at) VALUES (%s, 1, 0, now())",
+            [("m1",), ("m2",)],
+        )
+    assert {_context_of("m1"), _context_of("m2")} == {ctx.id}
+
+
+def test_insert_returning_still_returns_the_row_inside_a_context():
+    with audit_stream.context(user="ada"):
+        product = Product.objects.create(name="a")
+        created = Product.objects.bulk_create([Product(name="b"), Product(name="c")])
+    assert product.pk is not None and all(p.pk for p in created)
+
+
+def test_update_rowcount_is_correct_inside_a_context():
+    Product.objects.bulk_create([Product(name=f"p{i}") for i in range(3)])
+    with audit_stream.context(user="ada"):
+        assert Product.objects.update(stock=9) == 3
+
+
+# -- no leaks -----------------------------------------------------------------------------------
+
+
+def _setting(name):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting(%s, true)", [name])
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_context_ends_with_the_statement_in_autocommit():
+    """Nothing stays on the (pooled) connection after the statement's transaction."""
+    with audit_stream.context(user="ada"):
+        Product.objects.create(name="a")
+    assert _setting("audit_stream.context_id") in (None, "")
+    Product.objects.create(name="b")
+    assert _context_of("b") is None
+
+
+def test_context_does_not_leak_to_later_statements_of_the_same_transaction():
+    with transaction.atomic():
+        with audit_stream.context(user="ada"):
+            Product.objects.create(name="a")
+        Product.objects.create(name="b")
+        Product.objects.filter(name="a").update(price=5)
+    assert _context_of("b") is None
+    assert ProductEvent.objects.get(name="a", price=5).pgh_context_id is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_statement_does_not_break_the_next_transaction():
+    with audit_stream.context(user="ada"):
+        Product.objects.create(name="dup")
+        with pytest.raises(Exception, match="duplicate key"):
+            Product.objects.create(name="dup")
+        Product.objects.create(name="ok")
+    assert _context_of("ok") == _context_of("dup")
+
+
+# -- every database -----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(databases=["default", "other"])
+def test_context_reaches_a_second_database():
+    with audit_stream.context(user="ada") as ctx:
+        Product.objects.using("other").create(name="elsewhere")
+        Product.objects.create(name="here")
+    assert ProductEvent.objects.using("other").get().pgh_context_id == ctx.id
+    assert Context.objects.using("other").get().metadata == {"user": "ada"}
+    assert _context_of("here") == ctx.id
+    assert connections["other"].vendor == "postgresql"
