@@ -14,6 +14,11 @@ from django.conf import settings
 #: Keys of ``settings.AUDIT_STREAM`` and the type each value must have.
 KEYS: dict[str, tuple[type, ...]] = {
     "APPEND_ONLY": (bool,),
+    "NOTIFY": (bool,),
+    "CHANNEL": (str,),
+    "POLL_INTERVAL": (int, float),
+    "FOLD_BATCH_SIZE": (int,),
+    "REDIS_URL": (str,),
     "MIDDLEWARE_METHODS": (list, tuple),
     "JSON_ENCODER": (str, type),
 }
@@ -43,3 +48,38 @@ def json_encoder() -> type:
 
     value = _get("JSON_ENCODER", "django.core.serializers.json.DjangoJSONEncoder")
     return import_string(value) if isinstance(value, str) else value
+
+
+def notify() -> bool:
+    """``NOTIFY`` (default ``True``): wake the worker with ``pg_notify`` when it is
+    idle. ``False`` is poll-only mode: writers never notify, and the listener
+    polls every ``POLL_INTERVAL``. Takes effect without a migration."""
+    return _get("NOTIFY", True)
+
+
+def channel() -> str:
+    """``CHANNEL`` (default ``"audit_stream"``): the LISTEN/NOTIFY channel."""
+    return _get("CHANNEL", "audit_stream")
+
+
+def poll_interval() -> float:
+    """``POLL_INTERVAL`` (default ``1.0`` seconds): how often the listener looks
+    for work without being notified; the most a missed notification can cost."""
+    return float(_get("POLL_INTERVAL", 1.0))
+
+
+def fold_batch_size() -> int:
+    """``FOLD_BATCH_SIZE`` (default ``5000``): events folded per transaction."""
+    return _get("FOLD_BATCH_SIZE", 5000)
+
+
+def redis_url() -> str:
+    """``REDIS_URL`` (default: ``CELERY_BROKER_URL``, else ``$REDIS_URL``, else
+    ``redis://127.0.0.1:6379/0``): where the listener keeps one pending fold per table."""
+    import os
+
+    return (
+        _get("REDIS_URL", None)
+        or getattr(settings, "CELERY_BROKER_URL", None)
+        or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    )

@@ -1,4 +1,4 @@
-"""Models: the shared ``Context`` table and the abstract ``Event`` every event model extends."""
+"""Models: ``Context``, the abstract ``Event`` every event model extends, and the stream's tables."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import uuid
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
-from django.db.models.functions import Now
+from django.db.models import Func
+from django.db.models.functions import Cast, Now
 
-__all__ = ["Context", "Event", "create_event_model"]
+__all__ = ["Change", "Checkpoint", "Context", "Event", "Wakeup", "create_event_model"]
+
+_CURRENT_XID = Cast(Cast(Func(function="pg_current_xact_id"), models.TextField()), models.BigIntegerField())
 
 
 class Context(models.Model):
@@ -41,6 +44,7 @@ class Event(models.Model):
     * ``pgh_id``: a bigint primary key, increasing in insertion order;
     * ``pgh_created_at``: the time of the transaction that wrote the event;
     * ``pgh_label``: the event label;
+    * ``pgh_xid``: the id of the writing transaction (for the stream);
     * ``pgh_obj``: the tracked object (no database constraint: history
       outlives the object);
     * ``pgh_context``: the :class:`Context`, if the event happened inside one.
@@ -49,6 +53,9 @@ class Event(models.Model):
     pgh_id = models.BigAutoField(primary_key=True)
     pgh_created_at = models.DateTimeField(db_default=Now(), editable=False)
     pgh_label = models.TextField(help_text="The event label.")
+    # The writing transaction (xid8 as bigint), for the stream's fold. Set by
+    # the triggers once per statement; the default serves create_event().
+    pgh_xid = models.BigIntegerField(db_default=_CURRENT_XID, editable=False)
 
     # Set by the factory on concrete event models.
     pgh_tracked_model: type[models.Model] | None = None
@@ -62,6 +69,102 @@ class Event(models.Model):
         from audit_stream import tracking
 
         tracking._setup_event_model(cls)
+
+
+class ChangeQuerySet(models.QuerySet):
+    """Queries over the change feed, each served by an index."""
+
+    def for_object(self, obj: models.Model) -> ChangeQuerySet:
+        """The changes of one object, oldest first."""
+        return self.filter(model=obj._meta.concrete_model._meta.label_lower, object_id=str(obj.pk)).order_by(
+            "created_at", "event_id"
+        )
+
+    def for_model(self, model: type[models.Model] | str) -> ChangeQuerySet:
+        """The changes of a model (class or ``"app_label.model"``)."""
+        label = model if isinstance(model, str) else model._meta.concrete_model._meta.label_lower
+        return self.filter(model=label.lower())
+
+    def by_user(self, user: object) -> ChangeQuerySet:
+        """Changes made in a context whose ``user`` metadata is ``user`` (a user or its pk)."""
+        pk = getattr(user, "pk", user)
+        ids = Context.objects.filter(metadata__user=pk).values("id")
+        return self.filter(context_id__in=ids)
+
+
+class Change(models.Model):
+    """The change feed: one row per folded event, with its diff against the previous one.
+
+    Written by the stream's fold (``audit_stream.stream.fold``), in the same
+    transaction as the fold's checkpoint, so each event appears exactly once.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    event_table = models.TextField(help_text="The event model's table.")
+    event_id = models.BigIntegerField(help_text="pgh_id of the event.")
+    model = models.TextField(help_text='The tracked model, "app_label.model".')
+    object_id = models.TextField(null=True, help_text="The tracked object's primary key, as text.")
+    label = models.TextField()
+    context = models.ForeignKey(
+        Context, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    created_at = models.DateTimeField(help_text="When the change was committed (pgh_created_at).")
+    folded_at = models.DateTimeField(db_default=Now())
+    diff = models.JSONField(encoder=DjangoJSONEncoder, help_text="{field: [old, new]}")
+    snapshot = models.JSONField(encoder=DjangoJSONEncoder, help_text="The event's tracked fields.")
+
+    objects = ChangeQuerySet.as_manager()
+
+    class Meta:
+        db_table = "audit_stream_change"
+        constraints = [
+            # A second fold of the same event would fail here: exactly once.
+            models.UniqueConstraint(fields=["event_table", "event_id"], name="audit_stream_change_event"),
+        ]
+        indexes = [
+            models.Index(fields=["model", "object_id", "event_id"], name="audit_stream_change_object"),
+            models.Index(fields=["event_table", "object_id", "event_id"], name="audit_stream_change_prev"),
+            models.Index(fields=["label", "created_at"], name="audit_stream_change_label"),
+            models.Index(fields=["created_at"], name="audit_stream_change_created"),
+            models.Index(fields=["context"], name="audit_stream_change_context"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model}:{self.object_id} {self.label} #{self.event_id}"
+
+
+class Checkpoint(models.Model):
+    """How far the fold has read one event table.
+
+    ``snapshot`` is a ``pg_snapshot``: every transaction it shows as committed
+    has been folded. A fold in progress over several batches records its
+    ``target`` snapshot and the last ``pgh_id`` done (``position``).
+    """
+
+    event_table = models.TextField(primary_key=True)
+    snapshot = models.TextField(default="1:1:")
+    target = models.TextField(null=True)
+    position = models.BigIntegerField(default=0)
+    folded = models.BigIntegerField(default=0, help_text="Events folded so far.")
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "audit_stream_checkpoint"
+
+
+class Wakeup(models.Model):
+    """One flag per event table: armed means the worker is idle and wants a NOTIFY.
+
+    The first writing transaction disarms it and notifies ``channel``; the
+    fold re-arms it when it has caught up. Never armed in poll-only mode.
+    """
+
+    event_table = models.TextField(primary_key=True)
+    channel = models.TextField(default="audit_stream")
+    armed = models.BooleanField(default=False)
+
+    class Meta:
+        db_table = "audit_stream_wakeup"
 
 
 from audit_stream.tracking import create_event_model  # noqa: E402

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pgtrigger
 from django.apps import apps
+from django.contrib.postgres.indexes import BrinIndex
 from django.db import connections, models
 
 from audit_stream import config, events, triggers
@@ -41,6 +42,8 @@ UNSET: Any = _Unset()
 
 # (tracked model, label) -> event model, for create_event().
 _labels: dict[tuple[type[models.Model], str], type[models.Model]] = {}
+# event table -> concrete event model, for the stream.
+_event_models: dict[str, type[models.Model]] = {}
 # (event model label, message, hint, check id) found while building models.
 _problems: list[tuple[str, str, str, str]] = []
 
@@ -198,7 +201,7 @@ def create_event_model(
 
     module = app_config.module.__name__ + ".models"
     class_attrs: dict[str, Any] = {"__module__": module}
-    reserved = {"pgh_id", "pgh_created_at", "pgh_label", "pgh_obj", "pgh_context"}
+    reserved = {"pgh_id", "pgh_created_at", "pgh_label", "pgh_xid", "pgh_obj", "pgh_context"}
     for field in chosen:
         if field.name in reserved:
             _problem(
@@ -351,6 +354,7 @@ def _setup_event_model(event_model: type[EventModel]) -> None:
     if meta.abstract or meta.proxy or not meta.managed or tracked is None:
         return
 
+    _event_models[meta.db_table] = event_model
     field_names = {f.name for f in meta.concrete_fields}
     tracked_attnames = {f.attname for f in tracked._meta.concrete_fields}
     event_model._pgh_tracked_fields = frozenset(
@@ -370,6 +374,15 @@ def _setup_event_model(event_model: type[EventModel]) -> None:
             name=f"{meta.model_name[:17]}_{event_model._pgh_key}_obj",
         )
         meta.indexes = [*meta.indexes, index]
+        meta.original_attrs["indexes"] = meta.indexes
+
+    # The fold reads events by writing transaction; a BRIN index costs almost
+    # nothing to maintain on an append-only table whose xids grow with it.
+    if not any(list(index.fields) == ["pgh_xid"] for index in meta.indexes):
+        meta.indexes = [
+            *meta.indexes,
+            BrinIndex(fields=["pgh_xid"], name=f"{meta.model_name[:17]}_{event_model._pgh_key}_xid"),
+        ]
         meta.original_attrs["indexes"] = meta.indexes
 
     target = _trigger_target(event_model)

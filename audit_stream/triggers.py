@@ -13,6 +13,13 @@ Design (see BENCHMARKS.md for what each choice bought):
   checks, which makes bulk writes quadratic. Our template reads settings with
   ``current_setting(name, true)``, which cannot raise, and still honours
   ``pgtrigger.ignore()``.
+* Each event row carries ``pgh_xid``, the writing transaction's id, read once
+  per statement. The fold uses it to take exactly the events that committed
+  between two snapshots (``audit_stream.stream.fold``).
+* Writers wake the stream with ``pg_notify`` only when the worker is idle
+  (an armed flag in ``audit_stream_wakeup``): NOTIFY takes a cluster-wide lock
+  at commit, and notifying on every transaction costs 3x throughput with 8
+  writers (DESIGN.md).
 * The context (who/why) is read once per statement from two transaction-local
   settings that :mod:`audit_stream.context` sends with the statement itself.
   The ``Context`` row is attached once per statement, and only written when
@@ -159,7 +166,12 @@ class EventTrigger(_Trigger):
             name=name,
             operation=operation,
             referencing=referencing,
-            declare=[("_ignore", "text"), ("_context_id", "uuid")],
+            declare=[
+                ("_ignore", "text"),
+                ("_context_id", "uuid"),
+                ("_xid", "bigint := pg_current_xact_id()::text::bigint"),
+                ("_channel", "text"),
+            ],
         )
 
     def get_func(self, model: type[models.Model]) -> str:
@@ -170,8 +182,9 @@ class EventTrigger(_Trigger):
         other = _NEW if side == _OLD else _OLD
         tracked_columns = {f.attname: f.column for f in tracked._meta.concrete_fields}
 
-        columns = ["pgh_label"]
-        values = [_literal(self.label)]
+        # pgh_xid: the writing transaction, read by the fold (audit_stream.stream.fold).
+        columns = ["pgh_label", "pgh_xid"]
+        values = [_literal(self.label), "_xid"]
         if getattr(event_model, "_pgh_has_obj", False):
             columns.append("pgh_obj_id")
             values.append(f"{side}.{_quote(pk_column)}")
@@ -193,21 +206,36 @@ class EventTrigger(_Trigger):
             )
 
         # The trigger body. Everything in it is fixed at declaration time
-        # except the context, which is read from transaction-local settings.
+        # except the context, read from transaction-local settings.
+        table = event_model._meta.db_table
         body = f"""
             {IGNORE_CHECK}
             _context_id := nullif(current_setting('{CONTEXT_ID_SETTING}', true), '')::uuid;
 
-            INSERT INTO {_quote(event_model._meta.db_table)} ({", ".join(map(_quote, columns))})
+            INSERT INTO {_quote(table)} ({", ".join(map(_quote, columns))})
             SELECT {", ".join(values)}
             FROM {source}
             {"WHERE " + condition if condition else ""};
+            IF NOT FOUND THEN
+                RETURN NULL;
+            END IF;
 
             -- Attach the context once per statement, and only if rows were written.
-            IF FOUND AND _context_id IS NOT NULL THEN
+            IF _context_id IS NOT NULL THEN
                 PERFORM _audit_stream_attach_context(
                     _context_id, current_setting('{CONTEXT_METADATA_SETTING}', true)
                 );
+            END IF;
+
+            -- Wake the stream worker, only if it is idle: the first writer
+            -- disarms the flag and notifies; the others find it disarmed and
+            -- skip NOTIFY, whose commit-time lock would serialise commits.
+            -- The worker re-arms it when it has caught up (audit_stream.stream).
+            UPDATE audit_stream_wakeup SET armed = false
+            WHERE event_table = {_literal(table)} AND armed
+            RETURNING channel INTO _channel;
+            IF FOUND THEN
+                PERFORM pg_notify(_channel, {_literal(table)});
             END IF;
             RETURN NULL;
         """

@@ -21,7 +21,7 @@ def _columns(model):
 
 def test_event_model_carries_pgh_fields_and_the_tracked_fields():
     assert _columns(ProductEvent) == [
-        "pgh_id", "pgh_created_at", "pgh_label", "id", "name", "price", "stock", "updated_at",
+        "pgh_id", "pgh_created_at", "pgh_label", "pgh_xid", "id", "name", "price", "stock", "updated_at",
         "pgh_obj_id", "pgh_context_id",
     ]  # fmt: skip
 
@@ -41,6 +41,7 @@ def test_fields_records_only_the_listed_fields():
         "pgh_id",
         "pgh_created_at",
         "pgh_label",
+        "pgh_xid",
         "price",
         "pgh_obj_id",
         "pgh_context_id",

@@ -1,0 +1,223 @@
+"""The fold: committed events become ``Change`` rows, exactly once, in order per object.
+
+Event ids are not commit-ordered: a transaction that commits late can hold
+lower ids, so a "last id" watermark would skip its events. Instead each event
+table's checkpoint stores a PostgreSQL snapshot (``pg_snapshot``), as PgQ does:
+
+* ``done``: every transaction committed in this snapshot has been folded;
+* a fold takes a new snapshot ``target`` and folds exactly the events whose
+  writing transaction (``pgh_xid``) is visible in ``target`` but not in
+  ``done``, in ``pgh_id`` order, then stores ``target`` as the new ``done``.
+
+Each transaction becomes visible in exactly one interval, so every event is
+folded once; a long transaction holds back only its own events. Per object,
+``pgh_id`` order is the order the changes happened (a row lock serialises
+writers of one row, and the later writer takes its ids after the earlier one
+committed), and a later writer's transaction cannot become visible before an
+earlier one's.
+
+One fold batch is one transaction: it locks the checkpoint row (``SKIP
+LOCKED``: a concurrent fold of the same table backs off), writes the
+``Change`` rows and moves the checkpoint. Killed half-way, it rolls back and
+the next fold redoes it. ``Change`` has a unique (event_table, event_id) key as
+a last line of defence.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+
+from audit_stream import config, tracking
+from audit_stream.stream import wakeup
+
+__all__ = ["FoldResult", "fold", "fold_all"]
+
+# Columns of an event row that are not the tracked object's state.
+_PGH_COLUMNS = ["pgh_id", "pgh_created_at", "pgh_label", "pgh_xid", "pgh_obj_id", "pgh_context_id"]
+
+# The events of one batch: committed in `target`, not yet in `done`, after
+# `position` (the last pgh_id of the previous batch of the same interval).
+#
+# The pgh_xid range lets the BRIN index skip old pages: a transaction older
+# than done's xmin was visible in `done`; one at or after target's xmax is not
+# visible in `target`.
+#
+# For each event, `before` is the object's previous state: the previous event
+# of the object in this batch, else the last change already folded for it.
+# The diff is {column: [old, new]} for the columns that differ (all of them for
+# an object's first event); for delete events it is {column: [old, null]}.
+_FOLD_SQL = """
+WITH batch AS (
+    SELECT e.pgh_id, {object_id} AS object_id, e.pgh_label, {context_id} AS pgh_context_id,
+           e.pgh_created_at, to_jsonb(e) - %(pgh_columns)s::text[] AS snapshot
+    FROM {table} AS e
+    WHERE e.pgh_xid >= pg_snapshot_xmin(%(done)s::pg_snapshot)::text::bigint
+      AND e.pgh_xid < pg_snapshot_xmax(%(target)s::pg_snapshot)::text::bigint
+      AND pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(target)s::pg_snapshot)
+      AND NOT pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(done)s::pg_snapshot)
+      AND e.pgh_id > %(position)s
+    ORDER BY e.pgh_id
+    LIMIT %(limit)s
+),
+with_before AS (
+    SELECT b.*,
+           CASE WHEN b.object_id IS NOT NULL THEN coalesce(
+               lag(b.snapshot) OVER (PARTITION BY b.object_id ORDER BY b.pgh_id),
+               (SELECT c.snapshot FROM audit_stream_change AS c
+                WHERE c.event_table = %(event_table)s AND c.object_id = b.object_id
+                ORDER BY c.event_id DESC LIMIT 1)
+           ) END AS before
+    FROM batch AS b
+)
+INSERT INTO audit_stream_change
+    (event_table, event_id, model, object_id, label, context_id, created_at, diff, snapshot)
+SELECT %(event_table)s, w.pgh_id, %(model)s, w.object_id, w.pgh_label, w.pgh_context_id,
+       w.pgh_created_at,
+       CASE WHEN w.pgh_label = ANY(%(delete_labels)s::text[]) THEN
+           (SELECT coalesce(jsonb_object_agg(s.key, jsonb_build_array(s.value, NULL)), '{{}}')
+            FROM jsonb_each(w.snapshot) AS s)
+       ELSE
+           (SELECT coalesce(jsonb_object_agg(s.key, jsonb_build_array(p.value, s.value)), '{{}}')
+            FROM jsonb_each(w.snapshot) AS s
+            LEFT JOIN jsonb_each(w.before) AS p ON p.key = s.key
+            WHERE p.value IS DISTINCT FROM s.value)
+       END,
+       w.snapshot
+FROM with_before AS w
+ORDER BY w.pgh_id
+RETURNING event_id
+"""
+
+
+@dataclass
+class FoldResult:
+    """What one call of :func:`fold` did."""
+
+    event_table: str
+    folded: int = 0
+    caught_up: bool = True
+    busy: bool = False  # another fold of the same table held the checkpoint
+
+
+def fold(
+    event_table: str,
+    *,
+    using: str = DEFAULT_DB_ALIAS,
+    batch_size: int | None = None,
+    max_seconds: float = 30.0,
+) -> FoldResult:
+    """Fold the committed, unfolded events of one event table into ``Change`` rows.
+
+    Works in batches of ``batch_size`` events, one transaction each, until the
+    table is caught up or ``max_seconds`` have passed (then ``caught_up`` is
+    false and the caller should fold again). When caught up, re-arms the
+    table's wake-up flag (unless in poll-only mode) and checks once more for
+    events committed meanwhile.
+    """
+    model = _event_model(event_table)
+    batch_size = batch_size or config.fold_batch_size()
+    result = FoldResult(event_table)
+    deadline = time.monotonic() + max_seconds
+    while True:
+        folded, caught_up, busy = _fold_batch(model, using, batch_size)
+        result.folded += folded
+        if busy:
+            result.busy = True
+            return result
+        if not caught_up:
+            if time.monotonic() > deadline:
+                result.caught_up = False
+                return result
+            continue
+        # Caught up: let the next writer wake us, then look again for writers
+        # that committed while we were re-arming (their NOTIFY was skipped).
+        if config.notify():
+            wakeup.arm(event_table, using=using)
+        if not wakeup.has_work(event_table, using=using):
+            return result
+
+
+def fold_all(*, using: str = DEFAULT_DB_ALIAS, **kwargs) -> list[FoldResult]:
+    """Fold every event table (used by tests, benchmarks and ``manage.py``)."""
+    return [fold(table, using=using, **kwargs) for table in sorted(tracking._event_models)]
+
+
+def _event_model(event_table: str):
+    try:
+        return tracking._event_models[event_table]
+    except KeyError:
+        raise ValueError(
+            f"{event_table!r} is not an event table; known: {', '.join(sorted(tracking._event_models))}."
+        ) from None
+
+
+def _delete_labels(model) -> list[str]:
+    from audit_stream.events import DatabaseEvent
+
+    return [
+        event.label
+        for event in model.pgh_events
+        if isinstance(event, DatabaseEvent) and event.operations == ["DELETE"]
+    ]
+
+
+def _fold_batch(model, using: str, batch_size: int) -> tuple[int, bool, bool]:
+    """Fold one batch in one transaction. Returns (folded, caught_up, busy)."""
+    table = model._meta.db_table
+    connection = connections[using]
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO audit_stream_checkpoint (event_table, snapshot, position, folded, updated_at)"
+            " VALUES (%s, '1:1:', 0, 0, now()) ON CONFLICT (event_table) DO NOTHING",
+            [table],
+        )
+        cursor.execute(
+            "SELECT snapshot, target, position FROM audit_stream_checkpoint"
+            " WHERE event_table = %s FOR UPDATE SKIP LOCKED",
+            [table],
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return 0, False, True
+        done, target, position = row
+        if target is None:
+            cursor.execute("SELECT pg_current_snapshot()::text")
+            target = cursor.fetchone()[0]
+
+        cursor.execute(
+            _FOLD_SQL.format(
+                table=connection.ops.quote_name(table),
+                # Event models may be declared without obj_fk or context_fk.
+                object_id="e.pgh_obj_id::text" if model._pgh_has_obj else "NULL::text",
+                context_id="e.pgh_context_id" if model._pgh_has_context else "NULL::uuid",
+            ),
+            {
+                "pgh_columns": _PGH_COLUMNS,
+                "done": done,
+                "target": target,
+                "position": position,
+                "limit": batch_size,
+                "event_table": table,
+                "model": model.pgh_tracked_model._meta.label_lower,
+                "delete_labels": _delete_labels(model),
+            },
+        )
+        ids = [r[0] for r in cursor.fetchall()]
+        caught_up = len(ids) < batch_size
+        if caught_up:
+            # The whole interval is folded: `target` becomes `done`.
+            cursor.execute(
+                "UPDATE audit_stream_checkpoint SET snapshot = %s, target = NULL, position = 0,"
+                " folded = folded + %s, updated_at = now() WHERE event_table = %s",
+                [target, len(ids), table],
+            )
+        else:
+            cursor.execute(
+                "UPDATE audit_stream_checkpoint SET target = %s, position = %s,"
+                " folded = folded + %s, updated_at = now() WHERE event_table = %s",
+                [target, max(ids), len(ids), table],
+            )
+        return len(ids), caught_up, False

@@ -1,0 +1,1 @@
+"""A small shop whose history is recorded by audit_stream (``make demo``)."""

@@ -1,0 +1,1 @@
+"""The demo shop: customers, products and orders, all tracked by audit_stream."""

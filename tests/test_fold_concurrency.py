@@ -1,0 +1,102 @@
+"""The fold under concurrent transactions: nothing skipped, nothing twice, order kept."""
+
+import threading
+
+import psycopg
+import pytest
+from django.db import connection, connections
+
+from audit_stream.models import Change
+from audit_stream.stream import fold
+from tests.testapp.models import Product, ProductEvent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PRODUCTS = "testapp_productevent"
+
+
+@pytest.fixture
+def other_connection():
+    """A second, independent session (its own transactions)."""
+    conn = psycopg.connect(**connection.get_connection_params())
+    yield conn
+    conn.close()
+
+
+def _insert(conn, name, price=1):
+    conn.execute(
+        "INSERT INTO testapp_product (name, price, stock, updated_at) VALUES (%s, %s, 0, now())",
+        [name, price],
+    )
+
+
+def test_a_late_committing_transaction_loses_nothing(other_connection):
+    """Its events have lower ids than events folded before it commits."""
+    _insert(other_connection, "early")  # takes a low pgh_id, stays uncommitted
+    Product.objects.create(name="later")  # higher pgh_id, committed first
+    assert fold.fold(PRODUCTS).folded == 1
+
+    other_connection.commit()
+    assert fold.fold(PRODUCTS).folded == 1
+    assert sorted(Change.objects.values_list("snapshot__name", flat=True)) == ["early", "later"]
+    early = ProductEvent.objects.get(name="early").pgh_id
+    assert early < ProductEvent.objects.get(name="later").pgh_id
+
+
+def test_a_rolled_back_transaction_leaves_no_change(other_connection):
+    _insert(other_connection, "ghost")
+    other_connection.rollback()
+    Product.objects.create(name="real")
+    fold.fold(PRODUCTS)
+    assert list(Change.objects.values_list("snapshot__name", flat=True)) == ["real"]
+
+
+def test_per_object_order_is_kept_when_an_older_transaction_is_still_open(other_connection):
+    """An open transaction with a lower xid must not let a later change of an object jump ahead."""
+    product = Product.objects.create(name="x", price=1)
+    fold.fold(PRODUCTS)
+    # An unrelated transaction takes an xid and stays open (holds back xmin).
+    other_connection.execute("SELECT pg_current_xact_id()")
+    Product.objects.filter(pk=product.pk).update(price=2)
+    fold.fold(PRODUCTS)
+    Product.objects.filter(pk=product.pk).update(price=3)
+    other_connection.commit()
+    fold.fold(PRODUCTS)
+    diffs = [c.diff.get("price") for c in Change.objects.for_object(product).filter(event_table=PRODUCTS)]
+    assert diffs == [[None, 1], [1, 2], [2, 3]]
+
+
+def test_savepoint_rollback_drops_only_its_events(other_connection):
+    with other_connection.transaction():
+        _insert(other_connection, "kept")
+        try:
+            with other_connection.transaction():  # a savepoint
+                _insert(other_connection, "dropped")
+                raise RuntimeError
+        except RuntimeError:
+            pass
+    fold.fold(PRODUCTS)
+    assert list(Change.objects.values_list("snapshot__name", flat=True)) == ["kept"]
+
+
+def test_concurrent_folds_of_one_table_fold_each_event_once():
+    Product.objects.bulk_create([Product(name=f"p{i}") for i in range(3000)])
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(fold.fold(PRODUCTS, batch_size=200))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    fold.fold(PRODUCTS)  # whatever a backed-off fold left
+    assert Change.objects.filter(event_table=PRODUCTS).count() == 3000
+    assert Change.objects.values("event_id").distinct().count() == 3000
