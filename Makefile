@@ -27,7 +27,7 @@ demo: install services
 # Set everything up and run the whole test suite against real services.
 test: install
 	./scripts/services.sh
-	DATABASE_URL=postgres://postgres@127.0.0.1:5432/audit_stream $(PY) -m pytest
+	DATABASE_URL=postgres://postgres@127.0.0.1:5432/audit_stream REDIS_URL=redis://127.0.0.1:6379/15 $(PY) -m pytest
 
 lint: install
 	$(VENV)/bin/ruff check .

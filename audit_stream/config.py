@@ -19,6 +19,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "POLL_INTERVAL": (int, float),
     "FOLD_BATCH_SIZE": (int,),
     "REDIS_URL": (str,),
+    "LISTEN_DATABASE": (str,),
     "MIDDLEWARE_METHODS": (list, tuple),
     "JSON_ENCODER": (str, type),
 }
@@ -83,3 +84,10 @@ def redis_url() -> str:
         or getattr(settings, "CELERY_BROKER_URL", None)
         or os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     )
+
+
+def listen_database() -> str:
+    """``LISTEN_DATABASE`` (default ``"default"``): the database alias the listener
+    connects to. LISTEN needs a session: point it at a direct connection, never at
+    a pooler in transaction mode."""
+    return _get("LISTEN_DATABASE", "default")

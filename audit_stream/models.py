@@ -9,7 +9,7 @@ from django.db import models
 from django.db.models import Func
 from django.db.models.functions import Cast, Now
 
-__all__ = ["Change", "Checkpoint", "Context", "Event", "Wakeup", "create_event_model"]
+__all__ = ["Change", "Checkpoint", "Context", "Event", "create_event_model"]
 
 _CURRENT_XID = Cast(Cast(Func(function="pg_current_xact_id"), models.TextField()), models.BigIntegerField())
 
@@ -150,21 +150,6 @@ class Checkpoint(models.Model):
 
     class Meta:
         db_table = "audit_stream_checkpoint"
-
-
-class Wakeup(models.Model):
-    """One flag per event table: armed means the worker is idle and wants a NOTIFY.
-
-    The first writing transaction disarms it and notifies ``channel``; the
-    fold re-arms it when it has caught up. Never armed in poll-only mode.
-    """
-
-    event_table = models.TextField(primary_key=True)
-    channel = models.TextField(default="audit_stream")
-    armed = models.BooleanField(default=False)
-
-    class Meta:
-        db_table = "audit_stream_wakeup"
 
 
 from audit_stream.tracking import create_event_model  # noqa: E402

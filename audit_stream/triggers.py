@@ -17,9 +17,9 @@ Design (see BENCHMARKS.md for what each choice bought):
   per statement. The fold uses it to take exactly the events that committed
   between two snapshots (``audit_stream.stream.fold``).
 * Writers wake the stream with ``pg_notify`` only when the worker is idle
-  (an armed flag in ``audit_stream_wakeup``): NOTIFY takes a cluster-wide lock
-  at commit, and notifying on every transaction costs 3x throughput with 8
-  writers (DESIGN.md).
+  (the ``audit_stream_wakeup`` sequence is armed): NOTIFY takes a cluster-wide
+  lock at commit, and notifying on every transaction costs 3x throughput with
+  8 writers (DESIGN.md).
 * The context (who/why) is read once per statement from two transaction-local
   settings that :mod:`audit_stream.context` sends with the statement itself.
   The ``Context`` row is attached once per statement, and only written when
@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING
 import pgtrigger
 from pgtrigger import compiler
 
+from audit_stream import config
+
 if TYPE_CHECKING:
     from django.db import models
 
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
 # with set_config(..., is_local => true), so they end with the transaction.
 CONTEXT_ID_SETTING = "audit_stream.context_id"
 CONTEXT_METADATA_SETTING = "audit_stream.context_metadata"
+# Non-transactional wake-up flag: armed when its next value is 1.
+WAKEUP_SEQUENCE = "audit_stream_wakeup"
 # Set (transaction-locally) by retention only, to delete from event tables.
 ALLOW_PRUNE_SETTING = "audit_stream.allow_prune"
 
@@ -170,7 +174,6 @@ class EventTrigger(_Trigger):
                 ("_ignore", "text"),
                 ("_context_id", "uuid"),
                 ("_xid", "bigint := pg_current_xact_id()::text::bigint"),
-                ("_channel", "text"),
             ],
         )
 
@@ -227,15 +230,14 @@ class EventTrigger(_Trigger):
                 );
             END IF;
 
-            -- Wake the stream worker, only if it is idle: the first writer
-            -- disarms the flag and notifies; the others find it disarmed and
+            -- Wake the stream worker, only if it is idle. The worker arms the
+            -- wake-up sequence (setval to 1) when it has caught up; the first
+            -- writer after that draws 1 and notifies, the others draw more and
             -- skip NOTIFY, whose commit-time lock would serialise commits.
-            -- The worker re-arms it when it has caught up (audit_stream.stream).
-            UPDATE audit_stream_wakeup SET armed = false
-            WHERE event_table = {_literal(table)} AND armed
-            RETURNING channel INTO _channel;
-            IF FOUND THEN
-                PERFORM pg_notify(_channel, {_literal(table)});
+            -- nextval is not transactional and never waits: no writer blocks
+            -- another, however long its transaction.
+            IF nextval('{WAKEUP_SEQUENCE}') = 1 THEN
+                PERFORM pg_notify({_literal(config.channel())}, {_literal(table)});
             END IF;
             RETURN NULL;
         """
@@ -303,3 +305,8 @@ $$ LANGUAGE plpgsql;
 """
 
 DROP_ATTACH_CONTEXT_FUNCTION = "DROP FUNCTION IF EXISTS _audit_stream_attach_context(uuid, text);"
+
+# The wake-up flag (see audit_stream.stream.wakeup). Starts disarmed; no cache,
+# so that after setval() exactly one session draws 1.
+CREATE_WAKEUP_SEQUENCE = f"CREATE SEQUENCE IF NOT EXISTS {WAKEUP_SEQUENCE} AS bigint START WITH 2 CACHE 1;"
+DROP_WAKEUP_SEQUENCE = f"DROP SEQUENCE IF EXISTS {WAKEUP_SEQUENCE};"

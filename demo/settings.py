@@ -21,6 +21,7 @@ DATABASES = {
     ),
 }
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+CELERY_BROKER_URL = REDIS_URL
 
 INSTALLED_APPS = [
     "django.contrib.admin",

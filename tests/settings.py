@@ -1,5 +1,6 @@
 """Settings for the test suite: real PostgreSQL (DATABASE_URL) and Redis (REDIS_URL)."""
 
+import json
 import os
 
 import dj_database_url
@@ -51,4 +52,7 @@ TEMPLATES = [
     }
 ]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-AUDIT_STREAM = {}
+# Subprocesses started by the tests (worker, listener) get their settings here.
+AUDIT_STREAM = json.loads(os.environ.get("AUDIT_STREAM_SETTINGS", "{}"))
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
+CELERY_BROKER_URL = REDIS_URL

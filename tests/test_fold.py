@@ -98,9 +98,19 @@ def test_caught_up_fold_arms_the_wakeup_and_reports_no_work():
     assert wakeup.has_work(PRODUCTS)
     fold.fold(PRODUCTS)
     assert not wakeup.has_work(PRODUCTS)
+    assert wakeup.is_armed()
+
+
+def test_only_the_first_writer_after_arming_draws_the_wakeup():
+    wakeup.arm()
+    Product.objects.create(name="first")
+    assert not wakeup.is_armed()
     with connection.cursor() as cursor:
-        cursor.execute("SELECT armed, channel FROM audit_stream_wakeup WHERE event_table = %s", [PRODUCTS])
-        assert cursor.fetchone() == (True, "audit_stream")
+        cursor.execute("SELECT last_value FROM audit_stream_wakeup")
+        assert cursor.fetchone()[0] == 1
+        Product.objects.create(name="second")
+        cursor.execute("SELECT last_value FROM audit_stream_wakeup")
+        assert cursor.fetchone()[0] == 2
 
 
 def test_an_unknown_table_is_refused():

@@ -135,7 +135,7 @@ def fold(
         # Caught up: let the next writer wake us, then look again for writers
         # that committed while we were re-arming (their NOTIFY was skipped).
         if config.notify():
-            wakeup.arm(event_table, using=using)
+            wakeup.arm(using=using)
         if not wakeup.has_work(event_table, using=using):
             return result
 

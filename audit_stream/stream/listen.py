@@ -1,0 +1,121 @@
+"""The listener: turns NOTIFY wake-ups (and a timer) into fold tasks.
+
+One dedicated autocommit psycopg connection LISTENs on the channel. Only one
+listener is active at a time: it holds a session advisory lock on that
+connection; others stand by and take over when the lock is released (the
+process stops or its connection dies).
+
+NOTIFY is only a wake-up. The listener also polls every ``POLL_INTERVAL``
+for tables with unfolded events, so a missed notification, a lost task or a
+Redis restart costs at most one interval. It reconnects with backoff when
+PostgreSQL goes away and stops within half a second of :meth:`Listener.stop`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from audit_stream import config, tracking
+from audit_stream.stream import pending, wakeup
+
+__all__ = ["Listener"]
+
+logger = logging.getLogger("audit_stream.listener")
+
+APPLICATION_NAME = "audit_stream listener"
+
+# Session advisory lock held by the active listener ("audit_stream" in ASCII).
+LEADER_LOCK = 0x61756469745F73
+
+
+class Listener:
+    """Wake the fold when events are committed.
+
+    Args:
+        connect_kwargs: Keyword arguments for :func:`psycopg.connect`.
+        enqueue: Sends a fold task for an event table.
+    """
+
+    def __init__(self, connect_kwargs: dict[str, Any], enqueue: Callable[[str], Any]) -> None:
+        self.connect_kwargs = {k: v for k, v in connect_kwargs.items() if k != "cursor_factory"}
+        # Named, so operators (and the dashboard) can find it in pg_stat_activity.
+        self.connect_kwargs["application_name"] = APPLICATION_NAME
+        self.enqueue_task = enqueue
+        self.channel = config.channel()
+        self.poll_interval = config.poll_interval()
+        self.notify = config.notify()
+        self.tables = set(tracking._event_models)
+        self._stop = threading.Event()
+        self.is_leader = False
+
+    def stop(self, *args: Any) -> None:
+        """Ask the loop to finish (safe from a signal handler)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`, reconnecting with backoff."""
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(autocommit=True, **self.connect_kwargs) as conn:
+                    backoff = 0.5
+                    self._serve(conn)
+            except psycopg.Error as exc:
+                # Connection lost, server restarting, or not migrated yet.
+                self.is_leader = False
+                logger.warning("listener: %s: %s; retrying in %.1fs", type(exc).__name__, exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+        logger.info("listener: stopped")
+
+    def _serve(self, conn: psycopg.Connection) -> None:
+        while not self._stop.is_set():
+            if conn.execute("SELECT pg_try_advisory_lock(%s)", [LEADER_LOCK]).fetchone()[0]:
+                break
+            logger.info("listener: another listener is active; standing by")
+            self._stop.wait(self.poll_interval)
+        else:
+            return
+        self.is_leader = True
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+        logger.info("listener: active on channel %r (notify=%s)", self.channel, self.notify)
+        if not self.notify:
+            conn.execute(wakeup.DISARM_SQL)
+
+        next_poll = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_poll:
+                self._poll(conn)
+                next_poll = now + self.poll_interval
+            timeout = max(0.0, min(0.5, next_poll - time.monotonic()))
+            # notifies() holds the connection until it returns: query afterwards.
+            if any(True for _ in conn.notifies(timeout=timeout, stop_after=1)):
+                self._poll(conn)  # one flag wakes us for every table: look at all
+
+    def _poll(self, conn: psycopg.Connection) -> None:
+        """Fold every table with committed, unfolded events (also the safety net)."""
+        with conn.cursor() as cursor:
+            busy = [table for table in sorted(self.tables) if wakeup._has_work(cursor, table)]
+            for table in busy:
+                self._enqueue(table)
+            if not busy and self.notify:
+                cursor.execute(wakeup.ARM_SQL)  # all caught up: the next writer wakes us
+
+    def _enqueue(self, table: str) -> None:
+        try:
+            if pending.claim(table):
+                try:
+                    self.enqueue_task(table)
+                except Exception:
+                    pending.release(table)
+                    raise
+        except Exception as exc:  # Redis or the broker is down: the next poll retries
+            logger.warning("listener: could not enqueue a fold of %s: %s", table, exc)

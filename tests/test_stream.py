@@ -1,0 +1,162 @@
+"""The stream end to end: real PostgreSQL, Redis, Celery worker and listener processes."""
+
+import time
+
+import psycopg
+import pytest
+import redis
+from django.db import connection
+
+from audit_stream.models import Change
+from audit_stream.stream import wakeup
+from tests.procs import start_listener, start_worker, wait_until
+from tests.testapp.models import Product, ProductEvent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PRODUCTS = "testapp_productevent"
+
+
+@pytest.fixture
+def procs(tmp_path, request):
+    """Start processes with procs.worker()/procs.listener(); all are stopped at the end."""
+    redis.Redis.from_url("redis://127.0.0.1:6379/15").flushdb()
+    started = []
+
+    class _Procs:
+        def worker(self, **kwargs):
+            started.append(start_worker(tmp_path, **kwargs))
+            return started[-1]
+
+        def listener(self, **kwargs):
+            started.append(start_listener(tmp_path, **kwargs))
+            return started[-1]
+
+    yield _Procs()
+    for proc in started:
+        proc.stop()
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        for proc in started:
+            print(f"--- {proc.name}\n{proc.output()[-4000:]}")
+
+
+def _changes(table=PRODUCTS):
+    return Change.objects.filter(event_table=table).count()
+
+
+def _assert_folded_exactly_once(table=PRODUCTS, model=ProductEvent):
+    events = model.objects.count()
+    wait_until(lambda: _changes(table) >= events, timeout=60, message=f"{events} changes")
+    assert _changes(table) == events
+    assert Change.objects.filter(event_table=table).values("event_id").distinct().count() == events
+
+
+def test_a_commit_becomes_a_change(procs):
+    procs.worker()
+    procs.listener()
+    product = Product.objects.create(name="lamp", price=3)
+    change = wait_until(lambda: Change.objects.for_object(product).first(), timeout=10, message="the change")
+    assert change.diff["price"] == [None, 3]
+
+
+def test_notify_wakes_the_worker_quickly(procs):
+    """With NOTIFY, a change lands well before the poll interval."""
+    procs.worker()
+    procs.listener(settings={"POLL_INTERVAL": 30})
+    time.sleep(0.5)  # the listener's first poll has armed the tables
+    started = time.monotonic()
+    Product.objects.create(name="fast")
+    wait_until(lambda: _changes() == 1, timeout=10)
+    assert time.monotonic() - started < 5
+
+
+def test_poll_only_mode_folds_without_notify(procs):
+    settings = {"NOTIFY": False, "POLL_INTERVAL": 0.5}
+    procs.worker(settings=settings)
+    procs.listener(settings=settings)
+    Product.objects.bulk_create([Product(name=f"p{i}") for i in range(100)])
+    _assert_folded_exactly_once()
+    assert not wakeup.is_armed()
+
+
+def test_missed_notifications_are_recovered_by_the_poll(procs):
+    """Events committed while no listener ran are folded once it starts."""
+    procs.worker()
+    Product.objects.bulk_create([Product(name=f"p{i}") for i in range(200)])
+    time.sleep(1)
+    assert _changes() == 0
+    procs.listener()
+    _assert_folded_exactly_once()
+
+
+def test_a_late_committing_transaction_loses_nothing(procs):
+    procs.worker()
+    procs.listener(settings={"POLL_INTERVAL": 0.5})
+    late = psycopg.connect(**connection.get_connection_params())
+    late.execute("INSERT INTO testapp_product (name, price, stock, updated_at) VALUES ('late', 1, 0, now())")
+    Product.objects.bulk_create([Product(name=f"p{i}") for i in range(50)])
+    wait_until(lambda: _changes() == 50, timeout=20)
+    late.commit()
+    late.close()
+    _assert_folded_exactly_once()
+    assert Change.objects.filter(snapshot__name="late").count() == 1
+
+
+def test_killing_the_worker_mid_fold_loses_and_duplicates_nothing(procs):
+    settings = {"FOLD_BATCH_SIZE": 200, "POLL_INTERVAL": 0.5}
+    worker = procs.worker(settings=settings)
+    Product.objects.bulk_create([Product(name=f"p{i}") for i in range(40_000)])
+    procs.listener(settings=settings)
+    wait_until(lambda: _changes() > 0, timeout=30, interval=0.01, message="the fold to start")
+    worker.kill()  # kill -9 of the whole worker, mid-fold
+    assert 0 < _changes() < 40_000
+    procs.worker(name="worker2", settings=settings)
+    _assert_folded_exactly_once()
+
+
+def test_two_workers_fold_each_event_exactly_once(procs):
+    settings = {"FOLD_BATCH_SIZE": 300, "POLL_INTERVAL": 0.3}
+    procs.worker(name="w1", settings=settings)
+    procs.worker(name="w2", settings=settings)
+    procs.listener(settings=settings)
+    for round_ in range(20):
+        Product.objects.bulk_create([Product(name=f"r{round_}-{i}") for i in range(100)])
+        Product.objects.filter(name__startswith=f"r{round_}-").update(stock=round_ + 1)
+    _assert_folded_exactly_once()
+
+
+def test_the_listener_reconnects_after_its_connection_is_killed(procs):
+    procs.worker()
+    listener = procs.listener(settings={"POLL_INTERVAL": 0.5})
+    Product.objects.create(name="before")
+    wait_until(lambda: _changes() == 1, timeout=10)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'audit_stream listener'"
+        )
+        assert cursor.fetchall(), "the listener's connection was not found"
+    size = len(listener.output())
+    listener.wait_ready(after=size, timeout=30)  # active again
+    Product.objects.create(name="after")
+    wait_until(lambda: _changes() == 2, timeout=10)
+
+
+def test_a_standby_listener_takes_over(procs):
+    procs.worker()
+    first = procs.listener(settings={"POLL_INTERVAL": 0.5})
+    second = procs.listener(name="standby", settings={"POLL_INTERVAL": 0.5}, ready=False)
+    wait_until(lambda: "standing by" in second.output(), timeout=30)
+    first.kill()
+    second.wait_ready(timeout=30)
+    Product.objects.create(name="after failover")
+    wait_until(lambda: _changes() == 1, timeout=10)
+
+
+def test_the_listener_stops_cleanly_on_sigterm(procs):
+    listener = procs.listener()
+    started = time.monotonic()
+    listener.stop()
+    assert listener.popen.returncode == 0
+    assert time.monotonic() - started < 5
+    assert "listener: stopped" in listener.output()

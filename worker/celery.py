@@ -1,0 +1,30 @@
+"""The Celery app: ``celery -A worker worker`` and ``celery -A worker beat``.
+
+Configured from Django settings (``CELERY_`` namespace); the broker defaults to
+``$REDIS_URL``. Tasks are acknowledged late and rejected when the worker is
+lost, so a killed worker's fold runs again; one task at a time per process.
+"""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo.settings")
+
+app = Celery("worker")
+app.conf.update(
+    broker_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_ignore_result=True,
+    broker_connection_retry_on_startup=True,
+    # Redis redelivers unacknowledged tasks after this long (a killed worker's fold).
+    broker_transport_options={"visibility_timeout": 300},
+    beat_schedule={
+        # A safety net for when no listener runs: fold whatever is pending.
+        "audit_stream.sweep": {"task": "audit_stream.sweep", "schedule": 30.0},
+    },
+)
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks(["audit_stream"])
