@@ -20,6 +20,10 @@ KEYS: dict[str, tuple[type, ...]] = {
     "FOLD_BATCH_SIZE": (int,),
     "REDIS_URL": (str,),
     "LISTEN_DATABASE": (str,),
+    "WEBHOOK_RETRY_SCHEDULE": (list, tuple),
+    "WEBHOOK_TIMEOUT": (int, float, list, tuple),
+    "WEBHOOK_ALLOWED_NETWORKS": (list, tuple),
+    "WEBHOOK_DISABLE_AFTER": (int,),
     "MIDDLEWARE_METHODS": (list, tuple),
     "JSON_ENCODER": (str, type),
 }
@@ -91,3 +95,35 @@ def listen_database() -> str:
     connects to. LISTEN needs a session: point it at a direct connection, never at
     a pooler in transaction mode."""
     return _get("LISTEN_DATABASE", "default")
+
+
+#: Seconds before each attempt: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+DEFAULT_RETRY_SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+
+
+def webhook_retry_schedule() -> tuple[float, ...]:
+    """``WEBHOOK_RETRY_SCHEDULE`` (default immediately, 5 s, 5 min, 30 min, 2 h, 5 h,
+    10 h, 10 h): seconds to wait before each attempt, ±10% jitter. After the last
+    one fails, the message is dead (and can be replayed)."""
+    return tuple(_get("WEBHOOK_RETRY_SCHEDULE", DEFAULT_RETRY_SCHEDULE))
+
+
+def webhook_timeouts() -> tuple[float, float]:
+    """``WEBHOOK_TIMEOUT`` (default ``(5, 10)``): connect and read timeouts in
+    seconds (one number sets both)."""
+    value = _get("WEBHOOK_TIMEOUT", (5.0, 10.0))
+    if isinstance(value, (int, float)):
+        return float(value), float(value)
+    return float(value[0]), float(value[1])
+
+
+def webhook_allowed_networks() -> tuple[str, ...]:
+    """``WEBHOOK_ALLOWED_NETWORKS`` (default none): private networks webhooks may
+    call anyway, e.g. ``["10.0.0.0/8"]``. Public addresses are always allowed."""
+    return tuple(_get("WEBHOOK_ALLOWED_NETWORKS", ()))
+
+
+def webhook_disable_after() -> int:
+    """``WEBHOOK_DISABLE_AFTER`` (default ``100``): disable an endpoint after this
+    many failed attempts in a row (410 Gone disables at once)."""
+    return _get("WEBHOOK_DISABLE_AFTER", 100)

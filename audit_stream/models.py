@@ -9,7 +9,16 @@ from django.db import models
 from django.db.models import Func
 from django.db.models.functions import Cast, Now
 
-__all__ = ["Change", "Checkpoint", "Context", "Event", "create_event_model"]
+__all__ = [
+    "Change",
+    "Checkpoint",
+    "Context",
+    "Event",
+    "WebhookAttempt",
+    "WebhookEndpoint",
+    "WebhookMessage",
+    "create_event_model",
+]
 
 _CURRENT_XID = Cast(Cast(Func(function="pg_current_xact_id"), models.TextField()), models.BigIntegerField())
 
@@ -153,3 +162,4 @@ class Checkpoint(models.Model):
 
 
 from audit_stream.tracking import create_event_model  # noqa: E402
+from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage  # noqa: E402

@@ -1,37 +1,94 @@
-"""Celery tasks (autodiscovered by ``worker.celery``)."""
+"""Celery tasks (autodiscovered by ``worker.celery``).
+
+Each unit of work (folding one event table, delivering to one endpoint) has
+at most one pending task at a time (:mod:`audit_stream.stream.pending`).
+"""
 
 from __future__ import annotations
 
 import logging
 
 from celery import shared_task
+from django.db.models import Q
+from django.utils import timezone
 
 from audit_stream.stream import fold as _fold
 from audit_stream.stream import pending, wakeup
 
 logger = logging.getLogger("audit_stream.stream")
 
+FOLD = "audit_stream.fold"
+DELIVER = "audit_stream.deliver"
 
-@shared_task(name="audit_stream.fold", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+
+def enqueue(task, key) -> bool:
+    """Send ``task`` for ``key`` unless one is already pending."""
+    if not pending.claim(task.name, key):
+        return False
+    try:
+        task.delay(key)
+    except Exception:
+        pending.release(task.name, key)
+        raise
+    return True
+
+
+@shared_task(name=FOLD, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def fold(event_table: str) -> dict:
     """Fold the committed events of one event table into the change feed.
 
     Acknowledged only when done: a worker killed mid-fold leaves the task to
     be delivered again, and the fold's transactions make the redo exact.
     """
-    pending.release(event_table)
+    pending.release(FOLD, event_table)
     result = _fold.fold(event_table)
-    if not result.caught_up and pending.claim(event_table):
-        fold.delay(event_table)  # more to do: yield the worker, come back
+    for endpoint_id in sorted(result.endpoints):
+        enqueue(deliver, endpoint_id)
+    if not result.caught_up:
+        enqueue(fold, event_table)  # more to do: yield the worker, come back
     logger.info("folded %s events of %s", result.folded, event_table)
     return {"event_table": event_table, "folded": result.folded, "caught_up": result.caught_up}
 
 
+@shared_task(name=DELIVER, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def deliver(endpoint_id: int) -> dict:
+    """Deliver the due messages of one webhook endpoint."""
+    from audit_stream.webhooks import delivery
+
+    pending.release(DELIVER, endpoint_id)
+    result = delivery.deliver(endpoint_id)
+    if result.more:
+        enqueue(deliver, endpoint_id)
+    logger.info("endpoint %s: %s delivered, %s failed", endpoint_id, result.delivered, result.failed)
+    return {"endpoint": endpoint_id, "delivered": result.delivered, "failed": result.failed}
+
+
+def endpoints_with_due_messages() -> list[int]:
+    """Endpoints with a message whose attempt is due (or whose lease expired)."""
+    from audit_stream.webhooks.models import WebhookMessage
+
+    now = timezone.now()
+    return sorted(
+        WebhookMessage.objects.filter(
+            Q(status=WebhookMessage.PENDING, next_attempt_at__lte=now)
+            | Q(status=WebhookMessage.SENDING, lease_until__lt=now),
+            endpoint__is_active=True,
+        )
+        .values_list("endpoint_id", flat=True)
+        .distinct()
+    )
+
+
 @shared_task(name="audit_stream.sweep", ignore_result=True)
-def sweep() -> list[str]:
-    """Enqueue a fold for every table with unfolded events (beat's safety net if no listener runs)."""
+def sweep() -> dict:
+    """Enqueue what is due: folds of tables with unfolded events, deliveries of due messages.
+
+    Run by beat as a safety net; the listener does the same every POLL_INTERVAL.
+    """
     tables = wakeup.tables_with_work()
     for table in tables:
-        if pending.claim(table):
-            fold.delay(table)
-    return tables
+        enqueue(fold, table)
+    endpoints = endpoints_with_due_messages()
+    for endpoint_id in endpoints:
+        enqueue(deliver, endpoint_id)
+    return {"tables": tables, "endpoints": endpoints}

@@ -18,7 +18,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = connections[config.listen_database()].get_connection_params()
-    listener = Listener(params, enqueue=lambda table: app.send_task("audit_stream.fold", args=[table]))
+    listener = Listener(params, enqueue=lambda task, key: app.send_task(task, args=[key]))
     signal.signal(signal.SIGTERM, listener.stop)
     signal.signal(signal.SIGINT, listener.stop)
     listener.run()

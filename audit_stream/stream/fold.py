@@ -26,12 +26,13 @@ a last line of defence.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from audit_stream import config, tracking
 from audit_stream.stream import wakeup
+from audit_stream.webhooks import messages
 
 __all__ = ["FoldResult", "fold", "fold_all"]
 
@@ -88,7 +89,7 @@ SELECT %(event_table)s, w.pgh_id, %(model)s, w.object_id, w.pgh_label, w.pgh_con
        w.snapshot
 FROM with_before AS w
 ORDER BY w.pgh_id
-RETURNING event_id
+RETURNING id, event_id
 """
 
 
@@ -100,6 +101,7 @@ class FoldResult:
     folded: int = 0
     caught_up: bool = True
     busy: bool = False  # another fold of the same table held the checkpoint
+    endpoints: set[int] = field(default_factory=set)  # webhook endpoints owed new messages
 
 
 def fold(
@@ -122,8 +124,9 @@ def fold(
     result = FoldResult(event_table)
     deadline = time.monotonic() + max_seconds
     while True:
-        folded, caught_up, busy = _fold_batch(model, using, batch_size)
+        folded, caught_up, busy, endpoints = _fold_batch(model, using, batch_size)
         result.folded += folded
+        result.endpoints |= endpoints
         if busy:
             result.busy = True
             return result
@@ -164,8 +167,8 @@ def _delete_labels(model) -> list[str]:
     ]
 
 
-def _fold_batch(model, using: str, batch_size: int) -> tuple[int, bool, bool]:
-    """Fold one batch in one transaction. Returns (folded, caught_up, busy)."""
+def _fold_batch(model, using: str, batch_size: int) -> tuple[int, bool, bool, set[int]]:
+    """Fold one batch in one transaction. Returns (folded, caught_up, busy, endpoints)."""
     table = model._meta.db_table
     connection = connections[using]
     with transaction.atomic(using=using), connection.cursor() as cursor:
@@ -181,7 +184,7 @@ def _fold_batch(model, using: str, batch_size: int) -> tuple[int, bool, bool]:
         )
         row = cursor.fetchone()
         if row is None:
-            return 0, False, True
+            return 0, False, True, set()
         done, target, position = row
         if target is None:
             cursor.execute("SELECT pg_current_snapshot()::text")
@@ -205,7 +208,10 @@ def _fold_batch(model, using: str, batch_size: int) -> tuple[int, bool, bool]:
                 "delete_labels": _delete_labels(model),
             },
         )
-        ids = [r[0] for r in cursor.fetchall()]
+        rows = cursor.fetchall()
+        ids = [event_id for _, event_id in rows]
+        # The messages owed to webhook endpoints commit with their changes.
+        endpoints = messages.record(cursor, [change_id for change_id, _ in rows])
         caught_up = len(ids) < batch_size
         if caught_up:
             # The whole interval is folded: `target` becomes `done`.
@@ -220,4 +226,4 @@ def _fold_batch(model, using: str, batch_size: int) -> tuple[int, bool, bool]:
                 " folded = folded + %s, updated_at = now() WHERE event_table = %s",
                 [target, max(ids), len(ids), table],
             )
-        return len(ids), caught_up, False
+        return len(ids), caught_up, False, endpoints

@@ -31,6 +31,15 @@ logger = logging.getLogger("audit_stream.listener")
 
 APPLICATION_NAME = "audit_stream listener"
 
+# Endpoints with a message due now (a retry whose time came, or an expired lease).
+_DUE_DELIVERIES_SQL = """
+SELECT DISTINCT m.endpoint_id
+FROM audit_stream_webhookmessage AS m
+JOIN audit_stream_webhookendpoint AS ep ON ep.id = m.endpoint_id AND ep.is_active
+WHERE (m.status = 'pending' AND m.next_attempt_at <= now())
+   OR (m.status = 'sending' AND m.lease_until < now())
+"""
+
 # Session advisory lock held by the active listener ("audit_stream" in ASCII).
 LEADER_LOCK = 0x61756469745F73
 
@@ -40,10 +49,11 @@ class Listener:
 
     Args:
         connect_kwargs: Keyword arguments for :func:`psycopg.connect`.
-        enqueue: Sends a fold task for an event table.
+        enqueue: Sends a task: ``enqueue("audit_stream.fold", table)`` or
+            ``enqueue("audit_stream.deliver", endpoint_id)``.
     """
 
-    def __init__(self, connect_kwargs: dict[str, Any], enqueue: Callable[[str], Any]) -> None:
+    def __init__(self, connect_kwargs: dict[str, Any], enqueue: Callable[[str, Any], Any]) -> None:
         self.connect_kwargs = {k: v for k, v in connect_kwargs.items() if k != "cursor_factory"}
         # Named, so operators (and the dashboard) can find it in pg_stat_activity.
         self.connect_kwargs["application_name"] = APPLICATION_NAME
@@ -101,21 +111,24 @@ class Listener:
                 self._poll(conn)  # one flag wakes us for every table: look at all
 
     def _poll(self, conn: psycopg.Connection) -> None:
-        """Fold every table with committed, unfolded events (also the safety net)."""
+        """Enqueue what is due: folds of tables with unfolded events, deliveries of due messages."""
         with conn.cursor() as cursor:
             busy = [table for table in sorted(self.tables) if wakeup._has_work(cursor, table)]
             for table in busy:
-                self._enqueue(table)
+                self._enqueue("audit_stream.fold", table)
             if not busy and self.notify:
                 cursor.execute(wakeup.ARM_SQL)  # all caught up: the next writer wakes us
+            cursor.execute(_DUE_DELIVERIES_SQL)
+            for (endpoint_id,) in cursor.fetchall():
+                self._enqueue("audit_stream.deliver", endpoint_id)
 
-    def _enqueue(self, table: str) -> None:
+    def _enqueue(self, task: str, key: Any) -> None:
         try:
-            if pending.claim(table):
+            if pending.claim(task, key):
                 try:
-                    self.enqueue_task(table)
+                    self.enqueue_task(task, key)
                 except Exception:
-                    pending.release(table)
+                    pending.release(task, key)
                     raise
         except Exception as exc:  # Redis or the broker is down: the next poll retries
-            logger.warning("listener: could not enqueue a fold of %s: %s", table, exc)
+            logger.warning("listener: could not enqueue %s(%s): %s", task, key, exc)

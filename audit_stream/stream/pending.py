@@ -1,9 +1,9 @@
-"""At most one pending fold per event table, kept in Redis.
+"""At most one pending task per unit of work (a fold of a table, a delivery to an endpoint), in Redis.
 
-The listener claims ``audit_stream:fold:<table>`` before it enqueues a fold;
-the fold task releases it when it starts, so changes committed during a fold
-can enqueue the next one. The key expires, so a task lost with a Redis
-restart never blocks a table for long: the listener's poll enqueues it again.
+Whoever enqueues claims ``audit_stream:<task>:<key>`` first; the task
+releases it when it starts, so work that arrives during a run can enqueue the
+next one. The key expires, so a task lost with a Redis restart never blocks
+its unit for long: the listener's poll enqueues it again.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import redis
 
 from audit_stream import config
 
-_PREFIX = "audit_stream:fold:"
+_PREFIX = "audit_stream:"
 
 
 @functools.cache
@@ -26,11 +26,11 @@ def _ttl() -> int:
     return max(30, int(10 * config.poll_interval()))
 
 
-def claim(event_table: str) -> bool:
-    """Mark a fold of ``event_table`` as pending; ``False`` if one already is."""
-    return bool(_client(config.redis_url()).set(_PREFIX + event_table, "1", nx=True, ex=_ttl()))
+def claim(task: str, key: object) -> bool:
+    """Mark ``task`` for ``key`` as pending; ``False`` if it already is."""
+    return bool(_client(config.redis_url()).set(f"{_PREFIX}{task}:{key}", "1", nx=True, ex=_ttl()))
 
 
-def release(event_table: str) -> None:
-    """Forget the pending fold of ``event_table`` (its task has started, or failed to be sent)."""
-    _client(config.redis_url()).delete(_PREFIX + event_table)
+def release(task: str, key: object) -> None:
+    """Forget the pending ``task`` for ``key`` (it has started, or could not be sent)."""
+    _client(config.redis_url()).delete(f"{_PREFIX}{task}:{key}")

@@ -1,0 +1,286 @@
+"""Delivering messages: signed POSTs with retries, dead letters and replay.
+
+One task delivers the due messages of one endpoint, oldest first, over one
+reused HTTP connection; endpoints are delivered by separate tasks, in
+parallel, so a slow endpoint never stalls the others. Each message is claimed
+with a lease (``status = sending``) in a short transaction and its outcome
+recorded in another: no transaction stays open during an HTTP request, and a
+worker that dies mid-request leaves a lease that expires, so the message is
+sent again (at least once).
+
+Retries follow ``AUDIT_STREAM["WEBHOOK_RETRY_SCHEDULE"]`` (seconds before each
+attempt: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), with ±10%
+jitter, or the receiver's ``Retry-After`` when it sends one. After the last
+attempt the message is ``dead``: visible, and replayable. An endpoint that
+answers 410 Gone is disabled at once; one that fails
+``WEBHOOK_DISABLE_AFTER`` times in a row is disabled with the reason.
+
+Ordering: none is guaranteed across messages (retries overtake). Each payload
+carries ``data.event_id``, which grows per object in the order the changes
+happened, and ``data.event_table``: a receiver keeps the highest event id seen
+per object and ignores older deliveries, and de-duplicates on ``webhook-id``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from audit_stream import config
+from audit_stream.webhooks import safety, signing
+from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
+
+__all__ = ["DeliveryResult", "deliver", "replay", "replay_failed", "send_test"]
+
+_LEASE = timedelta(seconds=120)
+_EXCERPT = 500
+
+# Claim up to `limit` due messages of one endpoint, oldest first: pending ones
+# whose time has come, and those whose lease expired (their worker died).
+_CLAIM_SQL = """
+UPDATE audit_stream_webhookmessage SET status = 'sending', lease_until = now() + %(lease)s
+WHERE id IN (
+    SELECT id FROM audit_stream_webhookmessage
+    WHERE endpoint_id = %(endpoint)s
+      AND ((status = 'pending' AND next_attempt_at <= now())
+           OR (status = 'sending' AND lease_until < now()))
+    ORDER BY created_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id
+"""
+
+
+@dataclass
+class Outcome:
+    """What one HTTP attempt gave."""
+
+    status_code: int | None = None
+    duration_ms: int = 0
+    response_excerpt: str = ""
+    error: str = ""
+    retry_after: float | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+@dataclass
+class DeliveryResult:
+    """What one call of :func:`deliver` did."""
+
+    endpoint_id: int
+    delivered: int = 0
+    failed: int = 0
+    dead: int = 0
+    more: bool = False  # stopped by its budget with messages still due
+    errors: list[str] = field(default_factory=list)
+
+
+def deliver(endpoint_id: int, *, max_messages: int = 1000, max_seconds: float = 20.0) -> DeliveryResult:
+    """Deliver the due messages of one endpoint, until none is due or the budget is spent."""
+    result = DeliveryResult(endpoint_id)
+    deadline = time.monotonic() + max_seconds
+    connect, read = config.webhook_timeouts()
+    timeout = httpx.Timeout(connect=connect, read=read, write=read, pool=connect)
+    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+        while True:
+            endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id, is_active=True).first()
+            if endpoint is None:
+                return result
+            sent = result.delivered + result.failed
+            if sent >= max_messages or time.monotonic() > deadline:
+                result.more = _has_due(endpoint_id)
+                return result
+            batch = _claim(endpoint_id, min(50, max_messages - sent))
+            if not batch:
+                return result
+            pause = 1.0 / endpoint.rate_limit if endpoint.rate_limit else 0.0
+            for index, message in enumerate(batch):
+                started = time.monotonic()
+                outcome = _send(client, endpoint, message)
+                endpoint = _record(endpoint, message, outcome, result)
+                if not endpoint.is_active:
+                    _release(batch[index + 1 :])  # disabled: hand the rest back untouched
+                    return result
+                if pause:
+                    time.sleep(max(0.0, pause - (time.monotonic() - started)))
+
+
+def _claim(endpoint_id: int, limit: int) -> list[WebhookMessage]:
+    with transaction.atomic():
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(_CLAIM_SQL, {"lease": _LEASE, "endpoint": endpoint_id, "limit": limit})
+            ids = [row[0] for row in cursor.fetchall()]
+    return list(WebhookMessage.objects.filter(id__in=ids).order_by("created_at", "id"))
+
+
+def _release(messages: list[WebhookMessage]) -> None:
+    WebhookMessage.objects.filter(id__in=[m.id for m in messages], status=WebhookMessage.SENDING).update(
+        status=WebhookMessage.PENDING, lease_until=None
+    )
+
+
+def _has_due(endpoint_id: int) -> bool:
+    return WebhookMessage.objects.filter(
+        Q(status=WebhookMessage.PENDING, next_attempt_at__lte=timezone.now())
+        | Q(status=WebhookMessage.SENDING, lease_until__lt=timezone.now()),
+        endpoint_id=endpoint_id,
+    ).exists()
+
+
+def _body(message: WebhookMessage) -> str:
+    return json.dumps(message.payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def _send(client: httpx.Client, endpoint: WebhookEndpoint, message: WebhookMessage) -> Outcome:
+    """One signed POST to the address that passed the safety check."""
+    started = time.monotonic()
+    try:
+        host, port, address = safety.resolve(endpoint.url)
+    except safety.UnsafeURL as exc:
+        return Outcome(error=f"refused: {exc}")
+    parts = urlsplit(endpoint.url)
+    literal = f"[{address}]" if ":" in address else address
+    target = urlunsplit((parts.scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
+    default_port = 443 if parts.scheme == "https" else 80
+    body = _body(message)
+    headers = signing.headers(message.webhook_id, timezone.now(), body, endpoint.signing_secrets())
+    headers["host"] = host if port == default_port else f"{host}:{port}"
+    headers["user-agent"] = "audit_stream-webhooks/1"
+    extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
+    try:
+        response = client.post(target, content=body.encode(), headers=headers, extensions=extensions)
+    except httpx.TimeoutException as exc:
+        return Outcome(duration_ms=_ms(started), error=f"timeout: {type(exc).__name__}")
+    except httpx.HTTPError as exc:
+        return Outcome(duration_ms=_ms(started), error=f"{type(exc).__name__}: {exc}"[:_EXCERPT])
+    outcome = Outcome(
+        status_code=response.status_code,
+        duration_ms=_ms(started),
+        response_excerpt=response.text[:_EXCERPT],
+        retry_after=_retry_after(response.headers.get("retry-after")),
+    )
+    if 300 <= response.status_code < 400:
+        outcome.error = f"redirect to {response.headers.get('location', '?')} not followed"
+    elif not outcome.succeeded:
+        outcome.error = f"HTTP {response.status_code}"
+    return outcome
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), capped at a day."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = (when - datetime.now(when.tzinfo)).total_seconds()
+    return min(max(seconds, 0.0), 86400.0)
+
+
+def _next_delay(attempts: int, outcome: Outcome) -> float | None:
+    """Seconds until the next attempt after ``attempts`` failed ones; ``None``: give up."""
+    schedule = config.webhook_retry_schedule()
+    if attempts >= len(schedule):
+        return None
+    if outcome.retry_after is not None:
+        return outcome.retry_after
+    delay = schedule[attempts]
+    return delay * random.uniform(0.9, 1.1)
+
+
+def _record(
+    endpoint: WebhookEndpoint, message: WebhookMessage, outcome: Outcome, result: DeliveryResult
+) -> WebhookEndpoint:
+    """Store the attempt and its consequences in one transaction; return the endpoint as it is now."""
+    now = timezone.now()
+    with transaction.atomic():
+        WebhookAttempt.objects.create(
+            message=message,
+            status_code=outcome.status_code,
+            duration_ms=outcome.duration_ms,
+            response_excerpt=outcome.response_excerpt,
+            error=outcome.error,
+            succeeded=outcome.succeeded,
+        )
+        attempts = message.attempts + 1
+        if outcome.succeeded:
+            WebhookMessage.objects.filter(pk=message.pk).update(
+                status=WebhookMessage.DELIVERED, attempts=attempts, delivered_at=now, lease_until=None,
+                last_error="",
+            )  # fmt: skip
+            WebhookEndpoint.objects.filter(pk=endpoint.pk).update(consecutive_failures=0)
+            result.delivered += 1
+            return WebhookEndpoint.objects.get(pk=endpoint.pk)
+
+        result.failed += 1
+        result.errors.append(outcome.error)
+        delay = _next_delay(attempts, outcome)
+        if delay is None:
+            result.dead += 1
+            WebhookMessage.objects.filter(pk=message.pk).update(
+                status=WebhookMessage.DEAD, attempts=attempts, lease_until=None, last_error=outcome.error
+            )
+        else:
+            WebhookMessage.objects.filter(pk=message.pk).update(
+                status=WebhookMessage.PENDING, attempts=attempts, lease_until=None, last_error=outcome.error,
+                next_attempt_at=now + timedelta(seconds=delay),
+            )  # fmt: skip
+        WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
+            consecutive_failures=F("consecutive_failures") + 1
+        )
+        endpoint = WebhookEndpoint.objects.get(pk=endpoint.pk)
+        if outcome.status_code == 410:
+            endpoint.disable("The endpoint answered 410 Gone.")
+        elif endpoint.consecutive_failures >= config.webhook_disable_after():
+            endpoint.disable(
+                f"{endpoint.consecutive_failures} consecutive failed attempts; last: {outcome.error}"
+            )
+        return endpoint
+
+
+def replay(messages) -> int:
+    """Deliver these messages again from a fresh retry schedule (delivered ones too). Returns how many."""
+    return WebhookMessage.objects.filter(pk__in=[getattr(m, "pk", m) for m in messages]).update(
+        status=WebhookMessage.PENDING, attempts=0, next_attempt_at=timezone.now(), lease_until=None
+    )
+
+
+def replay_failed(endpoint: WebhookEndpoint | int, since: datetime) -> int:
+    """Replay every dead message of an endpoint created since ``since``. Returns how many."""
+    return WebhookMessage.objects.filter(
+        endpoint_id=getattr(endpoint, "pk", endpoint), status=WebhookMessage.DEAD, created_at__gte=since
+    ).update(status=WebhookMessage.PENDING, attempts=0, next_attempt_at=timezone.now(), lease_until=None)
+
+
+def send_test(endpoint: WebhookEndpoint) -> WebhookMessage:
+    """Queue a test message (type ``audit_stream.test``) for ``endpoint``."""
+    now = timezone.now()
+    return WebhookMessage.objects.create(
+        endpoint=endpoint,
+        event_type="audit_stream.test",
+        payload={"type": "audit_stream.test", "timestamp": now.isoformat(), "data": {"message": "It works."}},
+    )

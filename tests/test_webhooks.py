@@ -1,0 +1,236 @@
+"""Webhook delivery in-process against a real HTTP receiver on loopback (pytest-httpserver)."""
+
+import json
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from standardwebhooks.webhooks import Webhook
+from werkzeug import Response
+
+import audit_stream
+from audit_stream.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
+from audit_stream.stream import fold
+from audit_stream.webhooks import delivery
+from tests.testapp.models import Customer, Order, Product
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _loopback_allowed(settings):
+    settings.AUDIT_STREAM = {
+        "WEBHOOK_ALLOWED_NETWORKS": ["127.0.0.0/8"],
+        "WEBHOOK_RETRY_SCHEDULE": [0, 0.05, 0.05],
+        "WEBHOOK_TIMEOUT": [1, 0.5],
+    }
+
+
+@pytest.fixture
+def endpoint(httpserver):
+    return WebhookEndpoint.objects.create(url=httpserver.url_for("/hook"), description="test")
+
+
+def _requests(httpserver):
+    return [request for request, _ in httpserver.log]
+
+
+def _deliver_until_settled(endpoint, timeout=10):
+    """Deliver (and retry) until no message of the endpoint is still pending."""
+    deadline = time.monotonic() + timeout
+    while WebhookMessage.objects.filter(endpoint=endpoint, status__in=["pending", "sending"]).exists():
+        assert time.monotonic() < deadline, "messages still pending"
+        delivery.deliver(endpoint.pk)
+        time.sleep(0.02)
+
+
+def test_a_change_is_delivered_with_a_verifiable_signature(httpserver, endpoint):
+    httpserver.expect_request("/hook", method="POST").respond_with_data("ok")
+    with audit_stream.context(user="ada") as ctx:
+        product = Product.objects.create(name="lamp", price=3)
+    fold.fold_all()
+    assert delivery.deliver(endpoint.pk).delivered == 1
+
+    (request,) = _requests(httpserver)
+    payload = Webhook(endpoint.secret).verify(request.get_data(), dict(request.headers))
+    assert payload["type"] == "testapp.product.snapshot"
+    assert payload["data"]["object_id"] == str(product.pk)
+    assert payload["data"]["diff"]["price"] == [None, 3]
+    assert payload["data"]["context"] == {"id": str(ctx.id), "metadata": {"user": "ada"}}
+    assert request.headers["webhook-id"].startswith("msg_")
+    message = WebhookMessage.objects.get()
+    assert (message.status, message.attempts) == ("delivered", 1)
+    assert WebhookAttempt.objects.get().status_code == 200
+
+
+def test_messages_are_recorded_in_the_folds_transaction(endpoint):
+    Product.objects.create(name="lamp")
+    assert not WebhookMessage.objects.exists()
+    result = fold.fold("testapp_productevent")
+    assert result.endpoints == {endpoint.pk}
+    assert WebhookMessage.objects.get().change_id is not None
+
+
+def test_filters_by_model_and_label_are_respected(httpserver):
+    url = httpserver.url_for("/hook")
+    orders = WebhookEndpoint.objects.create(url=url, filter_models=["testapp.Order"])
+    inserts = WebhookEndpoint.objects.create(url=url, filter_labels=["after_insert"])
+    inactive = WebhookEndpoint.objects.create(url=url, is_active=False)
+    customer = Customer.objects.create(email="c@example.com", name="C")
+    order = Order.objects.create(customer=customer)
+    Order.objects.filter(pk=order.pk).update(status="paid")
+    Product.objects.create(name="lamp")
+    fold.fold_all()
+    assert set(WebhookMessage.objects.filter(endpoint=orders).values_list("event_type", flat=True)) == {
+        "testapp.order.after_insert", "testapp.order.after_update", "testapp.order.before_update",
+        "testapp.order.after_insert_or_update",
+    }  # fmt: skip
+    assert set(WebhookMessage.objects.filter(endpoint=inserts).values_list("event_type", flat=True)) == {
+        "testapp.order.after_insert"
+    }
+    assert not WebhookMessage.objects.filter(endpoint=inactive).exists()
+
+
+def test_a_500_is_retried_with_the_same_webhook_id(httpserver, endpoint):
+    answers = iter([Response("boom", status=500), Response("still", status=503), Response("ok")])
+    httpserver.expect_request("/hook").respond_with_handler(lambda request: next(answers))
+    Product.objects.create(name="lamp")
+    fold.fold_all()
+    _deliver_until_settled(endpoint)
+    ids = {request.headers["webhook-id"] for request in _requests(httpserver)}
+    assert len(_requests(httpserver)) == 3 and len(ids) == 1
+    message = WebhookMessage.objects.get()
+    assert (message.status, message.attempts) == ("delivered", 3)
+    assert [a.status_code for a in WebhookAttempt.objects.order_by("attempted_at")] == [500, 503, 200]
+
+
+def test_a_receiver_that_stays_down_makes_the_message_dead_then_replay_delivers(httpserver):
+    endpoint = WebhookEndpoint.objects.create(url="http://127.0.0.1:9/hook")  # nothing listens on port 9
+    Product.objects.create(name="lamp")
+    fold.fold_all()
+    _deliver_until_settled(endpoint)
+    message = WebhookMessage.objects.get()
+    assert (message.status, message.attempts) == ("dead", 3)
+    assert "ConnectError" in message.last_error
+
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(url=httpserver.url_for("/hook"))
+    assert delivery.replay_failed(endpoint, since=timezone.now() - timedelta(hours=1)) == 1
+    _deliver_until_settled(endpoint)
+    message.refresh_from_db()
+    assert message.status == "delivered"
+    assert len(_requests(httpserver)) == 1
+
+
+def test_a_slow_receiver_times_out(httpserver, endpoint):
+    def slow(request):
+        time.sleep(1.5)
+        return Response("late")
+
+    httpserver.expect_request("/hook").respond_with_handler(slow)
+    Product.objects.create(name="lamp")
+    fold.fold_all()
+    delivery.deliver(endpoint.pk)
+    attempt = WebhookAttempt.objects.get()
+    assert attempt.error.startswith("timeout") and attempt.status_code is None
+    assert WebhookMessage.objects.get().status == "pending"
+    time.sleep(1.2)  # let the single-threaded receiver finish before the next test uses it
+
+
+def test_a_redirect_is_not_followed(httpserver, endpoint):
+    httpserver.expect_request("/hook").respond_with_data(
+        "", status=302, headers={"Location": "http://10.0.0.1/"}
+    )
+    Product.objects.create(name="lamp")
+    fold.fold_all()
+    delivery.deliver(endpoint.pk)
+    attempt = WebhookAttempt.objects.get()
+    assert (attempt.status_code, attempt.succeeded) == (302, False)
+    assert "redirect to http://10.0.0.1/ not followed" in attempt.error
+    assert len(_requests(httpserver)) == 1
+
+
+def test_410_gone_disables_the_endpoint_at_once(httpserver, endpoint):
+    httpserver.expect_request("/hook").respond_with_data("gone", status=410)
+    Product.objects.bulk_create([Product(name="a"), Product(name="b")])
+    fold.fold_all()
+    delivery.deliver(endpoint.pk)
+    endpoint.refresh_from_db()
+    assert not endpoint.is_active and "410 Gone" in endpoint.disabled_reason
+    assert len(_requests(httpserver)) == 1  # the second message was not sent
+    assert WebhookMessage.objects.filter(status="pending").count() == 2
+
+
+def test_repeated_failures_disable_the_endpoint(httpserver, endpoint, settings):
+    settings.AUDIT_STREAM = {**settings.AUDIT_STREAM, "WEBHOOK_DISABLE_AFTER": 3}
+    httpserver.expect_request("/hook").respond_with_data("no", status=500)
+    Product.objects.bulk_create([Product(name=f"p{i}") for i in range(5)])
+    fold.fold_all()
+    delivery.deliver(endpoint.pk)
+    endpoint.refresh_from_db()
+    assert not endpoint.is_active
+    assert endpoint.disabled_reason.startswith("3 consecutive failed attempts; last: HTTP 500")
+
+
+def test_retry_after_is_honoured(httpserver, endpoint):
+    httpserver.expect_request("/hook").respond_with_data("later", status=429, headers={"Retry-After": "120"})
+    Product.objects.create(name="lamp")
+    fold.fold_all()
+    delivery.deliver(endpoint.pk)
+    message = WebhookMessage.objects.get()
+    wait = (message.next_attempt_at - timezone.now()).total_seconds()
+    assert 110 < wait <= 120
+
+
+def test_secret_rotation_signs_with_both_secrets(httpserver, endpoint):
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    old = endpoint.secret
+    new = endpoint.rotate_secret(overlap=timedelta(hours=1))
+    Product.objects.create(name="lamp")
+    fold.fold_all()
+    delivery.deliver(endpoint.pk)
+    (request,) = _requests(httpserver)
+    assert len(request.headers["webhook-signature"].split()) == 2
+    for secret in (old, new):
+        Webhook(secret).verify(request.get_data(), dict(request.headers))
+
+
+def test_after_the_overlap_only_the_new_secret_signs(httpserver, endpoint):
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    endpoint.rotate_secret(overlap=timedelta(seconds=-1))
+    Product.objects.create(name="lamp")
+    fold.fold_all()
+    delivery.deliver(endpoint.pk)
+    (request,) = _requests(httpserver)
+    assert len(request.headers["webhook-signature"].split()) == 1
+
+
+def test_a_url_that_became_unsafe_is_refused_at_send_time(httpserver, endpoint, settings):
+    Product.objects.create(name="lamp")
+    fold.fold_all()
+    settings.AUDIT_STREAM = {**settings.AUDIT_STREAM, "WEBHOOK_ALLOWED_NETWORKS": []}
+    delivery.deliver(endpoint.pk)
+    assert WebhookAttempt.objects.get().error.startswith("refused:")
+    assert not _requests(httpserver)
+
+
+def test_payload_body_is_the_signed_json(httpserver, endpoint):
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    Product.objects.create(name="lamp")
+    fold.fold_all()
+    delivery.deliver(endpoint.pk)
+    (request,) = _requests(httpserver)
+    assert json.loads(request.get_data()) == WebhookMessage.objects.get().payload
+    assert request.headers["content-type"] == "application/json"
+
+
+def test_send_test_queues_a_test_message(httpserver, endpoint):
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    delivery.send_test(endpoint)
+    delivery.deliver(endpoint.pk)
+    (request,) = _requests(httpserver)
+    assert (
+        Webhook(endpoint.secret).verify(request.get_data(), dict(request.headers))["type"]
+        == "audit_stream.test"
+    )
