@@ -6,8 +6,9 @@ import psycopg
 import pytest
 import redis
 from django.db import connection
+from standardwebhooks.webhooks import Webhook
 
-from audit_stream.models import Change
+from audit_stream.models import Change, WebhookEndpoint, WebhookMessage
 from audit_stream.stream import wakeup
 from tests.procs import start_listener, start_worker, wait_until
 from tests.testapp.models import Product, ProductEvent
@@ -160,3 +161,19 @@ def test_the_listener_stops_cleanly_on_sigterm(procs):
     assert listener.popen.returncode == 0
     assert time.monotonic() - started < 5
     assert "listener: stopped" in listener.output()
+
+
+def test_a_change_reaches_a_webhook_receiver(procs, httpserver, settings):
+    """Commit, fold, deliver: the receiver gets a signed message, through real processes."""
+    allow = {"WEBHOOK_ALLOWED_NETWORKS": ["127.0.0.0/8"]}
+    settings.AUDIT_STREAM = allow
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    endpoint = WebhookEndpoint.objects.create(url=httpserver.url_for("/hook"))
+    procs.worker(settings=allow)
+    procs.listener(settings=allow)
+    Product.objects.create(name="lamp", price=2)
+    wait_until(lambda: httpserver.log, timeout=15, message="the webhook")
+    request, _ = httpserver.log[0]
+    payload = Webhook(endpoint.secret).verify(request.get_data(), dict(request.headers))
+    assert payload["type"] == "testapp.product.snapshot"
+    wait_until(lambda: WebhookMessage.objects.filter(status="delivered").exists(), timeout=10)

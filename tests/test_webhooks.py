@@ -3,6 +3,7 @@
 import json
 import time
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.utils import timezone
@@ -215,13 +216,14 @@ def test_a_url_that_became_unsafe_is_refused_at_send_time(httpserver, endpoint, 
     assert not _requests(httpserver)
 
 
-def test_payload_body_is_the_signed_json(httpserver, endpoint):
+def test_payload_body_is_the_signed_json_with_exact_numbers(httpserver, endpoint):
     httpserver.expect_request("/hook").respond_with_data("ok")
-    Product.objects.create(name="lamp")
+    Product.objects.create(name="lamp", price=Decimal("12345678.10"))
     fold.fold_all()
     delivery.deliver(endpoint.pk)
     (request,) = _requests(httpserver)
     assert json.loads(request.get_data()) == WebhookMessage.objects.get().payload
+    assert b'"price": 12345678.10' in request.get_data()
     assert request.headers["content-type"] == "application/json"
 
 

@@ -33,7 +33,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from audit_stream import config
@@ -126,7 +127,13 @@ def _claim(endpoint_id: int, limit: int) -> list[WebhookMessage]:
         with connection.cursor() as cursor:
             cursor.execute(_CLAIM_SQL, {"lease": _LEASE, "endpoint": endpoint_id, "limit": limit})
             ids = [row[0] for row in cursor.fetchall()]
-    return list(WebhookMessage.objects.filter(id__in=ids).order_by("created_at", "id"))
+    # The body is PostgreSQL's own text of the JSONB payload: numbers stay exact,
+    # and every attempt sends the same bytes.
+    return list(
+        WebhookMessage.objects.filter(id__in=ids)
+        .annotate(body=Cast("payload", TextField()))
+        .order_by("created_at", "id")
+    )
 
 
 def _release(messages: list[WebhookMessage]) -> None:
@@ -144,7 +151,8 @@ def _has_due(endpoint_id: int) -> bool:
 
 
 def _body(message: WebhookMessage) -> str:
-    return json.dumps(message.payload, separators=(",", ":"), ensure_ascii=False)
+    body = getattr(message, "body", None)
+    return body if body is not None else json.dumps(message.payload, ensure_ascii=False)
 
 
 def _send(client: httpx.Client, endpoint: WebhookEndpoint, message: WebhookMessage) -> Outcome:
