@@ -173,7 +173,6 @@ class EventTrigger(_Trigger):
             declare=[
                 ("_ignore", "text"),
                 ("_context_id", "uuid"),
-                ("_xid", "bigint := pg_current_xact_id()::text::bigint"),
             ],
         )
 
@@ -186,14 +185,21 @@ class EventTrigger(_Trigger):
         tracked_columns = {f.attname: f.column for f in tracked._meta.concrete_fields}
 
         # pgh_xid: the writing transaction, read by the fold (audit_stream.stream.fold).
+        #
+        # The INSERT below uses no PL/pgSQL variable: a statement with one is
+        # parameterised, and PostgreSQL then weighs re-planning it on every
+        # call; after large statements it does, which measured +35 µs per
+        # single-row statement (BENCHMARKS.md, "Plan cache"). Without
+        # variables, the cached plan is always reused. The context id is an
+        # initplan, evaluated once per statement.
         columns = ["pgh_label", "pgh_xid"]
-        values = [_literal(self.label), "_xid"]
+        values = [_literal(self.label), "pg_current_xact_id()::text::bigint"]
         if getattr(event_model, "_pgh_has_obj", False):
             columns.append("pgh_obj_id")
             values.append(f"{side}.{_quote(pk_column)}")
         if getattr(event_model, "_pgh_has_context", False):
             columns.append("pgh_context_id")
-            values.append("_context_id")
+            values.append(f"(SELECT nullif(current_setting('{CONTEXT_ID_SETTING}', true), '')::uuid)")
         for field in event_model._meta.concrete_fields:
             if field.attname in getattr(event_model, "_pgh_tracked_fields", ()):
                 columns.append(field.column)
@@ -213,8 +219,6 @@ class EventTrigger(_Trigger):
         table = event_model._meta.db_table
         body = f"""
             {IGNORE_CHECK}
-            _context_id := nullif(current_setting('{CONTEXT_ID_SETTING}', true), '')::uuid;
-
             INSERT INTO {_quote(table)} ({", ".join(map(_quote, columns))})
             SELECT {", ".join(values)}
             FROM {source}
@@ -224,6 +228,7 @@ class EventTrigger(_Trigger):
             END IF;
 
             -- Attach the context once per statement, and only if rows were written.
+            _context_id := nullif(current_setting('{CONTEXT_ID_SETTING}', true), '')::uuid;
             IF _context_id IS NOT NULL THEN
                 PERFORM _audit_stream_attach_context(
                     _context_id, current_setting('{CONTEXT_METADATA_SETTING}', true)

@@ -1,0 +1,1 @@
+"""The models the write benchmark measures: one identical table per variant."""
