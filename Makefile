@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/audit_stream_demo
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: demo test lint bench-write services install clean
+.PHONY: demo test lint bench-write bench-plan-cache bench-stream services install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Benchmarks (see BENCHMARKS.md); each recreates its own database.
 bench-write: install services
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m benchmarks.write
+
+bench-plan-cache: install services
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m benchmarks.plan_cache
+
+bench-stream: install services
+	$(PY) -m benchmarks.stream
