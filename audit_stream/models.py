@@ -14,6 +14,9 @@ __all__ = [
     "Checkpoint",
     "Context",
     "Event",
+    "FoldRun",
+    "Heartbeat",
+    "RetentionRun",
     "WebhookAttempt",
     "WebhookEndpoint",
     "WebhookMessage",
@@ -126,6 +129,7 @@ class Change(models.Model):
 
     class Meta:
         db_table = "audit_stream_change"
+        permissions = [("view_dashboard", "Can view the audit_stream dashboard and act on it")]
         constraints = [
             # A second fold of the same event would fail here: exactly once.
             models.UniqueConstraint(fields=["event_table", "event_id"], name="audit_stream_change_event"),
@@ -159,6 +163,52 @@ class Checkpoint(models.Model):
 
     class Meta:
         db_table = "audit_stream_checkpoint"
+
+
+class FoldRun(models.Model):
+    """One fold task's work on one event table: for throughput and lag on the dashboard."""
+
+    event_table = models.TextField()
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(db_default=Now())
+    folded = models.PositiveIntegerField()
+    lag_ms = models.PositiveIntegerField(
+        null=True, help_text="From the oldest folded event's transaction start to its fold."
+    )
+
+    class Meta:
+        db_table = "audit_stream_foldrun"
+        indexes = [models.Index(fields=["finished_at"], name="audit_stream_foldrun_time")]
+
+
+class Heartbeat(models.Model):
+    """The last sign of life of a stream process (listener, worker, beat)."""
+
+    name = models.TextField(primary_key=True, help_text='"listener@host:pid", "worker@host:pid"')
+    kind = models.TextField()
+    host = models.TextField()
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField(db_default=Now())
+    last_seen = models.DateTimeField(db_default=Now())
+    info = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+
+    class Meta:
+        db_table = "audit_stream_heartbeat"
+
+
+class RetentionRun(models.Model):
+    """One application of the retention policies: when, what was pruned per table, errors."""
+
+    started_at = models.DateTimeField(db_default=Now())
+    finished_at = models.DateTimeField(null=True)
+    trigger = models.TextField(help_text='"beat" or "command"')
+    dry_run = models.BooleanField(default=False)
+    rows = models.JSONField(default=dict, help_text="{table: rows deleted (or that would be)}")
+    errors = models.JSONField(default=list)
+
+    class Meta:
+        db_table = "audit_stream_retentionrun"
+        indexes = [models.Index(fields=["started_at"], name="audit_stream_retention_time")]
 
 
 from audit_stream.tracking import create_event_model  # noqa: E402

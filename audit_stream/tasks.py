@@ -13,7 +13,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from audit_stream.stream import fold as _fold
-from audit_stream.stream import pending, wakeup
+from audit_stream.stream import heartbeat, pending, wakeup
 
 logger = logging.getLogger("audit_stream.stream")
 
@@ -41,7 +41,9 @@ def fold(event_table: str) -> dict:
     be delivered again, and the fold's transactions make the redo exact.
     """
     pending.release(FOLD, event_table)
+    started = timezone.now()
     result = _fold.fold(event_table)
+    _record_fold(event_table, started, result)
     for endpoint_id in sorted(result.endpoints):
         enqueue(deliver, endpoint_id)
     if not result.caught_up:
@@ -50,12 +52,23 @@ def fold(event_table: str) -> dict:
     return {"event_table": event_table, "folded": result.folded, "caught_up": result.caught_up}
 
 
+def _record_fold(event_table: str, started, result) -> None:
+    from audit_stream.models import FoldRun
+
+    heartbeat.beat("worker")
+    if result.folded:
+        FoldRun.objects.create(
+            event_table=event_table, started_at=started, folded=result.folded, lag_ms=result.lag_ms
+        )
+
+
 @shared_task(name=DELIVER, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def deliver(endpoint_id: int) -> dict:
     """Deliver the due messages of one webhook endpoint."""
     from audit_stream.webhooks import delivery
 
     pending.release(DELIVER, endpoint_id)
+    heartbeat.beat("worker")
     result = delivery.deliver(endpoint_id)
     if result.more:
         enqueue(deliver, endpoint_id)
@@ -85,6 +98,7 @@ def sweep() -> dict:
 
     Run by beat as a safety net; the listener does the same every POLL_INTERVAL.
     """
+    heartbeat.beat("beat-sweep")
     tables = wakeup.tables_with_work()
     for table in tables:
         enqueue(fold, table)

@@ -89,7 +89,7 @@ SELECT %(event_table)s, w.pgh_id, %(model)s, w.object_id, w.pgh_label, w.pgh_con
        w.snapshot
 FROM with_before AS w
 ORDER BY w.pgh_id
-RETURNING id, event_id
+RETURNING id, event_id, (extract(epoch FROM clock_timestamp() - created_at) * 1000)::bigint
 """
 
 
@@ -102,6 +102,7 @@ class FoldResult:
     caught_up: bool = True
     busy: bool = False  # another fold of the same table held the checkpoint
     endpoints: set[int] = field(default_factory=set)  # webhook endpoints owed new messages
+    lag_ms: int | None = None  # from the oldest folded event's transaction start to its fold
 
 
 def fold(
@@ -124,9 +125,11 @@ def fold(
     result = FoldResult(event_table)
     deadline = time.monotonic() + max_seconds
     while True:
-        folded, caught_up, busy, endpoints = _fold_batch(model, using, batch_size)
+        folded, caught_up, busy, endpoints, lag_ms = _fold_batch(model, using, batch_size)
         result.folded += folded
         result.endpoints |= endpoints
+        if lag_ms is not None:
+            result.lag_ms = max(result.lag_ms or 0, lag_ms)
         if busy:
             result.busy = True
             return result
@@ -167,8 +170,8 @@ def _delete_labels(model) -> list[str]:
     ]
 
 
-def _fold_batch(model, using: str, batch_size: int) -> tuple[int, bool, bool, set[int]]:
-    """Fold one batch in one transaction. Returns (folded, caught_up, busy, endpoints)."""
+def _fold_batch(model, using: str, batch_size: int) -> tuple[int, bool, bool, set[int], int | None]:
+    """Fold one batch in one transaction. Returns (folded, caught_up, busy, endpoints, lag_ms)."""
     table = model._meta.db_table
     connection = connections[using]
     with transaction.atomic(using=using), connection.cursor() as cursor:
@@ -184,7 +187,7 @@ def _fold_batch(model, using: str, batch_size: int) -> tuple[int, bool, bool, se
         )
         row = cursor.fetchone()
         if row is None:
-            return 0, False, True, set()
+            return 0, False, True, set(), None
         done, target, position = row
         if target is None:
             cursor.execute("SELECT pg_current_snapshot()::text")
@@ -209,9 +212,10 @@ def _fold_batch(model, using: str, batch_size: int) -> tuple[int, bool, bool, se
             },
         )
         rows = cursor.fetchall()
-        ids = [event_id for _, event_id in rows]
+        ids = [event_id for _, event_id, _ in rows]
+        lag_ms = max((lag for _, _, lag in rows), default=None)
         # The messages owed to webhook endpoints commit with their changes.
-        endpoints = messages.record(cursor, [change_id for change_id, _ in rows])
+        endpoints = messages.record(cursor, [change_id for change_id, _, _ in rows])
         caught_up = len(ids) < batch_size
         if caught_up:
             # The whole interval is folded: `target` becomes `done`.
@@ -226,4 +230,4 @@ def _fold_batch(model, using: str, batch_size: int) -> tuple[int, bool, bool, se
                 " folded = folded + %s, updated_at = now() WHERE event_table = %s",
                 [target, max(ids), len(ids), table],
             )
-        return len(ids), caught_up, False, endpoints
+        return len(ids), caught_up, False, endpoints, lag_ms

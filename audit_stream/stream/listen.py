@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from audit_stream import config, tracking
-from audit_stream.stream import pending, wakeup
+from audit_stream.stream import heartbeat, pending, wakeup
 
 __all__ = ["Listener"]
 
@@ -113,6 +113,7 @@ class Listener:
     def _poll(self, conn: psycopg.Connection) -> None:
         """Enqueue what is due: folds of tables with unfolded events, deliveries of due messages."""
         with conn.cursor() as cursor:
+            cursor.execute(heartbeat.BEAT_SQL, heartbeat.params("listener", '{"leader": true}'))
             busy = [table for table in sorted(self.tables) if wakeup._has_work(cursor, table)]
             for table in busy:
                 self._enqueue("audit_stream.fold", table)
