@@ -7,6 +7,7 @@
 ``audit_stream.E004``  one event model declares the same label twice
 ``audit_stream.E005``  an event declaration that cannot be installed (e.g. its condition)
 ``audit_stream.E010``  ``AUDIT_STREAM`` is not a dict, has an unknown key or a bad value
+``audit_stream.E011``  ``AUDIT_STREAM["RETENTION"]`` is invalid (unknown target, bad duration...)
 =====================  =========================================================
 """
 
@@ -81,3 +82,17 @@ def _settings_error(message: str, hint: str | None = None) -> checks.Error:
     return checks.Error(
         message, hint=hint or "See the settings reference in the README.", id="audit_stream.E010"
     )
+
+
+@checks.register()
+def check_retention(app_configs=None, **kwargs):
+    """Retention policies must parse: known targets, durations like "90d", positive keep_last."""
+    from audit_stream import retention
+
+    try:
+        retention.policies()
+    except ValueError as exc:
+        return [
+            checks.Error(str(exc), hint="See the retention section of the README.", id="audit_stream.E011")
+        ]
+    return []

@@ -24,6 +24,9 @@ KEYS: dict[str, tuple[type, ...]] = {
     "WEBHOOK_TIMEOUT": (int, float, list, tuple),
     "WEBHOOK_ALLOWED_NETWORKS": (list, tuple),
     "WEBHOOK_DISABLE_AFTER": (int,),
+    "RETENTION": (dict,),
+    "RETENTION_INTERVAL": (int, float),
+    "METRICS_TOKEN": (str,),
     "MIDDLEWARE_METHODS": (list, tuple),
     "JSON_ENCODER": (str, type),
 }
@@ -127,3 +130,22 @@ def webhook_disable_after() -> int:
     """``WEBHOOK_DISABLE_AFTER`` (default ``100``): disable an endpoint after this
     many failed attempts in a row (410 Gone disables at once)."""
     return _get("WEBHOOK_DISABLE_AFTER", 100)
+
+
+def retention() -> dict:
+    """``RETENTION`` (default ``{}``): retention policies per event model label,
+    ``"default"``, ``"changes"``, ``"webhook_messages"`` and ``"webhook_attempts"``,
+    each ``{"max_age": "90d", "keep_last": 10}`` or ``None`` (keep forever). See
+    :mod:`audit_stream.retention` for the defaults."""
+    return _get("RETENTION", {})
+
+
+def retention_interval() -> float:
+    """``RETENTION_INTERVAL`` (default ``3600`` seconds): how often beat prunes."""
+    return float(_get("RETENTION_INTERVAL", 3600))
+
+
+def metrics_token() -> str | None:
+    """``METRICS_TOKEN`` (default ``None``): a bearer token that may read
+    ``/audit-stream/metrics`` without logging in (for Prometheus)."""
+    return _get("METRICS_TOKEN", None)

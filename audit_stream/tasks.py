@@ -106,3 +106,23 @@ def sweep() -> dict:
     for endpoint_id in endpoints:
         enqueue(deliver, endpoint_id)
     return {"tables": tables, "endpoints": endpoints}
+
+
+@shared_task(name="audit_stream.prune", ignore_result=True)
+def prune() -> dict:
+    """Apply the retention policies (scheduled by beat every RETENTION_INTERVAL) and record the run."""
+    from audit_stream import retention
+    from audit_stream.models import RetentionRun
+
+    heartbeat.beat("beat-prune")
+    run = RetentionRun.objects.create(trigger="beat")
+    try:
+        report = retention.prune()
+        run.rows, run.errors = report.rows, report.errors
+    except Exception as exc:
+        run.errors = [f"{type(exc).__name__}: {exc}"]
+        raise
+    finally:
+        run.finished_at = timezone.now()
+        run.save(update_fields=["rows", "errors", "finished_at"])
+    return run.rows

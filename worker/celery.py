@@ -28,3 +28,13 @@ app.conf.update(
 )
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["audit_stream"])
+
+
+@app.on_after_finalize.connect
+def _schedule_retention(sender, **kwargs):
+    """Prune by the retention policies every AUDIT_STREAM["RETENTION_INTERVAL"] seconds."""
+    from audit_stream import config
+
+    sender.add_periodic_task(
+        config.retention_interval(), sender.signature("audit_stream.prune"), name="audit_stream.prune"
+    )
