@@ -9,7 +9,10 @@ from django.db import models
 from django.db.models import Func
 from django.db.models.functions import Cast, Now
 
+from audit_stream.aggregate import AggregateEventQuerySet
+
 __all__ = [
+    "AggregateEvent",
     "Change",
     "Checkpoint",
     "Context",
@@ -163,6 +166,49 @@ class Checkpoint(models.Model):
 
     class Meta:
         db_table = "audit_stream_checkpoint"
+
+
+class AggregateEvent(models.Model):
+    """Events of one object across event tables, with diffs (a read-only view).
+
+    ``AggregateEvent.objects.target(obj).across(*event_models)``: rows ordered by
+    time, filterable like any QuerySet, e.g. by
+    ``pgh_context__metadata__user=request.user.pk``.
+    """
+
+    pgh_key = models.TextField(primary_key=True, help_text='"<event table>:<pgh_id>"')
+    pgh_id = models.BigIntegerField()
+    pgh_created_at = models.DateTimeField()
+    pgh_label = models.TextField()
+    pgh_table = models.TextField()
+    pgh_model = models.TextField()
+    pgh_obj_id = models.TextField(null=True)
+    pgh_context = models.ForeignKey(
+        Context, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    pgh_data = models.JSONField()
+    pgh_diff = models.JSONField()
+
+    objects = AggregateEventQuerySet.as_manager()
+
+    class Meta:
+        managed = False
+        db_table = "audit_stream_aggregateevent"
+        ordering = ["pgh_created_at", "pgh_table", "pgh_id"]
+
+    def __str__(self) -> str:
+        return f"{self.pgh_model}:{self.pgh_obj_id} {self.pgh_label}"
+
+    @property
+    def event_model(self):
+        """The concrete event model this row comes from."""
+        from audit_stream import tracking
+
+        return tracking._event_models[self.pgh_table]
+
+    def event(self):
+        """The event row itself (typed fields, for reverting)."""
+        return self.event_model.objects.get(pgh_id=self.pgh_id)
 
 
 class FoldRun(models.Model):

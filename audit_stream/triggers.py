@@ -315,3 +315,25 @@ DROP_ATTACH_CONTEXT_FUNCTION = "DROP FUNCTION IF EXISTS _audit_stream_attach_con
 # so that after setval() exactly one session draws 1.
 CREATE_WAKEUP_SEQUENCE = f"CREATE SEQUENCE IF NOT EXISTS {WAKEUP_SEQUENCE} AS bigint START WITH 2 CACHE 1;"
 DROP_WAKEUP_SEQUENCE = f"DROP SEQUENCE IF EXISTS {WAKEUP_SEQUENCE};"
+
+
+# The diff between two states of an object, shared by the fold (the Change feed)
+# and AggregateEvent, so both say the same: {column: [old, new]} for the columns
+# that differ; every column when there is no previous state; [old, null] for
+# every column when the event is a delete.
+DIFF_FUNCTION = """
+CREATE OR REPLACE FUNCTION _audit_stream_diff(_before jsonb, _after jsonb, _is_delete boolean)
+RETURNS jsonb LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN _is_delete THEN
+        (SELECT coalesce(jsonb_object_agg(s.key, jsonb_build_array(s.value, NULL)), '{}')
+         FROM jsonb_each(_after) AS s)
+    ELSE
+        (SELECT coalesce(jsonb_object_agg(s.key, jsonb_build_array(p.value, s.value)), '{}')
+         FROM jsonb_each(_after) AS s
+         LEFT JOIN jsonb_each(_before) AS p ON p.key = s.key
+         WHERE p.value IS DISTINCT FROM s.value)
+    END
+$$;
+"""
+
+DROP_DIFF_FUNCTION = "DROP FUNCTION IF EXISTS _audit_stream_diff(jsonb, jsonb, boolean);"

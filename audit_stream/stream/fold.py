@@ -48,8 +48,9 @@ _PGH_COLUMNS = ["pgh_id", "pgh_created_at", "pgh_label", "pgh_xid", "pgh_obj_id"
 #
 # For each event, `before` is the object's previous state: the previous event
 # of the object in this batch, else the last change already folded for it.
-# The diff is {column: [old, new]} for the columns that differ (all of them for
-# an object's first event); for delete events it is {column: [old, null]}.
+# _audit_stream_diff (audit_stream.triggers.DIFF_FUNCTION) gives
+# {column: [old, new]} for the columns that differ (all of them for an
+# object's first event), and {column: [old, null]} for delete events.
 _FOLD_SQL = """
 WITH batch AS (
     SELECT e.pgh_id, {object_id} AS object_id, e.pgh_label, {context_id} AS pgh_context_id,
@@ -77,15 +78,7 @@ INSERT INTO audit_stream_change
     (event_table, event_id, model, object_id, label, context_id, created_at, diff, snapshot)
 SELECT %(event_table)s, w.pgh_id, %(model)s, w.object_id, w.pgh_label, w.pgh_context_id,
        w.pgh_created_at,
-       CASE WHEN w.pgh_label = ANY(%(delete_labels)s::text[]) THEN
-           (SELECT coalesce(jsonb_object_agg(s.key, jsonb_build_array(s.value, NULL)), '{{}}')
-            FROM jsonb_each(w.snapshot) AS s)
-       ELSE
-           (SELECT coalesce(jsonb_object_agg(s.key, jsonb_build_array(p.value, s.value)), '{{}}')
-            FROM jsonb_each(w.snapshot) AS s
-            LEFT JOIN jsonb_each(w.before) AS p ON p.key = s.key
-            WHERE p.value IS DISTINCT FROM s.value)
-       END,
+       _audit_stream_diff(w.before, w.snapshot, w.pgh_label = ANY(%(delete_labels)s::text[])),
        w.snapshot
 FROM with_before AS w
 ORDER BY w.pgh_id

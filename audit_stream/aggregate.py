@@ -1,0 +1,136 @@
+"""``AggregateEvent``: one object's events across event tables, with diffs, as a QuerySet.
+
+``AggregateEvent.objects.target(obj).across(*event_models)`` compiles to::
+
+    WITH "audit_stream_aggregateevent" AS (
+        SELECT ... FROM <event table 1> WHERE pgh_obj_id = %s   -- (pgh_obj, pgh_id) index
+        UNION ALL
+        SELECT ... FROM <event table 2> WHERE pgh_obj_id = %s
+    )
+    SELECT ... FROM "audit_stream_aggregateevent" WHERE <the QuerySet's filters> ORDER BY ...
+
+so filters (``pgh_label``, ``pgh_created_at__gte``, ``pgh_context__metadata__user``),
+ordering, slicing, counting and pagination work as on any QuerySet, and one
+object's history is an index scan per event table. ``pgh_diff`` is computed
+with the same SQL function as the Change feed (``_audit_stream_diff``), against
+the previous event of the object in the same event table.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models.sql import Query
+from django.db.models.sql.compiler import SQLCompiler
+
+__all__ = ["AggregateEventQuerySet"]
+
+_PGH_COLUMNS = ["pgh_id", "pgh_created_at", "pgh_label", "pgh_xid", "pgh_obj_id", "pgh_context_id"]
+
+# One branch per event table. `before` is the object's previous state in that
+# table (lag over pgh_id: the order the changes happened).
+_BRANCH = """
+SELECT %s::text || ':' || e.pgh_id AS pgh_key, e.pgh_id, e.pgh_created_at, e.pgh_label,
+       %s::text AS pgh_table, %s::text AS pgh_model, {object_id} AS pgh_obj_id,
+       {context_id} AS pgh_context_id, e.pgh_data,
+       _audit_stream_diff(
+           lag(e.pgh_data) OVER (PARTITION BY {object_id} ORDER BY e.pgh_id),
+           e.pgh_data,
+           e.pgh_label = ANY(%s::text[])
+       ) AS pgh_diff
+FROM (SELECT x.*, to_jsonb(x) - %s::text[] AS pgh_data FROM {table} AS x {where}) AS e
+"""
+
+
+def _delete_labels(event_model) -> list[str]:
+    from audit_stream.events import DatabaseEvent
+
+    return [
+        e.label for e in event_model.pgh_events if isinstance(e, DatabaseEvent) and e.operations == ["DELETE"]
+    ]
+
+
+class AggregateEventCompiler(SQLCompiler):
+    def as_sql(self, *args, **kwargs):
+        sql, params = super().as_sql(*args, **kwargs)
+        cte, cte_params = self.query.cte_sql(self.connection)
+        name = self.connection.ops.quote_name(self.query.model._meta.db_table)
+        return f"WITH {name} AS ({cte}) {sql}", (*cte_params, *params)
+
+
+class AggregateEventQuery(Query):
+    """A Query that carries its target and event models, and compiles with a CTE."""
+
+    target = None  # (model, pk) or None
+    event_models: tuple = ()
+
+    def get_compiler(self, using=None, connection=None, elide_empty=True):
+        from django.db import connections
+
+        if using:
+            connection = connections[using]
+        return AggregateEventCompiler(self, connection, using, elide_empty)
+
+    def cte_sql(self, connection) -> tuple[str, list]:
+        from audit_stream import tracking
+
+        quote = connection.ops.quote_name
+        event_models = list(self.event_models) or sorted(
+            (
+                m
+                for m in tracking._event_models.values()
+                if self.target is None or m.pgh_tracked_model._meta.concrete_model is self.target[0]
+            ),
+            key=lambda m: m._meta.db_table,
+        )
+        if self.target is not None:
+            event_models = [m for m in event_models if m._pgh_has_obj]
+        if not event_models:
+            return (
+                "SELECT NULL::text AS pgh_key, NULL::bigint AS pgh_id, NULL::timestamptz AS pgh_created_at,"
+                " NULL::text AS pgh_label, NULL::text AS pgh_table, NULL::text AS pgh_model,"
+                " NULL::text AS pgh_obj_id, NULL::uuid AS pgh_context_id, NULL::jsonb AS pgh_data,"
+                " NULL::jsonb AS pgh_diff WHERE FALSE",
+                [],
+            )
+        branches, params = [], []
+        for model in event_models:
+            table = model._meta.db_table
+            where, where_params = "", []
+            if self.target is not None:
+                where, where_params = "WHERE x.pgh_obj_id = %s", [self.target[1]]
+            branches.append(
+                _BRANCH.format(
+                    table=quote(table),
+                    where=where,
+                    object_id="e.pgh_obj_id::text" if model._pgh_has_obj else "NULL::text",
+                    context_id="e.pgh_context_id" if model._pgh_has_context else "NULL::uuid",
+                )
+            )
+            label = model.pgh_tracked_model._meta.label_lower
+            params += [table, table, label, _delete_labels(model), _PGH_COLUMNS, *where_params]
+        return " UNION ALL ".join(branches), params
+
+
+class AggregateEventQuerySet(models.QuerySet):
+    """QuerySet over events aggregated across event tables."""
+
+    def __init__(self, model=None, query=None, using=None, hints=None):
+        super().__init__(model, query or AggregateEventQuery(model), using, hints)
+
+    def target(self, obj: models.Model) -> AggregateEventQuerySet:
+        """Only the events of ``obj`` (also after it was deleted)."""
+        clone = self._chain()
+        clone.query.target = (type(obj)._meta.concrete_model, obj.pk)
+        return clone
+
+    def target_pk(self, model: type[models.Model], pk) -> AggregateEventQuerySet:
+        """Only the events of the object of ``model`` with this primary key (e.g. a deleted one)."""
+        clone = self._chain()
+        clone.query.target = (model._meta.concrete_model, pk)
+        return clone
+
+    def across(self, *event_models) -> AggregateEventQuerySet:
+        """Only these event models (all of the target's by default)."""
+        clone = self._chain()
+        clone.query.event_models = tuple(event_models)
+        return clone
