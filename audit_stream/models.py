@@ -9,7 +9,7 @@ from django.db import models
 from django.db.models import Func
 from django.db.models.functions import Cast, Now
 
-from audit_stream.aggregate import AggregateEventQuerySet
+from audit_stream.aggregate import AggregateEventQuerySet, ExactDecoder
 
 __all__ = [
     "AggregateEvent",
@@ -186,8 +186,8 @@ class AggregateEvent(models.Model):
     pgh_context = models.ForeignKey(
         Context, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
     )
-    pgh_data = models.JSONField()
-    pgh_diff = models.JSONField()
+    pgh_data = models.JSONField(decoder=ExactDecoder)
+    pgh_diff = models.JSONField(decoder=ExactDecoder)
 
     objects = AggregateEventQuerySet.as_manager()
 

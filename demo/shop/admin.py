@@ -2,18 +2,19 @@ from django.contrib import admin
 from django.db.models import DecimalField, F, Sum, Value
 from django.db.models.functions import Coalesce
 
+from audit_stream.admin import VersionModelAdmin
 from demo.shop.models import Customer, Order, OrderLine, Product
 
 
 @admin.register(Customer)
-class CustomerAdmin(admin.ModelAdmin):
+class CustomerAdmin(VersionModelAdmin):
     list_display = ["name", "email", "created_at"]
     search_fields = ["name", "email"]
     date_hierarchy = "created_at"
 
 
 @admin.register(Product)
-class ProductAdmin(admin.ModelAdmin):
+class ProductAdmin(VersionModelAdmin):
     list_display = ["sku", "name", "category", "price", "stock"]
     list_editable = ["price", "stock"]
     list_filter = ["category"]
@@ -27,7 +28,7 @@ class OrderLineInline(admin.TabularInline):
 
 
 @admin.register(Order)
-class OrderAdmin(admin.ModelAdmin):
+class OrderAdmin(VersionModelAdmin):
     list_display = ["__str__", "customer", "status", "created_at", "order_total"]
     list_filter = ["status", "created_at"]
     list_select_related = ["customer"]
@@ -50,7 +51,7 @@ class OrderAdmin(admin.ModelAdmin):
 
 
 @admin.register(OrderLine)
-class OrderLineAdmin(admin.ModelAdmin):
+class OrderLineAdmin(VersionModelAdmin):
     list_display = ["__str__", "order", "product", "quantity", "unit_price"]
     list_select_related = ["order", "product"]
     search_fields = ["=order__id", "product__name", "product__sku"]

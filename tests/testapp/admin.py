@@ -1,0 +1,17 @@
+from django.contrib import admin
+
+from audit_stream.admin import VersionModelAdmin
+from tests.testapp.models import Customer, Order, Product
+
+
+@admin.register(Product)
+class ProductAdmin(VersionModelAdmin):
+    list_display = ["name", "price", "stock"]
+
+
+@admin.register(Order)
+class OrderAdmin(VersionModelAdmin):
+    pass
+
+
+admin.site.register(Customer)
