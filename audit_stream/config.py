@@ -23,7 +23,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "WEBHOOK_RETRY_SCHEDULE": (list, tuple),
     "WEBHOOK_TIMEOUT": (int, float, list, tuple),
     "WEBHOOK_ALLOWED_NETWORKS": (list, tuple),
-    "WEBHOOK_DISABLE_AFTER": (int,),
+    "WEBHOOK_DISABLE_AFTER": (int, float),
     "RETENTION": (dict,),
     "RETENTION_INTERVAL": (int, float),
     "METRICS_TOKEN": (str,),
@@ -126,10 +126,11 @@ def webhook_allowed_networks() -> tuple[str, ...]:
     return tuple(_get("WEBHOOK_ALLOWED_NETWORKS", ()))
 
 
-def webhook_disable_after() -> int:
-    """``WEBHOOK_DISABLE_AFTER`` (default ``100``): disable an endpoint after this
-    many failed attempts in a row (410 Gone disables at once)."""
-    return _get("WEBHOOK_DISABLE_AFTER", 100)
+def webhook_disable_after() -> float:
+    """``WEBHOOK_DISABLE_AFTER`` (default ``432000``, 5 days): disable an endpoint
+    whose every attempt has failed for this many seconds (410 Gone disables at once).
+    A short outage never disables an endpoint, however many messages it holds up."""
+    return float(_get("WEBHOOK_DISABLE_AFTER", 432000))
 
 
 def retention() -> dict:

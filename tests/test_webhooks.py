@@ -163,15 +163,36 @@ def test_410_gone_disables_the_endpoint_at_once(httpserver, endpoint):
     assert WebhookMessage.objects.filter(status="pending").count() == 2
 
 
-def test_repeated_failures_disable_the_endpoint(httpserver, endpoint, settings):
-    settings.AUDIT_STREAM = {**settings.AUDIT_STREAM, "WEBHOOK_DISABLE_AFTER": 3}
+def test_an_endpoint_failing_for_long_enough_is_disabled(httpserver, endpoint, settings):
+    settings.AUDIT_STREAM = {**settings.AUDIT_STREAM, "WEBHOOK_DISABLE_AFTER": 0.3}
     httpserver.expect_request("/hook").respond_with_data("no", status=500)
     Product.objects.bulk_create([Product(name=f"p{i}") for i in range(5)])
     fold.fold_all()
     delivery.deliver(endpoint.pk)
     endpoint.refresh_from_db()
+    assert endpoint.is_active  # a burst of failures alone does not disable
+    time.sleep(0.4)
+    Product.objects.create(name="later")
+    fold.fold_all()
+    deadline = time.monotonic() + 10
+    while endpoint.is_active and time.monotonic() < deadline:
+        delivery.deliver(endpoint.pk)
+        endpoint.refresh_from_db()
     assert not endpoint.is_active
-    assert endpoint.disabled_reason.startswith("3 consecutive failed attempts; last: HTTP 500")
+    # Its messages are not dropped: they wait, visible, until it is enabled again.
+    assert WebhookMessage.objects.filter(endpoint=endpoint, status="pending").exists()
+    assert endpoint.disabled_reason.startswith("Every attempt failed for 0:00:00")
+    assert "in a row); last: HTTP 500" in endpoint.disabled_reason
+
+
+def test_a_success_resets_the_failure_streak(httpserver, endpoint):
+    answers = iter([Response("no", status=500), Response("ok")])
+    httpserver.expect_request("/hook").respond_with_handler(lambda request: next(answers))
+    Product.objects.create(name="lamp")
+    fold.fold_all()
+    _deliver_until_settled(endpoint)
+    endpoint.refresh_from_db()
+    assert (endpoint.consecutive_failures, endpoint.failing_since) == (0, None)
 
 
 def test_retry_after_is_honoured(httpserver, endpoint):

@@ -12,8 +12,8 @@ Retries follow ``AUDIT_STREAM["WEBHOOK_RETRY_SCHEDULE"]`` (seconds before each
 attempt: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), with ±10%
 jitter, or the receiver's ``Retry-After`` when it sends one. After the last
 attempt the message is ``dead``: visible, and replayable. An endpoint that
-answers 410 Gone is disabled at once; one that fails
-``WEBHOOK_DISABLE_AFTER`` times in a row is disabled with the reason.
+answers 410 Gone is disabled at once; one that has failed every attempt for
+``WEBHOOK_DISABLE_AFTER`` (5 days) is disabled, with the reason.
 
 Ordering: none is guaranteed across messages (retries overtake). Each payload
 carries ``data.event_id``, which grows per object in the order the changes
@@ -34,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from django.db import transaction
 from django.db.models import F, Q, TextField
-from django.db.models.functions import Cast
+from django.db.models.functions import Cast, Coalesce, Now
 from django.utils import timezone
 
 from audit_stream import config
@@ -43,7 +43,7 @@ from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, Webhoo
 
 __all__ = ["DeliveryResult", "deliver", "replay", "replay_failed", "send_test"]
 
-_LEASE = timedelta(seconds=120)
+_CLAIM = 10  # messages claimed at a time
 _EXCERPT = 500
 
 # Claim up to `limit` due messages of one endpoint, oldest first: pending ones
@@ -105,7 +105,7 @@ def deliver(endpoint_id: int, *, max_messages: int = 1000, max_seconds: float = 
             if sent >= max_messages or time.monotonic() > deadline:
                 result.more = _has_due(endpoint_id)
                 return result
-            batch = _claim(endpoint_id, min(50, max_messages - sent))
+            batch = _claim(endpoint_id, min(_CLAIM, max_messages - sent), _lease(endpoint))
             if not batch:
                 return result
             pause = 1.0 / endpoint.rate_limit if endpoint.rate_limit else 0.0
@@ -120,12 +120,20 @@ def deliver(endpoint_id: int, *, max_messages: int = 1000, max_seconds: float = 
                     time.sleep(max(0.0, pause - (time.monotonic() - started)))
 
 
-def _claim(endpoint_id: int, limit: int) -> list[WebhookMessage]:
+def _lease(endpoint: WebhookEndpoint) -> timedelta:
+    """Long enough to try every claimed message once at the slowest, then 5 s: a worker that
+    dies mid-batch delays its messages by about that much, never loses them."""
+    connect, read = config.webhook_timeouts()
+    per_message = connect + read + (1.0 / endpoint.rate_limit if endpoint.rate_limit else 0.0)
+    return timedelta(seconds=_CLAIM * per_message + 5)
+
+
+def _claim(endpoint_id: int, limit: int, lease: timedelta) -> list[WebhookMessage]:
     with transaction.atomic():
         from django.db import connection
 
         with connection.cursor() as cursor:
-            cursor.execute(_CLAIM_SQL, {"lease": _LEASE, "endpoint": endpoint_id, "limit": limit})
+            cursor.execute(_CLAIM_SQL, {"lease": lease, "endpoint": endpoint_id, "limit": limit})
             ids = [row[0] for row in cursor.fetchall()]
     # The body is PostgreSQL's own text of the JSONB payload: numbers stay exact,
     # and every attempt sends the same bytes.
@@ -240,7 +248,7 @@ def _record(
                 status=WebhookMessage.DELIVERED, attempts=attempts, delivered_at=now, lease_until=None,
                 last_error="",
             )  # fmt: skip
-            WebhookEndpoint.objects.filter(pk=endpoint.pk).update(consecutive_failures=0)
+            WebhookEndpoint.objects.filter(pk=endpoint.pk).update(consecutive_failures=0, failing_since=None)
             result.delivered += 1
             return WebhookEndpoint.objects.get(pk=endpoint.pk)
 
@@ -258,14 +266,16 @@ def _record(
                 next_attempt_at=now + timedelta(seconds=delay),
             )  # fmt: skip
         WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
-            consecutive_failures=F("consecutive_failures") + 1
+            consecutive_failures=F("consecutive_failures") + 1, failing_since=Coalesce("failing_since", Now())
         )
         endpoint = WebhookEndpoint.objects.get(pk=endpoint.pk)
+        failing_for = (now - endpoint.failing_since).total_seconds() if endpoint.failing_since else 0.0
         if outcome.status_code == 410:
             endpoint.disable("The endpoint answered 410 Gone.")
-        elif endpoint.consecutive_failures >= config.webhook_disable_after():
+        elif failing_for >= config.webhook_disable_after():
             endpoint.disable(
-                f"{endpoint.consecutive_failures} consecutive failed attempts; last: {outcome.error}"
+                f"Every attempt failed for {timedelta(seconds=int(failing_for))}"
+                f" ({endpoint.consecutive_failures} in a row); last: {outcome.error}"
             )
         return endpoint
 

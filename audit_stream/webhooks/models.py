@@ -51,6 +51,7 @@ class WebhookEndpoint(models.Model):
         null=True, blank=True, help_text="At most this many messages per second."
     )
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    failing_since = models.DateTimeField(null=True, blank=True, editable=False)
     disabled_reason = models.TextField(blank=True, default="", editable=False)
     disabled_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(db_default=Now(), editable=False)
@@ -110,7 +111,16 @@ class WebhookEndpoint(models.Model):
         self.disabled_reason = ""
         self.disabled_at = None
         self.consecutive_failures = 0
-        self.save(update_fields=["is_active", "disabled_reason", "disabled_at", "consecutive_failures"])
+        self.failing_since = None
+        self.save(
+            update_fields=[
+                "is_active",
+                "disabled_reason",
+                "disabled_at",
+                "consecutive_failures",
+                "failing_since",
+            ]
+        )
 
 
 class WebhookMessage(models.Model):
