@@ -57,21 +57,38 @@ def _current() -> _State | None:
 
 
 def _serialize(metadata: dict[str, Any]) -> str:
-    """Metadata as JSON text, or a ``TypeError`` that names the offending key."""
+    """Metadata as JSON text, or a ``TypeError``/``ValueError`` that names the offending key."""
+    for key, value in metadata.items():
+        if _has_nul(key) or _has_nul(value):
+            # PostgreSQL's jsonb cannot store NUL: the user's write would fail.
+            raise ValueError(
+                f"audit_stream.context: the value of {key!r} contains a NUL character (\\x00),"
+                " which PostgreSQL cannot store; remove it."
+            )
     encoder = config.json_encoder()
     try:
-        return json.dumps(metadata, cls=encoder)
+        return json.dumps(metadata, cls=encoder, allow_nan=False)
     except (TypeError, ValueError):
         for key, value in metadata.items():
             try:
-                json.dumps(value, cls=encoder)
+                json.dumps(value, cls=encoder, allow_nan=False)
             except (TypeError, ValueError) as exc:
                 raise TypeError(
                     f"audit_stream.context: the value of {key!r} ({type(value).__name__}) is not"
                     f" JSON serialisable ({exc}). Pass a string, number, bool, None, list, dict,"
-                    " date, UUID or Decimal, or set AUDIT_STREAM['JSON_ENCODER']."
+                    " date, UUID or Decimal (not NaN or infinity), or set AUDIT_STREAM['JSON_ENCODER']."
                 ) from None
         raise
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 class context(contextlib.ContextDecorator):
