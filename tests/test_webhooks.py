@@ -257,3 +257,23 @@ def test_send_test_queues_a_test_message(httpserver, endpoint):
         Webhook(endpoint.secret).verify(request.get_data(), dict(request.headers))["type"]
         == "audit_stream.test"
     )
+
+
+def test_the_secret_never_appears_in_logs_attempts_or_errors(httpserver, endpoint, caplog):
+    """After creation the secret is only ever used to sign: never logged or stored elsewhere."""
+    caplog.set_level("DEBUG")
+    answers = iter(
+        [Response("bad", status=500), Response("", status=302, headers={"Location": "/x"}), Response("ok")]
+    )
+    httpserver.expect_request("/hook").respond_with_handler(lambda request: next(answers))
+    Product.objects.create(name="lamp")
+    fold.fold_all()
+    _deliver_until_settled(endpoint)
+    stored = [
+        *WebhookAttempt.objects.values_list("error", "response_excerpt"),
+        *WebhookMessage.objects.values_list("last_error", "payload"),
+    ]
+    body = endpoint.secret.removeprefix("whsec_")
+    for text in [caplog.text, str(stored), endpoint.disabled_reason]:
+        assert body not in text
+    assert any(request.headers["webhook-signature"] for request in _requests(httpserver))
