@@ -18,6 +18,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "CHANNEL": (str,),
     "POLL_INTERVAL": (int, float),
     "FOLD_BATCH_SIZE": (int,),
+    "FOLD_LINGER": (int, float),
     "REDIS_URL": (str,),
     "LISTEN_DATABASE": (str,),
     "WEBHOOK_RETRY_SCHEDULE": (list, tuple),
@@ -79,6 +80,14 @@ def poll_interval() -> float:
 def fold_batch_size() -> int:
     """``FOLD_BATCH_SIZE`` (default ``5000``): events folded per transaction."""
     return _get("FOLD_BATCH_SIZE", 5000)
+
+
+def fold_linger() -> float:
+    """``FOLD_LINGER`` (default ``0.1`` seconds): how long a caught-up fold keeps
+    looking for new events (every 5 ms) before it goes idle and asks writers to
+    NOTIFY it. Under steady writes, the fold never goes idle and writers never pay
+    NOTIFY's commit lock; ``0`` re-arms after every batch."""
+    return float(_get("FOLD_LINGER", 0.1))
 
 
 def redis_url() -> str:

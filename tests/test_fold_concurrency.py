@@ -1,6 +1,7 @@
 """The fold under concurrent transactions: nothing skipped, nothing twice, order kept."""
 
 import threading
+import time
 
 import psycopg
 import pytest
@@ -100,3 +101,21 @@ def test_concurrent_folds_of_one_table_fold_each_event_once():
     fold.fold(PRODUCTS)  # whatever a backed-off fold left
     assert Change.objects.filter(event_table=PRODUCTS).count() == 3000
     assert Change.objects.values("event_id").distinct().count() == 3000
+
+
+def test_a_fold_lingers_through_steady_writes_without_being_woken(settings):
+    """Writes arriving while the fold lingers are folded by the same call: no NOTIFY needed."""
+    settings.AUDIT_STREAM = {"FOLD_LINGER": 0.3}
+    Product.objects.create(name="first")
+
+    def writer():
+        for i in range(8):
+            time.sleep(0.05)
+            Product.objects.create(name=f"steady{i}")
+        connections.close_all()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    result = fold.fold(PRODUCTS)
+    thread.join()
+    assert result.folded == 9  # one call folded the first row and all eight later ones
