@@ -42,10 +42,13 @@ def fold(event_table: str) -> dict:
     """
     pending.release(FOLD, event_table)
     started = timezone.now()
-    result = _fold.fold(event_table)
+
+    def deliver_now(endpoints):  # after each committed batch, not when the fold ends
+        for endpoint_id in sorted(endpoints):
+            enqueue(deliver, endpoint_id)
+
+    result = _fold.fold(event_table, on_messages=deliver_now)
     _record_fold(event_table, started, result)
-    for endpoint_id in sorted(result.endpoints):
-        enqueue(deliver, endpoint_id)
     if not result.caught_up:
         enqueue(fold, event_table)  # more to do: yield the worker, come back
     logger.info("folded %s events of %s", result.folded, event_table)

@@ -26,6 +26,7 @@ a last line of defence.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
@@ -104,6 +105,7 @@ def fold(
     using: str = DEFAULT_DB_ALIAS,
     batch_size: int | None = None,
     max_seconds: float = 30.0,
+    on_messages: Callable[[set[int]], object] | None = None,
 ) -> FoldResult:
     """Fold the committed, unfolded events of one event table into ``Change`` rows.
 
@@ -112,6 +114,9 @@ def fold(
     ``max_seconds`` have passed (then ``caught_up`` is false and the caller
     should fold again). When idle, re-arms the wake-up flag (unless in
     poll-only mode) and checks once more for events committed meanwhile.
+
+    ``on_messages(endpoint_ids)`` is called after each batch that recorded
+    webhook messages has committed, so deliveries start while the fold goes on.
     """
     model = _event_model(event_table)
     batch_size = batch_size or config.fold_batch_size()
@@ -121,6 +126,8 @@ def fold(
         folded, caught_up, busy, endpoints, lag_ms = _fold_batch(model, using, batch_size)
         result.folded += folded
         result.endpoints |= endpoints
+        if endpoints and on_messages is not None:
+            on_messages(endpoints)
         if lag_ms is not None:
             result.lag_ms = max(result.lag_ms or 0, lag_ms)
         if busy:

@@ -1,8 +1,9 @@
 """Delivering messages: signed POSTs with retries, dead letters and replay.
 
-One task delivers the due messages of one endpoint, oldest first, over one
-reused HTTP connection; endpoints are delivered by separate tasks, in
-parallel, so a slow endpoint never stalls the others. Each message is claimed
+One task delivers the due messages of one endpoint, oldest first, up to 8
+requests in flight over one pooled client; endpoints are delivered by separate
+tasks, in parallel, so a slow endpoint never stalls the others. Outcomes are
+recorded one transaction per claimed batch, not per message. Each message is claimed
 with a lease (``status = sending``) in a short transaction and its outcome
 recorded in another: no transaction stays open during an HTTP request, and a
 worker that dies mid-request leaves a lease that expires, so the message is
@@ -27,6 +28,7 @@ import email.utils
 import json
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
@@ -43,7 +45,8 @@ from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, Webhoo
 
 __all__ = ["DeliveryResult", "deliver", "replay", "replay_failed", "send_test"]
 
-_CLAIM = 10  # messages claimed at a time
+_CLAIM = 20  # messages claimed at a time
+_PARALLEL = 8  # requests in flight per endpoint
 _EXCERPT = 500
 
 # Claim up to `limit` due messages of one endpoint, oldest first: pending ones
@@ -91,12 +94,21 @@ class DeliveryResult:
 
 
 def deliver(endpoint_id: int, *, max_messages: int = 1000, max_seconds: float = 20.0) -> DeliveryResult:
-    """Deliver the due messages of one endpoint, until none is due or the budget is spent."""
+    """Deliver the due messages of one endpoint, until none is due or the budget is spent.
+
+    Claims up to ``_CLAIM`` messages at a time, sends them ``_PARALLEL`` at a
+    time over one pooled client (one at a time, paced, if the endpoint has a
+    rate limit), then records every outcome in one transaction.
+    """
     result = DeliveryResult(endpoint_id)
     deadline = time.monotonic() + max_seconds
     connect, read = config.webhook_timeouts()
     timeout = httpx.Timeout(connect=connect, read=read, write=read, pool=connect)
-    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+    limits = httpx.Limits(max_connections=_PARALLEL, max_keepalive_connections=_PARALLEL)
+    with (
+        httpx.Client(timeout=timeout, limits=limits, follow_redirects=False, trust_env=False) as client,
+        ThreadPoolExecutor(_PARALLEL, thread_name_prefix="audit_stream-deliver") as pool,
+    ):
         while True:
             endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id, is_active=True).first()
             if endpoint is None:
@@ -108,24 +120,35 @@ def deliver(endpoint_id: int, *, max_messages: int = 1000, max_seconds: float = 
             batch = _claim(endpoint_id, min(_CLAIM, max_messages - sent), _lease(endpoint))
             if not batch:
                 return result
-            pause = 1.0 / endpoint.rate_limit if endpoint.rate_limit else 0.0
-            for index, message in enumerate(batch):
-                started = time.monotonic()
-                outcome = _send(client, endpoint, message)
-                endpoint = _record(endpoint, message, outcome, result)
-                if not endpoint.is_active:
-                    _release(batch[index + 1 :])  # disabled: hand the rest back untouched
-                    return result
-                if pause:
-                    time.sleep(max(0.0, pause - (time.monotonic() - started)))
+            if endpoint.rate_limit:
+                outcomes = _send_paced(client, endpoint, batch)
+            else:
+                outcomes = list(pool.map(lambda message, ep=endpoint: _send(client, ep, message), batch))
+            endpoint = _record(endpoint, batch, outcomes, result)
+            if not endpoint.is_active:
+                return result
+
+
+def _send_paced(
+    client: httpx.Client, endpoint: WebhookEndpoint, batch: list[WebhookMessage]
+) -> list[Outcome]:
+    pause = 1.0 / endpoint.rate_limit
+    outcomes = []
+    for message in batch:
+        started = time.monotonic()
+        outcomes.append(_send(client, endpoint, message))
+        time.sleep(max(0.0, pause - (time.monotonic() - started)))
+    return outcomes
 
 
 def _lease(endpoint: WebhookEndpoint) -> timedelta:
     """Long enough to try every claimed message once at the slowest, then 5 s: a worker that
     dies mid-batch delays its messages by about that much, never loses them."""
     connect, read = config.webhook_timeouts()
-    per_message = connect + read + (1.0 / endpoint.rate_limit if endpoint.rate_limit else 0.0)
-    return timedelta(seconds=_CLAIM * per_message + 5)
+    if endpoint.rate_limit:
+        return timedelta(seconds=_CLAIM * (connect + read + 1.0 / endpoint.rate_limit) + 5)
+    rounds = -(-_CLAIM // _PARALLEL)
+    return timedelta(seconds=rounds * (connect + read) + 5)
 
 
 def _claim(endpoint_id: int, limit: int, lease: timedelta) -> list[WebhookMessage]:
@@ -141,12 +164,6 @@ def _claim(endpoint_id: int, limit: int, lease: timedelta) -> list[WebhookMessag
         WebhookMessage.objects.filter(id__in=ids)
         .annotate(body=Cast("payload", TextField()))
         .order_by("created_at", "id")
-    )
-
-
-def _release(messages: list[WebhookMessage]) -> None:
-    WebhookMessage.objects.filter(id__in=[m.id for m in messages], status=WebhookMessage.SENDING).update(
-        status=WebhookMessage.PENDING, lease_until=None
     )
 
 
@@ -229,53 +246,65 @@ def _next_delay(attempts: int, outcome: Outcome) -> float | None:
 
 
 def _record(
-    endpoint: WebhookEndpoint, message: WebhookMessage, outcome: Outcome, result: DeliveryResult
+    endpoint: WebhookEndpoint, batch: list[WebhookMessage], outcomes: list[Outcome], result: DeliveryResult
 ) -> WebhookEndpoint:
-    """Store the attempt and its consequences in one transaction; return the endpoint as it is now."""
+    """Store a batch's attempts and their consequences in one transaction (one commit per batch)."""
     now = timezone.now()
     with transaction.atomic():
-        WebhookAttempt.objects.create(
-            message=message,
-            status_code=outcome.status_code,
-            duration_ms=outcome.duration_ms,
-            response_excerpt=outcome.response_excerpt,
-            error=outcome.error,
-            succeeded=outcome.succeeded,
-        )
-        attempts = message.attempts + 1
-        if outcome.succeeded:
-            WebhookMessage.objects.filter(pk=message.pk).update(
-                status=WebhookMessage.DELIVERED, attempts=attempts, delivered_at=now, lease_until=None,
-                last_error="",
-            )  # fmt: skip
-            WebhookEndpoint.objects.filter(pk=endpoint.pk).update(consecutive_failures=0, failing_since=None)
-            result.delivered += 1
-            return WebhookEndpoint.objects.get(pk=endpoint.pk)
+        WebhookAttempt.objects.bulk_create(
+            WebhookAttempt(
+                message=message, status_code=o.status_code, duration_ms=o.duration_ms,
+                response_excerpt=o.response_excerpt, error=o.error, succeeded=o.succeeded,
+            )
+            for message, o in zip(batch, outcomes, strict=True)
+        )  # fmt: skip
+        for message, outcome in zip(batch, outcomes, strict=True):
+            attempts = message.attempts + 1
+            if outcome.succeeded:
+                result.delivered += 1
+                WebhookMessage.objects.filter(pk=message.pk).update(
+                    status=WebhookMessage.DELIVERED, attempts=attempts, delivered_at=now, lease_until=None,
+                    last_error="",
+                )  # fmt: skip
+                continue
+            result.failed += 1
+            result.errors.append(outcome.error)
+            delay = _next_delay(attempts, outcome)
+            if delay is None:
+                result.dead += 1
+                WebhookMessage.objects.filter(pk=message.pk).update(
+                    status=WebhookMessage.DEAD, attempts=attempts, lease_until=None, last_error=outcome.error
+                )
+            else:
+                WebhookMessage.objects.filter(pk=message.pk).update(
+                    status=WebhookMessage.PENDING, attempts=attempts, lease_until=None,
+                    last_error=outcome.error, next_attempt_at=now + timedelta(seconds=delay),
+                )  # fmt: skip
 
-        result.failed += 1
-        result.errors.append(outcome.error)
-        delay = _next_delay(attempts, outcome)
-        if delay is None:
-            result.dead += 1
-            WebhookMessage.objects.filter(pk=message.pk).update(
-                status=WebhookMessage.DEAD, attempts=attempts, lease_until=None, last_error=outcome.error
+        # The endpoint's failure streak: reset by a success, grown by the failures after it.
+        trailing = len(outcomes)
+        for index, outcome in enumerate(outcomes):
+            if outcome.succeeded:
+                trailing = len(outcomes) - index - 1
+        succeeded = any(o.succeeded for o in outcomes)
+        if succeeded:
+            WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
+                consecutive_failures=trailing, failing_since=now if trailing else None
             )
         else:
-            WebhookMessage.objects.filter(pk=message.pk).update(
-                status=WebhookMessage.PENDING, attempts=attempts, lease_until=None, last_error=outcome.error,
-                next_attempt_at=now + timedelta(seconds=delay),
-            )  # fmt: skip
-        WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
-            consecutive_failures=F("consecutive_failures") + 1, failing_since=Coalesce("failing_since", Now())
-        )
+            WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
+                consecutive_failures=F("consecutive_failures") + trailing,
+                failing_since=Coalesce("failing_since", Now()),
+            )
         endpoint = WebhookEndpoint.objects.get(pk=endpoint.pk)
         failing_for = (now - endpoint.failing_since).total_seconds() if endpoint.failing_since else 0.0
-        if outcome.status_code == 410:
+        last_failure = next((o for o in reversed(outcomes) if not o.succeeded), None)
+        if any(o.status_code == 410 for o in outcomes):
             endpoint.disable("The endpoint answered 410 Gone.")
-        elif failing_for >= config.webhook_disable_after():
+        elif last_failure is not None and trailing and failing_for >= config.webhook_disable_after():
             endpoint.disable(
                 f"Every attempt failed for {timedelta(seconds=int(failing_for))}"
-                f" ({endpoint.consecutive_failures} in a row); last: {outcome.error}"
+                f" ({endpoint.consecutive_failures} in a row); last: {last_failure.error}"
             )
         return endpoint
 
