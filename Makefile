@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/audit_stream_demo
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: demo test lint bench-write bench-plan-cache bench-stream services install clean
+.PHONY: demo test lint bench-write bench-plan-cache bench-stream bench-retention bench-webhooks bench-dashboard services install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +44,12 @@ bench-plan-cache: install services
 
 bench-stream: install services
 	$(PY) -m benchmarks.stream
+
+bench-retention: install services
+	$(PY) -m benchmarks.retention
+
+bench-webhooks: install services
+	$(PY) -m benchmarks.webhooks
+
+bench-dashboard: install services
+	$(PY) -m benchmarks.dashboard

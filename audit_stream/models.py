@@ -7,6 +7,7 @@ import uuid
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Func
+from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Cast, Now
 
 from audit_stream.aggregate import AggregateEventQuerySet, ExactDecoder
@@ -44,6 +45,10 @@ class Context(models.Model):
     class Meta:
         db_table = "audit_stream_context"
         verbose_name = "context"
+        indexes = [
+            # Change.objects.by_user() and the dashboard's user filter.
+            models.Index(KeyTransform("user", "metadata"), name="audit_stream_context_user"),
+        ]
 
     def __str__(self) -> str:
         return str(self.id)
