@@ -119,3 +119,29 @@ def test_a_fold_lingers_through_steady_writes_without_being_woken(settings):
     result = fold.fold(PRODUCTS)
     thread.join()
     assert result.folded == 9  # one call folded the first row and all eight later ones
+
+
+def test_a_fold_yields_after_max_seconds_even_under_steady_writes(settings):
+    """A fold that keeps finding work still ends at its deadline, so the task can yield."""
+    settings.AUDIT_STREAM = {"FOLD_LINGER": 0.3}
+    stop = threading.Event()
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            Product.objects.create(name=f"steady{i}")
+            i += 1
+            time.sleep(0.02)
+        connections.close_all()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        started = time.monotonic()
+        result = fold.fold(PRODUCTS, max_seconds=0.5)
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join()
+    assert elapsed < 1.5
+    assert not result.caught_up and result.folded > 0

@@ -138,6 +138,12 @@ def fold(
                 result.caught_up = False
                 return result
             continue
+        if time.monotonic() > deadline:
+            # Caught up but out of time: let the task end (and be enqueued again)
+            # so other tables get the worker and the run is recorded.
+            result.caught_up = not wakeup.has_work(event_table, using=using)
+            if not result.caught_up:
+                return result
         # Caught up. While writes keep coming, keep folding without being woken:
         # look for work every few milliseconds for LINGER seconds before going
         # idle. Under steady writes this keeps NOTIFY (and its commit lock) off

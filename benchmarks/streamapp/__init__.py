@@ -1,0 +1,1 @@
+"""The stream benchmark's models (see benchmarks/stream.py)."""
