@@ -5,11 +5,17 @@ Configured from Django settings (``CELERY_`` namespace); the broker defaults to
 lost, so a killed worker's fold runs again; one task at a time per process.
 """
 
+import logging
 import os
 
 from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo.settings")
+
+# httpx logs every request's full URL at INFO; a webhook URL's query string may
+# carry a token, and -l info would put it in the logs. Attempts are recorded in
+# the database instead.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 app = Celery("worker")
 app.conf.update(

@@ -168,9 +168,14 @@ def _linger(event_table: str, using: str, deadline: float) -> bool:
     return False
 
 
-def fold_all(*, using: str = DEFAULT_DB_ALIAS, **kwargs) -> list[FoldResult]:
-    """Fold every event table (used by tests, benchmarks and ``manage.py``)."""
-    return [fold(table, using=using, **kwargs) for table in sorted(tracking._event_models)]
+def fold_all(
+    *, using: str = DEFAULT_DB_ALIAS, max_seconds: float = float("inf"), **kwargs
+) -> list[FoldResult]:
+    """Fold every event table until each is caught up (in-process: tests, benchmarks, scripts)."""
+    return [
+        fold(table, using=using, max_seconds=max_seconds, **kwargs)
+        for table in sorted(tracking._event_models)
+    ]
 
 
 def _event_model(event_table: str):
