@@ -44,6 +44,7 @@ def test_diffs_against_the_previous_event_of_the_same_table(product):
     assert diffs[2] == {"name": ["lamp", "lamp 2"]}
 
 
+@pytest.mark.django_db(transaction=True)
 def test_diffs_match_the_change_feed(product):
     fold.fold_all()
     aggregate = {r.pgh_id: r.pgh_diff for r in AggregateEvent.objects.target(product).across(ProductEvent)}

@@ -116,3 +116,11 @@ def test_only_the_first_writer_after_arming_draws_the_wakeup():
 def test_an_unknown_table_is_refused():
     with pytest.raises(ValueError, match="'nope' is not an event table"):
         fold.fold("nope")
+
+
+@pytest.mark.django_db
+def test_folding_inside_a_transaction_that_wrote_is_refused():
+    """Its own uncommitted events would be folded or skipped depending on other sessions' timing."""
+    Product.objects.create(name="uncommitted")  # the test's own, open transaction
+    with pytest.raises(RuntimeError, match=r"outside transaction\.atomic"):
+        fold.fold(PRODUCTS)

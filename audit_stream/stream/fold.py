@@ -119,6 +119,7 @@ def fold(
     webhook messages has committed, so deliveries start while the fold goes on.
     """
     model = _event_model(event_table)
+    _check_outside_writes(using)
     batch_size = batch_size or config.fold_batch_size()
     result = FoldResult(event_table)
     deadline = time.monotonic() + max_seconds
@@ -176,6 +177,22 @@ def fold_all(
         fold(table, using=using, max_seconds=max_seconds, **kwargs)
         for table in sorted(tracking._event_models)
     ]
+
+
+def _check_outside_writes(using: str) -> None:
+    """Refuse to fold inside a transaction that has written.
+
+    Its own uncommitted events are visible in its snapshots or not depending on
+    other transactions' timing, so folding there could record them as folded
+    and then skip them. Celery tasks and scripts fold outside any transaction.
+    """
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")
+        if cursor.fetchone()[0]:
+            raise RuntimeError(
+                "fold() cannot run inside a transaction that has already written: call it outside"
+                " transaction.atomic() (in tests, use @pytest.mark.django_db(transaction=True))."
+            )
 
 
 def _event_model(event_table: str):
