@@ -34,6 +34,7 @@ from audit_stream.models import (
     WebhookEndpoint,
     WebhookMessage,
 )
+from audit_stream.triggers import quote_name
 from audit_stream.webhooks import delivery
 
 __all__ = ["VersionAdminMixin", "VersionModelAdmin"]
@@ -336,8 +337,8 @@ def _revertible_event_models(model):
 
 def _deleted_events(event_model, model, limit=500):
     """The last event of each object that no longer exists (its last recorded state)."""
-    events, tracked, pk = (_quote(event_model._meta.db_table), _quote(model._meta.db_table),
-                           _quote(model._meta.pk.column))  # fmt: skip
+    events, tracked, pk = (quote_name(event_model._meta.db_table), quote_name(model._meta.db_table),
+                           quote_name(model._meta.pk.column))  # fmt: skip
     sql = f"""
         SELECT DISTINCT ON (e.pgh_obj_id) e.*
         FROM {events} AS e
@@ -346,10 +347,6 @@ def _deleted_events(event_model, model, limit=500):
         LIMIT %s
     """
     return list(event_model.objects.raw(sql, [limit]))
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _event_model_links(model, object_id):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from django.db.models import Q
 from django.utils import timezone
 
 from audit_stream.stream import fold as _fold
@@ -80,19 +79,14 @@ def deliver(endpoint_id: int) -> dict:
 
 
 def endpoints_with_due_messages() -> list[int]:
-    """Endpoints with a message whose attempt is due (or whose lease expired)."""
-    from audit_stream.webhooks.models import WebhookMessage
+    """Active endpoints with a message whose attempt is due (or whose lease expired)."""
+    from django.db import connection
 
-    now = timezone.now()
-    return sorted(
-        WebhookMessage.objects.filter(
-            Q(status=WebhookMessage.PENDING, next_attempt_at__lte=now)
-            | Q(status=WebhookMessage.SENDING, lease_until__lt=now),
-            endpoint__is_active=True,
-        )
-        .values_list("endpoint_id", flat=True)
-        .distinct()
-    )
+    from audit_stream.webhooks.delivery import DUE_ENDPOINTS_SQL
+
+    with connection.cursor() as cursor:
+        cursor.execute(DUE_ENDPOINTS_SQL)
+        return sorted(row[0] for row in cursor.fetchall())
 
 
 @shared_task(name="audit_stream.sweep", ignore_result=True)

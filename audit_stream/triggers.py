@@ -114,7 +114,8 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _quote(name: str) -> str:
+def quote_name(name: str) -> str:
+    """Quote an SQL identifier (table or column names from model metadata, never user input)."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -196,22 +197,22 @@ class EventTrigger(_Trigger):
         values = [_literal(self.label), "pg_current_xact_id()::text::bigint"]
         if getattr(event_model, "_pgh_has_obj", False):
             columns.append("pgh_obj_id")
-            values.append(f"{side}.{_quote(pk_column)}")
+            values.append(f"{side}.{quote_name(pk_column)}")
         if getattr(event_model, "_pgh_has_context", False):
             columns.append("pgh_context_id")
             values.append(f"(SELECT nullif(current_setting('{CONTEXT_ID_SETTING}', true), '')::uuid)")
         for field in event_model._meta.concrete_fields:
             if field.attname in getattr(event_model, "_pgh_tracked_fields", ()):
                 columns.append(field.column)
-                values.append(f"{side}.{_quote(tracked_columns[field.attname])}")
+                values.append(f"{side}.{quote_name(tracked_columns[field.attname])}")
 
         condition = statement_condition(self.condition_sql) if self.condition_sql else ""
-        source = f"{_quote(side)} AS {side}"
+        source = f"{quote_name(side)} AS {side}"
         other_row = "NEW" if self.snapshot == "OLD" else "OLD"
         if other_row in references(self.condition_sql):
             source += (
-                f" JOIN {_quote(other)} AS {other}"
-                f" ON {other}.{_quote(pk_column)} = {side}.{_quote(pk_column)}"
+                f" JOIN {quote_name(other)} AS {other}"
+                f" ON {other}.{quote_name(pk_column)} = {side}.{quote_name(pk_column)}"
             )
 
         # The trigger body. Everything in it is fixed at declaration time
@@ -219,7 +220,7 @@ class EventTrigger(_Trigger):
         table = event_model._meta.db_table
         body = f"""
             {IGNORE_CHECK}
-            INSERT INTO {_quote(table)} ({", ".join(map(_quote, columns))})
+            INSERT INTO {quote_name(table)} ({", ".join(map(quote_name, columns))})
             SELECT {", ".join(values)}
             FROM {source}
             {"WHERE " + condition if condition else ""};

@@ -24,21 +24,13 @@ from psycopg import sql
 
 from audit_stream import config, tracking
 from audit_stream.stream import heartbeat, pending, wakeup
+from audit_stream.webhooks.delivery import DUE_ENDPOINTS_SQL
 
 __all__ = ["Listener"]
 
 logger = logging.getLogger("audit_stream.listener")
 
 APPLICATION_NAME = "audit_stream listener"
-
-# Endpoints with a message due now (a retry whose time came, or an expired lease).
-_DUE_DELIVERIES_SQL = """
-SELECT DISTINCT m.endpoint_id
-FROM audit_stream_webhookmessage AS m
-JOIN audit_stream_webhookendpoint AS ep ON ep.id = m.endpoint_id AND ep.is_active
-WHERE (m.status = 'pending' AND m.next_attempt_at <= now())
-   OR (m.status = 'sending' AND m.lease_until < now())
-"""
 
 # Session advisory lock held by the active listener ("audit_stream" in ASCII).
 LEADER_LOCK = 0x61756469745F73
@@ -119,7 +111,7 @@ class Listener:
                 self._enqueue("audit_stream.fold", table)
             if not busy and self.notify:
                 cursor.execute(wakeup.ARM_SQL)  # all caught up: the next writer wakes us
-            cursor.execute(_DUE_DELIVERIES_SQL)
+            cursor.execute(DUE_ENDPOINTS_SQL)
             for (endpoint_id,) in cursor.fetchall():
                 self._enqueue("audit_stream.deliver", endpoint_id)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from audit_stream import tracking
-from audit_stream.triggers import WAKEUP_SEQUENCE
+from audit_stream.triggers import WAKEUP_SEQUENCE, quote_name
 
 __all__ = ["arm", "disarm", "has_work", "tables_with_work"]
 
@@ -74,12 +74,8 @@ def _has_work(cursor, event_table: str) -> bool:
     if row is not None and row[1] is not None:
         return True  # an interval is half folded
     done = row[0] if row is not None else "1:1:"  # never folded: every event is new
-    cursor.execute(_HAS_WORK_SQL.format(table=_quote(event_table)), {"done": done})
+    cursor.execute(_HAS_WORK_SQL.format(table=quote_name(event_table)), {"done": done})
     return cursor.fetchone()[0]
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def tables_with_work(*, using: str = DEFAULT_DB_ALIAS) -> list[str]:

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from django.db import transaction
-from django.db.models import F, Q, TextField
+from django.db.models import F, TextField
 from django.db.models.functions import Cast, Coalesce, Now
 from django.utils import timezone
 
@@ -49,16 +49,33 @@ _CLAIM = 20  # messages claimed at a time
 _PARALLEL = 8  # requests in flight per endpoint
 _EXCERPT = 500
 
-# Claim up to `limit` due messages of one endpoint, oldest first: pending ones
-# whose time has come, and those whose lease expired (their worker died).
-_CLAIM_SQL = """
+# A message is due when it is pending and its time has come, or when it was
+# claimed and its lease expired (its worker died). Shared by every query below
+# and by the listener.
+DUE = (
+    "((m.status = 'pending' AND m.next_attempt_at <= now())"
+    " OR (m.status = 'sending' AND m.lease_until < now()))"
+)
+
+# Active endpoints with a due message: the listener and the sweep enqueue their deliveries.
+DUE_ENDPOINTS_SQL = f"""
+SELECT DISTINCT m.endpoint_id
+FROM audit_stream_webhookmessage AS m
+JOIN audit_stream_webhookendpoint AS ep ON ep.id = m.endpoint_id AND ep.is_active
+WHERE {DUE}
+"""
+
+_HAS_DUE_SQL = (
+    f"SELECT EXISTS (SELECT 1 FROM audit_stream_webhookmessage AS m WHERE m.endpoint_id = %s AND {DUE})"
+)
+
+# Claim up to `limit` due messages of one endpoint, oldest first.
+_CLAIM_SQL = f"""
 UPDATE audit_stream_webhookmessage SET status = 'sending', lease_until = now() + %(lease)s
 WHERE id IN (
-    SELECT id FROM audit_stream_webhookmessage
-    WHERE endpoint_id = %(endpoint)s
-      AND ((status = 'pending' AND next_attempt_at <= now())
-           OR (status = 'sending' AND lease_until < now()))
-    ORDER BY created_at, id
+    SELECT m.id FROM audit_stream_webhookmessage AS m
+    WHERE m.endpoint_id = %(endpoint)s AND {DUE}
+    ORDER BY m.created_at, m.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
@@ -168,11 +185,11 @@ def _claim(endpoint_id: int, limit: int, lease: timedelta) -> list[WebhookMessag
 
 
 def _has_due(endpoint_id: int) -> bool:
-    return WebhookMessage.objects.filter(
-        Q(status=WebhookMessage.PENDING, next_attempt_at__lte=timezone.now())
-        | Q(status=WebhookMessage.SENDING, lease_until__lt=timezone.now()),
-        endpoint_id=endpoint_id,
-    ).exists()
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(_HAS_DUE_SQL, [endpoint_id])
+        return cursor.fetchone()[0]
 
 
 def _body(message: WebhookMessage) -> str:
