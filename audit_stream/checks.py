@@ -70,6 +70,19 @@ def check_settings(app_configs=None, **kwargs):
             errors.append(
                 _settings_error(f"AUDIT_STREAM[{key!r}] must be a {expected}, not {type(item).__name__}.")
             )
+    for name, tables in (
+        ('AUDIT_STREAM["IGNORE_TABLES"]', value.get("IGNORE_TABLES", [])),
+        ("PG_MEMENTO_IGNORE_TABLES", getattr(settings, "PG_MEMENTO_IGNORE_TABLES", [])),
+    ):
+        if name.startswith("AUDIT_STREAM") and not isinstance(tables, (list, tuple)):
+            continue  # reported above
+        if not isinstance(tables, (list, tuple)) or not all(isinstance(t, str) and t for t in tables):
+            errors.append(
+                _settings_error(
+                    f"{name} must be a list of table names, like ['django_session', 'celery_*'].",
+                    hint="Write each table as 'table' or 'schema.table'; shell patterns are allowed.",
+                )
+            )
     if not errors and "JSON_ENCODER" in value:
         try:
             config.json_encoder()

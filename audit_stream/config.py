@@ -30,6 +30,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "METRICS_TOKEN": (str,),
     "MIDDLEWARE_METHODS": (list, tuple),
     "JSON_ENCODER": (str, type),
+    "IGNORE_TABLES": (list, tuple),
 }
 
 
@@ -159,3 +160,22 @@ def metrics_token() -> str | None:
     """``METRICS_TOKEN`` (default ``None``): a bearer token that may read
     ``/audit-stream/metrics`` without logging in (for Prometheus)."""
     return _get("METRICS_TOKEN", None)
+
+
+#: Not logged by ``initlogging`` unless ``IGNORE_TABLES`` says otherwise:
+#: session rows are credentials, and they change on every request.
+DEFAULT_IGNORE_TABLES = ("django_session",)
+
+
+def ignore_tables() -> list[str]:
+    """``IGNORE_TABLES`` (default ``["django_session"]``): tables ``manage.py
+    initlogging`` leaves alone, as ``"table"``, ``"schema.table"`` or a shell
+    pattern (``"celery_*"``). ``settings.PG_MEMENTO_IGNORE_TABLES`` (from
+    django-pgMemento) is honoured too: the two lists are joined. audit_stream's
+    own tables, ``django_migrations`` and tables tracked with ``@track`` are
+    never logged, whatever the list says."""
+    configured = _get("IGNORE_TABLES", None)
+    alias = getattr(settings, "PG_MEMENTO_IGNORE_TABLES", None)
+    if configured is None and alias is None:
+        return list(DEFAULT_IGNORE_TABLES)
+    return [*(configured or ()), *(alias or ())]

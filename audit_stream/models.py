@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import uuid
 
+import pgtrigger
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.contrib.postgres.indexes import BrinIndex
 from django.db.models import Func
 from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Cast, Now
@@ -17,10 +19,12 @@ __all__ = [
     "Change",
     "Checkpoint",
     "Context",
+    "DdlLog",
     "Event",
     "FoldRun",
     "Heartbeat",
     "RetentionRun",
+    "RowLog",
     "WebhookAttempt",
     "WebhookEndpoint",
     "WebhookMessage",
@@ -89,6 +93,13 @@ class Event(models.Model):
         from audit_stream import tracking
 
         tracking._setup_event_model(cls)
+
+
+def _append_only(model: type[models.Model]) -> None:
+    from audit_stream import config, triggers
+
+    if config.append_only() and not model._meta.abstract:
+        pgtrigger.register(triggers.AppendOnly())(model)
 
 
 class ChangeQuerySet(models.QuerySet):
@@ -260,6 +271,117 @@ class RetentionRun(models.Model):
     class Meta:
         db_table = "audit_stream_retentionrun"
         indexes = [models.Index(fields=["started_at"], name="audit_stream_retention_time")]
+
+
+class RowLog(Event):
+    """The shared row log of tables logged with ``manage.py initlogging`` (no ``@track``).
+
+    One row per inserted, updated or deleted row, written by one statement-level
+    trigger per table and statement (``audit_stream.rowlog``). As in pgMemento,
+    an update keeps only the columns it changed; unlike pgMemento the new values
+    are kept too, because the change feed is built later, when the live row may
+    have moved on:
+
+    ============  ======================  =================================
+    pgh_label     old_data                new_data
+    ============  ======================  =================================
+    ``insert``    NULL                    the whole new row
+    ``update``    changed columns, before changed columns, after
+    ``delete``    the whole old row       NULL
+    ============  ======================  =================================
+
+    An ``UPDATE`` that changes nothing is not logged.
+    """
+
+    logged_table = models.TextField(help_text='The logged table, "schema.table".')
+    pgh_obj_id = models.TextField(help_text="The row's primary key, as text.")
+    pgh_context = models.ForeignKey(
+        Context, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    old_data = models.JSONField(null=True, decoder=ExactDecoder)
+    new_data = models.JSONField(null=True, decoder=ExactDecoder)
+
+    class Meta:
+        db_table = "audit_stream_row_log"
+        verbose_name = "row log entry"
+        verbose_name_plural = "row log"
+        indexes = [
+            # History of one row (admin, revert, retention's keep_last, erasure).
+            models.Index(fields=["logged_table", "pgh_obj_id", "pgh_id"], name="audit_stream_row_log_row"),
+            # The fold reads by writing transaction (see audit_stream.stream.fold).
+            BrinIndex(fields=["pgh_xid"], name="audit_stream_row_log_xid"),
+        ]
+
+    @classmethod
+    def _pgh_setup(cls) -> None:  # not the event model of a tracked model: only append-only
+        _append_only(cls)
+
+    def __str__(self) -> str:
+        return f"{self.logged_table}:{self.pgh_obj_id} {self.pgh_label}"
+
+    @property
+    def pgh_table(self) -> str:
+        return self._meta.db_table
+
+    @property
+    def event_model(self):
+        return type(self)
+
+    @property
+    def pgh_diff(self) -> dict:
+        """``{column: [old, new]}``, as in the change feed."""
+        if self.pgh_label == "insert":
+            return {column: [None, value] for column, value in (self.new_data or {}).items()}
+        if self.pgh_label == "delete":
+            return {column: [value, None] for column, value in (self.old_data or {}).items()}
+        old = self.old_data or {}
+        return {column: [old.get(column), value] for column, value in (self.new_data or {}).items()}
+
+
+class LoggedTable(models.Model):
+    """A table that ``initlogging`` logs: what it looked like when last seen.
+
+    Kept up to date by the DDL event trigger, which compares it with the table
+    after each ``ALTER TABLE`` to record renames and column changes.
+    """
+
+    relid = models.BigIntegerField(primary_key=True, help_text="pg_class oid.")
+    schema_name = models.TextField()
+    table_name = models.TextField()
+    pk_column = models.TextField()
+    columns = models.JSONField(default=list, help_text='[{"name": ..., "type": ...}]')
+    logged_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "audit_stream_logged_table"
+
+    def __str__(self) -> str:
+        return f"{self.schema_name}.{self.table_name}"
+
+
+class DdlLog(Event):
+    """Schema changes of logged tables (``ALTER``, ``RENAME``, ``DROP``), so old row logs stay readable.
+
+    Written by the DDL event trigger that ``initlogging`` installs.
+    """
+
+    logged_table = models.TextField(help_text='The table after the command, "schema.table".')
+    former_name = models.TextField(null=True, help_text="The table's name before a rename.")
+    command = models.TextField(help_text="The statement, as sent.")
+    columns_before = models.JSONField(default=list)
+    columns_after = models.JSONField(default=list)
+
+    class Meta:
+        db_table = "audit_stream_ddl_log"
+        verbose_name = "DDL log entry"
+        verbose_name_plural = "DDL log"
+
+    @classmethod
+    def _pgh_setup(cls) -> None:
+        _append_only(cls)
+
+    def __str__(self) -> str:
+        return f"{self.logged_table}: {self.pgh_label}"
 
 
 from audit_stream.tracking import create_event_model  # noqa: E402

@@ -224,6 +224,18 @@ class EventTrigger(_Trigger):
             SELECT {", ".join(values)}
             FROM {source}
             {"WHERE " + condition if condition else ""};
+            {after_events(table)}
+        """
+        return _compact(body)
+
+
+def after_events(event_table: str) -> str:
+    """The end of every trigger that writes events: context, then wake-up.
+
+    Runs right after the trigger's ``INSERT ... SELECT`` into ``event_table``;
+    the function must declare ``_context_id uuid``.
+    """
+    return f"""
             IF NOT FOUND THEN
                 RETURN NULL;
             END IF;
@@ -243,11 +255,10 @@ class EventTrigger(_Trigger):
             -- nextval is not transactional and never waits: no writer blocks
             -- another, however long its transaction.
             IF nextval('{WAKEUP_SEQUENCE}') = 1 THEN
-                PERFORM pg_notify({_literal(config.channel())}, {_literal(table)});
+                PERFORM pg_notify({_literal(config.channel())}, {_literal(event_table)});
             END IF;
             RETURN NULL;
-        """
-        return _compact(body)
+    """
 
 
 class AppendOnly(_Trigger):

@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from audit_stream.admin import VersionModelAdmin
-from tests.testapp.models import Customer, Order, Product
+from tests.testapp.models import Customer, Order, Product, Supplier
 
 
 @admin.register(Product)
@@ -15,3 +15,8 @@ class OrderAdmin(VersionModelAdmin):
 
 
 admin.site.register(Customer)
+
+
+@admin.register(Supplier)
+class SupplierAdmin(VersionModelAdmin):
+    """No @track: history comes from the row log of ``initlogging``."""

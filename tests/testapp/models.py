@@ -79,3 +79,16 @@ audit_stream.track(
 )(User)
 
 __all__ = ["Customer", "Event", "Label", "LabelEvent", "Note", "Order", "Product"]
+
+
+class Supplier(models.Model):
+    """Not tracked: logged schema-wide by ``manage.py initlogging`` in the row-log tests."""
+
+    name = models.CharField(max_length=100, unique=True)
+    rating = models.DecimalField(max_digits=6, decimal_places=3, default=0)
+    active = models.BooleanField(default=True)
+    since = models.DateField(null=True)
+    customer = models.ForeignKey(Customer, null=True, on_delete=models.SET_NULL, related_name="+")
+
+    def __str__(self) -> str:
+        return self.name
