@@ -25,11 +25,13 @@ from django.urls import path, reverse
 from django.utils import timezone
 
 from audit_stream import revert as _revert
-from audit_stream import tracking
+from audit_stream import rowlog, tracking
 from audit_stream.models import (
     AggregateEvent,
     Change,
     Context,
+    DdlLog,
+    RowLog,
     WebhookAttempt,
     WebhookEndpoint,
     WebhookMessage,
@@ -66,6 +68,20 @@ class ChangeAdmin(ReadOnlyAdmin):
     list_filter = ["model", "label"]
     search_fields = ["object_id"]
     show_full_result_count = False
+
+
+@admin.register(RowLog)
+class RowLogAdmin(ReadOnlyAdmin):
+    list_display = ["pgh_id", "pgh_created_at", "logged_table", "pgh_obj_id", "pgh_label", "pgh_context"]
+    list_filter = ["pgh_label", "logged_table"]
+    search_fields = ["pgh_obj_id"]
+    show_full_result_count = False
+
+
+@admin.register(DdlLog)
+class DdlLogAdmin(ReadOnlyAdmin):
+    list_display = ["pgh_id", "pgh_created_at", "logged_table", "pgh_label", "former_name", "command"]
+    list_filter = ["pgh_label", "logged_table"]
 
 
 @admin.register(WebhookEndpoint)
@@ -207,11 +223,18 @@ class VersionAdminMixin:
         if obj is not None and not self.has_view_or_change_permission(request, obj):
             raise PermissionDenied
         pk = model._meta.pk.to_python(object_id)
-        events = (
-            AggregateEvent.objects.target_pk(model, pk)
-            .select_related("pgh_context")
-            .order_by("-pgh_created_at", "-pgh_table", "-pgh_id")
-        )
+        if _tracked(model):
+            events = (
+                AggregateEvent.objects.target_pk(model, pk)
+                .select_related("pgh_context")
+                .order_by("-pgh_created_at", "-pgh_table", "-pgh_id")
+            )
+        else:  # logged schema-wide by initlogging
+            events = (
+                RowLog.objects.filter(logged_table__in=rowlog.table_names(model), pgh_obj_id=str(pk))
+                .select_related("pgh_context")
+                .order_by("-pgh_id")
+            )
         page = Paginator(events, self.history_per_page).get_page(request.GET.get("p"))
         if obj is None and not page.object_list:
             raise Http404(f"{model._meta.verbose_name} {object_id} has no history.")
@@ -236,6 +259,14 @@ class VersionAdminMixin:
 
     def _event_for(self, object_id, key):
         table, _, pgh_id = key.rpartition(":")
+        if table == rowlog.ROW_LOG_TABLE:
+            pk = self.model._meta.pk.to_python(object_id)
+            event = RowLog.objects.filter(
+                pgh_id=pgh_id, pgh_obj_id=str(pk), logged_table__in=rowlog.table_names(self.model)
+            ).first()
+            if event is None:
+                raise Http404("Unknown event.")
+            return event
         event_model = tracking._event_models.get(table)
         if event_model is None or event_model.pgh_tracked_model._meta.concrete_model is not self.model:
             raise Http404("Unknown event.")
@@ -309,6 +340,8 @@ class VersionAdminMixin:
         for event_model in _revertible_event_models(self.model):
             deleted = _deleted_events(event_model, self.model)
             rows += [(event, f"{event._meta.db_table}:{event.pgh_id}") for event in deleted]
+        if not _tracked(self.model):
+            rows += [(entry, f"{rowlog.ROW_LOG_TABLE}:{entry.pgh_id}") for entry in _deleted_rows(self.model)]
         rows.sort(key=lambda row: row[0].pgh_created_at, reverse=True)
         page = Paginator(rows, self.history_per_page).get_page(request.GET.get("p"))
         context = {
@@ -347,6 +380,33 @@ def _deleted_events(event_model, model, limit=500):
         LIMIT %s
     """
     return list(event_model.objects.raw(sql, [limit]))
+
+
+def _tracked(model) -> bool:
+    concrete = model._meta.concrete_model
+    return any(m.pgh_tracked_model._meta.concrete_model is concrete for m in tracking._event_models.values())
+
+
+# The last entry of each deleted row of a logged table, when it is its delete.
+_DELETED_ROWS_SQL = """
+SELECT * FROM (
+    SELECT DISTINCT ON (e.pgh_obj_id) e.*
+    FROM audit_stream_row_log AS e
+    WHERE e.logged_table = ANY (%s)
+    ORDER BY e.pgh_obj_id, e.pgh_id DESC
+) AS last
+WHERE last.pgh_label = 'delete'
+  AND NOT EXISTS (SELECT 1 FROM {table} AS t WHERE t.{pk}::text = last.pgh_obj_id)
+LIMIT %s
+"""
+
+
+def _deleted_rows(model, limit=500):
+    """Rows of a logged table deleted and not re-created: their delete entries (restorable)."""
+    sql = _DELETED_ROWS_SQL.format(
+        table=quote_name(model._meta.db_table), pk=quote_name(model._meta.pk.column)
+    )
+    return list(RowLog.objects.raw(sql, [rowlog.table_names(model), limit]))
 
 
 def _event_model_links(model, object_id):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 
 import pgtrigger
+from django.contrib.postgres.indexes import BrinIndex
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
-from django.contrib.postgres.indexes import BrinIndex
 from django.db.models import Func
 from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Cast, Now
@@ -23,6 +23,7 @@ __all__ = [
     "Event",
     "FoldRun",
     "Heartbeat",
+    "LoggedTable",
     "RetentionRun",
     "RowLog",
     "WebhookAttempt",
@@ -312,12 +313,12 @@ class RowLog(Event):
             BrinIndex(fields=["pgh_xid"], name="audit_stream_row_log_xid"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.logged_table}:{self.pgh_obj_id} {self.pgh_label}"
+
     @classmethod
     def _pgh_setup(cls) -> None:  # not the event model of a tracked model: only append-only
         _append_only(cls)
-
-    def __str__(self) -> str:
-        return f"{self.logged_table}:{self.pgh_obj_id} {self.pgh_label}"
 
     @property
     def pgh_table(self) -> str:
@@ -376,12 +377,12 @@ class DdlLog(Event):
         verbose_name = "DDL log entry"
         verbose_name_plural = "DDL log"
 
+    def __str__(self) -> str:
+        return f"{self.logged_table}: {self.pgh_label}"
+
     @classmethod
     def _pgh_setup(cls) -> None:
         _append_only(cls)
-
-    def __str__(self) -> str:
-        return f"{self.logged_table}: {self.pgh_label}"
 
 
 from audit_stream.tracking import create_event_model  # noqa: E402

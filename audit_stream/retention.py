@@ -6,6 +6,7 @@ Policies come from ``AUDIT_STREAM["RETENTION"]``::
         "RETENTION": {
             "default": {"max_age": "365d"},               # every event table
             "shop.OrderEvent": {"max_age": "90d", "keep_last": 10},
+            "row_log": {"max_age": "90d"},                # initlogging's row log
             "changes": {"max_age": "180d", "keep_last": 1},
             "webhook_messages": {"max_age": "30d"},       # delivered and dead ones only
             "webhook_attempts": {"max_age": "30d"},
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 CHANGES = "changes"
+ROW_LOG = "row_log"
 MESSAGES = "webhook_messages"
 ATTEMPTS = "webhook_attempts"
 CONTEXTS = "contexts"
@@ -152,9 +154,9 @@ def policies() -> dict[str, Policy]:
     models = _event_model_labels()
     lower = {label.lower(): label for label in models}
     for key in raw:
-        if key != "default" and key not in _SPECIAL and key.lower() not in lower:
+        if key not in ("default", ROW_LOG) and key not in _SPECIAL and key.lower() not in lower:
             raise ValueError(
-                f'AUDIT_STREAM["RETENTION"] has an unknown key {key!r}: use "default", "changes",'
+                f'AUDIT_STREAM["RETENTION"] has an unknown key {key!r}: use "default", "row_log", "changes",'
                 ' "webhook_messages", "webhook_attempts" or an event model label such as'
                 f" {next(iter(sorted(models)), 'shop.OrderEvent')!r}."
             )
@@ -166,6 +168,9 @@ def policies() -> dict[str, Policy]:
             result[label] = Policy.parse(by_lower[label.lower()], f'AUDIT_STREAM["RETENTION"][{label!r}]')
         else:
             result[label] = default
+    result[ROW_LOG] = (
+        Policy.parse(raw[ROW_LOG], f'AUDIT_STREAM["RETENTION"][{ROW_LOG!r}]') if ROW_LOG in raw else default
+    )
     for key in _SPECIAL:
         result[key] = Policy.parse(raw.get(key, _DEFAULTS.get(key)), f'AUDIT_STREAM["RETENTION"][{key!r}]')
     return result
@@ -282,7 +287,7 @@ def prune(
     """Apply the retention policies.
 
     Args:
-        targets: Restrict to these targets (event model labels, ``"changes"``,
+        targets: Restrict to these targets (event model labels, ``"row_log"``, ``"changes"``,
             ``"webhook_messages"``, ``"webhook_attempts"``); all by default.
         overrides: A policy that replaces the configured one for every target.
         batch_size: Rows per delete transaction.
@@ -313,9 +318,10 @@ def prune(
             cutoff = now - policy.max_age if policy.max_age else None
             started = time.monotonic()
             try:
-                if target in models:
+                if target in models or target == ROW_LOG:
+                    model = models[target] if target in models else _row_log_model()
                     table, count = _prune_events(
-                        connection, models[target], policy, cutoff, batch_size, dry_run, force, progress
+                        connection, model, policy, cutoff, batch_size, dry_run, force, progress
                     )
                     pruned_events = pruned_events or count > 0
                 elif target == CHANGES:
@@ -385,7 +391,7 @@ def _prune_events(connection, model, policy, cutoff, batch_size, dry_run, force,
         done = _checkpoint(cursor, table)
         sql = _EVENT_CANDIDATES.format(
             table=connection.ops.quote_name(table),
-            object="e.pgh_obj_id" if model._pgh_has_obj else "NULL::int",
+            object=_object_key(model),
         )
         total = _fill(
             cursor, sql, {"cutoff": cutoff, "keep_last": policy.keep_last, "force": force, "done": done}
@@ -393,6 +399,19 @@ def _prune_events(connection, model, policy, cutoff, batch_size, dry_run, force,
     if dry_run:
         return table, total
     return table, _drain(connection, table, "pgh_id", total, batch_size, progress, event_table=True)
+
+
+def _row_log_model():
+    from audit_stream.models import RowLog
+
+    return RowLog
+
+
+def _object_key(model) -> str:
+    """What identifies one object in ``model``'s table (for ``keep_last``)."""
+    if model is _row_log_model():
+        return "e.logged_table, e.pgh_obj_id"
+    return "e.pgh_obj_id" if model._pgh_has_obj else "NULL::int"
 
 
 def _prune_simple(
@@ -430,10 +449,10 @@ def _prune_contexts(connection, now, batch_size, dry_run) -> int:
     from audit_stream import tracking
 
     quote = connection.ops.quote_name
+    tables = [table for table, model in sorted(tracking._event_models.items()) if model._pgh_has_context]
     not_in_events = "".join(
         f" AND NOT EXISTS (SELECT 1 FROM {quote(table)} AS e WHERE e.pgh_context_id = ctx.id)"
-        for table, model in sorted(tracking._event_models.items())
-        if model._pgh_has_context
+        for table in [*tables, _row_log_model()._meta.db_table]
     )
     candidates = _CONTEXT_CANDIDATES.format(not_in_events=not_in_events)
     params = {"grace": now - _CONTEXT_GRACE}
@@ -467,8 +486,8 @@ def erase(model_label: str, pk: str, *, using: str = DEFAULT_DB_ALIAS) -> dict[s
     """
     from django.apps import apps
 
-    from audit_stream import tracking
-    from audit_stream.models import RetentionRun
+    from audit_stream import rowlog, tracking
+    from audit_stream.models import RetentionRun, RowLog
 
     try:
         tracked = apps.get_model(model_label)
@@ -477,8 +496,11 @@ def erase(model_label: str, pk: str, *, using: str = DEFAULT_DB_ALIAS) -> dict[s
     event_models = [
         m for m in tracking._event_models.values() if m.pgh_tracked_model._meta.concrete_model is tracked
     ]
-    if not event_models:
-        raise ValueError(f"{tracked._meta.label} is not tracked by audit_stream: there is nothing to erase.")
+    logged_as = rowlog.table_names(tracked, using=using)
+    if not event_models and not RowLog.objects.using(using).filter(logged_table__in=logged_as).exists():
+        raise ValueError(
+            f"{tracked._meta.label} is neither tracked nor in the row log: there is nothing to erase."
+        )
     pk_value = tracked._meta.pk.to_python(pk)
     counts: dict[str, int] = {}
     connection = connections[using]
@@ -498,6 +520,11 @@ def erase(model_label: str, pk: str, *, using: str = DEFAULT_DB_ALIAS) -> dict[s
             table = model._meta.db_table
             cursor.execute(f"DELETE FROM {quote(table)} WHERE pgh_obj_id = %s", [pk_value])
             counts[table] = cursor.rowcount
+        cursor.execute(
+            "DELETE FROM audit_stream_row_log WHERE logged_table = ANY(%s) AND pgh_obj_id = %s",
+            [logged_as, str(pk_value)],
+        )
+        counts[RowLog._meta.db_table] = cursor.rowcount
         RetentionRun.objects.using(using).create(
             trigger="erasure",
             rows={tracked._meta.label: counts},

@@ -24,19 +24,43 @@ def _fields(tracked: type[models.Model]) -> list[models.Field]:
 
 
 def can_revert(event_model: type[models.Model]) -> bool:
-    """Whether ``event_model`` records every concrete field of its tracked model (and the object)."""
+    """Whether ``event_model`` records every concrete field of its tracked model (and the object).
+
+    The row log of ``initlogging`` always can: it rebuilds whole rows.
+    """
+    if _is_row_log(event_model):
+        return True
     tracked = event_model.pgh_tracked_model
     recorded = event_model._pgh_tracked_fields
     return event_model._pgh_has_obj and all(f.attname in recorded for f in _fields(tracked))
 
 
-def _check(event) -> type[models.Model]:
+def _is_row_log(event_model) -> bool:
+    from audit_stream.models import RowLog
+
+    return event_model is RowLog
+
+
+def _recorded(event, using: str | None) -> tuple[type[models.Model], object, dict[str, object]]:
+    """(model, primary key, {attname: value}) of the version ``event`` recorded."""
+    if _is_row_log(type(event)):
+        from audit_stream import rowlog
+
+        instance = rowlog.recorded_instance(event, using=using)
+        if instance is None:
+            raise RevertError(f"Entry {event.pk} of the row log records no state of {event.logged_table}.")
+        return (
+            type(instance),
+            instance.pk,
+            {f.attname: getattr(instance, f.attname) for f in _fields(type(instance))},
+        )
     if not can_revert(type(event)):
         raise RevertError(
             f"{type(event)._meta.label} does not record every field of"
             f" {event.pgh_tracked_model._meta.label}, so it cannot revert it; track all fields to revert."
         )
-    return event.pgh_tracked_model
+    tracked = event.pgh_tracked_model
+    return tracked, event.pgh_obj_id, {f.attname: getattr(event, f.attname) for f in _fields(tracked)}
 
 
 def _key(event) -> str:
@@ -45,11 +69,11 @@ def _key(event) -> str:
 
 def changes_to_apply(obj: models.Model, event) -> list[tuple[models.Field, object, object]]:
     """What reverting ``obj`` to ``event`` would change: (field, current value, recorded value)."""
-    _check(event)
+    _, _, values = _recorded(event, obj._state.db)
     return [
-        (f, getattr(obj, f.attname), getattr(event, f.attname))
+        (f, getattr(obj, f.attname), values[f.attname])
         for f in _fields(type(obj))
-        if getattr(obj, f.attname) != getattr(event, f.attname)
+        if getattr(obj, f.attname) != values[f.attname]
     ]
 
 
@@ -60,41 +84,35 @@ def revert(event, *, using: str | None = None) -> models.Model:
     event model cannot revert, or the database refuses the result (e.g. a
     unique value now used by another row); nothing is changed then.
     """
-    tracked = _check(event)
+    tracked, pk, values = _recorded(event, using)
     manager = tracked._default_manager.db_manager(using)
     try:
         with transaction.atomic(using=manager.db), context(reverted_to=_key(event)):
-            obj = manager.select_for_update().filter(pk=event.pgh_obj_id).first()
+            obj = manager.select_for_update().filter(pk=pk).first()
             if obj is None:
-                raise RevertError(
-                    f"{tracked._meta.verbose_name} {event.pgh_obj_id} no longer exists: restore it instead."
-                )
-            for field in _fields(tracked):
-                setattr(obj, field.attname, getattr(event, field.attname))
+                raise RevertError(f"{tracked._meta.verbose_name} {pk} no longer exists: restore it instead.")
+            for attname, value in values.items():
+                setattr(obj, attname, value)
             obj.save(using=manager.db)
     except (IntegrityError, DatabaseError) as exc:
         raise RevertError(
-            f"Could not revert {tracked._meta.verbose_name} {event.pgh_obj_id}: {exc}. Nothing was changed."
+            f"Could not revert {tracked._meta.verbose_name} {pk}: {exc}. Nothing was changed."
         ) from exc
     return obj
 
 
 def restore(event, *, using: str | None = None) -> models.Model:
     """Re-create a deleted object from the state recorded in ``event``; return it."""
-    tracked = _check(event)
+    tracked, pk, values = _recorded(event, using)
     manager = tracked._default_manager.db_manager(using)
     try:
         with transaction.atomic(using=manager.db), context(restored_from=_key(event)):
-            if manager.filter(pk=event.pgh_obj_id).exists():
-                raise RevertError(
-                    f"{tracked._meta.verbose_name} {event.pgh_obj_id} exists: revert it instead."
-                )
-            obj = tracked(
-                pk=event.pgh_obj_id, **{f.attname: getattr(event, f.attname) for f in _fields(tracked)}
-            )
+            if manager.filter(pk=pk).exists():
+                raise RevertError(f"{tracked._meta.verbose_name} {pk} exists: revert it instead.")
+            obj = tracked(pk=pk, **values)
             obj.save(using=manager.db, force_insert=True)
     except (IntegrityError, DatabaseError) as exc:
         raise RevertError(
-            f"Could not restore {tracked._meta.verbose_name} {event.pgh_obj_id}: {exc}. Nothing was changed."
+            f"Could not restore {tracked._meta.verbose_name} {pk}: {exc}. Nothing was changed."
         ) from exc
     return obj

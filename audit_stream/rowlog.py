@@ -253,7 +253,8 @@ BEGIN
         CONTINUE WHEN NOT FOUND;
         INSERT INTO audit_stream_ddl_log
             (pgh_label, logged_table, command, columns_before, columns_after)
-        VALUES ('drop', _known.schema_name || '.' || _known.table_name, current_query(), _known.columns, '[]');
+        VALUES ('drop', _known.schema_name || '.' || _known.table_name, current_query(),
+                _known.columns, '[]');
     END LOOP;
 END;
 $$;
@@ -359,9 +360,7 @@ def install_functions(using: str = DEFAULT_DB_ALIAS) -> bool:
     """
     connection = connections[using]
     with connection.cursor() as cursor:
-        cursor.execute(
-            LOG_ROWS_FUNCTION.replace("{after_events}", triggers.after_events(ROW_LOG_TABLE))
-        )
+        cursor.execute(LOG_ROWS_FUNCTION.replace("{after_events}", triggers.after_events(ROW_LOG_TABLE)))
         for sql in (COLUMNS_FUNCTION, STOP_LOGGING_FUNCTION, START_LOGGING_FUNCTION, LOG_DDL_FUNCTION,
                     LOG_DROP_FUNCTION):  # fmt: skip
             cursor.execute(sql)
@@ -373,36 +372,52 @@ def install_functions(using: str = DEFAULT_DB_ALIAS) -> bool:
 
 
 def init_logging(
-    schema: str = "public", *, dry_run: bool = False, using: str = DEFAULT_DB_ALIAS
+    schema: str = "public",
+    *,
+    tables: list[str] | None = None,
+    dry_run: bool = False,
+    using: str = DEFAULT_DB_ALIAS,
 ) -> tuple[list[TableStatus], bool]:
     """Log every table of ``schema`` that is not ignored; return each table's status.
 
     Idempotent: a table already logged is refreshed (its triggers follow its
-    current primary key), a new table is picked up. The second value says
-    whether DDL is logged (see :func:`install_functions`).
+    current primary key), a new table is picked up. ``tables`` restricts the
+    run to those tables of the schema (the ignore rules still apply). The
+    second value says whether DDL is logged (see :func:`install_functions`).
     """
     connection = connections[using]
     always = _always_ignored()
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema])
         if cursor.fetchone() is None:
-            raise ValueError(f"There is no schema {schema!r} in database {connection.settings_dict['NAME']!r}.")
+            raise ValueError(
+                f"There is no schema {schema!r} in database {connection.settings_dict['NAME']!r}."
+            )
         cursor.execute(_TABLES_SQL, [schema])
-        tables = cursor.fetchall()
+        found = cursor.fetchall()
+    if tables is not None:
+        missing = sorted(set(tables) - {table for table, _ in found})
+        if missing:
+            raise ValueError(f"No table {', '.join(map(repr, missing))} in schema {schema!r}.")
+        found = [(table, logged) for table, logged in found if table in tables]
     statuses: list[TableStatus] = []
     ddl = True
     with transaction.atomic(using=using):
         if not dry_run:
             ddl = install_functions(using)
         with connection.cursor() as cursor:
-            for table, logged in tables:
+            for table, logged in found:
                 qualified = f"{schema}.{table}"
                 reason = always.get(table) if schema == _current_schema(cursor) else None
                 pattern = _ignored_by_setting(schema, table)
                 if reason or pattern:
                     if logged and not dry_run:  # ignored since: stop logging it
-                        cursor.execute("SELECT _audit_stream_stop_logging(%s::regclass)", [_regclass(schema, table)])
-                    statuses.append(TableStatus(qualified, f"ignored: {reason or f'IGNORE_TABLES {pattern!r}'}"))
+                        cursor.execute(
+                            "SELECT _audit_stream_stop_logging(%s::regclass)", [_regclass(schema, table)]
+                        )
+                    statuses.append(
+                        TableStatus(qualified, f"ignored: {reason or f'IGNORE_TABLES {pattern!r}'}")
+                    )
                     continue
                 if dry_run:
                     statuses.append(TableStatus(qualified, "already logged" if logged else "would log"))
@@ -479,3 +494,97 @@ def models_by_table(*, using: str = DEFAULT_DB_ALIAS) -> dict[str, str]:
         for model in apps.get_models(include_auto_created=True)
         if not model._meta.proxy
     }
+
+
+# --- versions: a row as an entry recorded it, rebuilt backwards from the live row ---------------------
+
+# The row now, as the log writes rows.
+_CURRENT_ROW_SQL = "SELECT to_jsonb(t)::text FROM {table} AS t WHERE t.{pk}::text = %s"
+
+# The entries of one row after a given one, newest first.
+_LATER_ENTRIES_SQL = """
+SELECT pgh_label, old_data::text FROM audit_stream_row_log
+WHERE logged_table = ANY (%s) AND pgh_obj_id = %s AND pgh_id > %s
+ORDER BY pgh_id DESC
+"""
+
+# A JSON row back into the table's row type: PostgreSQL does the conversions,
+# and Django reads the result as a model instance.
+_POPULATE_SQL = "SELECT * FROM jsonb_populate_record(NULL::{table}, %s::jsonb)"
+
+
+def model_of(entry, *, using: str = DEFAULT_DB_ALIAS) -> type[django_models.Model] | None:
+    """The model of the table ``entry`` was logged from (following renames), if there is one."""
+    from audit_stream.models import DdlLog
+
+    name, seen = entry.logged_table, set()
+    names = models_by_table(using=using)
+    while name not in names and name not in seen:
+        seen.add(name)
+        renamed = (
+            DdlLog.objects.using(using)
+            .filter(pgh_label="rename", former_name=name)
+            .order_by("pgh_id")
+            .values_list("logged_table", flat=True)
+            .first()
+        )
+        if renamed is None:
+            return None
+        name = renamed
+    return apps.get_model(names[name]) if name in names else None
+
+
+def recorded_state(entry, *, using: str = DEFAULT_DB_ALIAS) -> dict | None:
+    """The whole row as it was just after ``entry`` (before it, for a delete), as JSON values.
+
+    pgMemento's method: start from the row as it is now and undo, newest
+    first, every later entry of it (an update puts back its old values, a
+    delete puts back the whole row, an insert means the row did not exist).
+    """
+    import json
+
+    from audit_stream.aggregate import ExactDecoder
+
+    if entry.pgh_label == "delete":
+        return entry.old_data
+    model = model_of(entry, using=using)
+    if model is None:
+        return None
+    meta = model._meta.concrete_model._meta
+    state = None
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            _CURRENT_ROW_SQL.format(
+                table=triggers.quote_name(meta.db_table), pk=triggers.quote_name(meta.pk.column)
+            ),
+            [entry.pgh_obj_id],
+        )
+        row = cursor.fetchone()
+        if row is not None:
+            state = json.loads(row[0], cls=ExactDecoder)
+        cursor.execute(_LATER_ENTRIES_SQL, [table_names(model, using=using), entry.pgh_obj_id, entry.pgh_id])
+        for label, old in cursor.fetchall():
+            old = json.loads(old, cls=ExactDecoder) if old is not None else None
+            if label == "delete":
+                state = old
+            elif label == "update":
+                state = {**(state or {}), **old}
+            else:  # before its insert, the row did not exist
+                state = None
+    return state
+
+
+def recorded_instance(entry, *, using: str | None = None) -> django_models.Model | None:
+    """:func:`recorded_state` as an (unsaved) instance of the table's model."""
+    import json
+
+    from django.core.serializers.json import DjangoJSONEncoder
+
+    using = using or DEFAULT_DB_ALIAS
+    model = model_of(entry, using=using)
+    state = recorded_state(entry, using=using)
+    if model is None or state is None:
+        return None
+    sql = _POPULATE_SQL.format(table=triggers.quote_name(model._meta.concrete_model._meta.db_table))
+    rows = list(model._default_manager.db_manager(using).raw(sql, [json.dumps(state, cls=DjangoJSONEncoder)]))
+    return rows[0] if rows else None

@@ -48,6 +48,13 @@ _event_models: dict[str, type[models.Model]] = {}
 _problems: list[tuple[str, str, str, str]] = []
 
 
+def stream_tables() -> list[str]:
+    """Every table the stream folds: each event model's, and the row log of ``initlogging``."""
+    from audit_stream.rowlog import ROW_LOG_TABLE
+
+    return sorted([*_event_models, ROW_LOG_TABLE])
+
+
 def _problem(model_label: str, message: str, hint: str, check_id: str) -> None:
     _problems.append((model_label, message, hint, check_id))
 

@@ -25,6 +25,7 @@ class Variant:
         family: ``UNTRACKED``, ``AUDIT_STREAM`` or ``PGHISTORY``.
         description: What is installed, for the report.
         settings: ``AUDIT_STREAM`` overrides in effect for the variant's runs.
+        logged: Logged schema-wide by ``initlogging`` (events go to the shared row log).
     """
 
     key: str
@@ -32,6 +33,7 @@ class Variant:
     family: str
     description: str
     settings: dict = field(default_factory=dict)
+    logged: bool = False
 
     @property
     def model(self):
@@ -43,11 +45,15 @@ class Variant:
         """The event model, or ``None`` for the untracked variant."""
         if self.family == UNTRACKED:
             return None
+        if self.logged:
+            from audit_stream.models import RowLog
+
+            return RowLog
         return apps.get_model("benchapp", f"{self.model_name}Event")
 
     @property
     def tables(self) -> list[str]:
-        """The tables a run writes to (the item table and its event table)."""
+        """The tables a run writes to (the item table and its event table or the row log)."""
         models = [self.model, self.event_model]
         return [m._meta.db_table for m in models if m is not None]
 
@@ -83,6 +89,14 @@ VARIANTS: list[Variant] = [
         AUDIT_STREAM,
         '`track(Snapshot(), BeforeDelete())` with `AUDIT_STREAM = {"NOTIFY": False}`',
         settings={"NOTIFY": False},
+    ),
+    Variant(
+        "audit_stream initlogging",
+        "LogItem",
+        AUDIT_STREAM,
+        "no `@track`: the table is logged schema-wide by `manage.py initlogging` into the shared"
+        " row log (statement-level AFTER triggers, JSONB rows, only the changed columns of an update)",
+        logged=True,
     ),
     Variant(
         "pghistory row",

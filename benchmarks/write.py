@@ -103,7 +103,10 @@ def setup_database(update_migrations: bool) -> list[int]:
         db.regenerate_migrations()
     db.recreate_database()
     db.migrate()
-    from benchmarks.benchapp.models import Category
+    from audit_stream import rowlog
+    from benchmarks.benchapp.models import Category, LogItem
+
+    rowlog.init_logging(tables=[LogItem._meta.db_table])
 
     return db.create_categories(Category)
 

@@ -227,7 +227,7 @@ def test_command_dry_run_deletes_nothing():
         (["--batch-size", "0"], "--batch-size must be a positive"),
         (["--model", "shop.Nope"], "is not a retention target"),
         (["--erase", "testapp.Product"], "--erase takes APP_LABEL.ModelName:PK"),
-        (["--erase", "testapp.Customer:1", "--no-input"], "is not tracked by audit_stream"),
+        (["--erase", "testapp.Customer:1", "--no-input"], "is neither tracked nor in the row log"),
         (["--erase", "nope:1", "--no-input"], "is not a model"),
     ],
 )

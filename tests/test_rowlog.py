@@ -8,7 +8,6 @@ from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
 from django.test import override_settings
 
 import audit_stream
@@ -39,7 +38,8 @@ def triggers_on(sql, table):
     return sorted(
         name
         for (name,) in sql(
-            "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname LIKE 'audit_stream_log%%'",
+            "SELECT tgname FROM pg_trigger"
+            " WHERE tgrelid = to_regclass(%s) AND tgname LIKE 'audit_stream_log%%'",
             [table],
         )
     )
@@ -168,7 +168,12 @@ def test_an_update_logs_only_the_changed_columns_before_and_after(logged):
     supplier = Supplier.objects.create(name="Acme", rating=Decimal("1"))
     supplier.rating = Decimal("2.5")
     supplier.save()
-    assert row_log()[-1] == ("update", str(supplier.pk), {"rating": Decimal("1.000")}, {"rating": Decimal("2.500")})
+    assert row_log()[-1] == (
+        "update",
+        str(supplier.pk),
+        {"rating": Decimal("1.000")},
+        {"rating": Decimal("2.500")},
+    )
 
 
 def test_an_update_that_changes_nothing_is_not_logged(logged):
@@ -200,7 +205,10 @@ def test_bulk_writes_and_raw_sql_are_logged_row_by_row(logged, sql):
 def test_an_update_of_the_primary_key_is_logged_as_delete_and_insert(logged, sql):
     supplier = Supplier.objects.create(name="Acme")
     sql("UPDATE testapp_supplier SET id = 999999 WHERE id = %s", [supplier.pk])
-    assert [(label, obj) for label, obj, *_ in row_log()][-2:] == [("delete", str(supplier.pk)), ("insert", "999999")]
+    assert [(label, obj) for label, obj, *_ in row_log()][-2:] == [
+        ("delete", str(supplier.pk)),
+        ("insert", "999999"),
+    ]
 
 
 def test_the_context_is_recorded(logged):
@@ -245,7 +253,11 @@ def test_alter_table_is_recorded_with_the_columns_before_and_after(logged, sql):
 def test_a_rename_is_recorded_and_logging_goes_on(logged, sql):
     sql("ALTER TABLE testapp_supplier RENAME TO testapp_vendor")
     entry = DdlLog.objects.get()
-    assert (entry.pgh_label, entry.former_name, entry.logged_table) == ("rename", SUPPLIER, "public.testapp_vendor")
+    assert (entry.pgh_label, entry.former_name, entry.logged_table) == (
+        "rename",
+        SUPPLIER,
+        "public.testapp_vendor",
+    )
     sql("INSERT INTO testapp_vendor (name, rating, active) VALUES ('Acme', 0, true)")
     assert [label for label, *_ in row_log("public.testapp_vendor")] == ["insert"]
 
@@ -289,3 +301,17 @@ def test_is_logged(logged):
     assert rowlog.is_logged(Supplier)
     assert not rowlog.is_logged(Product)
     assert rowlog.is_logged(Customer)
+
+
+def test_table_restricts_initlogging_to_the_tables_named(sql):
+    output = initlogging("--table", "testapp_supplier")
+    assert "public.testapp_supplier" in output and "public.testapp_customer" not in output
+    assert triggers_on(sql, "testapp_supplier") != []
+    assert triggers_on(sql, "testapp_customer") == []
+
+
+def test_an_unknown_table_is_a_clear_error():
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError, match="No table 'nope' in schema 'public'"):
+        initlogging("--table", "nope")

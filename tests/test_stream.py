@@ -1,5 +1,6 @@
 """The stream end to end: real PostgreSQL, Redis, Celery worker and listener processes."""
 
+import os
 import time
 
 import psycopg
@@ -21,7 +22,7 @@ PRODUCTS = "testapp_productevent"
 @pytest.fixture
 def procs(tmp_path, request):
     """Start processes with procs.worker()/procs.listener(); all are stopped at the end."""
-    redis.Redis.from_url("redis://127.0.0.1:6379/15").flushdb()
+    redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")).flushdb()
     started = []
 
     class _Procs:

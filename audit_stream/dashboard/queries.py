@@ -28,9 +28,9 @@ from django.db.models import TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from audit_stream import config, tracking
+from audit_stream import config, rowlog, tracking
 from audit_stream.dashboard import formats
-from audit_stream.models import Change, Context, RetentionRun
+from audit_stream.models import Change, Context, LoggedTable, RetentionRun
 from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 
 __all__ = [
@@ -178,7 +178,13 @@ def stream_tables(using: str = DEFAULT_DB_ALIAS, *, exact_up_to: int | None = No
     last_hour = {row[0]: row[1:] for row in _rows(_FOLDED_BY_TABLE_SQL, using=using)}
     found = []
     with connection.cursor() as cursor:
-        for table, model in sorted(tracking._event_models.items()):
+        tables = {
+            table: model.pgh_tracked_model._meta.label_lower
+            for table, model in tracking._event_models.items()
+        }
+        if _row_log_in_use(checkpoints, using):
+            tables[rowlog.ROW_LOG_TABLE] = "(row log of initlogging)"
+        for table, model_label in sorted(tables.items()):
             # A table never folded has no checkpoint: every event is new.
             done, target, position, folded, updated_at = checkpoints.get(table, ("1:1:", None, 0, 0, None))
             quoted = connection.ops.quote_name(table)
@@ -195,7 +201,7 @@ def stream_tables(using: str = DEFAULT_DB_ALIAS, *, exact_up_to: int | None = No
             found.append(
                 StreamTable(
                     event_table=table,
-                    model=model.pgh_tracked_model._meta.label_lower,
+                    model=model_label,
                     backlog=backlog,
                     backlog_exact=exact,
                     lag_seconds=lag,
@@ -757,13 +763,26 @@ def retention(limit: int = 20) -> Retention:
 
 
 def tracked_models() -> list[str]:
-    """``"app_label.model"`` of every tracked model, as ``Change.model`` stores it."""
-    return sorted({m.pgh_tracked_model._meta.label_lower for m in tracking._event_models.values()})
+    """``"app_label.model"`` of every tracked or logged model, as ``Change.model`` stores it."""
+    labels = {m.pgh_tracked_model._meta.label_lower for m in tracking._event_models.values()}
+    logged = [f"{t.schema_name}.{t.table_name}" for t in LoggedTable.objects.all()]
+    if logged:
+        names = rowlog.models_by_table()
+        labels |= {names.get(table, table) for table in logged}
+    return sorted(labels)
 
 
 def event_labels() -> list[str]:
-    """Every event label declared on a tracked model."""
-    return sorted({event.label for m in tracking._event_models.values() for event in m.pgh_events})
+    """Every event label declared on a tracked model (and the row log's, when logging is on)."""
+    labels = {event.label for m in tracking._event_models.values() for event in m.pgh_events}
+    if LoggedTable.objects.exists():
+        labels |= {"insert", "update", "delete"}
+    return sorted(labels)
+
+
+def _row_log_in_use(checkpoints: dict, using: str) -> bool:
+    """Whether to show the row log: logging is on, or it has been folded."""
+    return rowlog.ROW_LOG_TABLE in checkpoints or LoggedTable.objects.using(using).exists()
 
 
 #: Above this many contexts for one user, the change list filters with a subquery instead.

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
-from audit_stream import config, tracking
+from audit_stream import config, rowlog, tracking
 from audit_stream.stream import wakeup
 from audit_stream.webhooks import messages
 
@@ -86,6 +86,64 @@ ORDER BY w.pgh_id
 RETURNING id, event_id, (extract(epoch FROM clock_timestamp() - created_at) * 1000)::bigint
 """
 
+# The same for the row log of ``initlogging`` (audit_stream.rowlog), which
+# keeps only the changed columns of an update: the diff is read from the entry
+# itself, and the object's state after each entry is its last known state
+# (the previous change folded for it) patched with each entry in order
+# (_audit_stream_merge, a running jsonb ||). An insert carries the whole row;
+# a row that existed before logging started is known from its first change
+# on, so its first snapshots hold only the columns changed so far.
+_ROW_LOG_FOLD_SQL = """
+WITH batch AS (
+    SELECT e.pgh_id, e.pgh_obj_id AS object_id, e.pgh_label, e.pgh_context_id, e.pgh_created_at,
+           e.old_data, e.new_data,
+           coalesce(m.model, e.logged_table) AS model
+    FROM audit_stream_row_log AS e
+    LEFT JOIN unnest(%(tables)s::text[], %(models)s::text[]) AS m (logged_table, model)
+        ON m.logged_table = e.logged_table
+    WHERE e.pgh_xid >= pg_snapshot_xmin(%(done)s::pg_snapshot)::text::bigint
+      AND e.pgh_xid < pg_snapshot_xmax(%(target)s::pg_snapshot)::text::bigint
+      AND pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(target)s::pg_snapshot)
+      AND NOT pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(done)s::pg_snapshot)
+      AND e.pgh_id > %(position)s
+    ORDER BY e.pgh_id
+    LIMIT %(limit)s
+),
+known AS (
+    -- Each object's last folded state, unless the batch starts it with an insert.
+    SELECT first.model, first.object_id,
+           CASE WHEN first.pgh_label <> 'insert' THEN
+               (SELECT c.snapshot FROM audit_stream_change AS c
+                WHERE c.model = first.model AND c.object_id = first.object_id
+                ORDER BY c.event_id DESC LIMIT 1)
+           END AS snapshot
+    FROM (SELECT DISTINCT ON (b.model, b.object_id) b.model, b.object_id, b.pgh_label
+          FROM batch AS b ORDER BY b.model, b.object_id, b.pgh_id) AS first
+),
+with_state AS (
+    SELECT b.*,
+           coalesce(k.snapshot, '{}') || _audit_stream_merge(coalesce(b.new_data, b.old_data)) OVER (
+               PARTITION BY b.model, b.object_id ORDER BY b.pgh_id
+           ) AS state
+    FROM batch AS b
+    JOIN known AS k ON k.model = b.model AND k.object_id IS NOT DISTINCT FROM b.object_id
+)
+INSERT INTO audit_stream_change
+    (event_table, event_id, model, object_id, label, context_id, created_at, diff, snapshot)
+SELECT 'audit_stream_row_log', w.pgh_id, w.model, w.object_id, w.pgh_label, w.pgh_context_id,
+       w.pgh_created_at,
+       CASE w.pgh_label
+           WHEN 'insert' THEN _audit_stream_diff(NULL, w.new_data, false)
+           WHEN 'delete' THEN _audit_stream_diff(NULL, w.old_data, true)
+           ELSE (SELECT jsonb_object_agg(n.key, jsonb_build_array(w.old_data -> n.key, n.value))
+                 FROM jsonb_each(w.new_data) AS n)
+       END,
+       CASE WHEN w.pgh_label = 'delete' THEN w.old_data ELSE w.state END
+FROM with_state AS w
+ORDER BY w.pgh_id
+RETURNING id, event_id, (extract(epoch FROM clock_timestamp() - created_at) * 1000)::bigint
+"""
+
 
 @dataclass
 class FoldResult:
@@ -107,7 +165,7 @@ def fold(
     max_seconds: float = 30.0,
     on_messages: Callable[[set[int]], object] | None = None,
 ) -> FoldResult:
-    """Fold the committed, unfolded events of one event table into ``Change`` rows.
+    """Fold the committed, unfolded events of one event table (or the row log) into ``Change`` rows.
 
     Works in batches of ``batch_size`` events, one transaction each, until the
     table is caught up and stays quiet for ``FOLD_LINGER`` seconds, or
@@ -173,10 +231,7 @@ def fold_all(
     *, using: str = DEFAULT_DB_ALIAS, max_seconds: float = float("inf"), **kwargs
 ) -> list[FoldResult]:
     """Fold every event table until each is caught up (in-process: tests, benchmarks, scripts)."""
-    return [
-        fold(table, using=using, max_seconds=max_seconds, **kwargs)
-        for table in sorted(tracking._event_models)
-    ]
+    return [fold(table, using=using, max_seconds=max_seconds, **kwargs) for table in tracking.stream_tables()]
 
 
 def _check_outside_writes(using: str) -> None:
@@ -196,11 +251,15 @@ def _check_outside_writes(using: str) -> None:
 
 
 def _event_model(event_table: str):
+    if event_table == rowlog.ROW_LOG_TABLE:
+        from audit_stream.models import RowLog
+
+        return RowLog
     try:
         return tracking._event_models[event_table]
     except KeyError:
         raise ValueError(
-            f"{event_table!r} is not an event table; known: {', '.join(sorted(tracking._event_models))}."
+            f"{event_table!r} is not an event table; known: {', '.join(tracking.stream_tables())}."
         ) from None
 
 
@@ -237,24 +296,28 @@ def _fold_batch(model, using: str, batch_size: int) -> tuple[int, bool, bool, se
             cursor.execute("SELECT pg_current_snapshot()::text")
             target = cursor.fetchone()[0]
 
-        cursor.execute(
-            _FOLD_SQL.format(
-                table=connection.ops.quote_name(table),
-                # Event models may be declared without obj_fk or context_fk.
-                object_id="e.pgh_obj_id::text" if model._pgh_has_obj else "NULL::text",
-                context_id="e.pgh_context_id" if model._pgh_has_context else "NULL::uuid",
-            ),
-            {
-                "pgh_columns": _PGH_COLUMNS,
-                "done": done,
-                "target": target,
-                "position": position,
-                "limit": batch_size,
-                "event_table": table,
-                "model": model.pgh_tracked_model._meta.label_lower,
-                "delete_labels": _delete_labels(model),
-            },
-        )
+        interval = {"done": done, "target": target, "position": position, "limit": batch_size}
+        if table == rowlog.ROW_LOG_TABLE:
+            names = rowlog.models_by_table(using=using)
+            cursor.execute(
+                _ROW_LOG_FOLD_SQL, {**interval, "tables": list(names), "models": list(names.values())}
+            )
+        else:
+            cursor.execute(
+                _FOLD_SQL.format(
+                    table=connection.ops.quote_name(table),
+                    # Event models may be declared without obj_fk or context_fk.
+                    object_id="e.pgh_obj_id::text" if model._pgh_has_obj else "NULL::text",
+                    context_id="e.pgh_context_id" if model._pgh_has_context else "NULL::uuid",
+                ),
+                {
+                    **interval,
+                    "pgh_columns": _PGH_COLUMNS,
+                    "event_table": table,
+                    "model": model.pgh_tracked_model._meta.label_lower,
+                    "delete_labels": _delete_labels(model),
+                },
+            )
         rows = cursor.fetchall()
         ids = [event_id for _, event_id, _ in rows]
         lag_ms = max((lag for _, _, lag in rows), default=None)

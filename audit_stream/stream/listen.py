@@ -53,7 +53,7 @@ class Listener:
         self.channel = config.channel()
         self.poll_interval = config.poll_interval()
         self.notify = config.notify()
-        self.tables = set(tracking._event_models)
+        self.tables = set(tracking.stream_tables())
         self._stop = threading.Event()
         self.is_leader = False
 

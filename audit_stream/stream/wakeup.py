@@ -81,4 +81,4 @@ def _has_work(cursor, event_table: str) -> bool:
 def tables_with_work(*, using: str = DEFAULT_DB_ALIAS) -> list[str]:
     """The event tables that have committed, unfolded events."""
     with connections[using].cursor() as cursor:
-        return [table for table in sorted(tracking._event_models) if _has_work(cursor, table)]
+        return [table for table in tracking.stream_tables() if _has_work(cursor, table)]

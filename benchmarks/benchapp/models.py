@@ -50,6 +50,10 @@ class AsNoNotifyItem(Item):
     """audit_stream with explicit events; the benchmark runs it with NOTIFY off (see variants.py)."""
 
 
+class LogItem(Item):
+    """Not tracked: the benchmark logs its table with ``initlogging`` (the row log)."""
+
+
 @pghistory.track(pghistory.InsertEvent(), pghistory.UpdateEvent(), pghistory.DeleteEvent())
 class PhRowItem(Item):
     """django-pghistory's default: row-level triggers."""

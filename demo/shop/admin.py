@@ -3,7 +3,7 @@ from django.db.models import DecimalField, F, Sum, Value
 from django.db.models.functions import Coalesce
 
 from audit_stream.admin import VersionModelAdmin
-from demo.shop.models import Customer, Order, OrderLine, Product
+from demo.shop.models import Customer, Order, OrderLine, Product, Supplier
 
 
 @admin.register(Customer)
@@ -56,3 +56,11 @@ class OrderLineAdmin(VersionModelAdmin):
     list_select_related = ["order", "product"]
     search_fields = ["=order__id", "product__name", "product__sku"]
     autocomplete_fields = ["order", "product"]
+
+
+@admin.register(Supplier)
+class SupplierAdmin(VersionModelAdmin):
+    """No @track: the history comes from the row log of ``manage.py initlogging``."""
+
+    list_display = ["name", "email", "lead_time_days", "rating", "active"]
+    search_fields = ["name", "email"]

@@ -1,6 +1,7 @@
-"""The shop's models. Each is tracked: ``audit_stream.track()`` generates
-``<Model>Event`` (table ``shop_<model>event``) with a snapshot of every insert
-and real change, and the row as it was before every delete.
+"""The shop's models. All but ``Supplier`` are tracked: ``audit_stream.track()``
+generates ``<Model>Event`` (table ``shop_<model>event``) with a snapshot of
+every insert and real change, and the row as it was before every delete.
+``Supplier`` shows the other mode: schema-wide logging with ``initlogging``.
 """
 
 from decimal import Decimal
@@ -92,3 +93,21 @@ class OrderLine(models.Model):
 
     def __str__(self):
         return f"{self.quantity} x {self.product}"
+
+
+class Supplier(models.Model):
+    """Not tracked with ``@track``: ``manage.py initlogging`` (run by ``demo_setup``)
+    logs its table into the shared row log, as django-pgMemento would, and
+    ``VersionModelAdmin`` shows and reverts its history from there."""
+
+    name = models.CharField(max_length=100, unique=True)
+    email = models.EmailField()
+    lead_time_days = models.PositiveIntegerField(default=7)
+    rating = models.DecimalField(max_digits=3, decimal_places=1, default=Decimal("3.0"))
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name

@@ -13,11 +13,11 @@ import uuid
 from collections import Counter
 from decimal import Decimal
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, OuterRef, ProtectedError
 
 import audit_stream
-from demo.shop.models import Customer, Order, OrderLine, Product
+from demo.shop.models import Customer, Order, OrderLine, Product, Supplier
 
 Status = Order.Status
 
@@ -48,6 +48,7 @@ WEIGHTS = {
     "restock_category": 4,
     "delete_customer": 3,
     "import_products": 2,
+    "review_supplier": 2,
 }
 
 
@@ -220,6 +221,20 @@ class Traffic:
         ]
         with self.request(self.rng.choice(STAFF), "/admin/shop/product/import/"):
             Product.objects.bulk_create(products)
+        return True
+
+    def review_supplier(self):
+        """A buyer re-rates a supplier, in raw SQL: its table is logged by ``initlogging``, not ``@track``."""
+        supplier = self.pick(Supplier.objects.order_by("pk"), limit=None)
+        if supplier is None:
+            return False
+        rating = Decimal(self.rng.randint(20, 50)) / 10
+        with self.request(self.rng.choice(STAFF), f"/admin/shop/supplier/{supplier.pk}/change/"):
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE shop_supplier SET rating = %s, lead_time_days = %s WHERE id = %s",
+                    [rating, self.rng.randint(3, 30), supplier.pk],
+                )
         return True
 
     def delete_customer(self):

@@ -15,7 +15,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="The database alias (default: default).")
+        parser.add_argument(
+            "--database", default=DEFAULT_DB_ALIAS, help="The database alias (default: default)."
+        )
 
     def handle(self, *args, **options):
         tables = rowlog.drop_logging(using=options["database"])

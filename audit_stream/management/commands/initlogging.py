@@ -19,20 +19,40 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--schema", default="public", help="The schema to log (default: public).")
-        parser.add_argument("--dry-run", action="store_true", help="Say what would be logged; change nothing.")
-        parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="The database alias (default: default).")
+        parser.add_argument(
+            "--table",
+            action="append",
+            dest="tables",
+            metavar="TABLE",
+            help="Only this table of the schema (repeatable); the ignore rules still apply.",
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Say what would be logged; change nothing."
+        )
+        parser.add_argument(
+            "--database", default=DEFAULT_DB_ALIAS, help="The database alias (default: default)."
+        )
 
     def handle(self, *args, **options):
         console = Console(file=self.stdout, highlight=False, soft_wrap=True)
         try:
             statuses, ddl = rowlog.init_logging(
-                options["schema"], dry_run=options["dry_run"], using=options["database"]
+                options["schema"],
+                tables=options["tables"],
+                dry_run=options["dry_run"],
+                using=options["database"],
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         table = Table("table", "status", title="dry run: nothing changed" if options["dry_run"] else None)
         for status in statuses:
-            style = "green" if status.action == "logging" else "yellow" if status.action.startswith("skipped") else None
+            style = (
+                "green"
+                if status.action == "logging"
+                else "yellow"
+                if status.action.startswith("skipped")
+                else None
+            )
             table.add_row(status.table, status.action, style=style)
         console.print(table)
         logged = sum(s.logged for s in statuses)

@@ -8,7 +8,8 @@ from django.db import transaction
 from django.urls import reverse
 
 import audit_stream
-from demo.shop.models import Customer, Product
+from audit_stream import rowlog
+from demo.shop.models import Customer, Product, Supplier
 
 USERNAME = "admin"
 PASSWORD = "admin"
@@ -28,6 +29,12 @@ PRODUCTS = [
     ("SNK-CHO", "Dark chocolate, 70 %", Product.Category.SNACKS, "3.80", 180),
 ]
 
+SUPPLIERS = [
+    ("Highland Growers Co-op", "orders@highland.example.com", 21, "4.5"),
+    ("Leaf & Kettle Trading", "sales@leafkettle.example.org", 10, "4.0"),
+    ("Brewgear Wholesale", "trade@brewgear.example.net", 5, "3.5"),
+]
+
 CUSTOMERS = [
     ("Ada Lovelace", "ada@example.com"),
     ("Grace Hopper", "grace@example.com"),
@@ -39,8 +46,9 @@ CUSTOMERS = [
 
 class Command(BaseCommand):
     help = (
-        "Prepare the demo: create the superuser admin/admin if it is missing, and seed"
-        " products and customers if the shop has none. Safe to run again."
+        "Prepare the demo: create the superuser admin/admin if it is missing, seed products,"
+        " customers and suppliers if the shop has none, and start schema-wide logging"
+        " (initlogging) of the tables @track does not cover. Safe to run again."
     )
 
     def handle(self, *args, **options):
@@ -51,6 +59,16 @@ class Command(BaseCommand):
                 [Product(sku=s, name=n, category=c, price=Decimal(p), stock=q) for s, n, c, p, q in PRODUCTS],
             )
             self.seed(Customer, [Customer(name=name, email=email) for name, email in CUSTOMERS])
+        # Suppliers are not @track'ed: log their table (and the other untracked ones) schema-wide,
+        # before seeding them, so that their history starts with their insert.
+        statuses, _ = rowlog.init_logging()
+        logged = [s.table for s in statuses if s.logged]
+        self.stdout.write(f"initlogging: {len(logged)} tables logged schema-wide ({', '.join(logged)}).")
+        with audit_stream.context(user="demo_setup", url="manage.py demo_setup"):
+            self.seed(
+                Supplier,
+                [Supplier(name=n, email=e, lead_time_days=d, rating=Decimal(r)) for n, e, d, r in SUPPLIERS],
+            )
         login_url = "http://127.0.0.1:8000" + reverse("admin:login")
         self.stdout.write(f"Log in at {login_url} as {USERNAME} / {PASSWORD}.")
 
