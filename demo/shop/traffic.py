@@ -229,12 +229,12 @@ class Traffic:
         if supplier is None:
             return False
         rating = Decimal(self.rng.randint(20, 50)) / 10
-        with self.request(self.rng.choice(STAFF), f"/admin/shop/supplier/{supplier.pk}/change/"):
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "UPDATE shop_supplier SET rating = %s, lead_time_days = %s WHERE id = %s",
-                    [rating, self.rng.randint(3, 30), supplier.pk],
-                )
+        url = f"/admin/shop/supplier/{supplier.pk}/change/"
+        with self.request(self.rng.choice(STAFF), url), connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE shop_supplier SET rating = %s, lead_time_days = %s WHERE id = %s",
+                [rating, self.rng.randint(3, 30), supplier.pk],
+            )
         return True
 
     def delete_customer(self):
