@@ -67,6 +67,8 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     _context_id uuid;
+    _same text;
+    _rows bigint;
 BEGIN
     IF TG_OP = 'INSERT' THEN
         -- The whole new row.
@@ -82,25 +84,71 @@ BEGIN
         -- are paired by primary key; a row whose key changed is logged as the
         -- delete of the old key and the insert of the new one. An update that
         -- changes nothing is not logged.
-        INSERT INTO audit_stream_row_log
-            (pgh_label, pgh_xid, logged_table, pgh_obj_id, pgh_context_id, old_data, new_data)
-        SELECT CASE WHEN o.pk IS NULL THEN 'insert' WHEN n.pk IS NULL THEN 'delete' ELSE 'update' END,
-               pg_current_xact_id()::text::bigint, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME,
-               coalesce(n.pk, o.pk),
-               (SELECT nullif(current_setting('audit_stream.context_id', true), '')::uuid),
-               CASE WHEN n.pk IS NULL THEN o.data WHEN o.pk IS NOT NULL THEN d.old END,
-               CASE WHEN o.pk IS NULL THEN n.data WHEN n.pk IS NOT NULL THEN d.new END
-        FROM (SELECT to_jsonb(x) AS data FROM _old AS x) AS o0
-        CROSS JOIN LATERAL (SELECT o0.data, o0.data ->> TG_ARGV[0] AS pk) AS o
-        FULL JOIN (
-            SELECT r.data, r.data ->> TG_ARGV[0] AS pk FROM (SELECT to_jsonb(x) AS data FROM _new AS x) AS r
-        ) AS n ON n.pk = o.pk
-        LEFT JOIN LATERAL (
-            SELECT jsonb_object_agg(c.key, o.data -> c.key) AS old, jsonb_object_agg(c.key, c.value) AS new
-            FROM jsonb_each(n.data) AS c
-            WHERE o.data -> c.key IS DISTINCT FROM c.value
-        ) AS d ON o.pk IS NOT NULL AND n.pk IS NOT NULL
-        WHERE o.pk IS NULL OR n.pk IS NULL OR d.new IS NOT NULL;
+        IF (SELECT count(*) FROM (SELECT FROM _new LIMIT 11) AS few) <= 10 THEN
+            -- A few rows (a save()): compare the rows as JSONB, key by key.
+            -- Planned once per table and reused (OFFSET 0 keeps to_jsonb from
+            -- being computed again at every reference).
+            INSERT INTO audit_stream_row_log
+                (pgh_label, pgh_xid, logged_table, pgh_obj_id, pgh_context_id, old_data, new_data)
+            SELECT CASE WHEN o.pk IS NULL THEN 'insert' WHEN n.pk IS NULL THEN 'delete' ELSE 'update' END,
+                   pg_current_xact_id()::text::bigint, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME,
+                   coalesce(n.pk, o.pk),
+                   (SELECT nullif(current_setting('audit_stream.context_id', true), '')::uuid),
+                   CASE WHEN n.pk IS NULL THEN o.data WHEN o.pk IS NOT NULL THEN d.old END,
+                   CASE WHEN o.pk IS NULL THEN n.data WHEN n.pk IS NOT NULL THEN d.new END
+            FROM (SELECT r.data, r.data ->> TG_ARGV[0] AS pk
+                  FROM (SELECT to_jsonb(x) AS data FROM _old AS x OFFSET 0) AS r) AS o
+            FULL JOIN (SELECT r.data, r.data ->> TG_ARGV[0] AS pk
+                       FROM (SELECT to_jsonb(x) AS data FROM _new AS x OFFSET 0) AS r) AS n
+                ON n.pk = o.pk
+            LEFT JOIN LATERAL (
+                SELECT jsonb_object_agg(c.key, o.data -> c.key) AS old,
+                       jsonb_object_agg(c.key, c.value) AS new
+                FROM jsonb_each(n.data) AS c
+                WHERE o.data -> c.key IS DISTINCT FROM c.value
+            ) AS d ON o.pk IS NOT NULL AND n.pk IS NOT NULL
+            WHERE o.pk IS NULL OR n.pk IS NULL OR d.new IS NOT NULL;
+            GET DIAGNOSTICS _rows = ROW_COUNT;
+        ELSE
+            -- Many rows: compare typed columns, in a statement written for the
+            -- table's columns as they are now (read from the catalog, once per
+            -- statement); EXECUTE plans it each time, which many rows repay.
+            -- A type without an equality operator (json, xml, point...) is
+            -- compared as text.
+            SELECT string_agg(
+                       format(CASE WHEN EXISTS (SELECT FROM pg_operator AS op
+                                                WHERE op.oprname = '=' AND op.oprleft = a.atttypid
+                                                  AND op.oprright = a.atttypid)
+                                   THEN 'CASE WHEN o.%1$I IS NOT DISTINCT FROM n.%1$I THEN %1$L END'
+                                   ELSE 'CASE WHEN o.%1$I::text IS NOT DISTINCT FROM n.%1$I::text THEN %1$L END'
+                              END, a.attname),
+                       ', ' ORDER BY a.attnum)
+            INTO _same
+            FROM pg_attribute AS a
+            WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped;
+            EXECUTE format($update$
+                INSERT INTO audit_stream_row_log
+                    (pgh_label, pgh_xid, logged_table, pgh_obj_id, pgh_context_id, old_data, new_data)
+                SELECT CASE WHEN o.%1$I IS NULL THEN 'insert' WHEN n.%1$I IS NULL THEN 'delete'
+                            ELSE 'update' END,
+                       pg_current_xact_id()::text::bigint, $1, coalesce(n.%1$I, o.%1$I)::text,
+                       nullif(current_setting('audit_stream.context_id', true), '')::uuid,
+                       CASE WHEN n.%1$I IS NULL THEN to_jsonb(o)
+                            WHEN o.%1$I IS NOT NULL THEN to_jsonb(o) - u.same END,
+                       CASE WHEN o.%1$I IS NULL THEN to_jsonb(n)
+                            WHEN n.%1$I IS NOT NULL THEN to_jsonb(n) - u.same END
+                FROM _old AS o
+                FULL JOIN _new AS n ON n.%1$I = o.%1$I
+                CROSS JOIN LATERAL (SELECT array_remove(ARRAY[%2$s], NULL) AS same) AS u
+                WHERE o.%1$I IS NULL OR n.%1$I IS NULL OR cardinality(u.same) < %3$s
+            $update$, TG_ARGV[0], _same, (SELECT count(*) FROM pg_attribute AS a
+                                          WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped))
+            USING TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME;
+            GET DIAGNOSTICS _rows = ROW_COUNT;  -- (EXECUTE leaves FOUND alone)
+        END IF;
+        IF _rows = 0 THEN
+            RETURN NULL;
+        END IF;
     ELSE
         -- The whole old row.
         INSERT INTO audit_stream_row_log

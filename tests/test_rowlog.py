@@ -315,3 +315,36 @@ def test_an_unknown_table_is_a_clear_error():
 
     with pytest.raises(CommandError, match="No table 'nope' in schema 'public'"):
         initlogging("--table", "nope")
+
+
+# --- many rows at once (the update path that compares typed columns) --------------------------------
+
+
+def test_a_large_update_logs_only_what_changed_in_each_row(logged, sql):
+    Supplier.objects.bulk_create([Supplier(name=f"s{i}", rating=i % 3) for i in range(30)])
+    Supplier.objects.update(rating=1)  # 10 of the 30 already had 1
+    updates = [(old, new) for label, _, old, new in row_log() if label == "update"]
+    assert len(updates) == 20
+    assert all(set(old) == set(new) == {"rating"} and new["rating"] == 1 for old, new in updates)
+
+
+def test_a_large_update_of_primary_keys_is_logged_as_deletes_and_inserts(logged, sql):
+    Supplier.objects.bulk_create([Supplier(name=f"s{i}") for i in range(20)])
+    sql("UPDATE testapp_supplier SET id = id + 1000000")
+    labels = [label for label, *_ in row_log()]
+    assert labels.count("delete") == 20 and labels.count("insert") == 40
+
+
+def test_columns_without_an_equality_operator_are_compared_too(sql):
+    sql("CREATE TABLE shapes (id int PRIMARY KEY, doc json, spot point, tag text)")
+    sql("INSERT INTO shapes SELECT i, '{\"a\": 1}', point(0, 0), 't' FROM generate_series(1, 20) AS i")
+    initlogging()
+    sql("UPDATE shapes SET doc = '{\"a\": 2}' WHERE id <= 15")  # 15 rows: many at once
+    sql("UPDATE shapes SET spot = point(1, 1) WHERE id = 1")  # one row
+    sql("UPDATE shapes SET tag = 't'")  # nothing changes
+    entries = row_log("public.shapes")
+    assert [(label, old, new) for label, _, old, new in entries][:1] == [
+        ("update", {"doc": {"a": 1}}, {"doc": {"a": 2}})
+    ]
+    assert len(entries) == 16
+    assert entries[-1][2:] == ({"spot": "(0,0)"}, {"spot": "(1,1)"})
