@@ -120,7 +120,8 @@ BEGIN
                                                 WHERE op.oprname = '=' AND op.oprleft = a.atttypid
                                                   AND op.oprright = a.atttypid)
                                    THEN 'CASE WHEN o.%1$I IS NOT DISTINCT FROM n.%1$I THEN %1$L END'
-                                   ELSE 'CASE WHEN o.%1$I::text IS NOT DISTINCT FROM n.%1$I::text THEN %1$L END'
+                                   ELSE 'CASE WHEN o.%1$I::text IS NOT DISTINCT FROM n.%1$I::text'
+                                        ' THEN %1$L END'
                               END, a.attname),
                        ', ' ORDER BY a.attnum)
             INTO _same
@@ -141,8 +142,9 @@ BEGIN
                 FULL JOIN _new AS n ON n.%1$I = o.%1$I
                 CROSS JOIN LATERAL (SELECT array_remove(ARRAY[%2$s], NULL) AS same) AS u
                 WHERE o.%1$I IS NULL OR n.%1$I IS NULL OR cardinality(u.same) < %3$s
-            $update$, TG_ARGV[0], _same, (SELECT count(*) FROM pg_attribute AS a
-                                          WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped))
+            $update$, TG_ARGV[0], _same,
+                (SELECT count(*) FROM pg_attribute AS a
+                 WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped))
             USING TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME;
             GET DIAGNOSTICS _rows = ROW_COUNT;  -- (EXECUTE leaves FOUND alone)
         END IF;

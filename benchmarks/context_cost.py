@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m benchmarks.context_cost             # 15 repetitions of 1,000 transactions; updates BENCHMARKS.md
-    python -m benchmarks.context_cost --quick     # 3 x 200; BENCHMARKS.md untouched
+    python -m benchmarks.context_cost           # 15 pairs of 1,000 transactions; updates BENCHMARKS.md
+    python -m benchmarks.context_cost --quick   # 3 x 200; BENCHMARKS.md untouched
 
 The write benchmark times every workload once per repetition, so its in-context
 and out-of-context runs of a variant are minutes apart. Here the two runs of a
@@ -35,7 +35,9 @@ HEADING = "## Context cost (benchmarks/context_cost.py)"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.context_cost", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.context_cost", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--rows", type=int, default=1_000, help="transactions per run (default 1000)")
     parser.add_argument("--repeat", type=int, default=15, help="pairs of runs per case (default 15)")
     parser.add_argument("--quick", action="store_true", help="3 x 200; BENCHMARKS.md untouched")
@@ -63,7 +65,9 @@ def _timed_run(variant, operation: str, in_context: bool, scope, rows: int, cate
         events = db.count(variant.event_model._meta.db_table)
         with_context = db.count(variant.event_model._meta.db_table, "pgh_context_id IS NOT NULL")
         if events != rows or with_context != (rows if in_context else 0):
-            raise AssertionError(f"{variant.key}: {events} events, {with_context} in a context; expected {rows}")
+            raise AssertionError(
+                f"{variant.key}: {events} events, {with_context} in a context; expected {rows}"
+            )
     return seconds
 
 
@@ -105,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
                 ratios.setdefault((name, operation), []).append(timings[True] / timings[False])
         print(f"  rep {rep + 1}/{repeat} done", file=sys.stderr, flush=True)
 
+    load = "/".join(f"{x:.1f}" for x in load_start), "/".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
         HEADING,
         "",
@@ -112,10 +117,10 @@ def main(argv: list[str] | None = None) -> None:
         f" `python -m benchmarks.context_cost`: {repeat} pairs of runs of {rows:,} single-row"
         " transactions per case, each pair back to back (order alternating), medians.",
         "",
-        f"Machine: {machine_info()['nproc']} cores; load average at start"
-        f" {'/'.join(f'{x:.1f}' for x in load_start)}, at end {'/'.join(f'{x:.1f}' for x in os.getloadavg())}.",
+        f"Machine: {machine_info()['nproc']} cores; load average at start {load[0]}, at end {load[1]}.",
         "",
-        "| case | operation | µs/transaction without | µs/transaction in a context | context cost (median of pair ratios) |",
+        "| case | operation | µs/transaction without | µs/transaction in a context"
+        " | context cost (median of pair ratios) |",
         "|---|---|--:|--:|--:|",
     ]
     for name, _, _ in cases:
