@@ -460,7 +460,11 @@ def _prune_contexts(connection, now, batch_size, dry_run) -> int:
         if dry_run:
             cursor.execute(f"SELECT count(*) FROM ({candidates}) AS candidates", params)
             return cursor.fetchone()[0]
-        cursor.execute(f"DELETE FROM audit_stream_context WHERE id IN ({candidates})", params)
+        # updated_at again in the DELETE itself: rechecked on the row's latest version if a
+        # writer attached the context meanwhile (see triggers.ATTACH_CONTEXT_FUNCTION).
+        cursor.execute(
+            f"DELETE FROM audit_stream_context WHERE id IN ({candidates}) AND updated_at < %(grace)s", params
+        )
         return cursor.rowcount
 
 

@@ -46,6 +46,10 @@ if TYPE_CHECKING:
 # with set_config(..., is_local => true), so they end with the transaction.
 CONTEXT_ID_SETTING = "audit_stream.context_id"
 CONTEXT_METADATA_SETTING = "audit_stream.context_metadata"
+# Session settings (a cache, never a source of truth): the context this session
+# last attached, "<uuid> <valid until, epoch seconds>", and its metadata.
+ATTACHED_SETTING = "audit_stream.attached"
+ATTACHED_METADATA_SETTING = "audit_stream.attached_metadata"
 # Non-transactional wake-up flag: armed when its next value is 1.
 WAKEUP_SEQUENCE = "audit_stream_wakeup"
 # Set (transaction-locally) by retention only, to delete from event tables.
@@ -240,9 +244,17 @@ def after_events(event_table: str) -> str:
                 RETURN NULL;
             END IF;
 
-            -- Attach the context once per statement, and only if rows were written.
+            -- Attach the context once per statement, and only if rows were written;
+            -- skipped while this session's marker says the row exists with this
+            -- metadata (see _audit_stream_attach_context).
             _context_id := nullif(current_setting('{CONTEXT_ID_SETTING}', true), '')::uuid;
-            IF _context_id IS NOT NULL THEN
+            IF _context_id IS NOT NULL AND (
+                coalesce(left(current_setting('{ATTACHED_SETTING}', true), 36), '') <> _context_id::text
+                OR coalesce(nullif(substr(current_setting('{ATTACHED_SETTING}', true), 38), ''), '0')::bigint
+                   < extract(epoch FROM now())
+                OR current_setting('{ATTACHED_METADATA_SETTING}', true)
+                   IS DISTINCT FROM current_setting('{CONTEXT_METADATA_SETTING}', true)
+            ) THEN
                 PERFORM _audit_stream_attach_context(
                     _context_id, current_setting('{CONTEXT_METADATA_SETTING}', true)
                 );
@@ -296,27 +308,47 @@ def _compact(sql: str) -> str:
     return "\n".join(line.strip() for line in sql.strip().splitlines() if line.strip())
 
 
-# Installed by audit_stream's migrations. Called once per statement by every
-# event trigger that has a context.
+# Installed by audit_stream's migrations. Called by the event triggers, at most
+# once per statement, when this session has not attached the same context with
+# the same metadata in the last 10 minutes.
 #
 # The common case is a context that already exists with the same metadata
 # (many statements in one request): one primary-key probe, no write and no row
 # lock. Otherwise an upsert, which also serialises two transactions that
 # create the same context concurrently.
+#
+# Then it leaves a marker in a *session* setting, so that the session's next
+# statements in the same context skip this call (in autocommit each statement
+# is a transaction: without the marker, each would probe again). It is safe
+# because:
+# * set_config is transactional: if this transaction aborts (and the row it
+#   wrote with it), the marker goes too;
+# * the marker says only "this row exists", true for every session, and lasts
+#   10 minutes; retention prunes a context only when nothing refers to it and
+#   updated_at is over an hour old, and this function moves updated_at to now
+#   whenever it is over 10 minutes old, so a marked context cannot be pruned
+#   (and retention rechecks updated_at under the row lock).
 ATTACH_CONTEXT_FUNCTION = """
 CREATE OR REPLACE FUNCTION _audit_stream_attach_context(_id uuid, _metadata text)
 RETURNS void AS $$
 DECLARE
     _value jsonb := coalesce(nullif(_metadata, ''), '{}')::jsonb;
 BEGIN
-    PERFORM 1 FROM audit_stream_context WHERE id = _id AND metadata = _value;
+    UPDATE audit_stream_context SET updated_at = now()
+    WHERE id = _id AND metadata = _value AND updated_at < now() - interval '10 minutes';
     IF NOT FOUND THEN
-        INSERT INTO audit_stream_context (id, metadata, created_at, updated_at)
-        VALUES (_id, _value, now(), now())
-        ON CONFLICT (id) DO UPDATE
-            SET metadata = EXCLUDED.metadata, updated_at = EXCLUDED.updated_at
-            WHERE audit_stream_context.metadata IS DISTINCT FROM EXCLUDED.metadata;
+        PERFORM 1 FROM audit_stream_context WHERE id = _id AND metadata = _value;
+        IF NOT FOUND THEN
+            INSERT INTO audit_stream_context (id, metadata, created_at, updated_at)
+            VALUES (_id, _value, now(), now())
+            ON CONFLICT (id) DO UPDATE
+                SET metadata = EXCLUDED.metadata, updated_at = EXCLUDED.updated_at
+                WHERE audit_stream_context.metadata IS DISTINCT FROM EXCLUDED.metadata;
+        END IF;
     END IF;
+    PERFORM set_config('audit_stream.attached',
+                       _id::text || ' ' || (extract(epoch FROM now())::bigint + 600)::text, false),
+            set_config('audit_stream.attached_metadata', coalesce(_metadata, ''), false);
 END;
 $$ LANGUAGE plpgsql;
 """

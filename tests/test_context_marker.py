@@ -1,0 +1,92 @@
+"""The session marker that lets a session skip re-attaching a context it attached in the last 10 minutes."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection, transaction
+
+import audit_stream
+from audit_stream import retention
+from audit_stream.models import Context
+from tests.testapp.models import Product, ProductEvent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def attach_calls(sql):
+    sql("SELECT pg_stat_force_next_flush()")
+    sql("SELECT pg_stat_clear_snapshot()")
+    rows = sql("SELECT calls FROM pg_stat_user_functions WHERE funcname = '_audit_stream_attach_context'")
+    return rows[0][0] if rows else 0
+
+
+@pytest.fixture
+def counted(sql):
+    sql("SET track_functions = 'all'")
+    sql("SELECT pg_stat_reset()")
+    yield
+    sql("SET track_functions = 'none'")
+
+
+def test_a_session_attaches_a_context_once_for_many_transactions(counted, sql):
+    with audit_stream.context(user=1):
+        for i in range(5):
+            Product.objects.create(name=f"p{i}")  # autocommit: five transactions
+    assert attach_calls(sql) == 1
+    assert ProductEvent.objects.filter(pgh_context__isnull=False).count() == 5
+
+
+def test_new_metadata_is_attached_again(counted, sql):
+    with audit_stream.context(user=1) as state:
+        Product.objects.create(name="a")
+        audit_stream.context(reason="more")
+        Product.objects.create(name="b")
+    assert attach_calls(sql) == 2
+    assert Context.objects.get(pk=state.id).metadata == {"user": 1, "reason": "more"}
+
+
+def test_a_rolled_back_attach_leaves_no_marker(sql):
+    with audit_stream.context(user=1) as state:
+        with pytest.raises(RuntimeError), transaction.atomic():
+            Product.objects.create(name="a")
+            raise RuntimeError
+        assert not Context.objects.filter(pk=state.id).exists()
+        Product.objects.create(name="b")
+    assert Context.objects.filter(pk=state.id).exists()
+    assert ProductEvent.objects.get().pgh_context_id == state.id
+
+
+def test_an_expired_marker_attaches_again_and_refreshes_updated_at(sql):
+    with audit_stream.context(user=1) as state:
+        Product.objects.create(name="a")
+        sql(
+            "UPDATE audit_stream_context SET updated_at = now() - interval '2 hours' WHERE id = %s",
+            [state.id],
+        )
+        marker = sql("SELECT current_setting('audit_stream.attached')")[0][0]
+        sql("SELECT set_config('audit_stream.attached', %s, false)", [marker[:36] + " 1"])  # long expired
+        Product.objects.create(name="b")
+    refreshed = sql(
+        "SELECT now() - updated_at < interval '1 minute' FROM audit_stream_context WHERE id = %s", [state.id]
+    )
+    assert refreshed == [(True,)]
+
+
+def test_retention_never_prunes_a_context_a_session_holds_a_marker_for(sql):
+    with audit_stream.context(user=1) as state:
+        Product.objects.create(name="a")
+        # Its only event is gone, and it looks old: but this session attached it less than 10 minutes ago.
+        sql("TRUNCATE testapp_productevent")
+        report = retention.prune(targets=["changes"])
+        assert Context.objects.filter(pk=state.id).exists(), report
+        Product.objects.create(name="b")
+    assert Context.objects.filter(pk=state.id).exists()
+
+
+def test_the_marker_is_per_context(counted, sql):
+    for user in (1, 2):
+        with audit_stream.context(user=user):
+            Product.objects.create(name=f"p{user}")
+    assert attach_calls(sql) == 2
+    assert Context.objects.count() == 2
+    assert connection.vendor == "postgresql"
