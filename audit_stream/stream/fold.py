@@ -46,22 +46,23 @@ _PGH_COLUMNS = ["pgh_id", "pgh_created_at", "pgh_label", "pgh_xid", "pgh_obj_id"
 # The pgh_xid range lets the BRIN index skip old pages: a transaction older
 # than done's xmin was visible in `done`; one at or after target's xmax is not
 # visible in `target`.
-#
-# For each event, `before` is the object's previous state: the previous event
-# of the object in this batch, else the last change already folded for it.
-# _audit_stream_diff (audit_stream.triggers.DIFF_FUNCTION) gives
-# {column: [old, new]} for the columns that differ (all of them for an
+_IN_INTERVAL = """WHERE e.pgh_xid >= pg_snapshot_xmin(%(done)s::pg_snapshot)::text::bigint
+      AND e.pgh_xid < pg_snapshot_xmax(%(target)s::pg_snapshot)::text::bigint
+      AND pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(target)s::pg_snapshot)
+      AND NOT pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(done)s::pg_snapshot)
+      AND e.pgh_id > %(position)s"""
+
+# A batch of an event table. For each event, `before` is the object's previous
+# state: the previous event of the object in this batch, else the last change
+# already folded for it. _audit_stream_diff (audit_stream.triggers.DIFF_FUNCTION)
+# gives {column: [old, new]} for the columns that differ (all of them for an
 # object's first event), and {column: [old, null]} for delete events.
 _FOLD_SQL = """
 WITH batch AS (
     SELECT e.pgh_id, {object_id} AS object_id, e.pgh_label, {context_id} AS pgh_context_id,
            e.pgh_created_at, to_jsonb(e) - %(pgh_columns)s::text[] AS snapshot
     FROM {table} AS e
-    WHERE e.pgh_xid >= pg_snapshot_xmin(%(done)s::pg_snapshot)::text::bigint
-      AND e.pgh_xid < pg_snapshot_xmax(%(target)s::pg_snapshot)::text::bigint
-      AND pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(target)s::pg_snapshot)
-      AND NOT pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(done)s::pg_snapshot)
-      AND e.pgh_id > %(position)s
+    {in_interval}
     ORDER BY e.pgh_id
     LIMIT %(limit)s
 ),
@@ -101,11 +102,7 @@ WITH batch AS (
     FROM audit_stream_row_log AS e
     LEFT JOIN unnest(%(tables)s::text[], %(models)s::text[]) AS m (logged_table, model)
         ON m.logged_table = e.logged_table
-    WHERE e.pgh_xid >= pg_snapshot_xmin(%(done)s::pg_snapshot)::text::bigint
-      AND e.pgh_xid < pg_snapshot_xmax(%(target)s::pg_snapshot)::text::bigint
-      AND pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(target)s::pg_snapshot)
-      AND NOT pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(done)s::pg_snapshot)
-      AND e.pgh_id > %(position)s
+    {in_interval}
     ORDER BY e.pgh_id
     LIMIT %(limit)s
 ),
@@ -142,7 +139,7 @@ SELECT 'audit_stream_row_log', w.pgh_id, w.model, w.object_id, w.pgh_label, w.pg
 FROM with_state AS w
 ORDER BY w.pgh_id
 RETURNING id, event_id, (extract(epoch FROM clock_timestamp() - created_at) * 1000)::bigint
-"""
+""".replace("{in_interval}", _IN_INTERVAL)
 
 
 @dataclass
@@ -305,6 +302,7 @@ def _fold_batch(model, using: str, batch_size: int) -> tuple[int, bool, bool, se
         else:
             cursor.execute(
                 _FOLD_SQL.format(
+                    in_interval=_IN_INTERVAL,
                     table=connection.ops.quote_name(table),
                     # Event models may be declared without obj_fk or context_fk.
                     object_id="e.pgh_obj_id::text" if model._pgh_has_obj else "NULL::text",
