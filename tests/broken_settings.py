@@ -10,3 +10,6 @@ if os.environ.get("AUDIT_STREAM_BROKEN") == "not_postgresql":
     DATABASES = {**DATABASES, "lite": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}  # noqa: F405
 if os.environ.get("AUDIT_STREAM_BROKEN") == "bad_settings":
     AUDIT_STREAM = {"APPEND_ONLY": "yes", "NOTIFY_CHANEL": "x"}
+if os.environ.get("AUDIT_STREAM_BROKEN") == "bad_ignore_tables":
+    AUDIT_STREAM = {"IGNORE_TABLES": ["django_session", 7]}
+    PG_MEMENTO_IGNORE_TABLES = "django_admin_log"

@@ -36,6 +36,14 @@ def _check(case):
                 "unknown key 'NOTIFY_CHANEL'",
             ],
         ),
+        (
+            "bad_ignore_tables",
+            [
+                "audit_stream.E010",
+                'AUDIT_STREAM["IGNORE_TABLES"] must be a list of table names',
+                "PG_MEMENTO_IGNORE_TABLES must be a list of table names",
+            ],
+        ),
     ],
 )
 def test_bad_declaration_fails_the_system_checks(case, expected):

@@ -699,3 +699,27 @@ def test_no_page_or_endpoint_shows_a_secret(settings, operator_client, endpoint,
         shown += body
     assert endpoint.masked_secret in shown
     assert "t0ken-for-prometheus" not in shown
+
+
+def test_the_row_log_is_shown_once_logging_is_on(operator_client):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from tests.testapp.models import Supplier
+
+    assert "audit_stream_row_log" not in {t.event_table for t in queries.stream_tables()}
+    call_command("initlogging", stdout=StringIO())
+    try:
+        Supplier.objects.create(name="Acme")
+        tables = {t.event_table: t for t in queries.stream_tables()}
+        assert (tables["audit_stream_row_log"].backlog, tables["audit_stream_row_log"].model) == (
+            1,
+            "(row log of initlogging)",
+        )
+        assert "testapp.supplier" in queries.tracked_models()
+        assert {"insert", "update", "delete"} <= set(queries.event_labels())
+        html = _html(operator_client.get(reverse("audit_stream:overview")))
+        assert 'data-table="audit_stream_row_log"' in html
+    finally:
+        call_command("droplogging", stdout=StringIO())

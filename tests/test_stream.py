@@ -178,3 +178,27 @@ def test_a_change_reaches_a_webhook_receiver(procs, httpserver, settings):
     payload = Webhook(endpoint.secret).verify(request.get_data(), dict(request.headers))
     assert payload["type"] == "testapp.product.snapshot"
     wait_until(lambda: WebhookMessage.objects.filter(status="delivered").exists(), timeout=10)
+
+
+def test_a_write_to_a_table_logged_by_initlogging_becomes_a_change(procs):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from tests.testapp.models import Supplier
+
+    call_command("initlogging", stdout=StringIO())
+    try:
+        procs.worker()
+        procs.listener()
+        supplier = Supplier.objects.create(name="Acme")
+        change = wait_until(
+            lambda: Change.objects.for_object(supplier).first(), timeout=10, message="the change"
+        )
+        assert (change.event_table, change.label, change.diff["name"]) == (
+            "audit_stream_row_log",
+            "insert",
+            [None, "Acme"],
+        )
+    finally:
+        call_command("droplogging", stdout=StringIO())
