@@ -166,7 +166,7 @@ class context(contextlib.ContextDecorator):
 
 # Statements that can fire a trigger. Everything else (SELECT, SET, BEGIN,
 # SAVEPOINT, VACUUM, DDL...) is sent untouched.
-_WRITES = ("insert", "update", "delete", "merge", "with", "copy", "call", "do")
+_WRITES = ("insert", "update", "delete", "merge", "with", "copy", "call", "do", "truncate")
 
 _SET = (
     f"SELECT set_config('{triggers.CONTEXT_ID_SETTING}', %s, true),"

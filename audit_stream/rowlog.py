@@ -1,7 +1,7 @@
 """Schema-wide logging without model changes (django-pgMemento's ``initlogging``).
 
-``manage.py initlogging`` puts three statement-level triggers (insert, update,
-delete) on every table of a schema that is not ignored; they all run one
+``manage.py initlogging`` puts four statement-level triggers (insert, update,
+delete, truncate) on every table of a schema that is not ignored; they all run one
 generic function, :data:`LOG_ROWS_FUNCTION`, which writes into one shared
 table, ``audit_stream_row_log`` (:class:`audit_stream.models.RowLog`). Rows
 are recorded as JSONB (``to_jsonb(row)``), so a column added later is logged
@@ -44,7 +44,12 @@ __all__ = [
 ROW_LOG_TABLE = "audit_stream_row_log"
 
 # Names of the triggers initlogging puts on each logged table.
-TRIGGERS = ("audit_stream_log_insert", "audit_stream_log_update", "audit_stream_log_delete")
+TRIGGERS = (
+    "audit_stream_log_insert",
+    "audit_stream_log_update",
+    "audit_stream_log_delete",
+    "audit_stream_log_truncate",
+)
 EVENT_TRIGGERS = ("audit_stream_log_ddl", "audit_stream_log_drop")
 
 # The generic row-log trigger function. TG_ARGV[0] is the table's primary key
@@ -79,6 +84,7 @@ BEGIN
                (SELECT nullif(current_setting('audit_stream.context_id', true), '')::uuid),
                r.data
         FROM (SELECT to_jsonb(n) AS data FROM _new AS n) AS r;
+        GET DIAGNOSTICS _rows = ROW_COUNT;
     ELSIF TG_OP = 'UPDATE' THEN
         -- Only the columns that changed, before and after. Old and new rows
         -- are paired by primary key; a row whose key changed is logged as the
@@ -146,11 +152,21 @@ BEGIN
                 (SELECT count(*) FROM pg_attribute AS a
                  WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped))
             USING TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME;
-            GET DIAGNOSTICS _rows = ROW_COUNT;  -- (EXECUTE leaves FOUND alone)
+            GET DIAGNOSTICS _rows = ROW_COUNT;
         END IF;
-        IF _rows = 0 THEN
-            RETURN NULL;
-        END IF;
+    ELSIF TG_OP = 'TRUNCATE' THEN
+        -- Every row, as deleted, before TRUNCATE removes it (as pgMemento does):
+        -- TRUNCATE fires no row-level or DELETE trigger. It reads the table, so
+        -- a TRUNCATE of a logged table costs what a DELETE of every row costs.
+        EXECUTE format($truncate$
+            INSERT INTO audit_stream_row_log
+                (pgh_label, pgh_xid, logged_table, pgh_obj_id, pgh_context_id, old_data)
+            SELECT 'delete', pg_current_xact_id()::text::bigint, $1, r.data ->> $2,
+                   nullif(current_setting('audit_stream.context_id', true), '')::uuid, r.data
+            FROM (SELECT to_jsonb(t) AS data FROM %s AS t OFFSET 0) AS r
+        $truncate$, TG_RELID::regclass)
+        USING TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_ARGV[0];
+        GET DIAGNOSTICS _rows = ROW_COUNT;
     ELSE
         -- The whole old row.
         INSERT INTO audit_stream_row_log
@@ -160,6 +176,7 @@ BEGIN
                (SELECT nullif(current_setting('audit_stream.context_id', true), '')::uuid),
                r.data
         FROM (SELECT to_jsonb(o) AS data FROM _old AS o) AS r;
+        GET DIAGNOSTICS _rows = ROW_COUNT;
     END IF;
     {after_events}
 END;
@@ -222,6 +239,11 @@ BEGIN
         'CREATE OR REPLACE TRIGGER audit_stream_log_delete AFTER DELETE ON %s'
         ' REFERENCING OLD TABLE AS _old FOR EACH STATEMENT EXECUTE FUNCTION _audit_stream_log_rows(%L)',
         _rel, _pk[1]);
+    -- TRUNCATE fires no row trigger: log its rows before they go.
+    EXECUTE format(
+        'CREATE OR REPLACE TRIGGER audit_stream_log_truncate BEFORE TRUNCATE ON %s'
+        ' FOR EACH STATEMENT EXECUTE FUNCTION _audit_stream_log_rows(%L)',
+        _rel, _pk[1]);
     INSERT INTO audit_stream_logged_table (relid, schema_name, table_name, pk_column, columns, logged_at)
     SELECT c.oid, n.nspname, c.relname, _pk[1], _audit_stream_columns(c.oid), now()
     FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
@@ -241,6 +263,7 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS audit_stream_log_insert ON %s', _rel);
     EXECUTE format('DROP TRIGGER IF EXISTS audit_stream_log_update ON %s', _rel);
     EXECUTE format('DROP TRIGGER IF EXISTS audit_stream_log_delete ON %s', _rel);
+    EXECUTE format('DROP TRIGGER IF EXISTS audit_stream_log_truncate ON %s', _rel);
     DELETE FROM audit_stream_logged_table WHERE relid = _rel::oid;
     RETURN FOUND;
 END;
@@ -327,7 +350,8 @@ DECLARE
 BEGIN
     FOR _trigger IN
         SELECT t.tgrelid::regclass AS rel, t.tgname FROM pg_trigger AS t
-        WHERE t.tgname IN ('audit_stream_log_insert', 'audit_stream_log_update', 'audit_stream_log_delete')
+        WHERE t.tgname IN ('audit_stream_log_insert', 'audit_stream_log_update', 'audit_stream_log_delete',
+                           'audit_stream_log_truncate')
           AND NOT t.tgisinternal
     LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', _trigger.tgname, _trigger.rel);
@@ -410,7 +434,11 @@ def install_functions(using: str = DEFAULT_DB_ALIAS) -> bool:
     """
     connection = connections[using]
     with connection.cursor() as cursor:
-        cursor.execute(LOG_ROWS_FUNCTION.replace("{after_events}", triggers.after_events(ROW_LOG_TABLE)))
+        cursor.execute(
+            LOG_ROWS_FUNCTION.replace(
+                "{after_events}", triggers.after_events(ROW_LOG_TABLE, nothing_written="_rows = 0")
+            )
+        )
         for sql in (COLUMNS_FUNCTION, STOP_LOGGING_FUNCTION, START_LOGGING_FUNCTION, LOG_DDL_FUNCTION,
                     LOG_DROP_FUNCTION):  # fmt: skip
             cursor.execute(sql)

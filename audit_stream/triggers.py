@@ -233,14 +233,16 @@ class EventTrigger(_Trigger):
         return _compact(body)
 
 
-def after_events(event_table: str) -> str:
+def after_events(event_table: str, nothing_written: str = "NOT FOUND") -> str:
     """The end of every trigger that writes events: context, then wake-up.
 
     Runs right after the trigger's ``INSERT ... SELECT`` into ``event_table``;
-    the function must declare ``_context_id uuid``.
+    the function must declare ``_context_id uuid``. ``nothing_written`` is the
+    condition that says the statement wrote no event (``FOUND`` is not set by
+    ``EXECUTE``: a function that uses it passes its own row count).
     """
     return f"""
-            IF NOT FOUND THEN
+            IF {nothing_written} THEN
                 RETURN NULL;
             END IF;
 

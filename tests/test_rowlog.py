@@ -58,6 +58,7 @@ def test_initlogging_puts_the_row_log_triggers_on_an_untracked_table(logged, sql
     assert triggers_on(sql, "testapp_supplier") == [
         "audit_stream_log_delete",
         "audit_stream_log_insert",
+        "audit_stream_log_truncate",
         "audit_stream_log_update",
     ]
     assert f"{SUPPLIER}" in logged and "logging" in logged
@@ -116,7 +117,7 @@ def test_rerun_is_idempotent_and_picks_up_new_tables(logged, sql):
     late = next(line for line in output.splitlines() if "public.late_table " in line)
     assert "already logged" in supplier
     assert "logging" in late and "already" not in late
-    assert len(triggers_on(sql, "testapp_supplier")) == 3
+    assert len(triggers_on(sql, "testapp_supplier")) == 4
 
 
 def test_a_table_without_primary_key_is_skipped_with_the_reason(sql):
@@ -200,6 +201,16 @@ def test_bulk_writes_and_raw_sql_are_logged_row_by_row(logged, sql):
     assert labels.count("insert") == 50
     assert labels.count("update") == 11 + 2
     assert labels.count("delete") == 1
+
+
+def test_truncate_logs_every_row_as_deleted(logged, sql):
+    Supplier.objects.bulk_create([Supplier(name=f"s{i}") for i in range(5)])
+    sql("SET CONSTRAINTS ALL IMMEDIATE")
+    with audit_stream.context(reason="reset"):
+        sql("TRUNCATE testapp_supplier")
+    deletes = RowLog.objects.filter(pgh_label="delete")
+    assert sorted(deletes.values_list("old_data__name", flat=True)) == [f"s{i}" for i in range(5)]
+    assert {entry.pgh_context.metadata["reason"] for entry in deletes} == {"reset"}
 
 
 def test_an_update_of_the_primary_key_is_logged_as_delete_and_insert(logged, sql):
@@ -348,3 +359,12 @@ def test_columns_without_an_equality_operator_are_compared_too(sql):
     ]
     assert len(entries) == 16
     assert entries[-1][2:] == ({"spot": "(0,0)"}, {"spot": "(1,1)"})
+
+
+def test_a_large_update_in_a_context_records_and_attaches_it(logged):
+    Supplier.objects.bulk_create([Supplier(name=f"s{i}") for i in range(20)])
+    with audit_stream.context(user=5):
+        Supplier.objects.update(active=False)
+    updates = RowLog.objects.filter(pgh_label="update").select_related("pgh_context")
+    assert updates.count() == 20
+    assert {entry.pgh_context.metadata["user"] for entry in updates} == {5}
