@@ -23,6 +23,7 @@ import contextvars
 import functools
 import inspect
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,11 +37,17 @@ __all__ = ["context"]
 
 @dataclass
 class _State:
-    """The active context: its id, metadata, and the metadata as sent to SQL."""
+    """The active context: its id, metadata, and the metadata as sent to SQL.
+
+    ``attached`` remembers, per database alias, the metadata that a committed
+    statement carried and until when the triggers keep its row (see
+    :func:`_inject`).
+    """
 
     id: uuid.UUID
     metadata: dict[str, Any] = field(default_factory=dict)
     serialized: str = "{}"
+    attached: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     def update(self, metadata: dict[str, Any]) -> None:
         merged = {**self.metadata, **metadata}
@@ -182,12 +189,43 @@ def _is_write(sql: str | bytes) -> bool:
     return head.startswith(_WRITES)
 
 
+#: How long a committed attach is trusted: less than the 10 minutes for which the
+#: triggers' attach keeps a context safe from retention (triggers.ATTACH_CONTEXT_FUNCTION).
+_TRUST_SECONDS = 540.0
+
+
 def _inject(execute, sql, params, many, ctx):
-    """Execute wrapper: send the context along with statements that can write."""
+    """Execute wrapper: send the context along with statements that can write.
+
+    In autocommit, once a statement that carried the context's metadata has
+    committed (so its ``Context`` row exists, with that metadata), the next
+    statements carry only the context id, in a leading comment, for
+    :data:`_TRUST_SECONDS`: no ``set_config`` statement for the server to run.
+    The id is a UUID generated here, never user input; metadata always travels
+    as bound parameters. Inside a transaction block every write carries the
+    metadata, since the block may still roll back.
+    """
     connection = ctx["connection"]
     state = _active.get()
     if not _is_write(sql) or getattr(ctx["cursor"].cursor, "name", None):
         return execute(sql, params, many, ctx)
+    autocommit = connection.autocommit and not connection.in_atomic_block and not many
+    if state is not None and autocommit:
+        attached = state.attached.get(connection.alias)
+        if attached is not None and attached[0] == state.serialized and time.monotonic() < attached[1]:
+            if isinstance(sql, bytes):
+                sql = sql.decode()
+            return execute(triggers.CONTEXT_COMMENT.format(state.id) + sql, params, many, ctx)
+        sent_at = time.monotonic()
+        result = _inject_settings(execute, sql, params, many, ctx, state)
+        state.attached[connection.alias] = (state.serialized, sent_at + _TRUST_SECONDS)  # committed
+        return result
+    return _inject_settings(execute, sql, params, many, ctx, state)
+
+
+def _inject_settings(execute, sql, params, many, ctx, state):
+    """Send the context as transaction-local settings in front of the statement."""
+    connection = ctx["connection"]
 
     if state is None:
         if not connection.in_atomic_block:

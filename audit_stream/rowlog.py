@@ -52,7 +52,8 @@ TRIGGERS = (
 )
 EVENT_TRIGGERS = ("audit_stream_log_ddl", "audit_stream_log_drop")
 
-# The generic row-log trigger function. TG_ARGV[0] is the table's primary key
+# The generic row-log trigger function ({context_id}: triggers.CONTEXT_ID_SQL,
+# {after_events}: triggers.after_events). TG_ARGV[0] is the table's primary key
 # column. Statement level, over the transition tables (_old, _new): one
 # INSERT ... SELECT per statement, whatever the number of rows, and no
 # EXCEPTION block (see audit_stream.triggers).
@@ -81,7 +82,7 @@ BEGIN
             (pgh_label, pgh_xid, logged_table, pgh_obj_id, pgh_context_id, new_data)
         SELECT 'insert', pg_current_xact_id()::text::bigint, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME,
                r.data ->> TG_ARGV[0],
-               (SELECT nullif(current_setting('audit_stream.context_id', true), '')::uuid),
+               (SELECT {context_id}),
                r.data
         FROM (SELECT to_jsonb(n) AS data FROM _new AS n) AS r;
         GET DIAGNOSTICS _rows = ROW_COUNT;
@@ -99,7 +100,7 @@ BEGIN
             SELECT CASE WHEN o.pk IS NULL THEN 'insert' WHEN n.pk IS NULL THEN 'delete' ELSE 'update' END,
                    pg_current_xact_id()::text::bigint, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME,
                    coalesce(n.pk, o.pk),
-                   (SELECT nullif(current_setting('audit_stream.context_id', true), '')::uuid),
+                   (SELECT {context_id}),
                    CASE WHEN n.pk IS NULL THEN o.data WHEN o.pk IS NOT NULL THEN d.old END,
                    CASE WHEN o.pk IS NULL THEN n.data WHEN n.pk IS NOT NULL THEN d.new END
             FROM (SELECT r.data, r.data ->> TG_ARGV[0] AS pk
@@ -139,7 +140,7 @@ BEGIN
                 SELECT CASE WHEN o.%1$I IS NULL THEN 'insert' WHEN n.%1$I IS NULL THEN 'delete'
                             ELSE 'update' END,
                        pg_current_xact_id()::text::bigint, $1, coalesce(n.%1$I, o.%1$I)::text,
-                       nullif(current_setting('audit_stream.context_id', true), '')::uuid,
+                       {context_id},
                        CASE WHEN n.%1$I IS NULL THEN to_jsonb(o)
                             WHEN o.%1$I IS NOT NULL THEN to_jsonb(o) - u.same END,
                        CASE WHEN o.%1$I IS NULL THEN to_jsonb(n)
@@ -162,7 +163,7 @@ BEGIN
             INSERT INTO audit_stream_row_log
                 (pgh_label, pgh_xid, logged_table, pgh_obj_id, pgh_context_id, old_data)
             SELECT 'delete', pg_current_xact_id()::text::bigint, $1, r.data ->> $2,
-                   nullif(current_setting('audit_stream.context_id', true), '')::uuid, r.data
+                   {context_id}, r.data
             FROM (SELECT to_jsonb(t) AS data FROM %s AS t OFFSET 0) AS r
         $truncate$, TG_RELID::regclass)
         USING TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_ARGV[0];
@@ -173,7 +174,7 @@ BEGIN
             (pgh_label, pgh_xid, logged_table, pgh_obj_id, pgh_context_id, old_data)
         SELECT 'delete', pg_current_xact_id()::text::bigint, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME,
                r.data ->> TG_ARGV[0],
-               (SELECT nullif(current_setting('audit_stream.context_id', true), '')::uuid),
+               (SELECT {context_id}),
                r.data
         FROM (SELECT to_jsonb(o) AS data FROM _old AS o) AS r;
         GET DIAGNOSTICS _rows = ROW_COUNT;
@@ -437,7 +438,7 @@ def install_functions(using: str = DEFAULT_DB_ALIAS) -> bool:
         cursor.execute(
             LOG_ROWS_FUNCTION.replace(
                 "{after_events}", triggers.after_events(ROW_LOG_TABLE, nothing_written="_rows = 0")
-            )
+            ).replace("{context_id}", triggers.CONTEXT_ID_SQL)
         )
         for sql in (COLUMNS_FUNCTION, STOP_LOGGING_FUNCTION, START_LOGGING_FUNCTION, LOG_DDL_FUNCTION,
                     LOG_DROP_FUNCTION):  # fmt: skip

@@ -46,6 +46,17 @@ if TYPE_CHECKING:
 # with set_config(..., is_local => true), so they end with the transaction.
 CONTEXT_ID_SETTING = "audit_stream.context_id"
 CONTEXT_METADATA_SETTING = "audit_stream.context_metadata"
+# Once a context's row is known to exist (see audit_stream.context), autocommit
+# statements carry only its id, in a leading comment: "/* audit_stream <uuid> */ ".
+CONTEXT_COMMENT = "/* audit_stream {} */ "
+# The context of the statement being run: the transaction-local setting (sent
+# with the metadata), else the id in the statement's leading comment. Evaluated
+# once per statement, as an initplan of the event INSERT.
+CONTEXT_ID_SQL = (
+    f"coalesce(nullif(current_setting('{CONTEXT_ID_SETTING}', true), '')::uuid,"
+    " CASE WHEN left(current_query(), 16) = '/* audit_stream '"
+    " THEN substring(current_query() FROM '^/\\* audit_stream ([0-9a-f-]{36}) \\*/')::uuid END)"
+)
 # Session settings (a cache, never a source of truth): the context this session
 # last attached, "<uuid> <valid until, epoch seconds>", and its metadata.
 ATTACHED_SETTING = "audit_stream.attached"
@@ -204,7 +215,7 @@ class EventTrigger(_Trigger):
             values.append(f"{side}.{quote_name(pk_column)}")
         if getattr(event_model, "_pgh_has_context", False):
             columns.append("pgh_context_id")
-            values.append(f"(SELECT nullif(current_setting('{CONTEXT_ID_SETTING}', true), '')::uuid)")
+            values.append(f"(SELECT {CONTEXT_ID_SQL})")
         for field in event_model._meta.concrete_fields:
             if field.attname in getattr(event_model, "_pgh_tracked_fields", ()):
                 columns.append(field.column)
@@ -330,6 +341,11 @@ def _compact(sql: str) -> str:
 #   updated_at is over an hour old, and this function moves updated_at to now
 #   whenever it is over 10 minutes old, so a marked context cannot be pruned
 #   (and retention rechecks updated_at under the row lock).
+#
+# The client trusts a committed attach for 9 minutes and meanwhile sends only
+# the context id (CONTEXT_COMMENT). Either way a statement's context was
+# attached, and its updated_at refreshed, less than 20 minutes before: well
+# inside retention's hour.
 ATTACH_CONTEXT_FUNCTION = """
 CREATE OR REPLACE FUNCTION _audit_stream_attach_context(_id uuid, _metadata text)
 RETURNS void AS $$

@@ -134,10 +134,11 @@ def main(argv: list[str] | None = None) -> None:
             )
     lines += [
         "",
-        "The untracked rows isolate what the context costs before any trigger runs (the execute"
-        " wrapper and the `set_config` prefix in the same query string); the audit_stream rows add the"
-        " trigger's share (one `current_setting` read as an initplan and one call of"
-        " `_audit_stream_attach_context`, a primary-key probe, per statement).",
+        "The untracked rows isolate what the context costs before any trigger runs: the execute"
+        " wrapper and what it sends, the `set_config` prefix on the context's first write and then,"
+        " in autocommit, only the id in a leading comment. The audit_stream rows add the triggers'"
+        " share: reading the id (an initplan) and attaching the context (skipped while this session's"
+        " marker says it is attached).",
         "",
     ]
     section = "\n".join(lines)

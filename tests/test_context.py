@@ -300,3 +300,84 @@ def test_context_reaches_a_second_database():
     assert Context.objects.using("other").get().metadata == {"user": "ada"}
     assert _context_of("here") == ctx.id
     assert connections["other"].vendor == "postgresql"
+
+
+# -- autocommit: the id alone, once the context's row is known to exist ----------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_later_autocommit_writes_carry_only_the_context_id(sent):
+    with audit_stream.context(user="ada") as ctx:
+        Product.objects.create(name="a")
+        Product.objects.create(name="b")
+        Product.objects.filter(name="a").update(price=3)
+    first, second, third = sent.calls
+    assert first[0].startswith("SELECT set_config(")
+    assert second[0].startswith(f"/* audit_stream {ctx.id} */ INSERT")
+    assert third[0].startswith(f"/* audit_stream {ctx.id} */ UPDATE")
+    assert str(ctx.id) not in repr(second[1])  # the statement's own parameters, unchanged
+    assert {e.pgh_context_id for e in ProductEvent.objects.all()} == {ctx.id}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_new_metadata_is_sent_again_then_the_id_alone(sent):
+    with audit_stream.context(user="ada") as ctx:
+        Product.objects.create(name="a")
+        audit_stream.context(reason="refund")
+        Product.objects.create(name="b")
+        Product.objects.create(name="c")
+    assert [sql.startswith("SELECT set_config(") for sql, _ in sent.calls] == [True, True, False]
+    assert Context.objects.get(pk=ctx.id).metadata == {"user": "ada", "reason": "refund"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_first_write_is_not_trusted(sent):
+    Product.objects.create(name="dup")
+    sent.calls.clear()
+    with audit_stream.context(user="ada") as ctx:
+        with pytest.raises(Exception, match="duplicate key"):
+            Product.objects.create(name="dup")
+        Product.objects.create(name="ok")
+    assert all(sql.startswith("SELECT set_config(") for sql, _ in sent.calls)
+    assert Context.objects.get(pk=ctx.id).metadata == {"user": "ada"}
+    assert _context_of("ok") == ctx.id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_inside_a_transaction_every_write_carries_the_metadata(sent):
+    with audit_stream.context(user="ada"):
+        Product.objects.create(name="a")  # committed: trusted in autocommit
+        with transaction.atomic():
+            Product.objects.create(name="b")
+            Product.objects.create(name="c")
+    assert [sql.startswith("SELECT set_config(") for sql, _ in sent.calls] == [True, True, True]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_trust_expires(sent, monkeypatch):
+    import sys
+
+    module = sys.modules["audit_stream.context"]
+    clock = [1000.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: clock[0])
+    with audit_stream.context(user="ada"):
+        Product.objects.create(name="a")
+        clock[0] += module._TRUST_SECONDS + 1
+        Product.objects.create(name="b")
+        Product.objects.create(name="c")
+    assert [sql.startswith("SELECT set_config(") for sql, _ in sent.calls] == [True, True, False]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_id_comment_is_per_database(sent):
+    with audit_stream.context(user="ada") as ctx:
+        Product.objects.create(name="a")
+        Customer.objects.create(email="c@example.com", name="C")  # untracked table, same database
+    assert sent.calls[1][0].startswith(f"/* audit_stream {ctx.id} */ ")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_that_only_looks_like_it_gets_no_context(sql):
+    sql("/* audit_stream not-a-uuid */ INSERT INTO testapp_product (name, price, stock, updated_at)"
+        " VALUES ('x', 1, 0, now())")  # fmt: skip
+    assert _context_of("x") is None

@@ -65,6 +65,7 @@ def test_an_expired_marker_attaches_again_and_refreshes_updated_at(sql):
         )
         marker = sql("SELECT current_setting('audit_stream.attached')")[0][0]
         sql("SELECT set_config('audit_stream.attached', %s, false)", [marker[:36] + " 1"])  # long expired
+        state.attached.clear()  # and the client's trust too (see audit_stream.context._inject)
         Product.objects.create(name="b")
     refreshed = sql(
         "SELECT now() - updated_at < interval '1 minute' FROM audit_stream_context WHERE id = %s", [state.id]
