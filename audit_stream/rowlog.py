@@ -140,7 +140,7 @@ BEGIN
                 SELECT CASE WHEN o.%1$I IS NULL THEN 'insert' WHEN n.%1$I IS NULL THEN 'delete'
                             ELSE 'update' END,
                        pg_current_xact_id()::text::bigint, $1, coalesce(n.%1$I, o.%1$I)::text,
-                       {context_id},
+                       (SELECT {context_id}),
                        CASE WHEN n.%1$I IS NULL THEN to_jsonb(o)
                             WHEN o.%1$I IS NOT NULL THEN to_jsonb(o) - u.same END,
                        CASE WHEN o.%1$I IS NULL THEN to_jsonb(n)
@@ -163,7 +163,7 @@ BEGIN
             INSERT INTO audit_stream_row_log
                 (pgh_label, pgh_xid, logged_table, pgh_obj_id, pgh_context_id, old_data)
             SELECT 'delete', pg_current_xact_id()::text::bigint, $1, r.data ->> $2,
-                   {context_id}, r.data
+                   (SELECT {context_id}), r.data
             FROM (SELECT to_jsonb(t) AS data FROM %s AS t OFFSET 0) AS r
         $truncate$, TG_RELID::regclass)
         USING TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_ARGV[0];

@@ -53,9 +53,14 @@ CONTEXT_COMMENT = "/* audit_stream {} */ "
 # with the metadata), else the id in the statement's leading comment. Evaluated
 # once per statement, as an initplan of the event INSERT.
 CONTEXT_ID_SQL = (
-    f"coalesce(nullif(current_setting('{CONTEXT_ID_SETTING}', true), '')::uuid,"
-    " CASE WHEN left(current_query(), 16) = '/* audit_stream '"
-    " THEN substring(current_query() FROM '^/\\* audit_stream ([0-9a-f-]{36}) \\*/')::uuid END)"
+    f"coalesce(nullif(current_setting('{CONTEXT_ID_SETTING}', true), '')::uuid, ("
+    "SELECT CASE WHEN left(c.q, 16) = '/* audit_stream ' AND substr(c.q, 53, 4) = ' */ '"
+    # a canonical UUID: 32 hex digits, dashes at 9, 14, 19, 24 (string functions, no regex:
+    # PostgreSQL's regex engine costs more than the rest of the trigger)
+    " AND translate(substr(c.q, 17, 36), '0123456789abcdef', '') = '----'"
+    " AND substr(c.q, 25, 1) || substr(c.q, 30, 1) || substr(c.q, 35, 1) || substr(c.q, 40, 1) = '----'"
+    " THEN substr(c.q, 17, 36)::uuid END"
+    " FROM (SELECT current_query() AS q) AS c))"
 )
 # Session settings (a cache, never a source of truth): the context this session
 # last attached, "<uuid> <valid until, epoch seconds>", and its metadata.

@@ -376,8 +376,16 @@ def test_the_id_comment_is_per_database(sent):
     assert sent.calls[1][0].startswith(f"/* audit_stream {ctx.id} */ ")
 
 
+@pytest.mark.parametrize(
+    "comment",
+    [
+        "/* audit_stream not-a-uuid */ ",
+        "/* audit_stream zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz */ ",
+        "/* audit_stream 00000000----000000000000000000000000 */ ",
+        "/* audit_stream 1454FAD6-D853-48EE-AA45-F38919F3E435 */ ",
+    ],
+)
 @pytest.mark.django_db(transaction=True)
-def test_a_statement_that_only_looks_like_it_gets_no_context(sql):
-    sql("/* audit_stream not-a-uuid */ INSERT INTO testapp_product (name, price, stock, updated_at)"
-        " VALUES ('x', 1, 0, now())")  # fmt: skip
+def test_a_statement_that_only_looks_like_it_gets_no_context_and_no_error(sql, comment):
+    sql(comment + "INSERT INTO testapp_product (name, price, stock, updated_at) VALUES ('x', 1, 0, now())")
     assert _context_of("x") is None
