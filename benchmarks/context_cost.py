@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     import contextlib
 
     import audit_stream
-    from benchmarks import report, variants
+    from benchmarks import sections, variants
     from benchmarks.write import machine_info, setup_database
 
     category_ids = setup_database(False)
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     section = "\n".join(lines)
     print(section)
     if not (args.quick or args.no_report):
-        report.replace_section(ROOT / "BENCHMARKS.md", section, heading=HEADING)
+        sections.replace_section(HEADING, section)
         print("updated BENCHMARKS.md", file=sys.stderr)
 
 

@@ -26,12 +26,13 @@ import argparse
 import datetime as dt
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.sections import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/audit_stream_bench_dashboard"
@@ -512,22 +513,6 @@ def markdown(args, info, table_sizes, fill, rows, proposals) -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_section(path: Path, section: str) -> None:
-    """Put ``section`` in place of this benchmark's section of ``path`` (or append it); keep the rest.
-
-    The file is read right before writing: other benchmarks may have rewritten
-    their own sections meanwhile.
-    """
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    block = section.rstrip() + "\n\n"
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + block
-    path.write_text(text.rstrip() + "\n")
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -593,7 +578,7 @@ def main(argv: list[str] | None = None) -> None:
     section = markdown(args, info, table_sizes, {"write_s": write_s, "fold_s": fold_s}, rows, proposals)
     print(section)
     if not args.quick and not args.no_report:
-        replace_section(ROOT / "BENCHMARKS.md", section)
+        replace_section(SECTION, section)
         log("BENCHMARKS.md updated")
     log(f"done in {time.monotonic() - started:.0f} s")
 

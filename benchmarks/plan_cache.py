@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
     django.setup()
-    from benchmarks import notify, report, variants, workloads
-    from benchmarks.write import ROOT, audit_stream_source, setup_database
+    from benchmarks import notify, sections, variants, workloads
+    from benchmarks.write import audit_stream_source, setup_database
 
     category_ids = setup_database(update_migrations=False)
     notify.listen()
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     section = markdown(meta, table(chosen_workloads, chosen_variants, samples))
     print(section)
     if not args.no_report:
-        report.replace_section(ROOT / "BENCHMARKS.md", section, heading=HEADING)
+        sections.replace_section(HEADING, section)
 
 
 if __name__ == "__main__":

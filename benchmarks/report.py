@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,18 +330,6 @@ def _notify_note(results: Results) -> str:
         " The benchmark LISTENs and checks each run sent exactly 1 (on) or 0 (off) notifications."
         " A busy worker that re-arms often would cause more NOTIFYs than this measures."
     )
-
-
-def replace_section(path: Path, section: str, heading: str = HEADING) -> None:
-    """Put ``section`` in place of the one under ``heading`` in ``path`` (or append it), keeping the rest."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    block = section.rstrip() + "\n\n"
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + block
-    path.write_text(text.rstrip() + "\n")
 
 
 def to_json(results: Results) -> dict:

@@ -65,7 +65,6 @@ from benchmarks.perfapp.harness import (
     prose,
     read_writer,
     recreate_database,
-    replace_section,
     save_json,
     scalar,
     summarize_ms,
@@ -73,6 +72,7 @@ from benchmarks.perfapp.harness import (
     utc_now,
     vacuum,
 )
+from benchmarks.sections import replace_section
 
 SECTION = "## Retention (benchmarks/retention.py)"
 COMMAND = "python -m benchmarks.retention"

@@ -48,6 +48,8 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+from benchmarks.sections import replace_section
+
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS_MODULE = "benchmarks.stream_settings"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/audit_stream_bench_stream"
@@ -1601,19 +1603,6 @@ def markdown(results: dict) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
-def replace_section(path: Path, section: str) -> None:
-    """Replace this benchmark's ``##`` section of BENCHMARKS.md (re-read just now), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        following = re.search(r"^## ", text[start + len(SECTION) :], flags=re.MULTILINE)
-        end = start + len(SECTION) + following.start() if following else len(text)
-        text = text[:start] + section + ("\n" + text[end:] if following else "")
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def print_tables(results: dict) -> None:
     """The tables, on stdout."""
     print("\nFold throughput\n\n" + fold_table(results) + "\n\n" + celery_notes(results))
@@ -1635,7 +1624,7 @@ def save(results: dict, quick: bool) -> None:
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     log(f"wrote {path.relative_to(ROOT)}")
     if not quick:
-        replace_section(ROOT / "BENCHMARKS.md", markdown(results))
+        replace_section(SECTION, markdown(results))
         log("updated BENCHMARKS.md")
 
 
@@ -1671,7 +1660,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.render:
         results = json.loads(Path(args.render).read_text())
         print_tables(results)
-        replace_section(ROOT / "BENCHMARKS.md", markdown(results))
+        replace_section(SECTION, markdown(results))
         log("updated BENCHMARKS.md")
         return
     configure_environment(args)

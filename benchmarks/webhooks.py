@@ -66,13 +66,13 @@ from benchmarks.perfapp.harness import (
     prose,
     read_writer,
     recreate_database,
-    replace_section,
     save_json,
     summarize_ms,
     table,
     utc_now,
     vacuum,
 )
+from benchmarks.sections import replace_section
 
 SECTION = "## Webhook delivery (benchmarks/webhooks.py)"
 COMMAND = "python -m benchmarks.webhooks"

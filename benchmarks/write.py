@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
     django.setup()
 
-    from benchmarks import concurrency, notify, report, variants, workloads
+    from benchmarks import concurrency, notify, report, sections, variants, workloads
 
     sizes = sizes_from(args)
     now = datetime.datetime.now(datetime.UTC)
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         report.write_json(results, json_path)
         log(f"wrote {json_path.relative_to(ROOT)}")
         if not args.quick:
-            report.replace_section(ROOT / "BENCHMARKS.md", section)
+            sections.replace_section(report.HEADING, section)
             log("updated BENCHMARKS.md")
 
 

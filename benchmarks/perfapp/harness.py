@@ -14,7 +14,6 @@ import json
 import math
 import os
 import platform
-import re
 import signal
 import subprocess
 import sys
@@ -358,19 +357,6 @@ def table(headers: list[str], rows: list[list[str]], right: set[int] | None = No
 def prose(text: str) -> str:
     """One paragraph from a wrapped triple-quoted string."""
     return " ".join(text.split())
-
-
-def replace_section(heading: str, section: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
-    """Replace the ``heading`` section of BENCHMARKS.md (re-read just now), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(heading + "\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        following = re.search(r"^## ", text[start + len(heading) :], flags=re.MULTILINE)
-        end = start + len(heading) + following.start() if following else len(text)
-        text = text[:start] + section.rstrip("\n") + "\n" + ("\n" + text[end:] if following else "")
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 def save_json(name: str, results: dict, quick: bool) -> Path:
