@@ -268,7 +268,7 @@ class VersionAdminMixin:
                 raise Http404("Unknown event.")
             return event
         event_model = tracking._event_models.get(table)
-        if event_model is None or event_model.pgh_tracked_model._meta.concrete_model is not self.model:
+        if event_model not in tracking.event_models_for(self.model):
             raise Http404("Unknown event.")
         event = event_model.objects.filter(
             pgh_id=pgh_id, pgh_obj_id=self.model._meta.pk.to_python(object_id)
@@ -361,11 +361,7 @@ class VersionModelAdmin(VersionAdminMixin, admin.ModelAdmin):
 
 
 def _revertible_event_models(model):
-    return [
-        m
-        for m in tracking._event_models.values()
-        if m.pgh_tracked_model._meta.concrete_model is model._meta.concrete_model and _revert.can_revert(m)
-    ]
+    return [m for m in tracking.event_models_for(model) if _revert.can_revert(m)]
 
 
 def _deleted_events(event_model, model, limit=500):
@@ -383,8 +379,7 @@ def _deleted_events(event_model, model, limit=500):
 
 
 def _tracked(model) -> bool:
-    concrete = model._meta.concrete_model
-    return any(m.pgh_tracked_model._meta.concrete_model is concrete for m in tracking._event_models.values())
+    return bool(tracking.event_models_for(model))
 
 
 # The last entry of each deleted row of a logged table, when it is its delete.
@@ -411,9 +406,7 @@ def _deleted_rows(model, limit=500):
 
 def _event_model_links(model, object_id):
     links = []
-    for event_model in tracking._event_models.values():
-        if event_model.pgh_tracked_model._meta.concrete_model is not model._meta.concrete_model:
-            continue
+    for event_model in tracking.event_models_for(model):
         if not event_model._pgh_has_obj:
             continue
         try:

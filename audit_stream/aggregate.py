@@ -85,13 +85,10 @@ class AggregateEventQuery(Query):
         from audit_stream import tracking
 
         quote = connection.ops.quote_name
-        event_models = list(self.event_models) or sorted(
-            (
-                m
-                for m in tracking._event_models.values()
-                if self.target is None or m.pgh_tracked_model._meta.concrete_model is self.target[0]
-            ),
-            key=lambda m: m._meta.db_table,
+        event_models = list(self.event_models) or (
+            tracking.event_models_for(self.target[0])
+            if self.target is not None
+            else sorted(tracking._event_models.values(), key=lambda m: m._meta.db_table)
         )
         if self.target is not None:
             event_models = [m for m in event_models if m._pgh_has_obj]

@@ -497,9 +497,7 @@ def erase(model_label: str, pk: str, *, using: str = DEFAULT_DB_ALIAS) -> dict[s
         tracked = apps.get_model(model_label)
     except (LookupError, ValueError):
         raise ValueError(f"{model_label!r} is not a model; write it as app_label.ModelName.") from None
-    event_models = [
-        m for m in tracking._event_models.values() if m.pgh_tracked_model._meta.concrete_model is tracked
-    ]
+    event_models = tracking.event_models_for(tracked)
     logged_as = rowlog.table_names(tracked, using=using)
     if not event_models and not RowLog.objects.using(using).filter(logged_table__in=logged_as).exists():
         raise ValueError(

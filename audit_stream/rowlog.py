@@ -613,7 +613,7 @@ def model_of(entry, *, using: str = DEFAULT_DB_ALIAS) -> type[django_models.Mode
     return apps.get_model(names[name]) if name in names else None
 
 
-def recorded_state(entry, *, using: str = DEFAULT_DB_ALIAS) -> dict | None:
+def recorded_state(entry, *, using: str = DEFAULT_DB_ALIAS, model=None) -> dict | None:
     """The whole row as it was just after ``entry`` (before it, for a delete), as JSON values.
 
     pgMemento's method: start from the row as it is now and undo, newest
@@ -626,7 +626,7 @@ def recorded_state(entry, *, using: str = DEFAULT_DB_ALIAS) -> dict | None:
 
     if entry.pgh_label == "delete":
         return entry.old_data
-    model = model_of(entry, using=using)
+    model = model or model_of(entry, using=using)
     if model is None:
         return None
     meta = model._meta.concrete_model._meta
@@ -661,8 +661,8 @@ def recorded_instance(entry, *, using: str | None = None) -> django_models.Model
 
     using = using or DEFAULT_DB_ALIAS
     model = model_of(entry, using=using)
-    state = recorded_state(entry, using=using)
-    if model is None or state is None:
+    state = recorded_state(entry, using=using, model=model) if model is not None else None
+    if state is None:
         return None
     sql = _POPULATE_SQL.format(table=triggers.quote_name(model._meta.concrete_model._meta.db_table))
     rows = list(model._default_manager.db_manager(using).raw(sql, [json.dumps(state, cls=DjangoJSONEncoder)]))

@@ -48,6 +48,15 @@ _event_models: dict[str, type[models.Model]] = {}
 _problems: list[tuple[str, str, str, str]] = []
 
 
+def event_models_for(model: type[models.Model]) -> list[type[models.Model]]:
+    """The event models that track ``model`` (or its concrete model, for a proxy), by table name."""
+    concrete = model._meta.concrete_model
+    return sorted(
+        (m for m in _event_models.values() if m.pgh_tracked_model._meta.concrete_model is concrete),
+        key=lambda m: m._meta.db_table,
+    )
+
+
 def stream_tables() -> list[str]:
     """Every table the stream folds: each event model's, and the row log of ``initlogging``."""
     from audit_stream.rowlog import ROW_LOG_TABLE

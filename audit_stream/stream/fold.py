@@ -176,10 +176,12 @@ def fold(
     model = _event_model(event_table)
     _check_outside_writes(using)
     batch_size = batch_size or config.fold_batch_size()
+    # The row log names each table's model: looked up once per fold, not per batch.
+    model_names = rowlog.models_by_table(using=using) if event_table == rowlog.ROW_LOG_TABLE else None
     result = FoldResult(event_table)
     deadline = time.monotonic() + max_seconds
     while True:
-        folded, caught_up, busy, endpoints, lag_ms = _fold_batch(model, using, batch_size)
+        folded, caught_up, busy, endpoints, lag_ms = _fold_batch(model, using, batch_size, model_names)
         result.folded += folded
         result.endpoints |= endpoints
         if endpoints and on_messages is not None:
@@ -270,8 +272,13 @@ def _delete_labels(model) -> list[str]:
     ]
 
 
-def _fold_batch(model, using: str, batch_size: int) -> tuple[int, bool, bool, set[int], int | None]:
-    """Fold one batch in one transaction. Returns (folded, caught_up, busy, endpoints, lag_ms)."""
+def _fold_batch(
+    model, using: str, batch_size: int, model_names: dict[str, str] | None
+) -> tuple[int, bool, bool, set[int], int | None]:
+    """Fold one batch in one transaction. Returns (folded, caught_up, busy, endpoints, lag_ms).
+
+    ``model_names``: the row log's ``{"schema.table": "app_label.model"}`` (None for event tables).
+    """
     table = model._meta.db_table
     connection = connections[using]
     with transaction.atomic(using=using), connection.cursor() as cursor:
@@ -295,9 +302,9 @@ def _fold_batch(model, using: str, batch_size: int) -> tuple[int, bool, bool, se
 
         interval = {"done": done, "target": target, "position": position, "limit": batch_size}
         if table == rowlog.ROW_LOG_TABLE:
-            names = rowlog.models_by_table(using=using)
             cursor.execute(
-                _ROW_LOG_FOLD_SQL, {**interval, "tables": list(names), "models": list(names.values())}
+                _ROW_LOG_FOLD_SQL,
+                {**interval, "tables": list(model_names), "models": list(model_names.values())},
             )
         else:
             cursor.execute(
