@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/audit_stream_demo
 export REDIS_URL ?= redis://127.0.0.1:6379/0
+# The test suite's database and Redis database (override to run two suites side by side).
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/audit_stream
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
 .PHONY: demo test lint bench-write bench-plan-cache bench-stream bench-retention bench-webhooks bench-dashboard services install clean
 
@@ -27,7 +30,7 @@ demo: install services
 # Set everything up and run the whole test suite against real services.
 test: install
 	./scripts/services.sh
-	DATABASE_URL=postgres://postgres@127.0.0.1:5432/audit_stream REDIS_URL=redis://127.0.0.1:6379/15 $(PY) -m pytest
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
