@@ -1,6 +1,6 @@
 from django.apps import AppConfig
 from django.db.backends.signals import connection_created
-from django.db.models.signals import class_prepared
+from django.db.models.signals import class_prepared, post_migrate
 
 
 def _on_class_prepared(sender, **kwargs):
@@ -25,7 +25,10 @@ class AuditStreamConfig(AppConfig):
 
         from audit_stream import checks  # noqa: F401  (registers the checks)
         from audit_stream.context import _install
+        from audit_stream.tracking import install_create_event_functions
 
         connection_created.connect(_install)
+        # Manual events go through functions the owner installs after migrating.
+        post_migrate.connect(install_create_event_functions, sender=self)
         for connection in connections.all(initialized_only=True):
             _install(connection)

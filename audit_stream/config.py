@@ -31,6 +31,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "MIDDLEWARE_METHODS": (list, tuple),
     "JSON_ENCODER": (str, type),
     "IGNORE_TABLES": (list, tuple),
+    "SCHEMA": (str,),
 }
 
 
@@ -179,3 +180,11 @@ def ignore_tables() -> list[str]:
     if configured is None and alias is None:
         return list(DEFAULT_IGNORE_TABLES)
     return [*(configured or ()), *(alias or ())]
+
+
+def schema() -> str:
+    """``SCHEMA`` (default ``"public"``): the schema audit_stream's tables and event
+    tables live in. Every function audit_stream installs names them with it and
+    runs with ``search_path = pg_catalog, <SCHEMA>, pg_temp``; it is compiled into
+    the triggers, so run ``makemigrations`` after changing it."""
+    return _get("SCHEMA", "public")

@@ -175,18 +175,69 @@ class context(contextlib.ContextDecorator):
 # SAVEPOINT, VACUUM, DDL...) is sent untouched.
 _WRITES = ("insert", "update", "delete", "merge", "with", "copy", "call", "do", "truncate")
 
+# The settings statement sent in front of a write. Its third column says
+# whether an earlier, committed statement of this session attached this
+# context with this metadata and the row stays marked for more than
+# _TRUST_SECONDS (the trigger's session marker, see
+# triggers.attach_context_function): only then may later autocommit writes
+# carry the id alone. Columns are evaluated in order, so the third sees the
+# values just set.
 _SET = (
     f"SELECT set_config('{triggers.CONTEXT_ID_SETTING}', %s, true),"
-    f" set_config('{triggers.CONTEXT_METADATA_SETTING}', %s, true); "
+    f" set_config('{triggers.CONTEXT_METADATA_SETTING}', %s, true),"
+    f" left(current_setting('{triggers.ATTACHED_SETTING}', true), 36)"
+    f" = current_setting('{triggers.CONTEXT_ID_SETTING}')"
+    f" AND current_setting('{triggers.ATTACHED_METADATA_SETTING}', true)"
+    f" = current_setting('{triggers.CONTEXT_METADATA_SETTING}')"
+    f" AND substr(current_setting('{triggers.ATTACHED_SETTING}', true), 38)"
+    f" > (extract(epoch FROM now())::bigint + 540)::text; "
 )
 _DIRTY = "_audit_stream_context_set"
 
 
-def _is_write(sql: str | bytes) -> bool:
+def _first_word(sql: str) -> str:
+    """The first keyword of ``sql``, after whitespace and ``--`` / ``/* */`` comments (lower case)."""
+    i, n = 0, len(sql)
+    while i < n:
+        if sql[i].isspace():
+            i += 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif sql.startswith("/*", i):
+            depth, i = 1, i + 2  # PostgreSQL's block comments nest
+            while i < n and depth:
+                if sql.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif sql.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        else:
+            break
+    end = i
+    while end < n and (sql[end].isalpha() or sql[end] == "_"):
+        end += 1
+    return sql[i:end].lower()
+
+
+def _is_write(sql: str) -> bool:
+    """Whether ``sql`` can fire a trigger (see :data:`_WRITES`); ``sql`` is text."""
+    head = sql[:12].lower()
+    if head.startswith(_WRITES):  # the common case: no leading space or comment
+        return True
+    if head[:1].isalpha():
+        return False
+    return _first_word(sql) in _WRITES
+
+
+def _as_text(sql: Any, cursor: Any) -> str:
+    """The statement as text: ``bytes`` decoded, a ``psycopg.sql`` composition rendered."""
+    if isinstance(sql, str):
+        return sql
     if isinstance(sql, bytes):
-        sql = sql[:12].decode(errors="ignore")
-    head = sql[:12].lstrip().lower()
-    return head.startswith(_WRITES)
+        return sql.decode()
+    return sql.as_string(cursor)
 
 
 #: How long a committed attach is trusted: less than the 10 minutes for which the
@@ -207,32 +258,38 @@ def _inject(execute, sql, params, many, ctx):
     """
     connection = ctx["connection"]
     state = _active.get()
-    if not _is_write(sql) or getattr(ctx["cursor"].cursor, "name", None):
+    raw_cursor = ctx["cursor"].cursor
+    if not isinstance(sql, str):
+        sql = _as_text(sql, raw_cursor)
+    if not _is_write(sql) or getattr(raw_cursor, "name", None):
         return execute(sql, params, many, ctx)
     autocommit = connection.autocommit and not connection.in_atomic_block and not many
     if state is not None and autocommit:
         attached = state.attached.get(connection.alias)
         if attached is not None and attached[0] == state.serialized and time.monotonic() < attached[1]:
-            if isinstance(sql, bytes):
-                sql = sql.decode()
             return execute(triggers.CONTEXT_COMMENT.format(state.id) + sql, params, many, ctx)
         sent_at = time.monotonic()
-        result = _inject_settings(execute, sql, params, many, ctx, state)
-        state.attached[connection.alias] = (state.serialized, sent_at + _TRUST_SECONDS)  # committed
+        result, marked = _inject_settings(execute, sql, params, many, ctx, state)
+        if marked:  # the row exists (an earlier, committed statement attached it)
+            state.attached[connection.alias] = (state.serialized, sent_at + _TRUST_SECONDS)
         return result
-    return _inject_settings(execute, sql, params, many, ctx, state)
+    return _inject_settings(execute, sql, params, many, ctx, state)[0]
 
 
 def _inject_settings(execute, sql, params, many, ctx, state):
-    """Send the context as transaction-local settings in front of the statement."""
+    """Send the context as transaction-local settings in front of the statement.
+
+    Returns the statement's result, and whether the settings statement found
+    the context already attached by this session (see :data:`_SET`).
+    """
     connection = ctx["connection"]
 
     if state is None:
         if not connection.in_atomic_block:
             setattr(connection, _DIRTY, False)  # autocommit: a new transaction
-            return execute(sql, params, many, ctx)
+            return execute(sql, params, many, ctx), False
         if not getattr(connection, _DIRTY, False):
-            return execute(sql, params, many, ctx)
+            return execute(sql, params, many, ctx), False
         # A context exited earlier in this transaction: clear it.
         values = ("", "")
     else:
@@ -246,10 +303,8 @@ def _inject_settings(execute, sql, params, many, ctx, state):
         # transaction so that the transaction-local settings reach the writes.
         with transaction.atomic(using=connection.alias):
             ctx["cursor"].cursor.execute(_SET.rstrip("; "), values)
-            return execute(sql, params, many, ctx)
+            return execute(sql, params, many, ctx), False
 
-    if isinstance(sql, bytes):
-        sql = sql.decode()
     if params is None:
         sql = sql.replace("%", "%%")
         params = values
@@ -262,9 +317,13 @@ def _inject_settings(execute, sql, params, many, ctx, state):
         )
     result = execute(prefix + sql, params, many, ctx)
     cursor = ctx["cursor"].cursor
+    marked = False
+    if state is not None:
+        row = cursor.fetchone()
+        marked = bool(row and row[2])
     while cursor.nextset():  # the caller wants the result of its own statement
         pass
-    return result
+    return result, marked
 
 
 def _prefix_params(values: tuple[str, str], params: Any) -> Any:

@@ -17,7 +17,12 @@ The row log feeds the same stream as event tables (fold, change feed,
 webhooks, retention) and the same admin history, revert and restore.
 
 Everything here is SQL written out once. The functions are (re)created by
-``initlogging``, which is idempotent, and dropped by ``droplogging``.
+``initlogging``, which is idempotent, and dropped by ``droplogging``. Like every
+function audit_stream installs, they run as their owner (``SECURITY DEFINER``)
+with a pinned ``search_path`` and name audit_stream's tables with their schema
+(``@schema@`` below, see :func:`_render`); ``EXECUTE`` on the two that start
+and stop logging is revoked from ``PUBLIC``, so the application's runtime role
+cannot switch logging off.
 """
 
 from __future__ import annotations
@@ -66,9 +71,11 @@ EVENT_TRIGGERS = ("audit_stream_log_ddl", "audit_stream_log_drop")
 # PL/pgSQL compiles a trigger function once per trigger, so each table gets its
 # own cached plans for its own row type.
 LOG_ROWS_FUNCTION = """
-CREATE OR REPLACE FUNCTION _audit_stream_log_rows()
+CREATE OR REPLACE FUNCTION @schema@._audit_stream_log_rows()
 RETURNS trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = @search_path@
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
@@ -78,7 +85,7 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         -- The whole new row.
-        INSERT INTO audit_stream_row_log
+        INSERT INTO @schema@.audit_stream_row_log
             (pgh_label, pgh_xid, logged_table, pgh_obj_id, pgh_context_id, new_data)
         SELECT 'insert', pg_current_xact_id()::text::bigint, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME,
                r.data ->> TG_ARGV[0],
@@ -95,7 +102,7 @@ BEGIN
             -- A few rows (a save()): compare the rows as JSONB, key by key.
             -- Planned once per table and reused (OFFSET 0 keeps to_jsonb from
             -- being computed again at every reference).
-            INSERT INTO audit_stream_row_log
+            INSERT INTO @schema@.audit_stream_row_log
                 (pgh_label, pgh_xid, logged_table, pgh_obj_id, pgh_context_id, old_data, new_data)
             SELECT CASE WHEN o.pk IS NULL THEN 'insert' WHEN n.pk IS NULL THEN 'delete' ELSE 'update' END,
                    pg_current_xact_id()::text::bigint, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME,
@@ -135,7 +142,7 @@ BEGIN
             FROM pg_attribute AS a
             WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped;
             EXECUTE format($update$
-                INSERT INTO audit_stream_row_log
+                INSERT INTO @schema@.audit_stream_row_log
                     (pgh_label, pgh_xid, logged_table, pgh_obj_id, pgh_context_id, old_data, new_data)
                 SELECT CASE WHEN o.%1$I IS NULL THEN 'insert' WHEN n.%1$I IS NULL THEN 'delete'
                             ELSE 'update' END,
@@ -160,7 +167,7 @@ BEGIN
         -- TRUNCATE fires no row-level or DELETE trigger. It reads the table, so
         -- a TRUNCATE of a logged table costs what a DELETE of every row costs.
         EXECUTE format($truncate$
-            INSERT INTO audit_stream_row_log
+            INSERT INTO @schema@.audit_stream_row_log
                 (pgh_label, pgh_xid, logged_table, pgh_obj_id, pgh_context_id, old_data)
             SELECT 'delete', pg_current_xact_id()::text::bigint, $1, r.data ->> $2,
                    (SELECT {context_id}), r.data
@@ -170,7 +177,7 @@ BEGIN
         GET DIAGNOSTICS _rows = ROW_COUNT;
     ELSE
         -- The whole old row.
-        INSERT INTO audit_stream_row_log
+        INSERT INTO @schema@.audit_stream_row_log
             (pgh_label, pgh_xid, logged_table, pgh_obj_id, pgh_context_id, old_data)
         SELECT 'delete', pg_current_xact_id()::text::bigint, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME,
                r.data ->> TG_ARGV[0],
@@ -186,21 +193,22 @@ $$;
 
 # The columns of a table as the DDL log records them.
 COLUMNS_FUNCTION = """
-CREATE OR REPLACE FUNCTION _audit_stream_columns(_rel oid)
-RETURNS jsonb LANGUAGE sql STABLE AS $$
+CREATE OR REPLACE FUNCTION @schema@._audit_stream_columns(_rel oid)
+RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER SET search_path = @search_path@ AS $$
     SELECT coalesce(jsonb_agg(jsonb_build_object('name', a.attname,
                                                  'type', format_type(a.atttypid, a.atttypmod))
                               ORDER BY a.attnum), '[]')
     FROM pg_attribute AS a
     WHERE a.attrelid = _rel AND a.attnum > 0 AND NOT a.attisdropped
 $$;
+REVOKE EXECUTE ON FUNCTION @schema@._audit_stream_columns(oid) FROM PUBLIC;
 """
 
 # Start (or refresh) logging one table: returns what it did, for initlogging's
 # report. Tables it cannot log are left without triggers, with the reason.
 START_LOGGING_FUNCTION = """
-CREATE OR REPLACE FUNCTION _audit_stream_start_logging(_rel regclass)
-RETURNS text LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION @schema@._audit_stream_start_logging(_rel regclass)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = @search_path@ AS $$
 DECLARE
     _pk text[];
     _kind "char";
@@ -222,31 +230,34 @@ BEGIN
         _reason := 'composite primary key (' || array_to_string(_pk, ', ') || ') is not supported';
     END IF;
     IF _reason IS NOT NULL THEN
-        PERFORM _audit_stream_stop_logging(_rel);
+        PERFORM @schema@._audit_stream_stop_logging(_rel);
         RETURN 'skipped: ' || _reason;
     END IF;
 
-    SELECT pk_column INTO _previous FROM audit_stream_logged_table WHERE relid = _rel::oid;
+    SELECT pk_column INTO _previous FROM @schema@.audit_stream_logged_table WHERE relid = _rel::oid;
     EXECUTE format(
         'CREATE OR REPLACE TRIGGER audit_stream_log_insert AFTER INSERT ON %s'
-        ' REFERENCING NEW TABLE AS _new FOR EACH STATEMENT EXECUTE FUNCTION _audit_stream_log_rows(%L)',
+        ' REFERENCING NEW TABLE AS _new FOR EACH STATEMENT'
+        ' EXECUTE FUNCTION @schema@._audit_stream_log_rows(%L)',
         _rel, _pk[1]);
     EXECUTE format(
         'CREATE OR REPLACE TRIGGER audit_stream_log_update AFTER UPDATE ON %s'
         ' REFERENCING OLD TABLE AS _old NEW TABLE AS _new'
-        ' FOR EACH STATEMENT EXECUTE FUNCTION _audit_stream_log_rows(%L)',
+        ' FOR EACH STATEMENT EXECUTE FUNCTION @schema@._audit_stream_log_rows(%L)',
         _rel, _pk[1]);
     EXECUTE format(
         'CREATE OR REPLACE TRIGGER audit_stream_log_delete AFTER DELETE ON %s'
-        ' REFERENCING OLD TABLE AS _old FOR EACH STATEMENT EXECUTE FUNCTION _audit_stream_log_rows(%L)',
+        ' REFERENCING OLD TABLE AS _old FOR EACH STATEMENT'
+        ' EXECUTE FUNCTION @schema@._audit_stream_log_rows(%L)',
         _rel, _pk[1]);
     -- TRUNCATE fires no row trigger: log its rows before they go.
     EXECUTE format(
         'CREATE OR REPLACE TRIGGER audit_stream_log_truncate BEFORE TRUNCATE ON %s'
-        ' FOR EACH STATEMENT EXECUTE FUNCTION _audit_stream_log_rows(%L)',
+        ' FOR EACH STATEMENT EXECUTE FUNCTION @schema@._audit_stream_log_rows(%L)',
         _rel, _pk[1]);
-    INSERT INTO audit_stream_logged_table (relid, schema_name, table_name, pk_column, columns, logged_at)
-    SELECT c.oid, n.nspname, c.relname, _pk[1], _audit_stream_columns(c.oid), now()
+    INSERT INTO @schema@.audit_stream_logged_table
+        (relid, schema_name, table_name, pk_column, columns, logged_at)
+    SELECT c.oid, n.nspname, c.relname, _pk[1], @schema@._audit_stream_columns(c.oid), now()
     FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
     WHERE c.oid = _rel
     ON CONFLICT (relid) DO UPDATE
@@ -255,35 +266,37 @@ BEGIN
     RETURN CASE WHEN _previous IS NULL THEN 'logging' ELSE 'already logged' END;
 END;
 $$;
+REVOKE EXECUTE ON FUNCTION @schema@._audit_stream_start_logging(regclass) FROM PUBLIC;
 """
 
 STOP_LOGGING_FUNCTION = """
-CREATE OR REPLACE FUNCTION _audit_stream_stop_logging(_rel regclass)
-RETURNS boolean LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION @schema@._audit_stream_stop_logging(_rel regclass)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = @search_path@ AS $$
 BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS audit_stream_log_insert ON %s', _rel);
     EXECUTE format('DROP TRIGGER IF EXISTS audit_stream_log_update ON %s', _rel);
     EXECUTE format('DROP TRIGGER IF EXISTS audit_stream_log_delete ON %s', _rel);
     EXECUTE format('DROP TRIGGER IF EXISTS audit_stream_log_truncate ON %s', _rel);
-    DELETE FROM audit_stream_logged_table WHERE relid = _rel::oid;
+    DELETE FROM @schema@.audit_stream_logged_table WHERE relid = _rel::oid;
     RETURN FOUND;
 END;
 $$;
+REVOKE EXECUTE ON FUNCTION @schema@._audit_stream_stop_logging(regclass) FROM PUBLIC;
 """
 
 # After ALTER TABLE on a logged table: record the command with the columns
 # before and after (and the former name, for a rename), then bring the
 # registry and, if the primary key moved, the triggers up to date.
 LOG_DDL_FUNCTION = """
-CREATE OR REPLACE FUNCTION _audit_stream_log_ddl()
-RETURNS event_trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION @schema@._audit_stream_log_ddl()
+RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = @search_path@ AS $$
 DECLARE
     _command record;
-    _known audit_stream_logged_table;
+    _known @schema@.audit_stream_logged_table;
     _name text;
     _columns jsonb;
 BEGIN
-    IF to_regclass('audit_stream_logged_table') IS NULL THEN
+    IF to_regclass('@schema@.audit_stream_logged_table') IS NULL THEN
         RETURN;  -- audit_stream's tables are not there (being migrated away)
     END IF;
     FOR _command IN
@@ -291,13 +304,13 @@ BEGIN
         SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
         WHERE object_type IN ('table', 'table column')
     LOOP
-        SELECT * INTO _known FROM audit_stream_logged_table WHERE relid = _command.objid;
+        SELECT * INTO _known FROM @schema@.audit_stream_logged_table WHERE relid = _command.objid;
         CONTINUE WHEN NOT FOUND;
         SELECT n.nspname || '.' || c.relname INTO _name
         FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
         WHERE c.oid = _command.objid;
-        _columns := _audit_stream_columns(_command.objid);
-        INSERT INTO audit_stream_ddl_log
+        _columns := @schema@._audit_stream_columns(_command.objid);
+        INSERT INTO @schema@.audit_stream_ddl_log
             (pgh_label, logged_table, former_name, command, columns_before, columns_after)
         VALUES (
             CASE WHEN _name <> _known.schema_name || '.' || _known.table_name THEN 'rename' ELSE 'alter' END,
@@ -306,26 +319,26 @@ BEGIN
             current_query(), _known.columns, _columns
         );
         -- Refreshes the registry; moves the triggers if the key column changed.
-        PERFORM _audit_stream_start_logging(_command.objid::regclass);
+        PERFORM @schema@._audit_stream_start_logging(_command.objid::regclass);
     END LOOP;
 END;
 $$;
 """
 
 LOG_DROP_FUNCTION = """
-CREATE OR REPLACE FUNCTION _audit_stream_log_drop()
-RETURNS event_trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION @schema@._audit_stream_log_drop()
+RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = @search_path@ AS $$
 DECLARE
     _dropped record;
-    _known audit_stream_logged_table;
+    _known @schema@.audit_stream_logged_table;
 BEGIN
-    IF to_regclass('audit_stream_logged_table') IS NULL THEN
+    IF to_regclass('@schema@.audit_stream_logged_table') IS NULL THEN
         RETURN;
     END IF;
     FOR _dropped IN SELECT objid FROM pg_event_trigger_dropped_objects() WHERE object_type = 'table' LOOP
-        DELETE FROM audit_stream_logged_table WHERE relid = _dropped.objid RETURNING * INTO _known;
+        DELETE FROM @schema@.audit_stream_logged_table WHERE relid = _dropped.objid RETURNING * INTO _known;
         CONTINUE WHEN NOT FOUND;
-        INSERT INTO audit_stream_ddl_log
+        INSERT INTO @schema@.audit_stream_ddl_log
             (pgh_label, logged_table, command, columns_before, columns_after)
         VALUES ('drop', _known.schema_name || '.' || _known.table_name, current_query(),
                 _known.columns, '[]');
@@ -337,10 +350,10 @@ $$;
 CREATE_EVENT_TRIGGERS = """
 DROP EVENT TRIGGER IF EXISTS audit_stream_log_ddl;
 CREATE EVENT TRIGGER audit_stream_log_ddl ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
-    EXECUTE FUNCTION _audit_stream_log_ddl();
+    EXECUTE FUNCTION @schema@._audit_stream_log_ddl();
 DROP EVENT TRIGGER IF EXISTS audit_stream_log_drop;
 CREATE EVENT TRIGGER audit_stream_log_drop ON sql_drop
-    EXECUTE FUNCTION _audit_stream_log_drop();
+    EXECUTE FUNCTION @schema@._audit_stream_log_drop();
 """
 
 # Everything initlogging installed, from every table; the logs stay (history).
@@ -426,6 +439,13 @@ def _ignored_by_setting(schema: str, table: str) -> str | None:
     return None
 
 
+def _render(sql: str) -> str:
+    """``sql`` with audit_stream's schema and the pinned search path filled in."""
+    return sql.replace("@schema@", triggers.quote_name(config.schema())).replace(
+        "@search_path@", triggers.search_path()
+    )
+
+
 def install_functions(using: str = DEFAULT_DB_ALIAS) -> bool:
     """(Re)create the logging functions; install the DDL event triggers if allowed.
 
@@ -436,17 +456,19 @@ def install_functions(using: str = DEFAULT_DB_ALIAS) -> bool:
     connection = connections[using]
     with connection.cursor() as cursor:
         cursor.execute(
-            LOG_ROWS_FUNCTION.replace(
-                "{after_events}", triggers.after_events(ROW_LOG_TABLE, nothing_written="_rows = 0")
-            ).replace("{context_id}", triggers.CONTEXT_ID_SQL)
+            _render(
+                LOG_ROWS_FUNCTION.replace(
+                    "{after_events}", triggers.after_events(ROW_LOG_TABLE, nothing_written="_rows = 0")
+                ).replace("{context_id}", triggers.CONTEXT_ID_SQL)
+            )
         )
         for sql in (COLUMNS_FUNCTION, STOP_LOGGING_FUNCTION, START_LOGGING_FUNCTION, LOG_DDL_FUNCTION,
                     LOG_DROP_FUNCTION):  # fmt: skip
-            cursor.execute(sql)
+            cursor.execute(_render(sql))
         cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
         if not cursor.fetchone()[0]:
             return False
-        cursor.execute(CREATE_EVENT_TRIGGERS)
+        cursor.execute(_render(CREATE_EVENT_TRIGGERS))
     return True
 
 

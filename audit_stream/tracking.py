@@ -467,8 +467,13 @@ def _trigger_target(event_model: type[EventModel]) -> type[models.Model]:
 def create_event(obj: models.Model, *, label: str, using: str = "default") -> models.Model:
     """Record an event for ``obj`` now, with the current context.
 
+    The event holds the object's row as it is in the database (save the
+    object first). It is written by a function the owner role installed
+    (:func:`audit_stream.triggers.create_event_function`), so the
+    application's runtime role needs no privilege on the event table.
+
     Args:
-        obj: The tracked object; its current field values are stored.
+        obj: The tracked object, already saved.
         label: A label declared for the object's model (``Event("shipped")``).
         using: The database alias.
 
@@ -489,17 +494,39 @@ def create_event(obj: models.Model, *, label: str, using: str = "default") -> mo
             + (f" (declared: {', '.join(known)})." if known else " (it has no tracked events).")
             + " Declare it with audit_stream.Event(label) in track()."
         )
-    values = {attname: getattr(obj, attname) for attname in event_model._pgh_tracked_fields}
-    event = event_model(pgh_label=label, **values)
-    if event_model._pgh_has_obj:
-        event.pgh_obj_id = obj.pk
     current = _current()
+    context_id = metadata = None
     if event_model._pgh_has_context and current is not None:
-        event.pgh_context_id = current.id
-        with connections[using].cursor() as cursor:
-            cursor.execute(
-                "SELECT _audit_stream_attach_context(%s, %s)",
-                [str(current.id), _serialize(current.metadata)],
-            )
-    event.save(using=using, force_insert=True)
-    return event
+        context_id, metadata = str(current.id), _serialize(current.metadata)
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f"SELECT {triggers.create_event_function_name(event_model)}(%s, %s, %s, %s)",
+            [label, str(obj.pk), context_id, metadata],
+        )
+        pgh_id = cursor.fetchone()[0]
+    return event_model._default_manager.using(using).get(pgh_id=pgh_id)
+
+
+def install_create_event_functions(using: str = "default", **kwargs: Any) -> None:
+    """(Re)create every event model's manual-event function (on ``post_migrate``).
+
+    Runs as the role that ran ``migrate`` (the owner), for the event models
+    whose table exists on ``using``.
+    """
+    from django.db import router
+
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        for event_model in sorted(set(_event_models.values()), key=lambda m: m._meta.label):
+            if not router.allow_migrate_model(using, event_model):
+                continue
+            table = triggers.qualified(event_model._meta.db_table)
+            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [table])
+            if not cursor.fetchone()[0]:
+                continue
+            tracked = event_model.pgh_tracked_model._meta.concrete_model
+            labels = sorted(lbl for (m, lbl), em in _labels.items() if em is event_model)
+            pk_type = tracked._meta.pk.db_type(connection)
+            cursor.execute(triggers.create_event_function(event_model, labels, pk_type))

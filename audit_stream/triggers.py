@@ -25,6 +25,14 @@ Design (see BENCHMARKS.md for what each choice bought):
   The ``Context`` row is attached once per statement, and only written when
   it is missing or its metadata changed.
 
+* Every function audit_stream installs runs as its owner (``SECURITY DEFINER``)
+  with a pinned ``search_path`` (:func:`search_path`: ``pg_catalog``, the
+  schema of audit_stream's tables, ``pg_temp`` last) and schema-qualified
+  names (:func:`qualified`): the application's runtime role needs no
+  privilege on event tables to be recorded, and cannot divert events into a
+  temporary table of the same name. ``pgtrigger.ignore()`` is honoured only
+  for members of the functions' owner role (:data:`IGNORE_CHECK`).
+
 The templates are versioned by their text: django-pgtrigger stores a hash of
 the installed SQL, so changing a template here shows up as a new migration.
 """
@@ -87,14 +95,21 @@ class TriggerSql(compiler.UpsertTriggerSql):
     """
 
     def get_template(self) -> str:
-        return """
+        # The search path is part of the template (and so of its hash): changing
+        # AUDIT_STREAM["SCHEMA"] shows up as new migrations, like CHANNEL.
+        return _TEMPLATE.replace("{search_path}", search_path().replace("{", "{{").replace("}", "}}"))
+
+
+_TEMPLATE = """
             CREATE OR REPLACE FUNCTION {pgid}()
-            RETURNS TRIGGER AS $$
+            RETURNS TRIGGER LANGUAGE plpgsql
+            SECURITY DEFINER SET search_path = {search_path}
+            AS $$
                 {declare}
                 BEGIN
                     {func}
                 END;
-            $$ LANGUAGE plpgsql;
+            $$;
 
             DROP TRIGGER IF EXISTS {pgid} ON {table};
             CREATE {constraint} TRIGGER {pgid}
@@ -111,9 +126,17 @@ class TriggerSql(compiler.UpsertTriggerSql):
 # pgtrigger.ignore("app.Model:name") sets pgtrigger.ignore to an array literal
 # of trigger ids. Reading it with missing_ok => true returns NULL or '' when
 # it is unset, so the common path is two cheap comparisons and no array parse.
+#
+# Skipping capture is a privilege: inside a SECURITY DEFINER function
+# current_user is the function's owner (the role that ran the migrations), so
+# only that role, its members and superusers may skip audit_stream's triggers.
+# For anyone else (the application's runtime role) the setting is ignored and
+# the statement is recorded. The role check runs only when the setting names
+# this trigger.
 IGNORE_CHECK = """
     _ignore := current_setting('pgtrigger.ignore', true);
-    IF _ignore IS NOT NULL AND _ignore <> '' AND TG_NAME = ANY(_ignore::text[]) THEN
+    IF _ignore IS NOT NULL AND _ignore <> '' AND TG_NAME = ANY(_ignore::text[])
+       AND pg_has_role(session_user, current_user, 'MEMBER') THEN
         RETURN NULL;
     END IF;
 """
@@ -127,6 +150,23 @@ class _Trigger(pgtrigger.Trigger):
         kwargs = dict(compiled.sql.kwargs)
         kwargs.pop("ignore_func_name", None)
         return compiler.Trigger(name=self.name, sql=TriggerSql(**kwargs))
+
+
+def search_path() -> str:
+    """The ``search_path`` every function audit_stream installs runs with.
+
+    ``pg_catalog`` first, then the schema of audit_stream's tables
+    (``AUDIT_STREAM["SCHEMA"]``, for the operators and types of extensions
+    installed there), and ``pg_temp`` explicitly last: left out, PostgreSQL
+    would search it *first* for tables, and a temporary table named like an
+    event table would receive the events.
+    """
+    return f"pg_catalog, {quote_name(config.schema())}, pg_temp"
+
+
+def qualified(name: str) -> str:
+    """``name`` (a table, sequence or function of audit_stream) qualified with its schema."""
+    return f"{quote_name(config.schema())}.{quote_name(name)}"
 
 
 def _literal(value: str) -> str:
@@ -240,7 +280,7 @@ class EventTrigger(_Trigger):
         table = event_model._meta.db_table
         body = f"""
             {IGNORE_CHECK}
-            INSERT INTO {quote_name(table)} ({", ".join(map(quote_name, columns))})
+            INSERT INTO {qualified(table)} ({", ".join(map(quote_name, columns))})
             SELECT {", ".join(values)}
             FROM {source}
             {"WHERE " + condition if condition else ""};
@@ -273,7 +313,7 @@ def after_events(event_table: str, nothing_written: str = "NOT FOUND") -> str:
                 OR current_setting('{ATTACHED_METADATA_SETTING}', true)
                    IS DISTINCT FROM current_setting('{CONTEXT_METADATA_SETTING}', true)
             ) THEN
-                PERFORM _audit_stream_attach_context(
+                PERFORM {qualified("_audit_stream_attach_context")}(
                     _context_id, current_setting('{CONTEXT_METADATA_SETTING}', true)
                 );
             END IF;
@@ -284,7 +324,7 @@ def after_events(event_table: str, nothing_written: str = "NOT FOUND") -> str:
             -- skip NOTIFY, whose commit-time lock would serialise commits.
             -- nextval is not transactional and never waits: no writer blocks
             -- another, however long its transaction.
-            IF nextval('{WAKEUP_SEQUENCE}') = 1 THEN
+            IF nextval({_literal(qualified(WAKEUP_SEQUENCE))}) = 1 THEN
                 PERFORM pg_notify({_literal(config.channel())}, {_literal(event_table)});
             END IF;
             RETURN NULL;
@@ -297,6 +337,11 @@ class AppendOnly(_Trigger):
     Once per statement, before it touches a row. Retention deletes with
     ``audit_stream.allow_prune`` set for its own transaction only
     (:func:`audit_stream.retention.allow_prune`); UPDATE is never allowed.
+
+    The setting is a safety catch, not the permission: deleting history needs
+    the ``DELETE`` privilege on the table, which the owner has and the runtime
+    role is never granted (``manage.py audit_stream_grants``), so a runtime
+    role that sets ``audit_stream.allow_prune`` is refused by PostgreSQL itself.
     """
 
     level = pgtrigger.Statement
@@ -330,10 +375,11 @@ def _compact(sql: str) -> str:
 # once per statement, when this session has not attached the same context with
 # the same metadata in the last 10 minutes.
 #
-# The common case is a context that already exists with the same metadata
-# (many statements in one request): one primary-key probe, no write and no row
-# lock. Otherwise an upsert, which also serialises two transactions that
-# create the same context concurrently.
+# The common case of a web request is a new context with one write: one
+# upsert (as django-pghistory does), which also serialises two transactions
+# that create the same context concurrently. An existing context with the
+# same metadata is neither rewritten nor, thanks to the marker below, probed
+# again by the same session.
 #
 # Then it leaves a marker in a *session* setting, so that the session's next
 # statements in the same context skip this call (in autocommit each statement
@@ -351,30 +397,36 @@ def _compact(sql: str) -> str:
 # the context id (CONTEXT_COMMENT). Either way a statement's context was
 # attached, and its updated_at refreshed, less than 20 minutes before: well
 # inside retention's hour.
-ATTACH_CONTEXT_FUNCTION = """
-CREATE OR REPLACE FUNCTION _audit_stream_attach_context(_id uuid, _metadata text)
-RETURNS void AS $$
-DECLARE
-    _value jsonb := coalesce(nullif(_metadata, ''), '{}')::jsonb;
+def attach_context_function() -> str:
+    """The SQL that (re)creates ``_audit_stream_attach_context`` (see the comment above).
+
+    One statement: an upsert that writes only when the row is new, its
+    metadata changed, or its ``updated_at`` is over 10 minutes old (the
+    ``WHERE`` of ``DO UPDATE``). ``EXECUTE`` is revoked from ``PUBLIC``: the
+    triggers call it as its owner, and nobody else needs to.
+    """
+    table = qualified("audit_stream_context")
+    function = qualified("_audit_stream_attach_context")
+    return f"""
+CREATE OR REPLACE FUNCTION {function}(_id uuid, _metadata text)
+RETURNS void LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = {search_path()}
+AS $$
 BEGIN
-    UPDATE audit_stream_context SET updated_at = now()
-    WHERE id = _id AND metadata = _value AND updated_at < now() - interval '10 minutes';
-    IF NOT FOUND THEN
-        PERFORM 1 FROM audit_stream_context WHERE id = _id AND metadata = _value;
-        IF NOT FOUND THEN
-            INSERT INTO audit_stream_context (id, metadata, created_at, updated_at)
-            VALUES (_id, _value, now(), now())
-            ON CONFLICT (id) DO UPDATE
-                SET metadata = EXCLUDED.metadata, updated_at = EXCLUDED.updated_at
-                WHERE audit_stream_context.metadata IS DISTINCT FROM EXCLUDED.metadata;
-        END IF;
-    END IF;
-    PERFORM set_config('audit_stream.attached',
+    INSERT INTO {table} AS c (id, metadata, created_at, updated_at)
+    VALUES (_id, coalesce(nullif(_metadata, ''), '{{}}')::jsonb, now(), now())
+    ON CONFLICT (id) DO UPDATE
+        SET metadata = EXCLUDED.metadata, updated_at = EXCLUDED.updated_at
+        WHERE c.metadata IS DISTINCT FROM EXCLUDED.metadata
+           OR c.updated_at < now() - interval '10 minutes';
+    PERFORM set_config('{ATTACHED_SETTING}',
                        _id::text || ' ' || (extract(epoch FROM now())::bigint + 600)::text, false),
-            set_config('audit_stream.attached_metadata', coalesce(_metadata, ''), false);
+            set_config('{ATTACHED_METADATA_SETTING}', coalesce(_metadata, ''), false);
 END;
-$$ LANGUAGE plpgsql;
+$$;
+REVOKE EXECUTE ON FUNCTION {function}(uuid, text) FROM PUBLIC;
 """
+
 
 DROP_ATTACH_CONTEXT_FUNCTION = "DROP FUNCTION IF EXISTS _audit_stream_attach_context(uuid, text);"
 
@@ -404,3 +456,69 @@ $$;
 """
 
 DROP_DIFF_FUNCTION = "DROP FUNCTION IF EXISTS _audit_stream_diff(jsonb, jsonb, boolean);"
+
+
+def create_event_function_name(event_model: type[models.Model]) -> str:
+    """The function :func:`audit_stream.create_event` calls for ``event_model`` (schema-qualified)."""
+    return qualified(f"_audit_stream_event_{event_model._pgh_key}")
+
+
+def create_event_function(event_model: type[models.Model], labels: list[str], pk_type: str) -> str:
+    """The SQL that (re)creates ``event_model``'s manual-event function.
+
+    ``create_event(obj, label=...)`` calls it, so the runtime role records
+    manual events without any privilege on the event table: the function
+    (owned by the role that ran the migrations) accepts only the model's
+    declared ``labels``, attaches the context, and records the row *as it is
+    in the database* (the live row, by primary key), never values sent by the
+    caller. Returns the new event's ``pgh_id``. ``EXECUTE`` is revoked from
+    ``PUBLIC``; ``manage.py audit_stream_grants`` grants it to the runtime role.
+    """
+    tracked = event_model.pgh_tracked_model._meta.concrete_model
+    pk_column = quote_name(tracked._meta.pk.column)
+    tracked_columns = {f.attname: f.column for f in tracked._meta.concrete_fields}
+    columns = ["pgh_label", "pgh_xid"]
+    values = ["_label", "pg_current_xact_id()::text::bigint"]
+    if getattr(event_model, "_pgh_has_obj", False):
+        columns.append("pgh_obj_id")
+        values.append(f"t.{pk_column}")
+    if getattr(event_model, "_pgh_has_context", False):
+        columns.append("pgh_context_id")
+        values.append("_context_id")
+    for field in event_model._meta.concrete_fields:
+        if field.attname in getattr(event_model, "_pgh_tracked_fields", ()):
+            columns.append(field.column)
+            values.append(f"t.{quote_name(tracked_columns[field.attname])}")
+    function = create_event_function_name(event_model)
+    label_array = "ARRAY[" + ", ".join(_literal(label) for label in labels) + "]::text[]"
+    model_label = _literal(tracked._meta.label)
+    return f"""
+CREATE OR REPLACE FUNCTION {function}(_label text, _pk text, _context_id uuid, _metadata text)
+RETURNS bigint LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = {search_path()}
+AS $$
+DECLARE
+    _id bigint;
+BEGIN
+    IF _label IS NULL OR NOT _label = ANY ({label_array}) THEN
+        RAISE EXCEPTION 'audit_stream: "%" is not an event label of %', _label, {model_label}
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF _context_id IS NOT NULL THEN
+        PERFORM {qualified("_audit_stream_attach_context")}(_context_id, _metadata);
+    END IF;
+    INSERT INTO {qualified(event_model._meta.db_table)} ({", ".join(map(quote_name, columns))})
+    SELECT {", ".join(values)}
+    FROM {qualified(tracked._meta.db_table)} AS t
+    WHERE t.{pk_column} = _pk::{pk_type}
+    RETURNING pgh_id INTO _id;
+    IF _id IS NULL THEN
+        RAISE EXCEPTION 'audit_stream: there is no % with primary key %', {model_label}, _pk
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'create_event() records the row as it is in the database: save the object first.';
+    END IF;
+    RETURN _id;
+END;
+$$;
+REVOKE EXECUTE ON FUNCTION {function}(text, text, uuid, text) FROM PUBLIC;
+"""

@@ -307,15 +307,18 @@ def test_context_reaches_a_second_database():
 
 @pytest.mark.django_db(transaction=True)
 def test_later_autocommit_writes_carry_only_the_context_id(sent):
+    """Once a settings statement finds the context attached by this session, the id alone follows."""
     with audit_stream.context(user="ada") as ctx:
         Product.objects.create(name="a")
-        Product.objects.create(name="b")
+        Product.objects.create(name="b")  # finds the row that "a" attached
+        Product.objects.create(name="c")
         Product.objects.filter(name="a").update(price=3)
-    first, second, third = sent.calls
+    first, second, third, fourth = sent.calls
     assert first[0].startswith("SELECT set_config(")
-    assert second[0].startswith(f"/* audit_stream {ctx.id} */ INSERT")
-    assert third[0].startswith(f"/* audit_stream {ctx.id} */ UPDATE")
-    assert str(ctx.id) not in repr(second[1])  # the statement's own parameters, unchanged
+    assert second[0].startswith("SELECT set_config(")
+    assert third[0].startswith(f"/* audit_stream {ctx.id} */ INSERT")
+    assert fourth[0].startswith(f"/* audit_stream {ctx.id} */ UPDATE")
+    assert str(ctx.id) not in repr(third[1])  # the statement's own parameters, unchanged
     assert {e.pgh_context_id for e in ProductEvent.objects.all()} == {ctx.id}
 
 
@@ -326,7 +329,8 @@ def test_new_metadata_is_sent_again_then_the_id_alone(sent):
         audit_stream.context(reason="refund")
         Product.objects.create(name="b")
         Product.objects.create(name="c")
-    assert [sql.startswith("SELECT set_config(") for sql, _ in sent.calls] == [True, True, False]
+        Product.objects.create(name="d")
+    assert [sql.startswith("SELECT set_config(") for sql, _ in sent.calls] == [True, True, True, False]
     assert Context.objects.get(pk=ctx.id).metadata == {"user": "ada", "reason": "refund"}
 
 
@@ -362,18 +366,21 @@ def test_the_trust_expires(sent, monkeypatch):
     monkeypatch.setattr(module.time, "monotonic", lambda: clock[0])
     with audit_stream.context(user="ada"):
         Product.objects.create(name="a")
-        clock[0] += module._TRUST_SECONDS + 1
         Product.objects.create(name="b")
-        Product.objects.create(name="c")
-    assert [sql.startswith("SELECT set_config(") for sql, _ in sent.calls] == [True, True, False]
+        Product.objects.create(name="c")  # the id alone
+        clock[0] += module._TRUST_SECONDS + 1
+        Product.objects.create(name="d")
+        Product.objects.create(name="e")
+    assert [sql.startswith("SELECT set_config(") for sql, _ in sent.calls] == [True, True, False, True, False]
 
 
 @pytest.mark.django_db(transaction=True)
 def test_the_id_comment_is_per_database(sent):
     with audit_stream.context(user="ada") as ctx:
         Product.objects.create(name="a")
+        Product.objects.create(name="b")
         Customer.objects.create(email="c@example.com", name="C")  # untracked table, same database
-    assert sent.calls[1][0].startswith(f"/* audit_stream {ctx.id} */ ")
+    assert sent.calls[2][0].startswith(f"/* audit_stream {ctx.id} */ ")
 
 
 @pytest.mark.parametrize(
@@ -389,3 +396,78 @@ def test_the_id_comment_is_per_database(sent):
 def test_a_statement_that_only_looks_like_it_gets_no_context_and_no_error(sql, comment):
     sql(comment + "INSERT INTO testapp_product (name, price, stock, updated_at) VALUES ('x', 1, 0, now())")
     assert _context_of("x") is None
+
+
+# -- the id alone never points to a row that does not exist ---------------------------------------
+
+
+def _no_event_write(kind):
+    """A first write inside a context that records no event."""
+    if kind == "untracked insert":
+        Customer.objects.create(email="c@example.com", name="C")
+    elif kind == "save that changes nothing":
+        Product.objects.get(name="existing").save(update_fields=["name"])  # same name: no event
+    else:  # "zero-row update"
+        Product.objects.filter(name="nobody").update(price=1)
+
+
+@pytest.mark.parametrize("first", ["untracked insert", "save that changes nothing", "zero-row update"])
+@pytest.mark.django_db(transaction=True)
+def test_events_after_a_first_write_without_events_point_to_an_existing_context(first):
+    """In autocommit, a first write that records nothing must not let later events carry a dangling id."""
+    with audit_stream.context(user="ada"):
+        Product.objects.create(name="existing")
+    with audit_stream.context(user="bob") as ctx:
+        _no_event_write(first)
+        Product.objects.create(name="a")
+        Product.objects.create(name="b")
+        Product.objects.create(name="c")
+    for name in ("a", "b", "c"):
+        event = ProductEvent.objects.get(name=name, pgh_label="snapshot")
+        assert event.pgh_context_id == ctx.id
+        assert event.pgh_context.metadata == {"user": "bob"}
+
+
+# -- which statements are writes ------------------------------------------------------------------
+
+_INSERT = "INSERT INTO testapp_product (name, price, stock, updated_at) VALUES ('raw', 1, 0, now())"
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    ["\n\n        ", "\t", "/* from the reporting job */ ", "/* outer /* nested */ still */\n", "-- why\n  "],
+)
+@pytest.mark.django_db(transaction=True)
+def test_a_write_after_whitespace_or_comments_carries_the_context(sql, prefix):
+    """Leading newlines, indentation and comments do not hide a write from the context."""
+    with audit_stream.context(user="ada") as ctx:
+        sql(prefix + _INSERT)
+    assert _context_of("raw") == ctx.id
+    assert Context.objects.get(pk=ctx.id).metadata == {"user": "ada"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_psycopg_composed_write_carries_the_context():
+    """psycopg.sql compositions are rendered and carry the context like strings."""
+    from psycopg import sql as psql
+
+    query = psql.SQL("INSERT INTO {} (name, price, stock, updated_at) VALUES ({}, 1, 0, now())").format(
+        psql.Identifier("testapp_product"), psql.Literal("composed 100%")
+    )
+    with audit_stream.context(user="ada") as ctx, connection.cursor() as cursor:
+        cursor.execute(query)
+    assert _context_of("composed 100%") == ctx.id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_psycopg_composed_read_runs_inside_a_context():
+    """A composed SELECT is not a write, and runs untouched."""
+    from psycopg import sql as psql
+
+    Product.objects.create(name="p")
+    query = psql.SQL("SELECT count(*) FROM {} WHERE name = {}").format(
+        psql.Identifier("testapp_product"), psql.Placeholder()
+    )
+    with audit_stream.context(user="ada"), connection.cursor() as cursor:
+        cursor.execute(query, ["p"])
+        assert cursor.fetchone() == (1,)

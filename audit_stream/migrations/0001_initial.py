@@ -65,6 +65,6 @@ class Migration(migrations.Migration):
                 'constraints': [models.UniqueConstraint(fields=('event_table', 'event_id'), name='audit_stream_change_event')],
             },
         ),
-        migrations.RunSQL(triggers.ATTACH_CONTEXT_FUNCTION, triggers.DROP_ATTACH_CONTEXT_FUNCTION),
+        migrations.RunSQL(triggers.attach_context_function(), triggers.DROP_ATTACH_CONTEXT_FUNCTION),
         migrations.RunSQL(triggers.CREATE_WAKEUP_SEQUENCE, triggers.DROP_WAKEUP_SEQUENCE),
     ]

@@ -8,4 +8,4 @@ class Migration(migrations.Migration):
 
     dependencies = [("audit_stream", "0009_row_log")]
 
-    operations = [migrations.RunSQL(triggers.ATTACH_CONTEXT_FUNCTION, migrations.RunSQL.noop)]
+    operations = [migrations.RunSQL(triggers.attach_context_function(), migrations.RunSQL.noop)]
