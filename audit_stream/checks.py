@@ -8,6 +8,9 @@
 ``audit_stream.E005``  an event declaration that cannot be installed (e.g. its condition)
 ``audit_stream.E010``  ``AUDIT_STREAM`` is not a dict, has an unknown key or a bad value
 ``audit_stream.E011``  ``AUDIT_STREAM["RETENTION"]`` is invalid (unknown target, bad duration...)
+``audit_stream.W020``  (``--deploy``) the application connects as a superuser
+``audit_stream.W021``  (``--deploy``) the application connects as the owner of the history tables
+``audit_stream.W022``  (``--deploy``) the application's role may write or delete history
 =====================  =========================================================
 """
 
@@ -109,3 +112,68 @@ def check_retention(app_configs=None, **kwargs):
             checks.Error(str(exc), hint="See the retention section of the README.", id="audit_stream.E011")
         ]
     return []
+
+
+# -- deployment: the role the application connects with ------------------------------------------
+
+# What the connected role may do to history: superuser, member of the owner of
+# audit_stream's Context table, and the history tables it can write to.
+_ROLE_SQL = """
+SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+       pg_has_role(current_user, c.relowner, 'MEMBER'),
+       ARRAY(SELECT t.name FROM unnest(%s::text[]) AS t(name)
+             WHERE to_regclass(t.name) IS NOT NULL
+               AND has_table_privilege(t.name, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER'))
+FROM pg_class AS c WHERE c.oid = to_regclass(%s)
+"""
+
+_FIX = (
+    "Run migrations as an owner role and connect the application as a runtime role with"
+    " the privileges `manage.py audit_stream_grants <runtime role> --apply` gives (README, Deployment)."
+)
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def check_database_role(app_configs=None, **kwargs):
+    """``check --deploy``: the application's role must not be able to change or skip history."""
+    from audit_stream import grants, triggers
+    from audit_stream.models import Context
+
+    warnings = []
+    for alias in connections:
+        connection = connections[alias]
+        if connection.vendor != "postgresql" or not router.allow_migrate_model(alias, Context):
+            continue
+        history = [triggers.qualified(table) for table in grants.history_tables()]
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(_ROLE_SQL, [history, triggers.qualified(Context._meta.db_table)])
+                row = cursor.fetchone()
+        except Exception:  # no database to ask (e.g. a build step): nothing to check
+            continue
+        if row is None:
+            continue  # not migrated yet
+        superuser, owner, writable = row
+        user = connection.settings_dict.get("USER") or "the default role"
+        if superuser:
+            message = f'The database "{alias}" is used as a superuser ({user}).'
+            check_id = "audit_stream.W020"
+        elif owner:
+            message = f'The database "{alias}" is used as the owner of audit_stream\'s tables ({user}).'
+            check_id = "audit_stream.W021"
+        elif writable:
+            message = (
+                f'The role {user} of the database "{alias}" may write or delete history:'
+                f" {', '.join(writable[:3])}{'...' if len(writable) > 3 else ''}."
+            )
+            check_id = "audit_stream.W022"
+        else:
+            continue
+        warnings.append(
+            checks.Warning(
+                message + " It can then delete, change or skip the history audit_stream records.",
+                hint=_FIX,
+                id=check_id,
+            )
+        )
+    return warnings

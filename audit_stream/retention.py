@@ -29,6 +29,11 @@ Safety:
   at most for one batch.
 * Event tables refuse DELETE (:class:`audit_stream.triggers.AppendOnly`);
   each batch lifts that for its own transaction only, with :func:`allow_prune`.
+* Deleting history (events, the row log, contexts) is a privilege: the
+  ``DELETE`` privilege on those tables, which the owner role has and the
+  runtime role is never granted (``manage.py audit_stream_grants``). A role
+  without it prunes the stream's tables and reports, for each history
+  table, that it needs the owner role (or ``--pruner``) instead of failing.
 """
 
 from __future__ import annotations
@@ -86,6 +91,20 @@ def allow_prune(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
         if connection.in_atomic_block and not connection.needs_rollback:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT set_config(%s, '', true)", [triggers.ALLOW_PRUNE_SETTING])
+
+
+def may_delete(table: str, using: str = DEFAULT_DB_ALIAS) -> bool:
+    """Whether the connected role holds the ``DELETE`` privilege on ``table``."""
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT has_table_privilege(%s, 'DELETE')", [triggers.qualified(table)])
+        return cursor.fetchone()[0]
+
+
+def _privilege_error(table: str) -> str:
+    return (
+        f"the role this runs as may not delete from {table} (history): prune it as the owner role"
+        " (manage.py prune_history), or grant the privilege with manage.py audit_stream_grants --pruner."
+    )
 
 
 def parse_duration(value: str) -> timedelta:
@@ -320,6 +339,9 @@ def prune(
             try:
                 if target in models or target == ROW_LOG:
                     model = models[target] if target in models else _row_log_model()
+                    if not dry_run and not may_delete(model._meta.db_table, using):
+                        report.errors.append(f"{target}: {_privilege_error(model._meta.db_table)}")
+                        continue
                     table, count = _prune_events(
                         connection, model, policy, cutoff, batch_size, dry_run, force, progress
                     )
@@ -341,7 +363,9 @@ def prune(
                 continue
             report.rows[table] = report.rows.get(table, 0) + count
             report.seconds[table] = time.monotonic() - started
-        if not targets or pruned_events:
+        if (not targets or pruned_events) and not dry_run and not may_delete("audit_stream_context", using):
+            report.errors.append(f"{CONTEXTS}: {_privilege_error('audit_stream_context')}")
+        elif not targets or pruned_events:
             started = time.monotonic()
             report.rows["audit_stream_context"] = _prune_contexts(connection, now, batch_size, dry_run)
             report.seconds["audit_stream_context"] = time.monotonic() - started
@@ -503,6 +527,9 @@ def erase(model_label: str, pk: str, *, using: str = DEFAULT_DB_ALIAS) -> dict[s
         raise ValueError(
             f"{tracked._meta.label} is neither tracked nor in the row log: there is nothing to erase."
         )
+    for table in [m._meta.db_table for m in event_models] + [RowLog._meta.db_table]:
+        if not may_delete(table, using):
+            raise PermissionError(f"Cannot erase: {_privilege_error(table)}")
     pk_value = tracked._meta.pk.to_python(pk)
     counts: dict[str, int] = {}
     connection = connections[using]
