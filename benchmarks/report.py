@@ -98,6 +98,8 @@ def linearity_table(results: Results) -> str:
     sizes = sorted(
         (w for w in results.workloads if w.key == "bulk_create" or w.linearity), key=lambda w: w.rows
     )
+    if not sizes:
+        return "(not measured in this run)"
     header = " | ".join(f"µs/row at {w.rows:,}" for w in sizes)
     lines = [
         f"| variant | {header} | largest ÷ smallest |",

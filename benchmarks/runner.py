@@ -83,7 +83,8 @@ def check(workload: Workload, variant: Variant, before: Counts, after: Counts) -
         events=before.events + (workload.rows if tracked else 0),
         events_with_context=before.events_with_context
         + (workload.rows if tracked and workload.in_context else 0),
-        contexts=before.contexts + (1 if tracked and workload.in_context else 0),
+        contexts=before.contexts
+        + (0 if not (tracked and workload.in_context) else workload.rows if workload.context_per_row else 1),
         notifications=notify.expected(variant),
     )
     if after != expected:

@@ -48,6 +48,7 @@ class Workload:
         in_context: Whether the timed loop runs inside the library's context.
         prepare: ``(variant, rows, category_ids) -> timed closure``.
         linearity: True for the extra ``bulk_create`` sizes of the linearity table.
+        context_per_row: Each row is written in a new context (one context row per row).
     """
 
     key: str
@@ -58,6 +59,7 @@ class Workload:
     in_context: bool
     prepare: Callable[[Variant, int, list[int]], Timed]
     linearity: bool = False
+    context_per_row: bool = False
 
 
 def _values(i: int, category_ids: list[int]) -> dict:
@@ -87,6 +89,25 @@ def _inserts(in_context: bool):
         return timed
 
     return prepare
+
+
+def _inserts_new_context(variant: Variant, rows: int, category_ids: list[int]) -> Timed:
+    """One request, one context: each single-row ``create()`` in a new context of its own.
+
+    The common web case (``HistoryMiddleware`` opens a context per request):
+    every transaction sends new context metadata and writes a new ``Context``
+    row. The untracked variant runs the same loop without a context.
+    """
+    manager = variant.model.objects
+    values = [_values(i, category_ids) for i in range(rows)]
+    scope = variant.context
+
+    def timed() -> None:
+        for kwargs in values:
+            with scope():
+                manager.create(**kwargs)
+
+    return timed
 
 
 def _saves(in_context: bool):
@@ -132,6 +153,16 @@ def build(sizes: Sizes) -> list[Workload]:
     workloads = [
         Workload("insert", f"{n:,} x create(), autocommit", n, 0, n, False, _inserts(False)),
         Workload("insert_ctx", f"{n:,} x create(), in one context", n, 0, n, True, _inserts(True)),
+        Workload(
+            "insert_new_ctx",
+            f"{n:,} x create(), each in a new context",
+            n,
+            0,
+            n,
+            True,
+            _inserts_new_context,
+            context_per_row=True,
+        ),
         Workload("save", f"{n:,} x save() update, autocommit", n, n, n, False, _saves(False)),
         Workload("save_ctx", f"{n:,} x save() update, in one context", n, n, n, True, _saves(True)),
         Workload("bulk_create", f"bulk_create of {bulk:,} rows", bulk, 0, bulk, False, _bulk_create),

@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--duration", type=float, default=10.0, help="seconds per concurrent run (default 10)"
     )
     parser.add_argument("--variants", nargs="*", help="only these variants (untracked always runs)")
+    parser.add_argument("--workloads", nargs="*", help="only these workloads (keys, e.g. insert_new_ctx)")
     parser.add_argument(
         "--update-migrations",
         action="store_true",
@@ -209,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
             "quick": args.quick,
         },
     }
-    results = report.Results(meta, variants.by_key(args.variants), workloads.build(sizes))
+    chosen = [w for w in workloads.build(sizes) if not args.workloads or w.key in args.workloads]
+    results = report.Results(meta, variants.by_key(args.variants), chosen)
     writers = concurrency.Writers.start(args.writers) if args.writers else None
     log("warming up")
     warm_up(results, category_ids)
