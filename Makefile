@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/audit_stream_demo
+# The demo's processes connect as a runtime role that can read history but never write,
+# delete or skip it (README, "Deployment"); migrations run as DATABASE_URL's role, the owner.
+DEMO_RUNTIME_ROLE ?= audit_stream_demo_app
+export RUNTIME_DATABASE_URL ?= postgres://$(DEMO_RUNTIME_ROLE)@127.0.0.1:5432/audit_stream_demo
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 # The test suite's database and Redis database (override to run two suites side by side).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/audit_stream
@@ -25,6 +29,9 @@ services:
 demo: install services
 	DJANGO_SETTINGS_MODULE=demo.settings $(PY) manage.py migrate --no-input
 	DJANGO_SETTINGS_MODULE=demo.settings $(PY) manage.py demo_setup
+	psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_roles WHERE rolname = '$(DEMO_RUNTIME_ROLE)'" | grep -q 1 \
+		|| psql -h 127.0.0.1 -U postgres -qc 'CREATE ROLE "$(DEMO_RUNTIME_ROLE)" LOGIN'
+	DJANGO_SETTINGS_MODULE=demo.settings $(PY) manage.py audit_stream_grants $(DEMO_RUNTIME_ROLE) --apply
 	$(VENV)/bin/honcho start
 
 # Set everything up and run the whole test suite against real services.

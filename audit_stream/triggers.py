@@ -436,6 +436,10 @@ CREATE_WAKEUP_SEQUENCE = f"CREATE SEQUENCE IF NOT EXISTS {WAKEUP_SEQUENCE} AS bi
 DROP_WAKEUP_SEQUENCE = f"DROP SEQUENCE IF EXISTS {WAKEUP_SEQUENCE};"
 
 
+# Not SECURITY DEFINER and no pinned search_path (unlike every function that
+# writes): it reads no table and calls only pg_catalog functions, which are
+# always resolved first, and it runs as its caller (the fold, AggregateEvent).
+#
 # The diff between two states of an object, shared by the fold (the Change feed)
 # and AggregateEvent, so both say the same: {column: [old, new]} for the columns
 # that differ; every column when there is no previous state; [old, null] for
