@@ -23,9 +23,10 @@ class AuditStreamConfig(AppConfig):
     def ready(self):
         from django.db import connections
 
-        from audit_stream import checks  # noqa: F401  (registers the checks)
+        from audit_stream import autodetector, checks  # noqa: F401  (checks: registers the checks)
         from audit_stream.context import _install
 
         connection_created.connect(_install)
+        autodetector.install()  # a renamed event table gets its triggers after the rename
         for connection in connections.all(initialized_only=True):
             _install(connection)
