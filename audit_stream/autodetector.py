@@ -33,11 +33,11 @@ class _RenamedTableTriggersLast:
 
 
 def install() -> None:
-    """Put the mixin on the autodetector of ``makemigrations`` and ``migrate`` (once)."""
-    for command in (makemigrations, migrate):
-        if not issubclass(command.MigrationAutodetector, _RenamedTableTriggersLast):
-            command.MigrationAutodetector = type(
-                "MigrationAutodetector", (_RenamedTableTriggersLast, command.MigrationAutodetector), {}
-            )
-        if hasattr(command.Command, "autodetector"):  # Django 5.2+
-            command.Command.autodetector = command.MigrationAutodetector
+    """Put the mixin on the autodetector of ``makemigrations`` and ``migrate`` (once, one class for both)."""
+    detector = makemigrations.MigrationAutodetector
+    if not issubclass(detector, _RenamedTableTriggersLast):
+        detector = type("MigrationAutodetector", (_RenamedTableTriggersLast, detector), {})
+    makemigrations.MigrationAutodetector = migrate.MigrationAutodetector = detector
+    for command in (makemigrations.Command, migrate.Command):
+        if hasattr(command, "autodetector"):  # Django 5.2+ (its check wants one class for both)
+            command.autodetector = detector
