@@ -169,3 +169,15 @@ def test_a_dropped_column_leaves_the_snapshots_after_the_drop(loose, sql, fold_b
     sql("UPDATE loose SET a = 'a2' WHERE id = 1")
     fold.fold(ROW_LOG)
     assert [snapshot for _, snapshot in _feed()] == [{"id": 1, "a": "a1", "b": "b1"}, {"id": 1, "a": "a2"}]
+
+
+def test_a_renamed_column_leaves_under_its_old_name_and_returns_under_the_new_one(loose, sql):
+    """After ``RENAME COLUMN`` the old key leaves the state; the new one appears at its next change."""
+    sql("INSERT INTO loose VALUES (1, 'a1', 'b1')")
+    fold.fold(ROW_LOG)
+    sql("ALTER TABLE loose RENAME COLUMN b TO c")
+    sql("UPDATE loose SET a = 'a2' WHERE id = 1")
+    sql("UPDATE loose SET c = 'c3' WHERE id = 1")
+    fold.fold(ROW_LOG)
+    after = [snapshot for _, snapshot in _feed()][1:]
+    assert after == [{"id": 1, "a": "a2"}, {"id": 1, "a": "a2", "c": "c3"}]
