@@ -36,4 +36,11 @@ class Migration(migrations.Migration):
             name='relid',
             field=models.BigIntegerField(help_text='pg_class oid of the table (follows renames).', null=True),
         ),
+        # Existing checkpoints learn their table now, so a rename migrated after this one is followed.
+        # (The cluster is recorded by the next fold, once it has checked the snapshot is this cluster's.)
+        migrations.RunSQL(
+            "UPDATE audit_stream_checkpoint SET relid = to_regclass(quote_ident(event_table))::oid"
+            " WHERE relid IS NULL",
+            migrations.RunSQL.noop,
+        ),
     ]

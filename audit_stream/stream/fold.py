@@ -147,15 +147,18 @@ with_state AS (
     FROM batch AS b
     JOIN known AS k ON k.model = b.model AND k.object_id IS NOT DISTINCT FROM b.object_id
 ),
-ddl AS (
-    -- The columns of the batch's tables after each ALTER TABLE, by the name the table has now.
-    SELECT coalesce(n.current_table, d.logged_table) AS current_table, d.pgh_id, d.pgh_xid,
-           ARRAY(SELECT column_ ->> 'name' FROM jsonb_array_elements(d.columns_after) AS column_)
-               AS columns
-    FROM audit_stream_ddl_log AS d
-    LEFT JOIN unnest(%(tables)s::text[], %(current_tables)s::text[]) AS n (logged_table, current_table)
-        ON n.logged_table = d.logged_table
-    WHERE d.pgh_label IN ('alter', 'rename')
+ddl AS MATERIALIZED (
+    -- The columns of the batch's tables after each ALTER TABLE, by the name the table has now
+    -- (the DDL log is small: read once per batch).
+    SELECT t.current_table, t.pgh_id, t.pgh_xid, t.columns
+    FROM (SELECT coalesce(n.current_table, d.logged_table) AS current_table, d.pgh_id, d.pgh_xid,
+                 ARRAY(SELECT column_ ->> 'name' FROM jsonb_array_elements(d.columns_after) AS column_)
+                     AS columns
+          FROM audit_stream_ddl_log AS d
+          LEFT JOIN unnest(%(tables)s::text[], %(current_tables)s::text[]) AS n (logged_table, current_table)
+              ON n.logged_table = d.logged_table
+          WHERE d.pgh_label IN ('alter', 'rename')) AS t
+    WHERE t.current_table IN (SELECT b.current_table FROM batch AS b)
 ),
 with_columns AS (
     -- The state, without the columns the table no longer had when the entry was written.
