@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FOREIGN_SQL", "RECOVERY_INTERVAL", "Claim", "claim", "is_foreign"]
+__all__ = ["FOREIGN_SQL", "RECOVERY_INTERVAL", "Claim", "claim", "is_foreign", "recovered", "recovery_params"]
 
 # The system identifier of the cluster we are connected to (initdb draws it; a
 # dump restored elsewhere, or a logical replica, runs on another one).

@@ -221,6 +221,10 @@ def fold(
 
     ``on_messages(endpoint_ids)`` is called after each batch that recorded
     webhook messages has committed, so deliveries start while the fold goes on.
+
+    A checkpoint restored from another cluster is recovered first (one
+    transaction, see :mod:`audit_stream.stream.checkpoint`); its events count
+    in ``folded``.
     """
     model = _event_model(event_table)
     _check_outside_writes(using)
