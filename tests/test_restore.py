@@ -8,11 +8,13 @@ thing (pg_dump into a fresh cluster) is in tests/faults/test_restore.py.
 
 from __future__ import annotations
 
+import psycopg
 import pytest
+from django.db import connection
 
 from audit_stream import retention
 from audit_stream.models import Change, Checkpoint
-from audit_stream.stream import fold, wakeup
+from audit_stream.stream import checkpoint, fold, wakeup
 from tests.testapp.models import Product, ProductEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -82,3 +84,20 @@ def test_retention_prunes_again_once_the_fold_has_recovered(settings):
     fold.fold(PRODUCTS)
     report = retention.prune(targets=["testapp.ProductEvent"])
     assert (report.errors, report.rows[PRODUCTS]) == ([], 1)
+
+
+def test_an_event_committed_during_the_recovery_is_folded_once_by_the_next_fold(monkeypatch):
+    """The recovery reads one snapshot: a write that commits half-way is left to the next fold, not lost."""
+    _restored(snapshot=AHEAD)
+    original = checkpoint.recovered
+
+    def commit_a_write_first(*args, **kwargs):
+        db = connection.settings_dict
+        with psycopg.connect(dbname=db["NAME"], host=db["HOST"], port=db["PORT"], user=db["USER"]) as other:
+            other.execute("INSERT INTO testapp_product (name, price, stock, updated_at)"
+                          " VALUES ('meanwhile', 1, 0, now())")  # fmt: skip
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "recovered", commit_a_write_first)
+    assert fold.fold(PRODUCTS).folded == 2 + 1
+    assert _folded_once()
