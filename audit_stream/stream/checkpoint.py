@@ -21,7 +21,8 @@ Recovery is exact because of two numbers the fold keeps with the snapshot:
 was taken (every event folded so far has an id up to it, so an event above it
 was not folded), and, afterwards, ``floor``: the restored events whose old
 transaction ids the new cluster would misread all have ids up to it, and are
-folded; events written since the restore have higher ids.
+folded; events written since the restore have higher ids (the restored
+sequence goes on past every restored id).
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ __all__ = ["FOREIGN_SQL", "RECOVERY_INTERVAL", "Claim", "claim", "is_foreign", "
 # dump restored elsewhere, or a logical replica, runs on another one).
 CLUSTER_SQL = "(SELECT system_identifier::text FROM pg_control_system())"
 
-# Whether checkpoint row `c` is of another cluster: recorded on one, or (rows
-# written before the cluster was recorded) ahead of every transaction this
-# cluster has started.
+# Whether checkpoint row `c` is of another cluster: recorded on another one, or
+# ahead of every transaction this cluster has started (which also catches rows
+# written before the cluster was recorded).
 FOREIGN_SQL = f"""(
     (c.cluster IS NOT NULL AND c.cluster <> {CLUSTER_SQL})
     OR pg_snapshot_xmax(coalesce(c.target, c.snapshot)::pg_snapshot)
