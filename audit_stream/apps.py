@@ -23,12 +23,13 @@ class AuditStreamConfig(AppConfig):
     def ready(self):
         from django.db import connections
 
-        from audit_stream import checks  # noqa: F401  (registers the checks)
+        from audit_stream import autodetector, checks  # noqa: F401  (checks: registers the checks)
         from audit_stream.context import _install
         from audit_stream.tracking import install_create_event_functions
 
         connection_created.connect(_install)
         # Manual events go through functions the owner installs after migrating.
         post_migrate.connect(install_create_event_functions, sender=self)
+        autodetector.install()  # a renamed event table gets its triggers after the rename
         for connection in connections.all(initialized_only=True):
             _install(connection)

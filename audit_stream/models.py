@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pgtrigger
+from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import BrinIndex
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
@@ -180,6 +181,15 @@ class Checkpoint(models.Model):
     position = models.BigIntegerField(default=0)
     folded = models.BigIntegerField(default=0, help_text="Events folded so far.")
     updated_at = models.DateTimeField(db_default=Now())
+    # Identity (audit_stream.stream.checkpoint): the table follows renames, the
+    # snapshot belongs to one cluster, and a restore is recovered from exactly.
+    relid = models.BigIntegerField(null=True, help_text="pg_class oid of the table (follows renames).")
+    former_names = ArrayField(models.TextField(), db_default=[], help_text="The table's earlier names.")
+    cluster = models.TextField(null=True, help_text="System identifier of the cluster the snapshot is of.")
+    high = models.BigIntegerField(null=True, help_text="Highest pgh_id committed when `target` was taken.")
+    floor = models.BigIntegerField(
+        db_default=0, help_text="Events up to this pgh_id came from a restore and are folded."
+    )
 
     class Meta:
         db_table = "audit_stream_checkpoint"

@@ -24,6 +24,11 @@ Safety:
 
 * An event is deleted only once the stream has folded it: its transaction is
   visible in the table's checkpoint snapshot. ``force=True`` overrides this.
+  A checkpoint restored from another cluster says nothing about this one's
+  transactions: until the fold has recovered it, the table's events are not
+  pruned (the run reports why).
+* An object's latest change is never pruned, whatever the policy: the fold
+  takes the object's previous state from it.
 * Rows to delete are chosen by a read (no lock), then deleted by primary key
   in short transactions of ``batch_size`` rows, so a concurrent writer waits
   at most for one batch.
@@ -232,17 +237,24 @@ SELECT pgh_id FROM (
 WHERE (%(cutoff)s::timestamptz IS NULL OR pgh_created_at < %(cutoff)s)
   AND (%(keep_last)s::int IS NULL OR newest > %(keep_last)s)
   AND (%(force)s OR (%(done)s::pg_snapshot IS NOT NULL
-                     AND pg_visible_in_snapshot(pgh_xid::text::xid8, %(done)s::pg_snapshot)))
+                     AND (pg_visible_in_snapshot(pgh_xid::text::xid8, %(done)s::pg_snapshot)
+                          OR pgh_id <= %(floor)s)))
 """
 
+# An object is one row of one table: for the row log, of one model (or
+# table). Its latest change stays whatever the policy: the fold diffs the
+# object's next event against it (and patches the row log's changed columns
+# onto it), so without it the next change would list every column as new.
 _CHANGE_CANDIDATES = """
 INSERT INTO _audit_stream_doomed (id)
 SELECT id FROM (
     SELECT c.id, c.created_at,
-           row_number() OVER (PARTITION BY c.event_table, c.object_id ORDER BY c.event_id DESC) AS newest
+           row_number() OVER (PARTITION BY c.event_table, c.model, c.object_id ORDER BY c.event_id DESC)
+               AS newest
     FROM audit_stream_change AS c
 ) AS ranked
-WHERE (%(cutoff)s::timestamptz IS NULL OR created_at < %(cutoff)s)
+WHERE newest > 1
+  AND (%(cutoff)s::timestamptz IS NULL OR created_at < %(cutoff)s)
   AND (%(keep_last)s::int IS NULL OR newest > %(keep_last)s)
 """
 
@@ -376,10 +388,17 @@ def prune(
     return report
 
 
-def _checkpoint(cursor, table: str) -> str | None:
-    cursor.execute("SELECT snapshot FROM audit_stream_checkpoint WHERE event_table = %s", [table])
+def _checkpoint(cursor, table: str) -> tuple[str | None, int, bool]:
+    """The table's folded snapshot, restored floor, and whether it is of another cluster."""
+    from audit_stream.stream.checkpoint import FOREIGN_SQL
+
+    cursor.execute(
+        f"SELECT c.snapshot, c.floor, {FOREIGN_SQL} FROM audit_stream_checkpoint AS c"
+        " WHERE c.event_table = %s",
+        [table],
+    )
     row = cursor.fetchone()
-    return row[0] if row else None
+    return row if row else (None, 0, False)
 
 
 def _fill(cursor, sql: str, params: dict) -> int:
@@ -413,13 +432,21 @@ def _drain(connection, table: str, pk: str, total: int, batch_size: int, progres
 def _prune_events(connection, model, policy, cutoff, batch_size, dry_run, force, progress) -> tuple[str, int]:
     table = model._meta.db_table
     with connection.cursor() as cursor:
-        done = _checkpoint(cursor, table)
+        done, floor, foreign = _checkpoint(cursor, table)
+        if foreign and not force:
+            raise ValueError(
+                "its fold checkpoint was restored from another cluster and is not recovered yet, so what"
+                " is folded is unknown: nothing pruned. Let the worker fold (it recovers the checkpoint),"
+                " or run fold_all(), then prune again."
+            )
         sql = _EVENT_CANDIDATES.format(
             table=connection.ops.quote_name(table),
             object=_object_key(model),
         )
         total = _fill(
-            cursor, sql, {"cutoff": cutoff, "keep_last": policy.keep_last, "force": force, "done": done}
+            cursor,
+            sql,
+            {"cutoff": cutoff, "keep_last": policy.keep_last, "force": force, "done": done, "floor": floor},
         )
     if dry_run:
         return table, total

@@ -38,11 +38,13 @@ from audit_stream import config, tracking, triggers
 
 __all__ = [
     "ROW_LOG_TABLE",
+    "StreamNames",
     "TableStatus",
     "drop_logging",
     "init_logging",
     "is_logged",
     "logged_table",
+    "stream_names",
     "table_names",
 ]
 
@@ -595,6 +597,60 @@ def models_by_table(*, using: str = DEFAULT_DB_ALIAS) -> dict[str, str]:
         for model in apps.get_models(include_auto_created=True)
         if not model._meta.proxy
     }
+
+
+@dataclass
+class StreamNames:
+    """How the fold names the row log's tables, renames included (:func:`stream_names`)."""
+
+    models: dict[str, str]  # every name a table has or had -> its model label (or current name)
+    current: dict[str, str]  # every name a table has or had -> the name it has now
+    aliases: list[tuple[str, str]]  # (label, a label its changes were folded under before a rename)
+
+    def params(self) -> dict:
+        """The arrays the row log's fold query reads."""
+        tables = list(self.models)
+        return {
+            "tables": tables,
+            "models": [self.models[t] for t in tables],
+            "current_tables": [self.current[t] for t in tables],
+            "alias_of": [label for label, _ in self.aliases],
+            "aliases": [alias for _, alias in self.aliases],
+        }
+
+
+def stream_names(*, using: str = DEFAULT_DB_ALIAS) -> StreamNames:
+    """Name each logged table as it is called now, whatever it was called when an entry was logged.
+
+    A table's model label (``models_by_table``), or its ``"schema.table"`` name
+    for a table without a model. The DDL log's renames lead a former name to
+    the current one, so entries logged before a rename and folded after it
+    belong to the same object as later ones; the labels the table's changes got
+    before (its former names) are its aliases, where the fold finds an
+    object's last known state.
+    """
+    from audit_stream.models import DdlLog, LoggedTable
+
+    labels = models_by_table(using=using)
+    logged = LoggedTable.objects.using(using).values_list("schema_name", "table_name")
+    now = set(labels) | {f"{schema}.{table}" for schema, table in logged}
+    renames = DdlLog.objects.using(using).filter(pgh_label="rename").order_by("pgh_id")
+    renamed_to = dict(renames.values_list("former_name", "logged_table"))  # the latest rename wins
+
+    def current(name: str) -> str:
+        seen = set()
+        while name not in now and name in renamed_to and name not in seen:
+            seen.add(name)
+            name = renamed_to[name]
+        return name
+
+    names = StreamNames(models={}, current={}, aliases=[])
+    for name in sorted(set(labels) | set(renamed_to) | now):
+        names.current[name] = current(name)
+        names.models[name] = labels.get(names.current[name], names.current[name])
+        if names.current[name] != name and names.models[name] != name:
+            names.aliases.append((names.models[name], name))
+    return names
 
 
 # --- versions: a row as an entry recorded it, rebuilt backwards from the live row ---------------------

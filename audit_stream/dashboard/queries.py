@@ -124,7 +124,7 @@ class StreamTable:
 
 
 _CHECKPOINTS_SQL = (
-    "SELECT event_table, snapshot, target, position, folded, updated_at FROM audit_stream_checkpoint"
+    "SELECT event_table, snapshot, target, position, folded, updated_at, floor FROM audit_stream_checkpoint"
 )
 
 # The unfolded events of one event table (the fold's own definition, as in
@@ -135,6 +135,7 @@ _CHECKPOINTS_SQL = (
 # * except, while a fold is half-way through an interval, the events it has
 #   already written: visible in its `target` snapshot, with pgh_id <= position.
 #   (Without a target, coalesce() makes that test "visible in done": false.)
+# * and above `floor` (events up to it came from a restore and are folded).
 #
 # The pgh_xid bound lets the BRIN index skip every page older than done's
 # xmin, so the cost follows the backlog, not the table. LIMIT caps the work
@@ -151,6 +152,7 @@ FROM (
       AND NOT (e.pgh_id <= %(position)s
                AND pg_visible_in_snapshot(e.pgh_xid::text::xid8,
                                           coalesce(%(target)s, %(done)s)::pg_snapshot))
+      AND e.pgh_id > %(floor)s
     LIMIT %(cap)s
 ) AS u
 """
@@ -186,11 +188,13 @@ def stream_tables(using: str = DEFAULT_DB_ALIAS, *, exact_up_to: int | None = No
             tables[rowlog.ROW_LOG_TABLE] = "(row log of initlogging)"
         for table, model_label in sorted(tables.items()):
             # A table never folded has no checkpoint: every event is new.
-            done, target, position, folded, updated_at = checkpoints.get(table, ("1:1:", None, 0, 0, None))
+            done, target, position, folded, updated_at, floor = checkpoints.get(
+                table, ("1:1:", None, 0, 0, None, 0)
+            )
             quoted = connection.ops.quote_name(table)
             cursor.execute(
                 _BACKLOG_SQL.format(table=quoted),
-                {"done": done, "target": target, "position": position, "cap": cap + 1},
+                {"done": done, "target": target, "position": position, "floor": floor, "cap": cap + 1},
             )
             backlog, lag, first_id = cursor.fetchone()
             exact = backlog <= cap

@@ -21,6 +21,10 @@ LOCKED``: a concurrent fold of the same table backs off), writes the
 ``Change`` rows and moves the checkpoint. Killed half-way, it rolls back and
 the next fold redoes it. ``Change`` has a unique (event_table, event_id) key as
 a last line of defence.
+
+The checkpoint follows its table through renames and belongs to one cluster:
+a restore onto another one is recovered, exactly, before anything else is
+folded (:mod:`audit_stream.stream.checkpoint`).
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, transaction
 
 from audit_stream import config, rowlog, tracking
-from audit_stream.stream import wakeup
+from audit_stream.stream import checkpoint, wakeup
 from audit_stream.webhooks import messages
 
 __all__ = ["FoldResult", "fold", "fold_all"]
@@ -72,6 +76,10 @@ with_before AS (
                lag(b.snapshot) OVER (PARTITION BY b.object_id ORDER BY b.pgh_id),
                (SELECT c.snapshot FROM audit_stream_change AS c
                 WHERE c.event_table = %(event_table)s AND c.object_id = b.object_id
+                ORDER BY c.event_id DESC LIMIT 1),
+               -- Folded before the table was renamed: under a former name.
+               (SELECT c.snapshot FROM audit_stream_change AS c
+                WHERE c.event_table = ANY(%(former_tables)s::text[]) AND c.object_id = b.object_id
                 ORDER BY c.event_id DESC LIMIT 1)
            ) END AS before
     FROM batch AS b
@@ -94,13 +102,21 @@ RETURNING id, event_id, (extract(epoch FROM clock_timestamp() - created_at) * 10
 # (_audit_stream_merge, a running jsonb ||). An insert carries the whole row;
 # a row that existed before logging started is known from its first change
 # on, so its first snapshots hold only the columns changed so far.
+#
+# Tables are named as they are now (rowlog.stream_names): an entry logged
+# under a former name gets the model (or name) of the table it became, and the
+# last known state may have been folded under an earlier name (`aliases`). A
+# column dropped by an ALTER TABLE (the DDL log) before an entry leaves the
+# state from that entry on.
 _ROW_LOG_FOLD_SQL = """
 WITH batch AS (
-    SELECT e.pgh_id, e.pgh_obj_id AS object_id, e.pgh_label, e.pgh_context_id, e.pgh_created_at,
-           e.old_data, e.new_data,
-           coalesce(m.model, e.logged_table) AS model
+    SELECT e.pgh_id, e.pgh_xid, e.pgh_obj_id AS object_id, e.pgh_label, e.pgh_context_id,
+           e.pgh_created_at, e.old_data, e.new_data,
+           coalesce(m.model, e.logged_table) AS model,
+           coalesce(m.current_table, e.logged_table) AS current_table
     FROM audit_stream_row_log AS e
-    LEFT JOIN unnest(%(tables)s::text[], %(models)s::text[]) AS m (logged_table, model)
+    LEFT JOIN unnest(%(tables)s::text[], %(models)s::text[], %(current_tables)s::text[])
+        AS m (logged_table, model, current_table)
         ON m.logged_table = e.logged_table
     {in_interval}
     ORDER BY e.pgh_id
@@ -109,10 +125,16 @@ WITH batch AS (
 known AS (
     -- Each object's last folded state, unless the batch starts it with an insert.
     SELECT first.model, first.object_id,
-           CASE WHEN first.pgh_label <> 'insert' THEN
+           CASE WHEN first.pgh_label <> 'insert' THEN coalesce(
                (SELECT c.snapshot FROM audit_stream_change AS c
                 WHERE c.model = first.model AND c.object_id = first.object_id
-                ORDER BY c.event_id DESC LIMIT 1)
+                ORDER BY c.event_id DESC LIMIT 1),
+               (SELECT c.snapshot FROM audit_stream_change AS c
+                WHERE c.model IN (SELECT a.alias
+                                  FROM unnest(%(alias_of)s::text[], %(aliases)s::text[]) AS a (model, alias)
+                                  WHERE a.model = first.model)
+                  AND c.object_id = first.object_id
+                ORDER BY c.event_id DESC LIMIT 1))
            END AS snapshot
     FROM (SELECT DISTINCT ON (b.model, b.object_id) b.model, b.object_id, b.pgh_label
           FROM batch AS b ORDER BY b.model, b.object_id, b.pgh_id) AS first
@@ -124,6 +146,33 @@ with_state AS (
            ) AS state
     FROM batch AS b
     JOIN known AS k ON k.model = b.model AND k.object_id IS NOT DISTINCT FROM b.object_id
+),
+ddl AS MATERIALIZED (
+    -- The columns of the batch's tables after each ALTER TABLE, by the name the table has now
+    -- (the DDL log is small: read once per batch).
+    SELECT t.current_table, t.pgh_id, t.pgh_xid, t.columns
+    FROM (SELECT coalesce(n.current_table, d.logged_table) AS current_table, d.pgh_id, d.pgh_xid,
+                 ARRAY(SELECT column_ ->> 'name' FROM jsonb_array_elements(d.columns_after) AS column_)
+                     AS columns
+          FROM audit_stream_ddl_log AS d
+          LEFT JOIN unnest(%(tables)s::text[], %(current_tables)s::text[]) AS n (logged_table, current_table)
+              ON n.logged_table = d.logged_table
+          WHERE d.pgh_label IN ('alter', 'rename')) AS t
+    WHERE t.current_table IN (SELECT b.current_table FROM batch AS b)
+),
+with_columns AS (
+    -- The state, without the columns the table no longer had when the entry was written.
+    SELECT w.*,
+           CASE WHEN now_.columns IS NULL THEN w.state
+                ELSE (SELECT coalesce(jsonb_object_agg(s.key, s.value), '{}')
+                      FROM jsonb_each(w.state) AS s WHERE s.key = ANY(now_.columns))
+           END AS current_state
+    FROM with_state AS w
+    LEFT JOIN LATERAL (
+        SELECT ddl.columns FROM ddl
+        WHERE ddl.current_table = w.current_table AND ddl.pgh_xid < w.pgh_xid
+        ORDER BY ddl.pgh_id DESC LIMIT 1
+    ) AS now_ ON true
 )
 INSERT INTO audit_stream_change
     (event_table, event_id, model, object_id, label, context_id, created_at, diff, snapshot)
@@ -135,11 +184,11 @@ SELECT 'audit_stream_row_log', w.pgh_id, w.model, w.object_id, w.pgh_label, w.pg
            ELSE (SELECT jsonb_object_agg(n.key, jsonb_build_array(w.old_data -> n.key, n.value))
                  FROM jsonb_each(w.new_data) AS n)
        END,
-       CASE WHEN w.pgh_label = 'delete' THEN w.old_data ELSE w.state END
-FROM with_state AS w
+       CASE WHEN w.pgh_label = 'delete' THEN w.old_data ELSE w.current_state END
+FROM with_columns AS w
 ORDER BY w.pgh_id
 RETURNING id, event_id, (extract(epoch FROM clock_timestamp() - created_at) * 1000)::bigint
-""".replace("{in_interval}", _IN_INTERVAL)
+"""
 
 
 @dataclass
@@ -172,13 +221,20 @@ def fold(
 
     ``on_messages(endpoint_ids)`` is called after each batch that recorded
     webhook messages has committed, so deliveries start while the fold goes on.
+
+    A checkpoint restored from another cluster is recovered first (one
+    transaction, see :mod:`audit_stream.stream.checkpoint`); its events count
+    in ``folded``.
     """
     model = _event_model(event_table)
     _check_outside_writes(using)
     batch_size = batch_size or config.fold_batch_size()
     # The row log names each table's model: looked up once per fold, not per batch.
-    model_names = rowlog.models_by_table(using=using) if event_table == rowlog.ROW_LOG_TABLE else None
+    model_names = rowlog.stream_names(using=using) if event_table == rowlog.ROW_LOG_TABLE else None
     result = FoldResult(event_table)
+    if _is_foreign(event_table, using) and not _recover(model, using, model_names, result, on_messages):
+        result.busy = True  # another fold is recovering it
+        return result
     deadline = time.monotonic() + max_seconds
     while True:
         folded, caught_up, busy, endpoints, lag_ms = _fold_batch(model, using, batch_size, model_names)
@@ -273,56 +329,27 @@ def _delete_labels(model) -> list[str]:
 
 
 def _fold_batch(
-    model, using: str, batch_size: int, model_names: dict[str, str] | None
+    model, using: str, batch_size: int, model_names: rowlog.StreamNames | None
 ) -> tuple[int, bool, bool, set[int], int | None]:
     """Fold one batch in one transaction. Returns (folded, caught_up, busy, endpoints, lag_ms).
 
-    ``model_names``: the row log's ``{"schema.table": "app_label.model"}`` (None for event tables).
+    ``model_names``: how the row log names its tables (None for event tables).
     """
     table = model._meta.db_table
     connection = connections[using]
     with transaction.atomic(using=using), connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO audit_stream_checkpoint (event_table, snapshot, position, folded, updated_at)"
-            " VALUES (%s, '1:1:', 0, 0, now()) ON CONFLICT (event_table) DO NOTHING",
-            [table],
-        )
-        cursor.execute(
-            "SELECT snapshot, target, position FROM audit_stream_checkpoint"
-            " WHERE event_table = %s FOR UPDATE SKIP LOCKED",
-            [table],
-        )
-        row = cursor.fetchone()
-        if row is None:
+        found = checkpoint.claim(cursor, table)
+        if found is None or found.foreign:  # busy, or restored meanwhile (the next fold recovers it)
             return 0, False, True, set(), None
-        done, target, position = row
+        done, target, position, high = found.done, found.target, found.position, found.high
         if target is None:
-            cursor.execute("SELECT pg_current_snapshot()::text")
-            target = cursor.fetchone()[0]
+            # `high`: every event committed in `target` has an id up to it (for a recovery).
+            quoted = connection.ops.quote_name(table)
+            cursor.execute(f"SELECT pg_current_snapshot()::text, (SELECT max(pgh_id) FROM {quoted})")
+            target, high = cursor.fetchone()
 
         interval = {"done": done, "target": target, "position": position, "limit": batch_size}
-        if table == rowlog.ROW_LOG_TABLE:
-            cursor.execute(
-                _ROW_LOG_FOLD_SQL,
-                {**interval, "tables": list(model_names), "models": list(model_names.values())},
-            )
-        else:
-            cursor.execute(
-                _FOLD_SQL.format(
-                    in_interval=_IN_INTERVAL,
-                    table=connection.ops.quote_name(table),
-                    # Event models may be declared without obj_fk or context_fk.
-                    object_id="e.pgh_obj_id::text" if model._pgh_has_obj else "NULL::text",
-                    context_id="e.pgh_context_id" if model._pgh_has_context else "NULL::uuid",
-                ),
-                {
-                    **interval,
-                    "pgh_columns": _PGH_COLUMNS,
-                    "event_table": table,
-                    "model": model.pgh_tracked_model._meta.label_lower,
-                    "delete_labels": _delete_labels(model),
-                },
-            )
+        cursor.execute(*_batch_sql(model, connection, found.names, _IN_INTERVAL, interval, model_names))
         rows = cursor.fetchall()
         ids = [event_id for _, event_id, _ in rows]
         lag_ms = max((lag for _, _, lag in rows), default=None)
@@ -330,16 +357,88 @@ def _fold_batch(
         endpoints = messages.record(cursor, [change_id for change_id, _, _ in rows])
         caught_up = len(ids) < batch_size
         if caught_up:
-            # The whole interval is folded: `target` becomes `done`.
+            # The whole interval is folded: `target` becomes `done`; the next starts above `floor`.
             cursor.execute(
-                "UPDATE audit_stream_checkpoint SET snapshot = %s, target = NULL, position = 0,"
-                " folded = folded + %s, updated_at = now() WHERE event_table = %s",
-                [target, len(ids), table],
+                "UPDATE audit_stream_checkpoint SET snapshot = %s, target = NULL, position = floor,"
+                " high = %s, folded = folded + %s, updated_at = now() WHERE event_table = %s",
+                [target, high, len(ids), table],
             )
         else:
             cursor.execute(
-                "UPDATE audit_stream_checkpoint SET target = %s, position = %s,"
+                "UPDATE audit_stream_checkpoint SET target = %s, position = %s, high = %s,"
                 " folded = folded + %s, updated_at = now() WHERE event_table = %s",
-                [target, max(ids), len(ids), table],
+                [target, max(ids), high, len(ids), table],
             )
         return len(ids), caught_up, False, endpoints, lag_ms
+
+
+def _batch_sql(model, connection, names: list[str], in_interval: str, interval: dict, model_names):
+    """The fold query of ``model``'s table for the events ``in_interval`` selects, and its parameters."""
+    table = model._meta.db_table
+    if table == rowlog.ROW_LOG_TABLE:
+        return (
+            _ROW_LOG_FOLD_SQL.replace("{in_interval}", in_interval),
+            {**interval, **model_names.params()},
+        )
+    return (
+        _FOLD_SQL.format(
+            in_interval=in_interval,
+            table=connection.ops.quote_name(table),
+            # Event models may be declared without obj_fk or context_fk.
+            object_id="e.pgh_obj_id::text" if model._pgh_has_obj else "NULL::text",
+            context_id="e.pgh_context_id" if model._pgh_has_context else "NULL::uuid",
+        ),
+        {
+            **interval,
+            "pgh_columns": _PGH_COLUMNS,
+            "event_table": table,
+            "former_tables": names[1:],
+            "model": model.pgh_tracked_model._meta.label_lower,
+            "delete_labels": _delete_labels(model),
+        },
+    )
+
+
+def _is_foreign(event_table: str, using: str) -> bool:
+    with connections[using].cursor() as cursor:
+        return checkpoint.is_foreign(cursor, event_table)
+
+
+def _recover(model, using: str, model_names, result: FoldResult, on_messages) -> bool:
+    """Recover a checkpoint restored from another cluster; False if another fold holds it.
+
+    One REPEATABLE READ transaction: the events to fold and the new snapshot
+    are read in one snapshot, so an event committed meanwhile is left to the
+    next fold, and none is folded twice or skipped (see checkpoint.RECOVERY_INTERVAL).
+    """
+    table = model._meta.db_table
+    connection = connections[using]
+    if connection.in_atomic_block:
+        raise RuntimeError(
+            "Recovering a restored checkpoint needs a transaction of its own:"
+            " fold outside transaction.atomic()."
+        )
+    try:
+        with transaction.atomic(using=using), connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            found = checkpoint.claim(cursor, table)
+            if found is None:
+                return False
+            if found.foreign:
+                interval = {**checkpoint.recovery_params(cursor, found), "limit": None}
+                cursor.execute(
+                    *_batch_sql(
+                        model, connection, found.names, checkpoint.RECOVERY_INTERVAL, interval, model_names
+                    )
+                )
+                rows = cursor.fetchall()
+                result.endpoints |= messages.record(cursor, [change_id for change_id, _, _ in rows])
+                result.folded += len(rows)
+                checkpoint.recovered(cursor, table, connection.ops.quote_name(table), found.floor, len(rows))
+    except OperationalError as exc:  # the checkpoint moved after our snapshot: another fold has it
+        if getattr(exc.__cause__, "sqlstate", None) == "40001":
+            return False
+        raise
+    if result.endpoints and on_messages is not None:
+        on_messages(result.endpoints)
+    return True

@@ -22,17 +22,20 @@ from __future__ import annotations
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from audit_stream import tracking
+from audit_stream.stream.checkpoint import FOREIGN_SQL
 from audit_stream.triggers import WAKEUP_SEQUENCE, quote_name
 
 __all__ = ["arm", "disarm", "has_work", "tables_with_work"]
 
 # Is any committed event not yet folded? Transactions visible in the
-# checkpoint's snapshot are folded; older than its xmin, they all are.
+# checkpoint's snapshot are folded; older than its xmin, they all are. Events
+# up to `floor` came from a restore and are folded (stream.checkpoint).
 _HAS_WORK_SQL = """
 SELECT EXISTS (
     SELECT 1 FROM {table} AS e
     WHERE e.pgh_xid >= pg_snapshot_xmin(%(done)s::pg_snapshot)::text::bigint
       AND NOT pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(done)s::pg_snapshot)
+      AND e.pgh_id > %(floor)s
 )
 """
 
@@ -68,13 +71,15 @@ def has_work(event_table: str, *, using: str = DEFAULT_DB_ALIAS) -> bool:
 def _has_work(cursor, event_table: str) -> bool:
     """:func:`has_work` on any DB-API cursor (the listener's own connection too)."""
     cursor.execute(
-        "SELECT snapshot, target FROM audit_stream_checkpoint WHERE event_table = %s", [event_table]
+        f"SELECT c.snapshot, c.target, c.floor, {FOREIGN_SQL} FROM audit_stream_checkpoint AS c"
+        " WHERE c.event_table = %s",
+        [event_table],
     )
     row = cursor.fetchone()
-    if row is not None and row[1] is not None:
-        return True  # an interval is half folded
-    done = row[0] if row is not None else "1:1:"  # never folded: every event is new
-    cursor.execute(_HAS_WORK_SQL.format(table=quote_name(event_table)), {"done": done})
+    if row is not None and (row[1] is not None or row[3]):
+        return True  # an interval is half folded, or a restore is to be recovered
+    done, floor = (row[0], row[2]) if row is not None else ("1:1:", 0)  # never folded: every event is new
+    cursor.execute(_HAS_WORK_SQL.format(table=quote_name(event_table)), {"done": done, "floor": floor})
     return cursor.fetchone()[0]
 
 
