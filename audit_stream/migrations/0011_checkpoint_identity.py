@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('audit_stream', '0010_context_marker'),
+        ('audit_stream', '0010_security_definer'),
     ]
 
     operations = [
