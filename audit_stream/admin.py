@@ -146,16 +146,18 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         return super().response_add(request, obj, post_url_continue)
 
     def has_replay_permission(self, request) -> bool:
-        """Replaying changes messages: it needs the change permission on them too."""
-        return request.user.has_perm("audit_stream.change_webhookmessage")
+        """Replaying changes the endpoint's messages: the change permission on both."""
+        return self.has_change_permission(request) and request.user.has_perm(
+            "audit_stream.change_webhookmessage"
+        )
 
-    @admin.action(description="Replay dead messages of the last 24 hours", permissions=["change", "replay"])
+    @admin.action(description="Replay dead messages of the last 24 hours", permissions=["replay"])
     def replay_dead_last_day(self, request, queryset):
         since = timezone.now() - timedelta(days=1)
         count = sum(delivery.replay_failed(endpoint, since) for endpoint in queryset)
         self.message_user(request, f"Replaying {count} dead message(s).")
 
-    @admin.action(description="Replay all dead messages", permissions=["change", "replay"])
+    @admin.action(description="Replay all dead messages", permissions=["replay"])
     def replay_dead_all(self, request, queryset):
         count = sum(delivery.replay_failed(endpoint) for endpoint in queryset)
         self.message_user(request, f"Replaying {count} dead message(s).")
