@@ -9,9 +9,10 @@ import redis
 from django.db import connection
 from standardwebhooks.webhooks import Webhook
 
-from audit_stream.models import Change, WebhookEndpoint, WebhookMessage
+from audit_stream.dashboard import queries
+from audit_stream.models import Change, Heartbeat, WebhookEndpoint, WebhookMessage
 from audit_stream.stream import wakeup
-from tests.procs import start_listener, start_worker, wait_until
+from tests.procs import start_beat, start_listener, start_worker, wait_until
 from tests.testapp.models import Product, ProductEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -34,12 +35,20 @@ def procs(tmp_path, request):
             started.append(start_listener(tmp_path, **kwargs))
             return started[-1]
 
+        def beat(self, **kwargs):
+            started.append(start_beat(tmp_path, **kwargs))
+            return started[-1]
+
     yield _Procs()
     for proc in started:
         proc.stop()
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
         for proc in started:
             print(f"--- {proc.name}\n{proc.output()[-4000:]}")
+
+
+def _broker():
+    return redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15"))
 
 
 def _changes(table=PRODUCTS):
@@ -65,7 +74,7 @@ def test_notify_wakes_the_worker_quickly(procs):
     """With NOTIFY, a change lands well before the poll interval."""
     procs.worker()
     procs.listener(settings={"POLL_INTERVAL": 30})
-    time.sleep(0.5)  # the listener's first poll has armed the tables
+    wait_until(wakeup.is_armed, timeout=10, message="the listener to arm the wake-up")
     started = time.monotonic()
     Product.objects.create(name="fast")
     wait_until(lambda: _changes() == 1, timeout=10)
@@ -85,8 +94,8 @@ def test_missed_notifications_are_recovered_by_the_poll(procs):
     """Events committed while no listener ran are folded once it starts."""
     procs.worker()
     Product.objects.bulk_create([Product(name=f"p{i}") for i in range(200)])
-    time.sleep(1)
-    assert _changes() == 0
+    # Nothing folds them yet: no task is queued (nobody listened) and none has run.
+    assert _broker().llen("celery") == 0 and _changes() == 0
     procs.listener()
     _assert_folded_exactly_once()
 
@@ -202,3 +211,18 @@ def test_a_write_to_a_table_logged_by_initlogging_becomes_a_change(procs):
         )
     finally:
         call_command("droplogging", stdout=StringIO())
+
+
+def test_beat_reports_itself_once_whichever_worker_runs_its_sweep(procs):
+    """One heartbeat row for beat, with beat's own pid; none in the name of the workers that ran the sweep."""
+    worker = procs.worker(concurrency=2)
+    beat = procs.beat(sweep_seconds=0.3)
+    wait_until(
+        lambda: worker.output().count("Task audit_stream.sweep[") >= 2 * 6,  # received + succeeded, 6 sweeps
+        timeout=60,
+        message="six sweeps",
+    )
+    rows = list(Heartbeat.objects.filter(kind__startswith="beat").values_list("kind", "pid"))
+    assert rows == [("beat", beat.popen.pid)]
+    beats = [p for p in queries.processes() if p.kind.startswith("beat")]
+    assert len(beats) == 1 and beats[0].alive

@@ -1,11 +1,13 @@
 """Webhook delivery in-process against a real HTTP receiver on loopback (pytest-httpserver)."""
 
 import json
+import socket
 import time
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 from werkzeug import Response
@@ -14,6 +16,7 @@ import audit_stream
 from audit_stream.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 from audit_stream.stream import fold
 from audit_stream.webhooks import delivery
+from tests.procs import wait_until
 from tests.testapp.models import Customer, Order, Product
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -31,6 +34,12 @@ def _loopback_allowed(settings):
 @pytest.fixture
 def endpoint(httpserver):
     return WebhookEndpoint.objects.create(url=httpserver.url_for("/hook"), description="test")
+
+
+def _query(sql):
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return cursor.fetchone()[0]
 
 
 def _requests(httpserver):
@@ -136,7 +145,8 @@ def test_a_slow_receiver_times_out(httpserver, endpoint):
     attempt = WebhookAttempt.objects.get()
     assert attempt.error.startswith("timeout") and attempt.status_code is None
     assert WebhookMessage.objects.get().status == "pending"
-    time.sleep(1.2)  # let the single-threaded receiver finish before the next test uses it
+    # The single-threaded receiver logs the request once it has answered: then the next test may use it.
+    wait_until(lambda: len(httpserver.log) == 1, timeout=10, message="the receiver to finish")
 
 
 def test_a_redirect_is_not_followed(httpserver, endpoint):
@@ -175,7 +185,11 @@ def test_an_endpoint_failing_for_long_enough_is_disabled(httpserver, endpoint, s
     delivery.deliver(endpoint.pk)
     endpoint.refresh_from_db()
     assert endpoint.is_active  # a burst of failures alone does not disable
-    time.sleep(0.4)
+    assert endpoint.disabled_reason == "" and endpoint.consecutive_failures == 5
+    failing_long_enough = (
+        "SELECT now() - failing_since > interval '0.3 seconds' FROM audit_stream_webhookendpoint"
+    )
+    wait_until(lambda: _query(failing_long_enough), timeout=10, message="0.3 s of failures")
     Product.objects.create(name="later")
     fold.fold_all()
     deadline = time.monotonic() + 10
@@ -281,3 +295,53 @@ def test_the_secret_never_appears_in_logs_attempts_or_errors(httpserver, endpoin
     for text in [caplog.text, str(stored), endpoint.disabled_reason]:
         assert body not in text
     assert any(request.headers["webhook-signature"] for request in _requests(httpserver))
+
+
+@pytest.fixture
+def rebinding_dns(monkeypatch):
+    """``rebind.test`` answers with each address of ``answers`` in turn, then the last one forever.
+
+    The resolver is the only stand-in: the check, the connection and the receiver are real.
+    """
+    real = socket.getaddrinfo
+    answers: list[str] = []
+    asked: list[str] = []
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host != "rebind.test":
+            return real(host, port, *args, **kwargs)
+        address = answers.pop(0) if len(answers) > 1 else answers[0]
+        asked.append(address)
+        return real(address, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return answers, asked
+
+
+def test_dns_rebinding_after_the_check_cannot_redirect_the_request(httpserver, rebinding_dns):
+    """The request goes to the address that was checked, not to a second, later answer."""
+    answers, asked = rebinding_dns
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    answers[:] = ["127.0.0.1"]
+    endpoint = WebhookEndpoint.objects.create(url=f"http://rebind.test:{httpserver.port}/hook")
+    delivery.send_test(endpoint)
+    answers[:] = ["127.0.0.1", "10.255.255.1"]  # checked once as loopback, then it rebinds
+    before = len(asked)
+    assert delivery.deliver(endpoint.pk).delivered == 1
+    assert asked[before:] == ["127.0.0.1"]  # resolved once, for the check, and never again
+    (request,) = _requests(httpserver)
+    assert request.headers["host"] == f"rebind.test:{httpserver.port}"
+    assert WebhookAttempt.objects.get().status_code == 200
+
+
+def test_dns_rebinding_to_a_private_address_is_refused_at_send_time(httpserver, rebinding_dns):
+    """A host that resolved to an allowed address when saved and to the metadata service now is refused."""
+    answers, _ = rebinding_dns
+    answers[:] = ["127.0.0.1"]
+    endpoint = WebhookEndpoint.objects.create(url=f"http://rebind.test:{httpserver.port}/hook")
+    delivery.send_test(endpoint)
+    answers[:] = ["169.254.169.254"]
+    delivery.deliver(endpoint.pk)
+    attempt = WebhookAttempt.objects.get()
+    assert attempt.error.startswith("refused:") and "169.254.169.254" in attempt.error
+    assert not _requests(httpserver)

@@ -31,6 +31,8 @@ from django.utils import timezone
 from audit_stream import config, rowlog, tracking
 from audit_stream.dashboard import formats
 from audit_stream.models import Change, Context, LoggedTable, RetentionRun
+from audit_stream.stream import heartbeat
+from audit_stream.webhooks import filters
 from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 
 __all__ = [
@@ -349,25 +351,26 @@ def _alive_within(kind: str) -> float:
     """How recent a heartbeat of ``kind`` must be for the process to count as alive."""
     if kind == "listener":
         return 3 * config.poll_interval()  # the active listener beats on every poll
-    if kind == "beat-prune":
-        interval = getattr(config, "retention_interval", None)  # beats once per retention run
-        return 2 * interval() if interval else WORKER_ALIVE_SECONDS
-    return WORKER_ALIVE_SECONDS  # workers beat per task; beat's sweep every 30 s
+    return WORKER_ALIVE_SECONDS  # workers beat per task; beat through its sweep, every 30 s
 
 
-# The 50 most recently seen processes (one heartbeat row per process ever
-# started: a small table), with their age on the database's clock.
+# The 50 most recently seen processes, with their age on the database's clock;
+# a process silent for longer than `forget` seconds (one of an earlier run) is
+# not shown (and the sweep deletes its row).
 _PROCESSES_SQL = """
 SELECT name, kind, host, pid, started_at, last_seen,
        extract(epoch FROM clock_timestamp() - last_seen)::float8
 FROM audit_stream_heartbeat
+WHERE last_seen > clock_timestamp() - make_interval(secs => %(forget)s)
 ORDER BY last_seen DESC
 LIMIT 50
 """
 
 
 def processes(using: str = DEFAULT_DB_ALIAS) -> list[Process]:
-    return [Process(*row, alive_within=_alive_within(row[1])) for row in _rows(_PROCESSES_SQL, using=using)]
+    """The processes heard from within ``heartbeat.FORGET_AFTER``, most recent first."""
+    rows = _rows(_PROCESSES_SQL, {"forget": heartbeat.FORGET_AFTER}, using=using)
+    return [Process(*row, alive_within=_alive_within(row[1])) for row in rows]
 
 
 @dataclass
@@ -473,8 +476,8 @@ class Overview:
 
     @property
     def beat(self) -> Process | None:
-        """beat's sweep, which runs every 30 s."""
-        return next((p for p in self.processes if p.kind == "beat-sweep"), None)
+        """Celery beat (its heartbeat comes with the sweep it schedules every 30 s)."""
+        return next((p for p in self.processes if p.kind == "beat"), None)
 
     def as_dict(self) -> dict:
         beat = self.beat
@@ -768,20 +771,12 @@ def retention(limit: int = 20) -> Retention:
 
 def tracked_models() -> list[str]:
     """``"app_label.model"`` of every tracked or logged model, as ``Change.model`` stores it."""
-    labels = {m.pgh_tracked_model._meta.label_lower for m in tracking._event_models.values()}
-    logged = [f"{t.schema_name}.{t.table_name}" for t in LoggedTable.objects.all()]
-    if logged:
-        names = rowlog.models_by_table()
-        labels |= {names.get(table, table) for table in logged}
-    return sorted(labels)
+    return filters.known_models()
 
 
 def event_labels() -> list[str]:
     """Every event label declared on a tracked model (and the row log's, when logging is on)."""
-    labels = {event.label for m in tracking._event_models.values() for event in m.pgh_events}
-    if LoggedTable.objects.exists():
-        labels |= {"insert", "update", "delete"}
-    return sorted(labels)
+    return filters.known_labels()
 
 
 def _row_log_in_use(checkpoints: dict, using: str) -> bool:
@@ -819,9 +814,13 @@ def changes(
     user: object = None,
     before: int | None = None,
     limit: int | None = None,
+    visible: list[str] | None = None,
     using: str = DEFAULT_DB_ALIAS,
 ) -> Page:
     """The change feed, newest first (by ``id``), filtered, one keyset page.
+
+    ``visible``: only changes of these models (``None``: every model), the ones
+    the viewer may see (:func:`audit_stream.dashboard.access.visible_models`).
 
     An object id without a model is looked up in every tracked model, so the
     ``(model, object_id, event_id)`` index still serves it. Each change carries
@@ -846,6 +845,8 @@ def changes(
             queryset = queryset.filter(model__in=tracked_models())
     if label:
         queryset = queryset.filter(label=label)
+    if visible is not None:
+        queryset = queryset.filter(model__in=visible)
     if before is not None:
         queryset = queryset.filter(id__lt=before)
     items = list(queryset[: limit + 1])
