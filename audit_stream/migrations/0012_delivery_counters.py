@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('audit_stream', '0010_context_marker'),
+        ('audit_stream', '0011_checkpoint_identity'),
     ]
 
     operations = [
