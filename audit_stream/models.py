@@ -16,6 +16,7 @@ from audit_stream.aggregate import AggregateEventQuerySet, ExactDecoder
 
 __all__ = [
     "AggregateEvent",
+    "BaseAggregateEvent",
     "Change",
     "Checkpoint",
     "Context",
@@ -185,12 +186,21 @@ class Checkpoint(models.Model):
         db_table = "audit_stream_checkpoint"
 
 
-class AggregateEvent(models.Model):
-    """Events of one object across event tables, with diffs (a read-only view).
+class BaseAggregateEvent(models.Model):
+    """The abstract base of aggregate events: subclass it to declare your own.
 
-    ``AggregateEvent.objects.target(obj).across(*event_models)``: rows ordered by
-    time, filterable like any QuerySet, e.g. by
-    ``pgh_context__metadata__user=request.user.pk``.
+    ``AggregateEvent`` is the one audit_stream ships. A subclass may add
+    methods, and fields that are read from each event's context metadata by
+    field name (as in django-pghistory)::
+
+        class UserAggregateEvent(BaseAggregateEvent):
+            user = models.ForeignKey(User, null=True, on_delete=models.DO_NOTHING,
+                                     db_constraint=False, related_name="+")
+
+            class Meta:
+                managed = False
+
+        UserAggregateEvent.objects.target(order).filter(user__username="ada")
     """
 
     pgh_key = models.TextField(primary_key=True, help_text='"<event table>:<pgh_id>"')
@@ -204,13 +214,14 @@ class AggregateEvent(models.Model):
         Context, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
     )
     pgh_data = models.JSONField(decoder=ExactDecoder)
-    pgh_diff = models.JSONField(decoder=ExactDecoder)
+    pgh_diff = models.JSONField(
+        null=True, decoder=ExactDecoder, help_text="{column: [old, new]}; None for the first event."
+    )
 
     objects = AggregateEventQuerySet.as_manager()
 
     class Meta:
-        managed = False
-        db_table = "audit_stream_aggregateevent"
+        abstract = True
         ordering = ["pgh_created_at", "pgh_table", "pgh_id"]
 
     def __str__(self) -> str:
@@ -226,6 +237,19 @@ class AggregateEvent(models.Model):
     def event(self):
         """The event row itself (typed fields, for reverting)."""
         return self.event_model.objects.get(pgh_id=self.pgh_id)
+
+
+class AggregateEvent(BaseAggregateEvent):
+    """The events that reference an object, across event tables, with diffs (a read-only view).
+
+    ``AggregateEvent.objects.target(obj).across(*event_models)``: rows ordered by
+    time, filterable like any QuerySet, e.g. by
+    ``pgh_context__metadata__user=request.user.pk``.
+    """
+
+    class Meta(BaseAggregateEvent.Meta):
+        managed = False
+        db_table = "audit_stream_aggregateevent"
 
 
 class FoldRun(models.Model):
