@@ -33,6 +33,19 @@ __all__ = [
     "create_event_model",
 ]
 
+
+class TransactionNow(Func):
+    """``CURRENT_TIMESTAMP`` (``now()``): the start time of the current transaction.
+
+    The same for every statement of a transaction, as django-pghistory's
+    ``pgh_created_at``. Django's ``Now()`` is ``STATEMENT_TIMESTAMP()`` on
+    PostgreSQL, which differs between the statements of one transaction.
+    """
+
+    template = "CURRENT_TIMESTAMP"
+    output_field = models.DateTimeField()
+
+
 _CURRENT_XID = Cast(Cast(Func(function="pg_current_xact_id"), models.TextField()), models.BigIntegerField())
 
 
@@ -68,7 +81,8 @@ class Event(models.Model):
     the tracked fields they carry:
 
     * ``pgh_id``: a bigint primary key, increasing in insertion order;
-    * ``pgh_created_at``: the time of the transaction that wrote the event;
+    * ``pgh_created_at``: the start time of the transaction that wrote the
+      event (``now()``), the same for all its events; not its commit time;
     * ``pgh_label``: the event label;
     * ``pgh_xid``: the id of the writing transaction (for the stream);
     * ``pgh_obj``: the tracked object (no database constraint: history
@@ -77,7 +91,7 @@ class Event(models.Model):
     """
 
     pgh_id = models.BigAutoField(primary_key=True)
-    pgh_created_at = models.DateTimeField(db_default=Now(), editable=False)
+    pgh_created_at = models.DateTimeField(db_default=TransactionNow(), editable=False)
     pgh_label = models.TextField(help_text="The event label.")
     # The writing transaction (xid8 as bigint), for the stream's fold. Set by
     # the triggers once per statement; the default serves create_event().
@@ -141,7 +155,9 @@ class Change(models.Model):
     context = models.ForeignKey(
         Context, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
     )
-    created_at = models.DateTimeField(help_text="When the change was committed (pgh_created_at).")
+    created_at = models.DateTimeField(
+        help_text="The event's pgh_created_at: the start time of its transaction (not its commit time)."
+    )
     folded_at = models.DateTimeField(db_default=Now())
     diff = models.JSONField(encoder=DjangoJSONEncoder, help_text="{field: [old, new]}")
     snapshot = models.JSONField(encoder=DjangoJSONEncoder, help_text="The event's tracked fields.")

@@ -33,7 +33,10 @@ def product():
     return product
 
 
+@pytest.mark.django_db(transaction=True)
 def test_target_returns_the_objects_events_across_tables_in_order(product):
+    """In time order (each write of the fixture is its own transaction here; one transaction's events
+    share its time and are ordered by table, then pgh_id)."""
     rows = list(AggregateEvent.objects.target(product))
     assert [(r.pgh_table, r.pgh_label) for r in rows] == [
         ("testapp_productevent", "snapshot"),
