@@ -112,9 +112,16 @@ class Event(models.Model):
 
 
 def _append_only(model: type[models.Model]) -> None:
-    from audit_stream import config, triggers
+    """Protect one of audit_stream's own logs (row log, DDL log), whatever ``APPEND_ONLY`` says.
 
-    if config.append_only() and not model._meta.abstract:
+    Their triggers live in audit_stream's own migrations, which a setting must
+    not change: ``APPEND_ONLY = False`` would otherwise make ``makemigrations``
+    write a migration into the installed package. The setting applies to the
+    event models of your apps.
+    """
+    from audit_stream import triggers
+
+    if not model._meta.abstract:
         pgtrigger.register(triggers.AppendOnly())(model)
 
 

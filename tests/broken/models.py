@@ -16,6 +16,13 @@ class Widget(models.Model):
         app_label = "broken"
 
 
+class Part(models.Model):
+    widget = models.ForeignKey(Widget, null=True, on_delete=models.CASCADE)
+
+    class Meta:
+        app_label = "broken"
+
+
 if case == "unknown_field":
     audit_stream.track(fields=["name", "colour"])(Widget)
 elif case == "unknown_exclude":
@@ -26,3 +33,14 @@ elif case == "duplicate_label":
     audit_stream.track(audit_stream.AfterInsert("changed"), audit_stream.AfterUpdate("changed"))(Widget)
 elif case in ("not_postgresql", "bad_settings", "valid"):
     audit_stream.track()(Widget)
+elif case in ("cascading_obj_fk", "cascading_obj_fk_not_append_only"):
+    audit_stream.track(
+        obj_fk=models.ForeignKey(Widget, null=True, on_delete=models.SET_NULL, related_name="+")
+    )(Widget)
+elif case == "cascading_copied_fk":
+
+    class PartEvent(audit_stream.get_event_model(Part)):
+        widget = models.ForeignKey(Widget, null=True, on_delete=models.CASCADE, related_name="+")
+
+        class Meta:
+            app_label = "broken"
