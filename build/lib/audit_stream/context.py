@@ -1,0 +1,279 @@
+"""``audit_stream.context``: who and why, attached to every event written inside it.
+
+State lives in a :class:`contextvars.ContextVar`, so threads, async tasks,
+``sync_to_async`` and ASGI requests each see their own context.
+
+The context reaches the triggers without an extra round trip: an execute
+wrapper, installed on every connection of every database alias, prefixes each
+statement that can fire a trigger with::
+
+    SELECT set_config('audit_stream.context_id', %s, true),
+           set_config('audit_stream.context_metadata', %s, true);
+
+in the same query string. The values are bound parameters (never formatted
+into SQL), ``pg_stat_statements`` sees one normalised statement, and
+``is_local => true`` ends them with the transaction, so nothing leaks to the
+next request on a reused or pooled connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import inspect
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+
+from audit_stream import config, triggers
+
+__all__ = ["context"]
+
+
+@dataclass
+class _State:
+    """The active context: its id, metadata, and the metadata as sent to SQL.
+
+    ``attached`` remembers, per database alias, the metadata that a committed
+    statement carried and until when the triggers keep its row (see
+    :func:`_inject`).
+    """
+
+    id: uuid.UUID
+    metadata: dict[str, Any] = field(default_factory=dict)
+    serialized: str = "{}"
+    attached: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    def update(self, metadata: dict[str, Any]) -> None:
+        merged = {**self.metadata, **metadata}
+        self.serialized = _serialize(merged)
+        self.metadata = merged
+
+
+_active: contextvars.ContextVar[_State | None] = contextvars.ContextVar("audit_stream_context", default=None)
+
+
+def _current() -> _State | None:
+    """The active context, or ``None``."""
+    return _active.get()
+
+
+def _serialize(metadata: dict[str, Any]) -> str:
+    """Metadata as JSON text, or a ``TypeError``/``ValueError`` that names the offending key."""
+    for key, value in metadata.items():
+        if _has_nul(key) or _has_nul(value):
+            # PostgreSQL's jsonb cannot store NUL: the user's write would fail.
+            raise ValueError(
+                f"audit_stream.context: the value of {key!r} contains a NUL character (\\x00),"
+                " which PostgreSQL cannot store; remove it."
+            )
+    encoder = config.json_encoder()
+    try:
+        return json.dumps(metadata, cls=encoder, allow_nan=False)
+    except (TypeError, ValueError):
+        for key, value in metadata.items():
+            try:
+                json.dumps(value, cls=encoder, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"audit_stream.context: the value of {key!r} ({type(value).__name__}) is not"
+                    f" JSON serialisable ({exc}). Pass a string, number, bool, None, list, dict,"
+                    " date, UUID or Decimal (not NaN or infinity), or set AUDIT_STREAM['JSON_ENCODER']."
+                ) from None
+        raise
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+class context(contextlib.ContextDecorator):
+    """Group the changes made inside it under one ``Context``, with metadata.
+
+    As a context manager (or decorator), every event written inside it, on any
+    tracked model and any database, points to the same
+    :class:`audit_stream.models.Context` row, whose ``metadata`` holds the
+    keyword arguments. Entering it again inside adds metadata to the one
+    context of the outermost entry.
+
+    Called as a function, it adds metadata to the active context if there is
+    one, and does nothing otherwise::
+
+        with audit_stream.context(user=request.user.pk, url=request.path):
+            order.save()
+            audit_stream.context(reason="refund")  # added to the same context
+
+    Metadata must be JSON serialisable (dates, UUIDs and Decimals are, with
+    the default encoder); anything else raises :class:`TypeError` naming the
+    key, before any SQL is sent.
+
+    Note:
+        Named cursors (``QuerySet.iterator()`` on PostgreSQL) are not given
+        the context; they only read, so no event is affected.
+    """
+
+    def __init__(self, **metadata: Any) -> None:
+        _serialize(metadata)  # fail here, before any SQL
+        self.metadata = metadata
+        self._token: contextvars.Token | None = None
+        state = _active.get()
+        if state is not None:
+            state.update(metadata)
+
+    def __enter__(self) -> _State:
+        state = _active.get()
+        if state is None:
+            state = _State(id=uuid.uuid4())
+            state.update(self.metadata)
+            self._token = _active.set(state)
+        return state
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._token is not None:
+            _active.reset(self._token)
+            self._token = None
+
+    async def __aenter__(self) -> _State:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.__exit__(*exc_info)
+
+    def _recreate_cm(self) -> context:
+        # As a decorator, each call gets its own entry (and token): safe
+        # across threads and tasks.
+        fresh = object.__new__(type(self))
+        fresh.metadata = self.metadata
+        fresh._token = None
+        return fresh
+
+    def __call__(self, func):
+        """Decorate a function (sync or async) to run inside this context."""
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def inner(*args, **kwargs):
+                async with self._recreate_cm():
+                    return await func(*args, **kwargs)
+
+            return inner
+        return super().__call__(func)
+
+
+# Statements that can fire a trigger. Everything else (SELECT, SET, BEGIN,
+# SAVEPOINT, VACUUM, DDL...) is sent untouched.
+_WRITES = ("insert", "update", "delete", "merge", "with", "copy", "call", "do", "truncate")
+
+_SET = (
+    f"SELECT set_config('{triggers.CONTEXT_ID_SETTING}', %s, true),"
+    f" set_config('{triggers.CONTEXT_METADATA_SETTING}', %s, true); "
+)
+_DIRTY = "_audit_stream_context_set"
+
+
+def _is_write(sql: str | bytes) -> bool:
+    if isinstance(sql, bytes):
+        sql = sql[:12].decode(errors="ignore")
+    head = sql[:12].lstrip().lower()
+    return head.startswith(_WRITES)
+
+
+#: How long a committed attach is trusted: less than the 10 minutes for which the
+#: triggers' attach keeps a context safe from retention (triggers.ATTACH_CONTEXT_FUNCTION).
+_TRUST_SECONDS = 540.0
+
+
+def _inject(execute, sql, params, many, ctx):
+    """Execute wrapper: send the context along with statements that can write.
+
+    In autocommit, once a statement that carried the context's metadata has
+    committed (so its ``Context`` row exists, with that metadata), the next
+    statements carry only the context id, in a leading comment, for
+    :data:`_TRUST_SECONDS`: no ``set_config`` statement for the server to run.
+    The id is a UUID generated here, never user input; metadata always travels
+    as bound parameters. Inside a transaction block every write carries the
+    metadata, since the block may still roll back.
+    """
+    connection = ctx["connection"]
+    state = _active.get()
+    if not _is_write(sql) or getattr(ctx["cursor"].cursor, "name", None):
+        return execute(sql, params, many, ctx)
+    autocommit = connection.autocommit and not connection.in_atomic_block and not many
+    if state is not None and autocommit:
+        attached = state.attached.get(connection.alias)
+        if attached is not None and attached[0] == state.serialized and time.monotonic() < attached[1]:
+            if isinstance(sql, bytes):
+                sql = sql.decode()
+            return execute(triggers.CONTEXT_COMMENT.format(state.id) + sql, params, many, ctx)
+        sent_at = time.monotonic()
+        result = _inject_settings(execute, sql, params, many, ctx, state)
+        state.attached[connection.alias] = (state.serialized, sent_at + _TRUST_SECONDS)  # committed
+        return result
+    return _inject_settings(execute, sql, params, many, ctx, state)
+
+
+def _inject_settings(execute, sql, params, many, ctx, state):
+    """Send the context as transaction-local settings in front of the statement."""
+    connection = ctx["connection"]
+
+    if state is None:
+        if not connection.in_atomic_block:
+            setattr(connection, _DIRTY, False)  # autocommit: a new transaction
+            return execute(sql, params, many, ctx)
+        if not getattr(connection, _DIRTY, False):
+            return execute(sql, params, many, ctx)
+        # A context exited earlier in this transaction: clear it.
+        values = ("", "")
+    else:
+        values = (str(state.id), state.serialized)
+        if connection.in_atomic_block:
+            setattr(connection, _DIRTY, True)
+
+    if many or connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"):
+        # executemany() and server-side binding use the extended protocol,
+        # which cannot carry two statements: one extra round trip here, in a
+        # transaction so that the transaction-local settings reach the writes.
+        with transaction.atomic(using=connection.alias):
+            ctx["cursor"].cursor.execute(_SET.rstrip("; "), values)
+            return execute(sql, params, many, ctx)
+
+    if isinstance(sql, bytes):
+        sql = sql.decode()
+    if params is None:
+        sql = sql.replace("%", "%%")
+        params = values
+    else:
+        params = _prefix_params(values, params)
+    prefix = _SET
+    if isinstance(params, dict):
+        prefix = _SET.replace("%s", "%(_audit_stream_context_id)s", 1).replace(
+            "%s", "%(_audit_stream_context_metadata)s", 1
+        )
+    result = execute(prefix + sql, params, many, ctx)
+    cursor = ctx["cursor"].cursor
+    while cursor.nextset():  # the caller wants the result of its own statement
+        pass
+    return result
+
+
+def _prefix_params(values: tuple[str, str], params: Any) -> Any:
+    if isinstance(params, dict):
+        return {"_audit_stream_context_id": values[0], "_audit_stream_context_metadata": values[1], **params}
+    return (*values, *params)
+
+
+def _install(connection: Any, **kwargs: Any) -> None:
+    """Add the execute wrapper to a PostgreSQL connection (on ``connection_created``)."""
+    if connection.vendor == "postgresql" and _inject not in connection.execute_wrappers:
+        connection.execute_wrappers.append(_inject)

@@ -1,0 +1,136 @@
+"""Prometheus metrics, read from the database on every scrape.
+
+A custom collector in a private registry (never the global one, so nothing
+else a process registers leaks into ``/audit-stream/metrics``):
+
+==========================================  =======  ===================================================
+``audit_stream_backlog_events{table}``      gauge    unfolded events (estimated past ``BACKLOG_EXACT``)
+``audit_stream_lag_seconds{table}``         gauge    age of the oldest unfolded event (0: none)
+``audit_stream_folded_events_total{table}`` counter  events folded (``Checkpoint.folded``)
+``audit_stream_webhook_deliveries_total``   counter  delivery attempts by ``outcome``
+``audit_stream_webhook_messages{status}``   gauge    messages by status
+``audit_stream_pruned_rows_total{table}``   counter  rows deleted by retention (dry runs excluded)
+``audit_stream_processes_alive{kind}``      gauge    stream processes with a recent heartbeat
+==========================================  =======  ===================================================
+
+Every gauge and counter is recomputed from the tables: a process restart
+loses nothing, and any number of web processes report the same values.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from django.db import DEFAULT_DB_ALIAS
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+
+from audit_stream.dashboard import queries
+from audit_stream.webhooks.models import WebhookMessage
+
+__all__ = ["StreamCollector", "registry", "render"]
+
+# Delivery attempts by outcome. A sequential read of the attempts table, which
+# retention keeps to WEBHOOK_ATTEMPTS' max_age (30 days by default).
+_DELIVERIES_SQL = "SELECT succeeded, count(*) FROM audit_stream_webhookattempt GROUP BY succeeded"
+
+# Messages by status; likewise bounded by retention (webhook_messages).
+_MESSAGES_SQL = "SELECT status, count(*) FROM audit_stream_webhookmessage GROUP BY status"
+
+# Rows deleted per table over every real (not dry) retention run.
+_PRUNED_SQL = """
+SELECT r.key, sum(r.value::bigint)::bigint
+FROM audit_stream_retentionrun AS run, jsonb_each_text(run.rows) AS r
+WHERE NOT run.dry_run AND r.value ~ '^[0-9]+$'
+GROUP BY r.key
+"""
+
+_CHECKPOINTS_SQL = "SELECT event_table, folded FROM audit_stream_checkpoint"
+
+
+class StreamCollector:
+    """Collects audit_stream's metrics from the database ``using`` at scrape time."""
+
+    def __init__(self, using: str = DEFAULT_DB_ALIAS) -> None:
+        self.using = using
+
+    def _families(self):
+        return {
+            "backlog": GaugeMetricFamily(
+                "audit_stream_backlog_events",
+                f"Committed events not folded yet (exact up to {queries.BACKLOG_EXACT}, estimated above).",
+                labels=["table"],
+            ),
+            "lag": GaugeMetricFamily(
+                "audit_stream_lag_seconds",
+                "Age of the oldest committed event not folded yet (0 when caught up).",
+                labels=["table"],
+            ),
+            "folded": CounterMetricFamily(
+                "audit_stream_folded_events", "Events folded into the change feed.", labels=["table"]
+            ),
+            "deliveries": CounterMetricFamily(
+                "audit_stream_webhook_deliveries",
+                "Webhook delivery attempts, by outcome (succeeded: a 2xx answer).",
+                labels=["outcome"],
+            ),
+            "messages": GaugeMetricFamily(
+                "audit_stream_webhook_messages", "Webhook messages, by status.", labels=["status"]
+            ),
+            "pruned": CounterMetricFamily(
+                "audit_stream_pruned_rows", "Rows deleted by retention (dry runs excluded).", labels=["table"]
+            ),
+            "alive": GaugeMetricFamily(
+                "audit_stream_processes_alive",
+                "Stream processes whose heartbeat is recent, by kind.",
+                labels=["kind"],
+            ),
+        }
+
+    def describe(self):
+        """The metric families without samples: registering never touches the database."""
+        return list(self._families().values())
+
+    def collect(self):
+        with queries.reading(self.using):
+            families = self._collect()
+        yield from families.values()
+
+    def _collect(self) -> dict:
+        families = self._families()
+        folded = dict(queries._rows(_CHECKPOINTS_SQL, using=self.using))
+        for table in queries.stream_tables(self.using):
+            families["backlog"].add_metric([table.event_table], table.backlog)
+            families["lag"].add_metric([table.event_table], table.lag_seconds or 0.0)
+            families["folded"].add_metric([table.event_table], folded.get(table.event_table, 0))
+
+        outcomes = dict(queries._rows(_DELIVERIES_SQL, using=self.using))
+        families["deliveries"].add_metric(["succeeded"], outcomes.get(True, 0))
+        families["deliveries"].add_metric(["failed"], outcomes.get(False, 0))
+
+        statuses = dict(queries._rows(_MESSAGES_SQL, using=self.using))
+        for status, _ in WebhookMessage.STATUSES:
+            families["messages"].add_metric([status], statuses.get(status, 0))
+
+        for table, rows in queries._rows(_PRUNED_SQL, using=self.using):
+            families["pruned"].add_metric([table], rows)
+
+        alive = Counter(p.kind for p in queries.processes(self.using) if p.alive)
+        for kind in sorted({"listener", "worker", "beat-sweep", *alive}):
+            families["alive"].add_metric([kind], alive.get(kind, 0))
+        return families
+
+
+#: The dashboard's registry: only :class:`StreamCollector`.
+registry = CollectorRegistry(auto_describe=False)
+registry.register(StreamCollector())
+
+
+def render(accept: str = "") -> tuple[bytes, str]:
+    """The exposition of :data:`registry` and its content type, in the format ``accept`` asks for.
+
+    Prometheus text format 0.0.4 by default; OpenMetrics when the scraper asks for it.
+    """
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type

@@ -1,0 +1,436 @@
+"""Models: ``Context``, the abstract ``Event`` every event model extends, and the stream's tables."""
+
+from __future__ import annotations
+
+import uuid
+
+import pgtrigger
+from django.contrib.postgres.indexes import BrinIndex
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+from django.db.models import Func
+from django.db.models.fields.json import KeyTransform
+from django.db.models.functions import Cast, Now
+
+from audit_stream.aggregate import AggregateEventQuerySet, ExactDecoder
+
+__all__ = [
+    "AggregateEvent",
+    "BaseAggregateEvent",
+    "Change",
+    "Checkpoint",
+    "Context",
+    "DdlLog",
+    "Event",
+    "FoldRun",
+    "Heartbeat",
+    "LoggedTable",
+    "RetentionRun",
+    "RowLog",
+    "WebhookAttempt",
+    "WebhookEndpoint",
+    "WebhookMessage",
+    "create_event_model",
+]
+
+
+class TransactionNow(Func):
+    """``CURRENT_TIMESTAMP`` (``now()``): the start time of the current transaction.
+
+    The same for every statement of a transaction, as django-pghistory's
+    ``pgh_created_at``. Django's ``Now()`` is ``STATEMENT_TIMESTAMP()`` on
+    PostgreSQL, which differs between the statements of one transaction.
+    """
+
+    template = "CURRENT_TIMESTAMP"
+    output_field = models.DateTimeField()
+
+
+_CURRENT_XID = Cast(Cast(Func(function="pg_current_xact_id"), models.TextField()), models.BigIntegerField())
+
+
+class Context(models.Model):
+    """Who and why: one row per :func:`audit_stream.context`, shared by its events.
+
+    Written by the triggers (once per statement, never per row) the first time
+    an event is recorded inside the context, and updated when its metadata grows.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(db_default=Now())
+    metadata = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+
+    class Meta:
+        db_table = "audit_stream_context"
+        verbose_name = "context"
+        indexes = [
+            # Change.objects.by_user() and the dashboard's user filter.
+            models.Index(KeyTransform("user", "metadata"), name="audit_stream_context_user"),
+        ]
+
+    def __str__(self) -> str:
+        return str(self.id)
+
+
+class Event(models.Model):
+    """The abstract base of every event model.
+
+    Concrete event models are made by :func:`audit_stream.track`,
+    :func:`audit_stream.get_event_model` or :func:`create_event_model`. Besides
+    the tracked fields they carry:
+
+    * ``pgh_id``: a bigint primary key, increasing in insertion order;
+    * ``pgh_created_at``: the start time of the transaction that wrote the
+      event (``now()``), the same for all its events; not its commit time;
+    * ``pgh_label``: the event label;
+    * ``pgh_xid``: the id of the writing transaction (for the stream);
+    * ``pgh_obj``: the tracked object (no database constraint: history
+      outlives the object);
+    * ``pgh_context``: the :class:`Context`, if the event happened inside one.
+    """
+
+    pgh_id = models.BigAutoField(primary_key=True)
+    pgh_created_at = models.DateTimeField(db_default=TransactionNow(), editable=False)
+    pgh_label = models.TextField(help_text="The event label.")
+    # The writing transaction (xid8 as bigint), for the stream's fold. Set by
+    # the triggers once per statement; the default serves create_event().
+    pgh_xid = models.BigIntegerField(db_default=_CURRENT_XID, editable=False)
+
+    # Set by the factory on concrete event models.
+    pgh_tracked_model: type[models.Model] | None = None
+    pgh_events: tuple = ()
+
+    class Meta:
+        abstract = True
+
+    @classmethod
+    def _pgh_setup(cls) -> None:
+        from audit_stream import tracking
+
+        tracking._setup_event_model(cls)
+
+
+def _append_only(model: type[models.Model]) -> None:
+    """Protect one of audit_stream's own logs (row log, DDL log), whatever ``APPEND_ONLY`` says.
+
+    Their triggers live in audit_stream's own migrations, which a setting must
+    not change: ``APPEND_ONLY = False`` would otherwise make ``makemigrations``
+    write a migration into the installed package. The setting applies to the
+    event models of your apps.
+    """
+    from audit_stream import triggers
+
+    if not model._meta.abstract:
+        pgtrigger.register(triggers.AppendOnly())(model)
+
+
+class ChangeQuerySet(models.QuerySet):
+    """Queries over the change feed, each served by an index."""
+
+    def for_object(self, obj: models.Model) -> ChangeQuerySet:
+        """The changes of one object, oldest first."""
+        return self.filter(model=obj._meta.concrete_model._meta.label_lower, object_id=str(obj.pk)).order_by(
+            "created_at", "event_id"
+        )
+
+    def for_model(self, model: type[models.Model] | str) -> ChangeQuerySet:
+        """The changes of a model (class or ``"app_label.model"``)."""
+        label = model if isinstance(model, str) else model._meta.concrete_model._meta.label_lower
+        return self.filter(model=label.lower())
+
+    def by_user(self, user: object) -> ChangeQuerySet:
+        """Changes made in a context whose ``user`` metadata is ``user`` (a user or its pk)."""
+        pk = getattr(user, "pk", user)
+        ids = Context.objects.filter(metadata__user=pk).values("id")
+        return self.filter(context_id__in=ids)
+
+
+class Change(models.Model):
+    """The change feed: one row per folded event, with its diff against the previous one.
+
+    Written by the stream's fold (``audit_stream.stream.fold``), in the same
+    transaction as the fold's checkpoint, so each event appears exactly once.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    event_table = models.TextField(help_text="The event model's table.")
+    event_id = models.BigIntegerField(help_text="pgh_id of the event.")
+    model = models.TextField(help_text='The tracked model, "app_label.model".')
+    object_id = models.TextField(null=True, help_text="The tracked object's primary key, as text.")
+    label = models.TextField()
+    context = models.ForeignKey(
+        Context, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    created_at = models.DateTimeField(
+        help_text="The event's pgh_created_at: the start time of its transaction (not its commit time)."
+    )
+    folded_at = models.DateTimeField(db_default=Now())
+    diff = models.JSONField(encoder=DjangoJSONEncoder, help_text="{field: [old, new]}")
+    snapshot = models.JSONField(encoder=DjangoJSONEncoder, help_text="The event's tracked fields.")
+
+    objects = ChangeQuerySet.as_manager()
+
+    class Meta:
+        db_table = "audit_stream_change"
+        permissions = [("view_dashboard", "Can view the audit_stream dashboard and act on it")]
+        constraints = [
+            # A second fold of the same event would fail here: exactly once.
+            models.UniqueConstraint(fields=["event_table", "event_id"], name="audit_stream_change_event"),
+        ]
+        indexes = [
+            models.Index(fields=["model", "object_id", "event_id"], name="audit_stream_change_object"),
+            models.Index(fields=["event_table", "object_id", "event_id"], name="audit_stream_change_prev"),
+            models.Index(fields=["label", "created_at"], name="audit_stream_change_label"),
+            models.Index(fields=["created_at"], name="audit_stream_change_created"),
+            models.Index(fields=["context"], name="audit_stream_change_context"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model}:{self.object_id} {self.label} #{self.event_id}"
+
+
+class Checkpoint(models.Model):
+    """How far the fold has read one event table.
+
+    ``snapshot`` is a ``pg_snapshot``: every transaction it shows as committed
+    has been folded. A fold in progress over several batches records its
+    ``target`` snapshot and the last ``pgh_id`` done (``position``).
+    """
+
+    event_table = models.TextField(primary_key=True)
+    snapshot = models.TextField(default="1:1:")
+    target = models.TextField(null=True)
+    position = models.BigIntegerField(default=0)
+    folded = models.BigIntegerField(default=0, help_text="Events folded so far.")
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "audit_stream_checkpoint"
+
+
+class BaseAggregateEvent(models.Model):
+    """The abstract base of aggregate events: subclass it to declare your own.
+
+    ``AggregateEvent`` is the one audit_stream ships. A subclass may add
+    methods, and fields that are read from each event's context metadata by
+    field name (as in django-pghistory)::
+
+        class UserAggregateEvent(BaseAggregateEvent):
+            user = models.ForeignKey(User, null=True, on_delete=models.DO_NOTHING,
+                                     db_constraint=False, related_name="+")
+
+            class Meta:
+                managed = False
+
+        UserAggregateEvent.objects.target(order).filter(user__username="ada")
+    """
+
+    pgh_key = models.TextField(primary_key=True, help_text='"<event table>:<pgh_id>"')
+    pgh_id = models.BigIntegerField()
+    pgh_created_at = models.DateTimeField()
+    pgh_label = models.TextField()
+    pgh_table = models.TextField()
+    pgh_model = models.TextField()
+    pgh_obj_id = models.TextField(null=True)
+    pgh_context = models.ForeignKey(
+        Context, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    pgh_data = models.JSONField(decoder=ExactDecoder)
+    pgh_diff = models.JSONField(
+        null=True, decoder=ExactDecoder, help_text="{column: [old, new]}; None for the first event."
+    )
+
+    objects = AggregateEventQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+        ordering = ["pgh_created_at", "pgh_table", "pgh_id"]
+
+    def __str__(self) -> str:
+        return f"{self.pgh_model}:{self.pgh_obj_id} {self.pgh_label}"
+
+    @property
+    def event_model(self):
+        """The concrete event model this row comes from."""
+        from audit_stream import tracking
+
+        return tracking._event_models[self.pgh_table]
+
+    def event(self):
+        """The event row itself (typed fields, for reverting)."""
+        return self.event_model.objects.get(pgh_id=self.pgh_id)
+
+
+class AggregateEvent(BaseAggregateEvent):
+    """The events that reference an object, across event tables, with diffs (a read-only view).
+
+    ``AggregateEvent.objects.target(obj).across(*event_models)``: rows ordered by
+    time, filterable like any QuerySet, e.g. by
+    ``pgh_context__metadata__user=request.user.pk``.
+    """
+
+    class Meta(BaseAggregateEvent.Meta):
+        managed = False
+        db_table = "audit_stream_aggregateevent"
+
+
+class FoldRun(models.Model):
+    """One fold task's work on one event table: for throughput and lag on the dashboard."""
+
+    event_table = models.TextField()
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(db_default=Now())
+    folded = models.PositiveIntegerField()
+    lag_ms = models.PositiveIntegerField(
+        null=True, help_text="From the oldest folded event's transaction start to its fold."
+    )
+
+    class Meta:
+        db_table = "audit_stream_foldrun"
+        indexes = [models.Index(fields=["finished_at"], name="audit_stream_foldrun_time")]
+
+
+class Heartbeat(models.Model):
+    """The last sign of life of a stream process (listener, worker, beat)."""
+
+    name = models.TextField(primary_key=True, help_text='"listener@host:pid", "worker@host:pid"')
+    kind = models.TextField()
+    host = models.TextField()
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField(db_default=Now())
+    last_seen = models.DateTimeField(db_default=Now())
+    info = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+
+    class Meta:
+        db_table = "audit_stream_heartbeat"
+
+
+class RetentionRun(models.Model):
+    """One application of the retention policies: when, what was pruned per table, errors."""
+
+    started_at = models.DateTimeField(db_default=Now())
+    finished_at = models.DateTimeField(null=True)
+    trigger = models.TextField(help_text='"beat" or "command"')
+    dry_run = models.BooleanField(default=False)
+    rows = models.JSONField(default=dict, help_text="{table: rows deleted (or that would be)}")
+    errors = models.JSONField(default=list)
+
+    class Meta:
+        db_table = "audit_stream_retentionrun"
+        indexes = [models.Index(fields=["started_at"], name="audit_stream_retention_time")]
+
+
+class RowLog(Event):
+    """The shared row log of tables logged with ``manage.py initlogging`` (no ``@track``).
+
+    One row per inserted, updated or deleted row, written by one statement-level
+    trigger per table and statement (``audit_stream.rowlog``). As in pgMemento,
+    an update keeps only the columns it changed; unlike pgMemento the new values
+    are kept too, because the change feed is built later, when the live row may
+    have moved on:
+
+    ============  ======================  =================================
+    pgh_label     old_data                new_data
+    ============  ======================  =================================
+    ``insert``    NULL                    the whole new row
+    ``update``    changed columns, before changed columns, after
+    ``delete``    the whole old row       NULL
+    ============  ======================  =================================
+
+    An ``UPDATE`` that changes nothing is not logged.
+    """
+
+    logged_table = models.TextField(help_text='The logged table, "schema.table".')
+    pgh_obj_id = models.TextField(help_text="The row's primary key, as text.")
+    pgh_context = models.ForeignKey(
+        Context, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    old_data = models.JSONField(null=True, decoder=ExactDecoder)
+    new_data = models.JSONField(null=True, decoder=ExactDecoder)
+
+    class Meta:
+        db_table = "audit_stream_row_log"
+        verbose_name = "row log entry"
+        verbose_name_plural = "row log"
+        indexes = [
+            # History of one row (admin, revert, retention's keep_last, erasure).
+            models.Index(fields=["logged_table", "pgh_obj_id", "pgh_id"], name="audit_stream_row_log_row"),
+            # The fold reads by writing transaction (see audit_stream.stream.fold).
+            BrinIndex(fields=["pgh_xid"], name="audit_stream_row_log_xid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.logged_table}:{self.pgh_obj_id} {self.pgh_label}"
+
+    @classmethod
+    def _pgh_setup(cls) -> None:  # not the event model of a tracked model: only append-only
+        _append_only(cls)
+
+    @property
+    def pgh_table(self) -> str:
+        return self._meta.db_table
+
+    @property
+    def event_model(self):
+        return type(self)
+
+    @property
+    def pgh_diff(self) -> dict:
+        """``{column: [old, new]}``, as in the change feed."""
+        if self.pgh_label == "insert":
+            return {column: [None, value] for column, value in (self.new_data or {}).items()}
+        if self.pgh_label == "delete":
+            return {column: [value, None] for column, value in (self.old_data or {}).items()}
+        old = self.old_data or {}
+        return {column: [old.get(column), value] for column, value in (self.new_data or {}).items()}
+
+
+class LoggedTable(models.Model):
+    """A table that ``initlogging`` logs: what it looked like when last seen.
+
+    Kept up to date by the DDL event trigger, which compares it with the table
+    after each ``ALTER TABLE`` to record renames and column changes.
+    """
+
+    relid = models.BigIntegerField(primary_key=True, help_text="pg_class oid.")
+    schema_name = models.TextField()
+    table_name = models.TextField()
+    pk_column = models.TextField()
+    columns = models.JSONField(default=list, help_text='[{"name": ..., "type": ...}]')
+    logged_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "audit_stream_logged_table"
+
+    def __str__(self) -> str:
+        return f"{self.schema_name}.{self.table_name}"
+
+
+class DdlLog(Event):
+    """Schema changes of logged tables (``ALTER``, ``RENAME``, ``DROP``), so old row logs stay readable.
+
+    Written by the DDL event trigger that ``initlogging`` installs.
+    """
+
+    logged_table = models.TextField(help_text='The table after the command, "schema.table".')
+    former_name = models.TextField(null=True, help_text="The table's name before a rename.")
+    command = models.TextField(help_text="The statement, as sent.")
+    columns_before = models.JSONField(default=list)
+    columns_after = models.JSONField(default=list)
+
+    class Meta:
+        db_table = "audit_stream_ddl_log"
+        verbose_name = "DDL log entry"
+        verbose_name_plural = "DDL log"
+
+    def __str__(self) -> str:
+        return f"{self.logged_table}: {self.pgh_label}"
+
+    @classmethod
+    def _pgh_setup(cls) -> None:
+        _append_only(cls)
+
+
+from audit_stream.tracking import create_event_model  # noqa: E402
+from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage  # noqa: E402

@@ -1,0 +1,144 @@
+"""The listener: turns NOTIFY wake-ups (and a timer) into fold tasks.
+
+One dedicated autocommit psycopg connection LISTENs on the channel. Only one
+listener is active at a time: it holds a session advisory lock on that
+connection; others stand by and take over when the lock is released (the
+process stops or its connection dies).
+
+NOTIFY is only a wake-up. The listener also polls every ``POLL_INTERVAL``
+for tables with unfolded events, so a missed notification, a lost task or a
+Redis restart costs at most one interval. It reconnects with backoff when
+PostgreSQL goes away and stops within half a second of :meth:`Listener.stop`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from audit_stream import config, tracking
+from audit_stream.stream import heartbeat, pending, wakeup
+from audit_stream.webhooks.delivery import DUE_ENDPOINTS_SQL
+
+__all__ = ["Listener", "run"]
+
+logger = logging.getLogger("audit_stream.listener")
+
+APPLICATION_NAME = "audit_stream listener"
+
+# Session advisory lock held by the active listener ("audit_stream" in ASCII).
+LEADER_LOCK = 0x61756469745F73
+
+
+class Listener:
+    """Wake the fold when events are committed.
+
+    Args:
+        connect_kwargs: Keyword arguments for :func:`psycopg.connect`.
+        enqueue: Sends a task: ``enqueue("audit_stream.fold", table)`` or
+            ``enqueue("audit_stream.deliver", endpoint_id)``.
+    """
+
+    def __init__(self, connect_kwargs: dict[str, Any], enqueue: Callable[[str, Any], Any]) -> None:
+        self.connect_kwargs = {k: v for k, v in connect_kwargs.items() if k != "cursor_factory"}
+        # Named, so operators (and the dashboard) can find it in pg_stat_activity.
+        self.connect_kwargs["application_name"] = APPLICATION_NAME
+        self.enqueue_task = enqueue
+        self.channel = config.channel()
+        self.poll_interval = config.poll_interval()
+        self.notify = config.notify()
+        self.tables = set(tracking.stream_tables())
+        self._stop = threading.Event()
+        self.is_leader = False
+
+    def stop(self, *args: Any) -> None:
+        """Ask the loop to finish (safe from a signal handler)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`, reconnecting with backoff."""
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(autocommit=True, **self.connect_kwargs) as conn:
+                    backoff = 0.5
+                    self._serve(conn)
+            except psycopg.Error as exc:
+                # Connection lost, server restarting, or not migrated yet.
+                self.is_leader = False
+                logger.warning("listener: %s: %s; retrying in %.1fs", type(exc).__name__, exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+        logger.info("listener: stopped")
+
+    def _serve(self, conn: psycopg.Connection) -> None:
+        while not self._stop.is_set():
+            if conn.execute("SELECT pg_try_advisory_lock(%s)", [LEADER_LOCK]).fetchone()[0]:
+                break
+            logger.info("listener: another listener is active; standing by")
+            self._stop.wait(self.poll_interval)
+        else:
+            return
+        self.is_leader = True
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+        logger.info("listener: active on channel %r (notify=%s)", self.channel, self.notify)
+        if not self.notify:
+            conn.execute(wakeup.DISARM_SQL)
+
+        next_poll = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_poll:
+                self._poll(conn)
+                next_poll = now + self.poll_interval
+            timeout = max(0.0, min(0.5, next_poll - time.monotonic()))
+            # notifies() holds the connection until it returns: query afterwards.
+            if any(True for _ in conn.notifies(timeout=timeout, stop_after=1)):
+                self._poll(conn)  # one flag wakes us for every table: look at all
+
+    def _poll(self, conn: psycopg.Connection) -> None:
+        """Enqueue what is due: folds of tables with unfolded events, deliveries of due messages."""
+        with conn.cursor() as cursor:
+            cursor.execute(heartbeat.BEAT_SQL, heartbeat.params("listener", '{"leader": true}'))
+            busy = [table for table in sorted(self.tables) if wakeup._has_work(cursor, table)]
+            for table in busy:
+                self._enqueue("audit_stream.fold", table)
+            if not busy and self.notify:
+                cursor.execute(wakeup.ARM_SQL)  # all caught up: the next writer wakes us
+            cursor.execute(DUE_ENDPOINTS_SQL)
+            for (endpoint_id,) in cursor.fetchall():
+                self._enqueue("audit_stream.deliver", endpoint_id)
+
+    def _enqueue(self, task: str, key: Any) -> None:
+        try:
+            if pending.claim(task, key):
+                try:
+                    self.enqueue_task(task, key)
+                except Exception:
+                    pending.release(task, key)
+                    raise
+        except Exception as exc:  # Redis or the broker is down: the next poll retries
+            logger.warning("listener: could not enqueue %s(%s): %s", task, key, exc)
+
+
+def run(send_task: Callable[..., Any]) -> None:
+    """Run the listener until SIGTERM or SIGINT (the body of ``manage.py audit_stream listen``).
+
+    Args:
+        send_task: Sends a Celery task by name, e.g. your Celery app's
+            ``app.send_task``; called as ``send_task("audit_stream.fold", args=[table])``.
+    """
+    from django.db import connections
+
+    params = connections[config.listen_database()].get_connection_params()
+    listener = Listener(params, enqueue=lambda task, key: send_task(task, args=[key]))
+    signal.signal(signal.SIGTERM, listener.stop)
+    signal.signal(signal.SIGINT, listener.stop)
+    listener.run()

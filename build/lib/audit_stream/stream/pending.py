@@ -1,0 +1,36 @@
+"""At most one pending task per unit of work (a fold of a table, a delivery to an endpoint), in Redis.
+
+Whoever enqueues claims ``audit_stream:<task>:<key>`` first; the task
+releases it when it starts, so work that arrives during a run can enqueue the
+next one. The key expires, so a task lost with a Redis restart never blocks
+its unit for long: the listener's poll enqueues it again.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import redis
+
+from audit_stream import config
+
+_PREFIX = "audit_stream:"
+
+
+@functools.cache
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def _ttl() -> int:
+    return max(30, int(10 * config.poll_interval()))
+
+
+def claim(task: str, key: object) -> bool:
+    """Mark ``task`` for ``key`` as pending; ``False`` if it already is."""
+    return bool(_client(config.redis_url()).set(f"{_PREFIX}{task}:{key}", "1", nx=True, ex=_ttl()))
+
+
+def release(task: str, key: object) -> None:
+    """Forget the pending ``task`` for ``key`` (it has started, or could not be sent)."""
+    _client(config.redis_url()).delete(f"{_PREFIX}{task}:{key}")

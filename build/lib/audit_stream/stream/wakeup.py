@@ -1,0 +1,84 @@
+"""Waking the worker: the wake-up flag, and whether a table has unfolded events.
+
+Writers call ``pg_notify`` only when the worker is idle. The flag is the
+``audit_stream_wakeup`` sequence: :func:`arm` sets it so that the next
+``nextval`` returns 1; the event trigger notifies when it draws 1. Sequences
+are not transactional, so the flag is tested and cleared at once and no
+writer ever waits for another (a row flag would make every writer queue
+behind the first one's transaction).
+
+NOTIFY takes a cluster-wide lock at commit; with the flag, one transaction
+per idle period pays it instead of every transaction.
+
+The fold arms the flag when it has caught up, then checks once more with
+:func:`has_work`. What can still slip through (a writer that drew its value
+just before the flag was armed and committed after that last check, or a
+first writer that rolled back) is found by the listener's poll within
+``POLL_INTERVAL``.
+"""
+
+from __future__ import annotations
+
+from django.db import DEFAULT_DB_ALIAS, connections
+
+from audit_stream import tracking
+from audit_stream.triggers import WAKEUP_SEQUENCE, quote_name
+
+__all__ = ["arm", "disarm", "has_work", "tables_with_work"]
+
+# Is any committed event not yet folded? Transactions visible in the
+# checkpoint's snapshot are folded; older than its xmin, they all are.
+_HAS_WORK_SQL = """
+SELECT EXISTS (
+    SELECT 1 FROM {table} AS e
+    WHERE e.pgh_xid >= pg_snapshot_xmin(%(done)s::pg_snapshot)::text::bigint
+      AND NOT pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(done)s::pg_snapshot)
+)
+"""
+
+ARM_SQL = f"SELECT setval('{WAKEUP_SEQUENCE}', 1, false)"
+DISARM_SQL = f"SELECT setval('{WAKEUP_SEQUENCE}', 2, false)"
+
+
+def arm(*, using: str = DEFAULT_DB_ALIAS) -> None:
+    """Ask the next writer to NOTIFY."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(ARM_SQL)
+
+
+def disarm(*, using: str = DEFAULT_DB_ALIAS) -> None:
+    """Stop notifications (poll-only mode)."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(DISARM_SQL)
+
+
+def is_armed(*, using: str = DEFAULT_DB_ALIAS) -> bool:
+    """Whether the next writer will NOTIFY."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(f"SELECT last_value = 1 AND NOT is_called FROM {WAKEUP_SEQUENCE}")
+        return cursor.fetchone()[0]
+
+
+def has_work(event_table: str, *, using: str = DEFAULT_DB_ALIAS) -> bool:
+    """Whether ``event_table`` has committed events the fold has not taken yet."""
+    with connections[using].cursor() as cursor:
+        return _has_work(cursor, event_table)
+
+
+def _has_work(cursor, event_table: str) -> bool:
+    """:func:`has_work` on any DB-API cursor (the listener's own connection too)."""
+    cursor.execute(
+        "SELECT snapshot, target FROM audit_stream_checkpoint WHERE event_table = %s", [event_table]
+    )
+    row = cursor.fetchone()
+    if row is not None and row[1] is not None:
+        return True  # an interval is half folded
+    done = row[0] if row is not None else "1:1:"  # never folded: every event is new
+    cursor.execute(_HAS_WORK_SQL.format(table=quote_name(event_table)), {"done": done})
+    return cursor.fetchone()[0]
+
+
+def tables_with_work(*, using: str = DEFAULT_DB_ALIAS) -> list[str]:
+    """The event tables that have committed, unfolded events."""
+    with connections[using].cursor() as cursor:
+        return [table for table in tracking.stream_tables() if _has_work(cursor, table)]

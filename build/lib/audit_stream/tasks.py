@@ -1,0 +1,125 @@
+"""Celery tasks (autodiscovered by ``worker.celery``).
+
+Each unit of work (folding one event table, delivering to one endpoint) has
+at most one pending task at a time (:mod:`audit_stream.stream.pending`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.utils import timezone
+
+from audit_stream.stream import fold as _fold
+from audit_stream.stream import heartbeat, pending, wakeup
+
+logger = logging.getLogger("audit_stream.stream")
+
+FOLD = "audit_stream.fold"
+DELIVER = "audit_stream.deliver"
+
+
+def enqueue(task, key) -> bool:
+    """Send ``task`` for ``key`` unless one is already pending."""
+    if not pending.claim(task.name, key):
+        return False
+    try:
+        task.delay(key)
+    except Exception:
+        pending.release(task.name, key)
+        raise
+    return True
+
+
+@shared_task(name=FOLD, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def fold(event_table: str) -> dict:
+    """Fold the committed events of one event table into the change feed.
+
+    Acknowledged only when done: a worker killed mid-fold leaves the task to
+    be delivered again, and the fold's transactions make the redo exact.
+    """
+    pending.release(FOLD, event_table)
+    started = timezone.now()
+
+    def deliver_now(endpoints):  # after each committed batch, not when the fold ends
+        for endpoint_id in sorted(endpoints):
+            enqueue(deliver, endpoint_id)
+
+    result = _fold.fold(event_table, on_messages=deliver_now)
+    _record_fold(event_table, started, result)
+    if not result.caught_up:
+        enqueue(fold, event_table)  # more to do: yield the worker, come back
+    logger.info("folded %s events of %s", result.folded, event_table)
+    return {"event_table": event_table, "folded": result.folded, "caught_up": result.caught_up}
+
+
+def _record_fold(event_table: str, started, result) -> None:
+    from audit_stream.models import FoldRun
+
+    heartbeat.beat("worker")
+    if result.folded:
+        FoldRun.objects.create(
+            event_table=event_table, started_at=started, folded=result.folded, lag_ms=result.lag_ms
+        )
+
+
+@shared_task(name=DELIVER, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def deliver(endpoint_id: int) -> dict:
+    """Deliver the due messages of one webhook endpoint."""
+    from audit_stream.webhooks import delivery
+
+    pending.release(DELIVER, endpoint_id)
+    heartbeat.beat("worker")
+    result = delivery.deliver(endpoint_id)
+    if result.more:
+        enqueue(deliver, endpoint_id)
+    logger.info("endpoint %s: %s delivered, %s failed", endpoint_id, result.delivered, result.failed)
+    return {"endpoint": endpoint_id, "delivered": result.delivered, "failed": result.failed}
+
+
+def endpoints_with_due_messages() -> list[int]:
+    """Active endpoints with a message whose attempt is due (or whose lease expired)."""
+    from django.db import connection
+
+    from audit_stream.webhooks.delivery import DUE_ENDPOINTS_SQL
+
+    with connection.cursor() as cursor:
+        cursor.execute(DUE_ENDPOINTS_SQL)
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+@shared_task(name="audit_stream.sweep", ignore_result=True)
+def sweep() -> dict:
+    """Enqueue what is due: folds of tables with unfolded events, deliveries of due messages.
+
+    Run by beat as a safety net; the listener does the same every POLL_INTERVAL.
+    """
+    heartbeat.beat("beat-sweep")
+    tables = wakeup.tables_with_work()
+    for table in tables:
+        enqueue(fold, table)
+    endpoints = endpoints_with_due_messages()
+    for endpoint_id in endpoints:
+        enqueue(deliver, endpoint_id)
+    return {"tables": tables, "endpoints": endpoints}
+
+
+@shared_task(name="audit_stream.prune", ignore_result=True)
+def prune() -> dict:
+    """Apply the retention policies (scheduled by beat every RETENTION_INTERVAL) and record the run."""
+    from audit_stream import retention
+    from audit_stream.models import RetentionRun
+
+    heartbeat.beat("beat-prune")
+    run = RetentionRun.objects.create(trigger="beat")
+    try:
+        report = retention.prune()
+        run.rows, run.errors = report.rows, report.errors
+    except Exception as exc:
+        run.errors = [f"{type(exc).__name__}: {exc}"]
+        raise
+    finally:
+        run.finished_at = timezone.now()
+        run.save(update_fields=["rows", "errors", "finished_at"])
+    return run.rows

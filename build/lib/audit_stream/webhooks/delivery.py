@@ -1,0 +1,350 @@
+"""Delivering messages: signed POSTs with retries, dead letters and replay.
+
+One task delivers the due messages of one endpoint, oldest first, up to 8
+requests in flight over one pooled client; endpoints are delivered by separate
+tasks, in parallel, so a slow endpoint never stalls the others. Outcomes are
+recorded one transaction per claimed batch, not per message. Each message is claimed
+with a lease (``status = sending``) in a short transaction and its outcome
+recorded in another: no transaction stays open during an HTTP request, and a
+worker that dies mid-request leaves a lease that expires, so the message is
+sent again (at least once).
+
+Retries follow ``AUDIT_STREAM["WEBHOOK_RETRY_SCHEDULE"]`` (seconds before each
+attempt: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), with ±10%
+jitter, or the receiver's ``Retry-After`` when it sends one. After the last
+attempt the message is ``dead``: visible, and replayable. An endpoint that
+answers 410 Gone is disabled at once; one that has failed every attempt for
+``WEBHOOK_DISABLE_AFTER`` (5 days) is disabled, with the reason.
+
+Ordering: none is guaranteed across messages (retries overtake). Each payload
+carries ``data.event_id``, which grows per object in the order the changes
+happened, and ``data.event_table``: a receiver keeps the highest event id seen
+per object and ignores older deliveries, and de-duplicates on ``webhook-id``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from django.db import transaction
+from django.db.models import F, TextField
+from django.db.models.functions import Cast, Coalesce, Now
+from django.utils import timezone
+
+from audit_stream import config
+from audit_stream.webhooks import safety, signing
+from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
+
+__all__ = ["DeliveryResult", "deliver", "replay", "replay_failed", "send_test"]
+
+_CLAIM = 20  # messages claimed at a time
+_PARALLEL = 8  # requests in flight per endpoint
+_EXCERPT = 500
+
+# A message is due when it is pending and its time has come, or when it was
+# claimed and its lease expired (its worker died). Shared by every query below
+# and by the listener.
+DUE = (
+    "((m.status = 'pending' AND m.next_attempt_at <= now())"
+    " OR (m.status = 'sending' AND m.lease_until < now()))"
+)
+
+# Active endpoints with a due message: the listener and the sweep enqueue their deliveries.
+DUE_ENDPOINTS_SQL = f"""
+SELECT DISTINCT m.endpoint_id
+FROM audit_stream_webhookmessage AS m
+JOIN audit_stream_webhookendpoint AS ep ON ep.id = m.endpoint_id AND ep.is_active
+WHERE {DUE}
+"""
+
+_HAS_DUE_SQL = (
+    f"SELECT EXISTS (SELECT 1 FROM audit_stream_webhookmessage AS m WHERE m.endpoint_id = %s AND {DUE})"
+)
+
+# Claim up to `limit` due messages of one endpoint, oldest first.
+_CLAIM_SQL = f"""
+UPDATE audit_stream_webhookmessage SET status = 'sending', lease_until = now() + %(lease)s
+WHERE id IN (
+    SELECT m.id FROM audit_stream_webhookmessage AS m
+    WHERE m.endpoint_id = %(endpoint)s AND {DUE}
+    ORDER BY m.created_at, m.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id
+"""
+
+
+@dataclass
+class Outcome:
+    """What one HTTP attempt gave."""
+
+    status_code: int | None = None
+    duration_ms: int = 0
+    response_excerpt: str = ""
+    error: str = ""
+    retry_after: float | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+@dataclass
+class DeliveryResult:
+    """What one call of :func:`deliver` did."""
+
+    endpoint_id: int
+    delivered: int = 0
+    failed: int = 0
+    dead: int = 0
+    more: bool = False  # stopped by its budget with messages still due
+    errors: list[str] = field(default_factory=list)
+
+
+def deliver(endpoint_id: int, *, max_messages: int = 1000, max_seconds: float = 20.0) -> DeliveryResult:
+    """Deliver the due messages of one endpoint, until none is due or the budget is spent.
+
+    Claims up to ``_CLAIM`` messages at a time, sends them ``_PARALLEL`` at a
+    time over one pooled client (one at a time, paced, if the endpoint has a
+    rate limit), then records every outcome in one transaction.
+    """
+    result = DeliveryResult(endpoint_id)
+    deadline = time.monotonic() + max_seconds
+    connect, read = config.webhook_timeouts()
+    timeout = httpx.Timeout(connect=connect, read=read, write=read, pool=connect)
+    limits = httpx.Limits(max_connections=_PARALLEL, max_keepalive_connections=_PARALLEL)
+    with (
+        httpx.Client(timeout=timeout, limits=limits, follow_redirects=False, trust_env=False) as client,
+        ThreadPoolExecutor(_PARALLEL, thread_name_prefix="audit_stream-deliver") as pool,
+    ):
+        while True:
+            endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id, is_active=True).first()
+            if endpoint is None:
+                return result
+            sent = result.delivered + result.failed
+            if sent >= max_messages or time.monotonic() > deadline:
+                result.more = _has_due(endpoint_id)
+                return result
+            batch = _claim(endpoint_id, min(_CLAIM, max_messages - sent), _lease(endpoint))
+            if not batch:
+                return result
+            if endpoint.rate_limit:
+                outcomes = _send_paced(client, endpoint, batch)
+            else:
+                outcomes = list(pool.map(lambda message, ep=endpoint: _send(client, ep, message), batch))
+            endpoint = _record(endpoint, batch, outcomes, result)
+            if not endpoint.is_active:
+                return result
+
+
+def _send_paced(
+    client: httpx.Client, endpoint: WebhookEndpoint, batch: list[WebhookMessage]
+) -> list[Outcome]:
+    pause = 1.0 / endpoint.rate_limit
+    outcomes = []
+    for message in batch:
+        started = time.monotonic()
+        outcomes.append(_send(client, endpoint, message))
+        time.sleep(max(0.0, pause - (time.monotonic() - started)))
+    return outcomes
+
+
+def _lease(endpoint: WebhookEndpoint) -> timedelta:
+    """Long enough to try every claimed message once at the slowest, then 5 s: a worker that
+    dies mid-batch delays its messages by about that much, never loses them."""
+    connect, read = config.webhook_timeouts()
+    if endpoint.rate_limit:
+        return timedelta(seconds=_CLAIM * (connect + read + 1.0 / endpoint.rate_limit) + 5)
+    rounds = -(-_CLAIM // _PARALLEL)
+    return timedelta(seconds=rounds * (connect + read) + 5)
+
+
+def _claim(endpoint_id: int, limit: int, lease: timedelta) -> list[WebhookMessage]:
+    with transaction.atomic():
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(_CLAIM_SQL, {"lease": lease, "endpoint": endpoint_id, "limit": limit})
+            ids = [row[0] for row in cursor.fetchall()]
+    # The body is PostgreSQL's own text of the JSONB payload: numbers stay exact,
+    # and every attempt sends the same bytes.
+    return list(
+        WebhookMessage.objects.filter(id__in=ids)
+        .annotate(body=Cast("payload", TextField()))
+        .order_by("created_at", "id")
+    )
+
+
+def _has_due(endpoint_id: int) -> bool:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(_HAS_DUE_SQL, [endpoint_id])
+        return cursor.fetchone()[0]
+
+
+def _body(message: WebhookMessage) -> str:
+    body = getattr(message, "body", None)
+    return body if body is not None else json.dumps(message.payload, ensure_ascii=False)
+
+
+def _send(client: httpx.Client, endpoint: WebhookEndpoint, message: WebhookMessage) -> Outcome:
+    """One signed POST to the address that passed the safety check."""
+    started = time.monotonic()
+    try:
+        host, port, address = safety.resolve(endpoint.url)
+    except safety.UnsafeURL as exc:
+        return Outcome(error=f"refused: {exc}")
+    parts = urlsplit(endpoint.url)
+    literal = f"[{address}]" if ":" in address else address
+    target = urlunsplit((parts.scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
+    default_port = 443 if parts.scheme == "https" else 80
+    body = _body(message)
+    headers = signing.headers(message.webhook_id, timezone.now(), body, endpoint.signing_secrets())
+    headers["host"] = host if port == default_port else f"{host}:{port}"
+    headers["user-agent"] = "audit_stream-webhooks/1"
+    extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
+    try:
+        response = client.post(target, content=body.encode(), headers=headers, extensions=extensions)
+    except httpx.TimeoutException as exc:
+        return Outcome(duration_ms=_ms(started), error=f"timeout: {type(exc).__name__}")
+    except httpx.HTTPError as exc:
+        return Outcome(duration_ms=_ms(started), error=f"{type(exc).__name__}: {exc}"[:_EXCERPT])
+    outcome = Outcome(
+        status_code=response.status_code,
+        duration_ms=_ms(started),
+        response_excerpt=response.text[:_EXCERPT],
+        retry_after=_retry_after(response.headers.get("retry-after")),
+    )
+    if 300 <= response.status_code < 400:
+        outcome.error = f"redirect to {response.headers.get('location', '?')} not followed"
+    elif not outcome.succeeded:
+        outcome.error = f"HTTP {response.status_code}"
+    return outcome
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), capped at a day."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = (when - datetime.now(when.tzinfo)).total_seconds()
+    return min(max(seconds, 0.0), 86400.0)
+
+
+def _next_delay(attempts: int, outcome: Outcome) -> float | None:
+    """Seconds until the next attempt after ``attempts`` failed ones; ``None``: give up."""
+    schedule = config.webhook_retry_schedule()
+    if attempts >= len(schedule):
+        return None
+    if outcome.retry_after is not None:
+        return outcome.retry_after
+    delay = schedule[attempts]
+    return delay * random.uniform(0.9, 1.1)
+
+
+def _record(
+    endpoint: WebhookEndpoint, batch: list[WebhookMessage], outcomes: list[Outcome], result: DeliveryResult
+) -> WebhookEndpoint:
+    """Store a batch's attempts and their consequences in one transaction (one commit per batch)."""
+    now = timezone.now()
+    with transaction.atomic():
+        WebhookAttempt.objects.bulk_create(
+            WebhookAttempt(
+                message=message, status_code=o.status_code, duration_ms=o.duration_ms,
+                response_excerpt=o.response_excerpt, error=o.error, succeeded=o.succeeded,
+            )
+            for message, o in zip(batch, outcomes, strict=True)
+        )  # fmt: skip
+        for message, outcome in zip(batch, outcomes, strict=True):
+            attempts = message.attempts + 1
+            if outcome.succeeded:
+                result.delivered += 1
+                WebhookMessage.objects.filter(pk=message.pk).update(
+                    status=WebhookMessage.DELIVERED, attempts=attempts, delivered_at=now, lease_until=None,
+                    last_error="",
+                )  # fmt: skip
+                continue
+            result.failed += 1
+            result.errors.append(outcome.error)
+            delay = _next_delay(attempts, outcome)
+            if delay is None:
+                result.dead += 1
+                WebhookMessage.objects.filter(pk=message.pk).update(
+                    status=WebhookMessage.DEAD, attempts=attempts, lease_until=None, last_error=outcome.error
+                )
+            else:
+                WebhookMessage.objects.filter(pk=message.pk).update(
+                    status=WebhookMessage.PENDING, attempts=attempts, lease_until=None,
+                    last_error=outcome.error, next_attempt_at=now + timedelta(seconds=delay),
+                )  # fmt: skip
+
+        # The endpoint's failure streak: reset by a success, grown by the failures after it.
+        trailing = len(outcomes)
+        for index, outcome in enumerate(outcomes):
+            if outcome.succeeded:
+                trailing = len(outcomes) - index - 1
+        succeeded = any(o.succeeded for o in outcomes)
+        if succeeded:
+            WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
+                consecutive_failures=trailing, failing_since=now if trailing else None
+            )
+        else:
+            WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
+                consecutive_failures=F("consecutive_failures") + trailing,
+                failing_since=Coalesce("failing_since", Now()),
+            )
+        endpoint = WebhookEndpoint.objects.get(pk=endpoint.pk)
+        failing_for = (now - endpoint.failing_since).total_seconds() if endpoint.failing_since else 0.0
+        last_failure = next((o for o in reversed(outcomes) if not o.succeeded), None)
+        if any(o.status_code == 410 for o in outcomes):
+            endpoint.disable("The endpoint answered 410 Gone.")
+        elif last_failure is not None and trailing and failing_for >= config.webhook_disable_after():
+            endpoint.disable(
+                f"Every attempt failed for {timedelta(seconds=int(failing_for))}"
+                f" ({endpoint.consecutive_failures} in a row); last: {last_failure.error}"
+            )
+        return endpoint
+
+
+def replay(messages) -> int:
+    """Deliver these messages again from a fresh retry schedule (delivered ones too). Returns how many."""
+    return WebhookMessage.objects.filter(pk__in=[getattr(m, "pk", m) for m in messages]).update(
+        status=WebhookMessage.PENDING, attempts=0, next_attempt_at=timezone.now(), lease_until=None
+    )
+
+
+def replay_failed(endpoint: WebhookEndpoint | int, since: datetime) -> int:
+    """Replay every dead message of an endpoint created since ``since``. Returns how many."""
+    return WebhookMessage.objects.filter(
+        endpoint_id=getattr(endpoint, "pk", endpoint), status=WebhookMessage.DEAD, created_at__gte=since
+    ).update(status=WebhookMessage.PENDING, attempts=0, next_attempt_at=timezone.now(), lease_until=None)
+
+
+def send_test(endpoint: WebhookEndpoint) -> WebhookMessage:
+    """Queue a test message (type ``audit_stream.test``) for ``endpoint``."""
+    now = timezone.now()
+    return WebhookMessage.objects.create(
+        endpoint=endpoint,
+        event_type="audit_stream.test",
+        payload={"type": "audit_stream.test", "timestamp": now.isoformat(), "data": {"message": "It works."}},
+    )

@@ -1,0 +1,188 @@
+"""Webhook endpoints, the messages owed to them, and every delivery attempt."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import uuid
+from datetime import timedelta
+
+from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+from django.db.models.functions import Now
+from django.utils import timezone
+
+__all__ = ["WebhookAttempt", "WebhookEndpoint", "WebhookMessage"]
+
+
+def new_secret() -> str:
+    """A Standard Webhooks secret: ``whsec_`` and 32 random bytes in base64."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def mask(secret: str | None) -> str:
+    """A secret as it may be shown after creation: its prefix and last 4 characters."""
+    if not secret:
+        return ""
+    return f"whsec_…{secret[-4:]}"
+
+
+class WebhookEndpoint(models.Model):
+    """A subscriber: a URL that receives the changes matching its filters."""
+
+    url = models.URLField(max_length=2000)
+    description = models.TextField(blank=True, default="")
+    secret = models.TextField(default=new_secret, editable=False)
+    previous_secret = models.TextField(null=True, blank=True, editable=False)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    is_active = models.BooleanField(default=True)
+    filter_models = ArrayField(
+        models.TextField(),
+        default=list,
+        blank=True,
+        help_text='Only these models ("app_label.model"); empty: all.',
+    )
+    filter_labels = ArrayField(
+        models.TextField(), default=list, blank=True, help_text="Only these event labels; empty: all."
+    )
+    rate_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many messages per second."
+    )
+    consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    failing_since = models.DateTimeField(null=True, blank=True, editable=False)
+    disabled_reason = models.TextField(blank=True, default="", editable=False)
+    disabled_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+
+    class Meta:
+        db_table = "audit_stream_webhookendpoint"
+        verbose_name = "webhook endpoint"
+
+    def __str__(self) -> str:
+        return self.url
+
+    def save(self, *args, **kwargs) -> None:
+        self.clean()  # a bad URL never reaches the table, whoever saves it
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        from audit_stream.webhooks import safety
+
+        try:
+            safety.check_url(self.url)
+        except safety.UnsafeURL as exc:
+            raise ValidationError({"url": str(exc)}) from None
+        self.filter_models = [m.lower() for m in self.filter_models]
+
+    @property
+    def masked_secret(self) -> str:
+        return mask(self.secret)
+
+    def signing_secrets(self) -> list[str]:
+        """The secrets to sign with: the current one, and the previous one during its overlap."""
+        found = [self.secret]
+        if (
+            self.previous_secret
+            and self.previous_secret_expires_at
+            and self.previous_secret_expires_at > timezone.now()
+        ):
+            found.append(self.previous_secret)
+        return found
+
+    def rotate_secret(self, overlap: timedelta = timedelta(hours=24)) -> str:
+        """Replace the secret; sign with both for ``overlap``. Returns the new secret (shown once)."""
+        self.previous_secret = self.secret
+        self.previous_secret_expires_at = timezone.now() + overlap
+        self.secret = new_secret()
+        self.save(update_fields=["secret", "previous_secret", "previous_secret_expires_at"])
+        return self.secret
+
+    def disable(self, reason: str) -> None:
+        """Stop delivering to this endpoint, and say why."""
+        self.is_active = False
+        self.disabled_reason = reason
+        self.disabled_at = timezone.now()
+        self.save(update_fields=["is_active", "disabled_reason", "disabled_at"])
+
+    def enable(self) -> None:
+        self.is_active = True
+        self.disabled_reason = ""
+        self.disabled_at = None
+        self.consecutive_failures = 0
+        self.failing_since = None
+        self.save(
+            update_fields=[
+                "is_active",
+                "disabled_reason",
+                "disabled_at",
+                "consecutive_failures",
+                "failing_since",
+            ]
+        )
+
+
+class WebhookMessage(models.Model):
+    """One change owed to one endpoint. ``webhook-id`` is ``msg_<id>``, stable across retries."""
+
+    PENDING = "pending"  # waiting for its next attempt
+    SENDING = "sending"  # claimed by a worker until lease_until
+    DELIVERED = "delivered"
+    DEAD = "dead"  # retries exhausted or endpoint gone: replay to try again
+    STATUSES = [(s, s) for s in (PENDING, SENDING, DELIVERED, DEAD)]
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="messages")
+    change_id = models.BigIntegerField(null=True, help_text="The Change this message carries.")
+    event_type = models.TextField(help_text='"<app>.<model>.<label>"')
+    payload = models.JSONField(encoder=DjangoJSONEncoder)
+    status = models.CharField(max_length=10, choices=STATUSES, default=PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(db_default=Now())
+    lease_until = models.DateTimeField(null=True)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(db_default=Now())
+    delivered_at = models.DateTimeField(null=True)
+
+    class Meta:
+        db_table = "audit_stream_webhookmessage"
+        verbose_name = "webhook message"
+        indexes = [
+            # Due messages of an endpoint, in order: the delivery loop's query.
+            # The claim's "oldest owed messages of an endpoint": matches its ORDER BY,
+            # so a claim reads 20 rows, not every due message (benchmarks/webhooks.py).
+            models.Index(
+                fields=["endpoint", "created_at", "id"],
+                name="audit_stream_msg_owed",
+                condition=models.Q(status__in=["pending", "sending"]),
+            ),
+            models.Index(fields=["endpoint", "status", "created_at"], name="audit_stream_msg_status"),
+        ]
+
+    def __str__(self) -> str:
+        return self.webhook_id
+
+    @property
+    def webhook_id(self) -> str:
+        return f"msg_{self.id.hex}"
+
+
+class WebhookAttempt(models.Model):
+    """One HTTP attempt to deliver a message: what happened, never the secret."""
+
+    message = models.ForeignKey(WebhookMessage, on_delete=models.CASCADE, related_name="attempt_log")
+    attempted_at = models.DateTimeField(db_default=Now())
+    status_code = models.PositiveIntegerField(null=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+    response_excerpt = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    succeeded = models.BooleanField(default=False)
+
+    class Meta:
+        db_table = "audit_stream_webhookattempt"
+        verbose_name = "webhook attempt"
+        ordering = ["attempted_at"]
+
+
+__all__ += ["mask", "new_secret"]
