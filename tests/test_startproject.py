@@ -4,7 +4,8 @@ The code blocks of the README's Installation section are written into the
 project as they are (``# mysite/celery.py``, ``# mysite/settings.py (append)``,
 ...); only the database name and the Redis URL are then overridden for this
 test run. The package is installed from this checkout into a new virtualenv
-(``pip install <checkout>``, without dependencies: they are reused from the
+(``pip install <checkout>``: the files that make the distribution, copied first so
+that the build writes nothing into the checkout; without dependencies: they are reused from the
 test's own environment through a ``.pth`` file, to keep the test fast).
 Then the project's own Celery worker and ``manage.py audit_stream listen``
 run, and a write must become a ``Change`` row.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -72,11 +74,15 @@ def test_a_fresh_project_set_up_from_the_readme_records_a_write_as_a_change(tmp_
         ).strip()
     )
     (site / "_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    _run(
-        [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", str(ROOT)],
-        tmp_path,
-        dict(os.environ),
+    # The checkout's files that make the distribution, copied so the build leaves no build/ behind here.
+    checkout = tmp_path / "checkout"
+    shutil.copytree(
+        ROOT / "audit_stream", checkout / "audit_stream", ignore=shutil.ignore_patterns("__pycache__")
     )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, checkout / name)
+    pip = [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", str(checkout)]
+    _run(pip, tmp_path, dict(os.environ))
 
     # The project's processes see nothing of the test suite's environment.
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8"}
@@ -138,7 +144,7 @@ def test_a_fresh_project_set_up_from_the_readme_records_a_write_as_a_change(tmp_
                 return conn.execute("SELECT model, label, diff FROM audit_stream_change").fetchall()
 
         try:
-            rows = wait_until(change, timeout=60, message="the write to become a Change row")
+            rows = wait_until(change, timeout=90, message="the write to become a Change row")
         except AssertionError as exc:
             raise AssertionError(
                 f"worker:\n{worker.output()[-3000:]}\nlistener:\n{listener.output()[-3000:]}"
