@@ -12,10 +12,12 @@ from django.db.models import Func
 from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Cast, Now
 
-from audit_stream.aggregate import AggregateEventQuerySet, ExactDecoder
+from audit_stream.aggregate import AggregateEventQuery, AggregateEventQuerySet, ExactDecoder
 
 __all__ = [
     "AggregateEvent",
+    "AggregateEventQuery",
+    "AggregateEventQuerySet",
     "BaseAggregateEvent",
     "Change",
     "Checkpoint",

@@ -16,6 +16,7 @@ from tests.testapp.models import (
     Product,
     ProductEvent,
     Review,
+    Supplier,
     UserAggregateEvent,
     UserEvent,
 )
@@ -213,3 +214,10 @@ def test_one_objects_history_is_an_index_scan_per_table(product):
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "Seq Scan on testapp_productevent" not in plan, plan
     assert "productevent_" in plan and "_obj" in plan, plan
+
+
+@pytest.mark.parametrize("aggregate", [AggregateEvent, UserAggregateEvent])
+def test_a_target_no_event_model_references_has_no_events(aggregate):
+    supplier = Supplier.objects.create(name="acme")
+    assert list(aggregate.objects.target(supplier)) == []
+    assert aggregate.objects.target(supplier).count() == 0
