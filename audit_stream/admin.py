@@ -476,13 +476,20 @@ class _Display:
         return value
 
 
+def _diff(row) -> dict:
+    """The row's diff; for an object's first event (``pgh_diff`` is None) every value it recorded."""
+    if row.pgh_diff is not None:
+        return row.pgh_diff
+    return {column: [None, value] for column, value in (row.pgh_data or {}).items()}
+
+
 def _entries(model, rows, obj, may_change, opts, object_id):
     """History rows ready for the template: who, what changed (field, old, new), actions."""
     by_column = {f.column: f for f in model._meta.concrete_fields}
     value_maps = []
     for row in rows:
-        value_maps.append({by_column[c].attname: v[0] for c, v in row.pgh_diff.items() if c in by_column})
-        value_maps.append({by_column[c].attname: v[1] for c, v in row.pgh_diff.items() if c in by_column})
+        value_maps.append({by_column[c].attname: v[0] for c, v in _diff(row).items() if c in by_column})
+        value_maps.append({by_column[c].attname: v[1] for c, v in _diff(row).items() if c in by_column})
     display = _Display(model, value_maps)
     user_ids = {r.pgh_context.metadata.get("user") for r in rows if r.pgh_context} - {None}
     users = get_user_model()._default_manager.in_bulk([u for u in user_ids if isinstance(u, int)])
@@ -491,7 +498,7 @@ def _entries(model, rows, obj, may_change, opts, object_id):
         metadata = dict(row.pgh_context.metadata) if row.pgh_context else {}
         user = metadata.pop("user", None)
         diff = []
-        for column, (old, new) in row.pgh_diff.items():
+        for column, (old, new) in _diff(row).items():
             field = by_column.get(column)
             if field is None:
                 continue

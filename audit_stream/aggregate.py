@@ -1,31 +1,46 @@
-"""``AggregateEvent``: one object's events across event tables, with diffs, as a QuerySet.
+"""``AggregateEvent``: the events that reference an object, across event tables, with diffs.
 
 ``AggregateEvent.objects.target(obj).across(*event_models)`` compiles to::
 
     WITH "audit_stream_aggregateevent" AS (
-        SELECT ... FROM <event table 1> WHERE pgh_obj_id = %s   -- (pgh_obj, pgh_id) index
+        SELECT ... FROM <event table 1> WHERE pgh_obj_id = %s          -- the object's own events
         UNION ALL
-        SELECT ... FROM <event table 2> WHERE pgh_obj_id = %s
+        SELECT ... FROM <event table 2> WHERE customer_id = %s         -- events whose rows point to it
     )
     SELECT ... FROM "audit_stream_aggregateevent" WHERE <the QuerySet's filters> ORDER BY ...
 
-so filters (``pgh_label``, ``pgh_created_at__gte``, ``pgh_context__metadata__user``),
-ordering, slicing, counting and pagination work as on any QuerySet, and one
-object's history is an index scan per event table. ``pgh_diff`` is computed
-with the same SQL function as the Change feed (``_audit_stream_diff``), against
-the previous event of the object in the same event table.
+As in django-pghistory, an event *references* ``obj`` through ``pgh_obj`` or
+through any foreign key the event model copied from its tracked model (so
+``target(user)`` also returns the events of every tracked model whose rows
+point to that user, including event models without ``pgh_obj``). ``target()``
+takes an object, a list of objects of one model, or a QuerySet. Filters,
+ordering, slicing, counting and pagination work as on any QuerySet.
+
+Each row's ``pgh_diff`` is ``{column: [old, new]}`` against the previous event
+of the same object (``pgh_obj``) in the same event table, computed with the
+change feed's SQL function (``_audit_stream_diff``); it is ``None`` for an
+object's first event in a table and for event models without ``pgh_obj``
+(django-pghistory's semantics). The diff is computed in one place,
+:func:`_diff_sql`.
+
+Fields of a :class:`~audit_stream.models.BaseAggregateEvent` subclass that do
+not start with ``pgh_`` are read from the event's context metadata, by field
+name (``user = models.ForeignKey(User, ...)`` reads ``metadata["user"]``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
-from django.db import models
+from django.db import connections, models
 from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
 
-__all__ = ["AggregateEventQuerySet", "ExactDecoder"]
+__all__ = ["AggregateEventQuery", "AggregateEventQuerySet", "ExactDecoder"]
 
 
 class ExactDecoder(json.JSONDecoder):
@@ -35,21 +50,57 @@ class ExactDecoder(json.JSONDecoder):
         super().__init__(*args, **{"parse_float": Decimal, **kwargs})
 
 
+# Columns of an event row that are not the tracked object's state.
 _PGH_COLUMNS = ["pgh_id", "pgh_created_at", "pgh_label", "pgh_xid", "pgh_obj_id", "pgh_context_id"]
 
-# One branch per event table. `before` is the object's previous state in that
-# table (lag over pgh_id: the order the changes happened).
-_BRANCH = """
-SELECT %s::text || ':' || e.pgh_id AS pgh_key, e.pgh_id, e.pgh_created_at, e.pgh_label,
-       %s::text AS pgh_table, %s::text AS pgh_model, {object_id} AS pgh_obj_id,
-       {context_id} AS pgh_context_id, e.pgh_data,
-       _audit_stream_diff(
-           lag(e.pgh_data) OVER (PARTITION BY {object_id} ORDER BY e.pgh_id),
-           e.pgh_data,
-           e.pgh_label = ANY(%s::text[])
-       ) AS pgh_diff
-FROM (SELECT x.*, to_jsonb(x) - %s::text[] AS pgh_data FROM {table} AS x {where}) AS e
-"""
+
+@dataclass(frozen=True)
+class _Target:
+    """What ``target()`` / ``target_pk()`` asked for.
+
+    ``objects`` is a list of instances, or a QuerySet (read as a subquery);
+    ``pks`` is set instead by ``target_pk()``, which follows ``pgh_obj`` only.
+    """
+
+    model: type[models.Model]
+    objects: Any = None
+    pks: tuple = ()
+    pgh_obj_only: bool = False
+
+
+def _referencing_fields(event_model, target: _Target) -> list[models.ForeignKey]:
+    """The foreign keys of ``event_model`` that can point to the target's model."""
+    fields = [
+        f
+        for f in event_model._meta.concrete_fields
+        if f.many_to_one
+        and isinstance(f.related_model, type)
+        and f.related_model._meta.concrete_model is target.model
+    ]
+    if target.pgh_obj_only:
+        fields = [f for f in fields if f.name == "pgh_obj"]
+    return fields
+
+
+def _where_sql(fields: list[models.ForeignKey], target: _Target, connection) -> tuple[str, list]:
+    """``x.<fk> IN (...) OR ...``: the rows of one event table that point to the target."""
+    clauses, params = [], []
+    quote = connection.ops.quote_name
+    for field in fields:
+        column = f"x.{quote(field.column)}"
+        attname = field.target_field.attname
+        if isinstance(target.objects, models.QuerySet):
+            subquery = target.objects.order_by().values_list(attname).query
+            sql, sub_params = subquery.get_compiler(connection=connection).as_sql()
+            clauses.append(f"{column} IN ({sql})")
+            params += sub_params
+            continue
+        values = list(target.pks) if target.objects is None else [getattr(o, attname) for o in target.objects]
+        values = [field.get_db_prep_value(v, connection) for v in values if v is not None]
+        if values:
+            clauses.append(f"{column} IN ({', '.join(['%s'] * len(values))})")
+            params += values
+    return " OR ".join(clauses) or "FALSE", params
 
 
 def _delete_labels(event_model) -> list[str]:
@@ -58,6 +109,78 @@ def _delete_labels(event_model) -> list[str]:
     return [
         e.label for e in event_model.pgh_events if isinstance(e, DatabaseEvent) and e.operations == ["DELETE"]
     ]
+
+
+def _diff_sql(event_model) -> tuple[str, list]:
+    """The SQL of ``pgh_diff`` for one event table's branch: the one place it is computed.
+
+    ``e`` is the branch's row (``e.pgh_data`` its tracked columns as JSONB). The
+    previous state is the previous event of the same object in the same table
+    (``pgh_id`` order: the order the changes happened). An object's first event
+    has no previous state: ``NULL``, as in django-pghistory (the change feed's
+    ``Change.diff`` lists every column there instead; that is the feed's own
+    contract). Event models without ``pgh_obj`` have no object to follow: ``NULL``.
+    """
+    if not event_model._pgh_has_obj:
+        return "NULL::jsonb", []
+    before = "lag(e.pgh_data) OVER (PARTITION BY e.pgh_obj_id ORDER BY e.pgh_id)"
+    return (
+        f"CASE WHEN {before} IS NULL THEN NULL"
+        f" ELSE _audit_stream_diff({before}, e.pgh_data, e.pgh_label = ANY(%s::text[])) END",
+        [_delete_labels(event_model)],
+    )
+
+
+def _metadata_sql(field: models.Field, connection, has_context: bool) -> str:
+    """An extra field of a custom aggregate model, read from the context metadata by name."""
+    db_type = field.db_type(connection)
+    if not has_context:
+        return f"NULL::{db_type}"
+    if isinstance(field, models.JSONField):
+        return f"ctx.metadata -> {_literal(field.name)}"
+    return f"(ctx.metadata ->> {_literal(field.name)})::{db_type}"
+
+
+def _literal(name: str) -> str:
+    return "'" + name.replace("'", "''") + "'"
+
+
+def _columns(aggregate_model, event_model, connection) -> list[tuple[str, str, list]]:
+    """``(column, sql, params)`` for each column of ``aggregate_model``, from one event table's row ``e``."""
+    table = event_model._meta.db_table
+    own = {
+        "pgh_key": ("%s::text || ':' || e.pgh_id", [table]),
+        "pgh_id": ("e.pgh_id", []),
+        "pgh_created_at": ("e.pgh_created_at", []),
+        "pgh_label": ("e.pgh_label", []),
+        "pgh_table": ("%s::text", [table]),
+        "pgh_model": ("%s::text", [event_model.pgh_tracked_model._meta.label_lower]),
+        "pgh_obj_id": ("e.pgh_obj_id::text" if event_model._pgh_has_obj else "NULL::text", []),
+        "pgh_context_id": ("e.pgh_context_id" if event_model._pgh_has_context else "NULL::uuid", []),
+        "pgh_data": ("e.pgh_data", []),
+        "pgh_diff": _diff_sql(event_model),
+    }
+    columns = []
+    for field in aggregate_model._meta.concrete_fields:
+        if field.column in own:
+            sql, params = own[field.column]
+        else:
+            sql, params = _metadata_sql(field, connection, event_model._pgh_has_context), []
+        columns.append((field.column, sql, params))
+    return columns
+
+
+def _empty_sql(aggregate_model, connection) -> str:
+    """A branch with the aggregate's columns and no rows (no event model references the target)."""
+    quote = connection.ops.quote_name
+    return (
+        "SELECT "
+        + ", ".join(
+            f"NULL::{f.db_type(connection)} AS {quote(f.column)}"
+            for f in aggregate_model._meta.concrete_fields
+        )
+        + " WHERE FALSE"
+    )
 
 
 class AggregateEventCompiler(SQLCompiler):
@@ -71,74 +194,127 @@ class AggregateEventCompiler(SQLCompiler):
 class AggregateEventQuery(Query):
     """A Query that carries its target and event models, and compiles with a CTE."""
 
-    target = None  # (model, pk) or None
+    target: _Target | None = None
     event_models: tuple = ()
 
     def get_compiler(self, using=None, connection=None, elide_empty=True):
-        from django.db import connections
-
         if using:
             connection = connections[using]
         return AggregateEventCompiler(self, connection, using, elide_empty)
 
-    def cte_sql(self, connection) -> tuple[str, list]:
+    def referencing_models(self) -> list[type[models.Model]]:
+        """The event models to aggregate: those of ``across()``, else every one that references the target.
+
+        Raises:
+            ValueError: Without a target, or when an event model of ``across()``
+                cannot reference it.
+        """
         from audit_stream import tracking
 
-        quote = connection.ops.quote_name
-        event_models = list(self.event_models) or (
-            tracking.event_models_for(self.target[0])
-            if self.target is not None
-            else sorted(tracking._event_models.values(), key=lambda m: m._meta.db_table)
-        )
-        if self.target is not None:
-            event_models = [m for m in event_models if m._pgh_has_obj]
-        if not event_models:
-            return (
-                "SELECT NULL::text AS pgh_key, NULL::bigint AS pgh_id, NULL::timestamptz AS pgh_created_at,"
-                " NULL::text AS pgh_label, NULL::text AS pgh_table, NULL::text AS pgh_model,"
-                " NULL::text AS pgh_obj_id, NULL::uuid AS pgh_context_id, NULL::jsonb AS pgh_data,"
-                " NULL::jsonb AS pgh_diff WHERE FALSE",
-                [],
+        if self.target is None:
+            raise ValueError(
+                "AggregateEvent needs a target: use AggregateEvent.objects.target(obj) (an object, a list"
+                " or a QuerySet of one model) to aggregate the events that reference it."
             )
-        branches, params = [], []
-        for model in event_models:
-            table = model._meta.db_table
-            where, where_params = "", []
-            if self.target is not None:
-                where, where_params = "WHERE x.pgh_obj_id = %s", [self.target[1]]
-            branches.append(
-                _BRANCH.format(
-                    table=quote(table),
-                    where=where,
-                    object_id="e.pgh_obj_id::text" if model._pgh_has_obj else "NULL::text",
-                    context_id="e.pgh_context_id" if model._pgh_has_context else "NULL::uuid",
+        if not self.event_models:
+            candidates = sorted(tracking._event_models.values(), key=lambda m: m._meta.db_table)
+            return [m for m in candidates if _referencing_fields(m, self.target)]
+        for event_model in self.event_models:
+            if event_model not in tracking._event_models.values():
+                raise ValueError(
+                    f"across() takes event models; {event_model!r} is not one"
+                    " (e.g. pass ProductEvent, not Product)."
                 )
+            if not _referencing_fields(event_model, self.target):
+                how = "pgh_obj" if self.target.pgh_obj_only else "pgh_obj or a tracked foreign key"
+                raise ValueError(
+                    f"{event_model._meta.label} cannot reference {self.target.model._meta.label}: it has no"
+                    f" foreign key to it ({how}). Pass event models that do to across(), or leave"
+                    " across() out to aggregate every event model that references the target."
+                )
+        return list(self.event_models)
+
+    def cte_sql(self, connection) -> tuple[str, list]:
+        """The CTE's body: one ``SELECT`` per event table, joined by ``UNION ALL``."""
+        event_models = self.referencing_models()
+        if not event_models:
+            return _empty_sql(self.model, connection), []
+        quote = connection.ops.quote_name
+        branches, params = [], []
+        for event_model in event_models:
+            where, where_params = _where_sql(
+                _referencing_fields(event_model, self.target), self.target, connection
             )
-            label = model.pgh_tracked_model._meta.label_lower
-            params += [table, table, label, _delete_labels(model), _PGH_COLUMNS, *where_params]
+            columns = _columns(self.model, event_model, connection)
+            needs_context = event_model._pgh_has_context and any(
+                not column.startswith("pgh_") for column, _, _ in columns
+            )
+            select = ", ".join(f"{sql} AS {quote(column)}" for column, sql, _ in columns)
+            context_join = (
+                " LEFT JOIN audit_stream_context AS ctx ON ctx.id = e.pgh_context_id" if needs_context else ""
+            )
+            branches.append(
+                f"SELECT {select} FROM (SELECT x.*, to_jsonb(x) - %s::text[] AS pgh_data"
+                f" FROM {quote(event_model._meta.db_table)} AS x WHERE {where}) AS e{context_join}"
+            )
+            params += [p for _, _, column_params in columns for p in column_params]
+            params += [_PGH_COLUMNS, *where_params]
         return " UNION ALL ".join(branches), params
 
 
+def _target_model(objs) -> tuple[type[models.Model], Any]:
+    """The concrete model of ``target()``'s argument, and the argument as instances or a QuerySet."""
+    if isinstance(objs, models.QuerySet):
+        return objs.model._meta.concrete_model, objs
+    if isinstance(objs, models.Model):
+        return type(objs)._meta.concrete_model, [objs]
+    if isinstance(objs, Iterable) and not isinstance(objs, (str, bytes)):
+        objs = list(objs)
+        kinds = {type(o)._meta.concrete_model for o in objs if isinstance(o, models.Model)}
+        if len(kinds) == 1 and all(isinstance(o, models.Model) for o in objs):
+            return kinds.pop(), objs
+        if not objs:
+            raise ValueError("target() got an empty list: pass at least one object, or an (empty) QuerySet.")
+        raise ValueError(
+            "target() takes objects of one model: "
+            + ", ".join(sorted(k._meta.label for k in kinds) or ["not model instances"])
+            + " were given. Aggregate each model with its own query."
+        )
+    raise TypeError(
+        f"target() takes a model instance, a list of them or a QuerySet, not {type(objs).__name__}."
+    )
+
+
 class AggregateEventQuerySet(models.QuerySet):
-    """QuerySet over events aggregated across event tables."""
+    """QuerySet over the events that reference an object, across event tables."""
 
     def __init__(self, model=None, query=None, using=None, hints=None):
         super().__init__(model, query or AggregateEventQuery(model), using, hints)
 
-    def target(self, obj: models.Model) -> AggregateEventQuerySet:
-        """Only the events of ``obj`` (also after it was deleted)."""
-        clone = self._chain()
-        clone.query.target = (type(obj)._meta.concrete_model, obj.pk)
-        return clone
+    def target(self, obj: models.Model | Iterable[models.Model] | models.QuerySet) -> AggregateEventQuerySet:
+        """The events that reference ``obj``: through ``pgh_obj`` or a copied foreign key.
 
-    def target_pk(self, model: type[models.Model], pk) -> AggregateEventQuerySet:
-        """Only the events of the object of ``model`` with this primary key (e.g. a deleted one)."""
-        clone = self._chain()
-        clone.query.target = (model._meta.concrete_model, pk)
-        return clone
+        ``obj`` is an object, a list of objects of one model or a QuerySet.
+        """
+        model, objects = _target_model(obj)
+        return self._with(target=_Target(model=model, objects=objects))
 
-    def across(self, *event_models) -> AggregateEventQuerySet:
-        """Only these event models (all of the target's by default)."""
+    def target_pk(self, model: type[models.Model], pk: Any) -> AggregateEventQuerySet:
+        """The object's own events (through ``pgh_obj``), by primary key: also after it was deleted."""
+        return self._with(target=_Target(model=model._meta.concrete_model, pks=(pk,), pgh_obj_only=True))
+
+    def across(self, *event_models: type[models.Model]) -> AggregateEventQuerySet:
+        """Only these event models (by default, every event model that references the target).
+
+        Raises:
+            ValueError: If one of them cannot reference the target.
+        """
+        return self._with(event_models=tuple(event_models))
+
+    def _with(self, **attrs: Any) -> AggregateEventQuerySet:
         clone = self._chain()
-        clone.query.event_models = tuple(event_models)
+        for name, value in attrs.items():
+            setattr(clone.query, name, value)
+        if clone.query.target is not None and clone.query.event_models:
+            clone.query.referencing_models()  # a bad across() fails here, not at evaluation
         return clone

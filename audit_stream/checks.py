@@ -6,6 +6,8 @@
 ``audit_stream.E003``  a tracked model is migrated to a database that is not PostgreSQL
 ``audit_stream.E004``  one event model declares the same label twice
 ``audit_stream.E005``  an event declaration that cannot be installed (e.g. its condition)
+``audit_stream.E006``  an event model's foreign key cascades or sets null: deletes would fail
+``audit_stream.E007``  ``pgtrigger`` is not in ``INSTALLED_APPS``: no trigger would be migrated
 ``audit_stream.E010``  ``AUDIT_STREAM`` is not a dict, has an unknown key or a bad value
 ``audit_stream.E011``  ``AUDIT_STREAM["RETENTION"]`` is invalid (unknown target, bad duration...)
 ``audit_stream.W020``  (``--deploy``) the application connects as a superuser
@@ -16,9 +18,10 @@
 
 from __future__ import annotations
 
+from django.apps import apps
 from django.conf import settings
 from django.core import checks
-from django.db import connections, router
+from django.db import connections, models, router
 
 from audit_stream import config, tracking
 
@@ -30,6 +33,67 @@ def check_declarations(app_configs=None, **kwargs):
         checks.Error(message, hint=hint, obj=label, id=check_id)
         for label, message, hint, check_id in tracking._problems
     ]
+
+
+@checks.register()
+def check_pgtrigger_installed(app_configs=None, **kwargs):
+    """The triggers are migrated by django-pgtrigger: without its app, history is silently empty."""
+    if apps.is_installed("pgtrigger"):
+        return []
+    return [
+        checks.Error(
+            '"pgtrigger" is not in INSTALLED_APPS: audit_stream\'s triggers are installed by'
+            " django-pgtrigger's migrations, so without it makemigrations writes no trigger and no"
+            " history is recorded.",
+            hint='Add "pgtrigger" to INSTALLED_APPS (next to "audit_stream"), then run makemigrations.',
+            id="audit_stream.E007",
+        )
+    ]
+
+
+def _on_delete_name(on_delete) -> str:
+    return getattr(on_delete, "__name__", repr(on_delete)).replace("set_on_delete", "SET(...)")
+
+
+def _writes_on_delete(field: models.Field) -> bool:
+    """Whether deleting the row ``field`` points to makes Django delete or update this row."""
+    on_delete = getattr(field.remote_field, "on_delete", None)
+    return on_delete in (models.CASCADE, models.SET_NULL, models.SET_DEFAULT) or hasattr(
+        on_delete,
+        "deconstruct",  # models.SET(value)
+    )
+
+
+@checks.register()
+def check_foreign_keys(app_configs=None, **kwargs):
+    """Append-only history cannot be deleted or updated by a cascade: catch it at start-up."""
+    if not config.append_only():
+        return []
+    errors = []
+    for event_model in sorted(set(tracking._labels.values()), key=lambda m: m._meta.label):
+        for field in event_model._meta.concrete_fields:
+            if not field.many_to_one or not _writes_on_delete(field):
+                continue
+            on_delete = _on_delete_name(field.remote_field.on_delete)
+            related = field.related_model._meta.label
+            fix = (
+                "Leave obj_fk out (the default keeps history when the object goes), or pass"
+                f" obj_fk=models.ForeignKey({related}, on_delete=models.DO_NOTHING, db_constraint=False)."
+                if field.name == "pgh_obj"
+                else f"Declare {field.name} with on_delete=models.DO_NOTHING, db_constraint=False"
+                " (history outlives the rows it points to)."
+            )
+            errors.append(
+                checks.Error(
+                    f"{event_model._meta.label}.{field.name} has on_delete={on_delete}: deleting a"
+                    f" {related} would {'delete' if on_delete == 'CASCADE' else 'update'} its history,"
+                    ' which is append-only, so the delete would fail with "history is append-only".',
+                    hint=fix + ' Or set AUDIT_STREAM["APPEND_ONLY"] = False.',
+                    obj=event_model._meta.label,
+                    id="audit_stream.E006",
+                )
+            )
+    return errors
 
 
 @checks.register()

@@ -42,7 +42,9 @@ def _get(key: str, default: Any) -> Any:
 
 def append_only() -> bool:
     """``APPEND_ONLY`` (default ``True``): install the trigger that refuses
-    UPDATE and DELETE on event tables. Only retention may delete, deliberately."""
+    UPDATE and DELETE on the event tables of your apps (run ``makemigrations``
+    after changing it). Only retention may delete, deliberately. audit_stream's
+    own row log and DDL log stay append-only either way."""
     return _get("APPEND_ONLY", True)
 
 

@@ -56,7 +56,10 @@ class Event:
     def __init__(self, label: str | None = None) -> None:
         self.label = label or self.label
         if not self.label:
-            raise ValueError(f"{type(self).__name__} needs a label, e.g. {type(self).__name__}('shipped').")
+            raise ValueError(
+                f"Must supply label attribute to event: pass {type(self).__name__}('shipped'),"
+                f" or set label = '...' on a subclass of {type(self).__name__}."
+            )
         if not _LABEL.match(self.label):
             raise ValueError(
                 f"Invalid event label {self.label!r}: use 1 to 64 letters, digits, spaces"

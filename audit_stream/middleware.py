@@ -8,19 +8,16 @@ so concurrent requests never see each other's.
 
 Frameworks such as django-rest-framework authenticate in the view, after the
 middleware ran. ``WSGIRequest`` and ``ASGIRequest`` update the context when
-``request.user`` is set later::
-
-    # wsgi.py
-    application = get_wsgi_application()
-    application.request_class = audit_stream.middleware.WSGIRequest
-
-    # asgi.py
-    application = get_asgi_application()
-    application.request_class = audit_stream.middleware.ASGIRequest
+``request.user`` is set later, and the middleware switches every request it
+records to them itself (as django-pghistory does): nothing to set in
+``wsgi.py`` or ``asgi.py``, and Django's test client gets them too. A project
+whose handler already uses its own request class gets that class with the
+same behaviour mixed in.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -59,6 +56,22 @@ class ASGIRequest(_LateUser, asgi.ASGIRequest):
     """An ASGI request that updates the history context when ``request.user`` is set."""
 
 
+@functools.cache
+def _late_user_class(request_class: type) -> type:
+    """``request_class`` with :class:`_LateUser` mixed in (Django's own classes map to ours)."""
+    if request_class is wsgi.WSGIRequest:
+        return WSGIRequest
+    if request_class is asgi.ASGIRequest:
+        return ASGIRequest
+    return type(request_class.__name__, (_LateUser, request_class), {"__module__": request_class.__module__})
+
+
+def _see_late_user(request: Any) -> None:
+    """Make ``request`` record a user assigned after this point (by the view)."""
+    if not isinstance(request, _LateUser):
+        request.__class__ = _late_user_class(type(request))
+
+
 class HistoryMiddleware:
     """Records the user and the URL of requests that write, in the history context."""
 
@@ -81,6 +94,7 @@ class HistoryMiddleware:
         if request.method not in self.methods:
             return self.get_response(request)
         with context(**self.get_context(request)):
+            _see_late_user(request)
             return self.get_response(request)
 
     async def __acall__(self, request: Any) -> Any:
@@ -91,4 +105,5 @@ class HistoryMiddleware:
         # Reading request.user may query the session: not on the event loop.
         metadata = await sync_to_async(self.get_context)(request)
         async with context(**metadata):
+            _see_late_user(request)
             return await self.get_response(request)

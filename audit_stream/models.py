@@ -13,10 +13,13 @@ from django.db.models import Func
 from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Cast, Now
 
-from audit_stream.aggregate import AggregateEventQuerySet, ExactDecoder
+from audit_stream.aggregate import AggregateEventQuery, AggregateEventQuerySet, ExactDecoder
 
 __all__ = [
     "AggregateEvent",
+    "AggregateEventQuery",
+    "AggregateEventQuerySet",
+    "BaseAggregateEvent",
     "Change",
     "Checkpoint",
     "Context",
@@ -32,6 +35,19 @@ __all__ = [
     "WebhookMessage",
     "create_event_model",
 ]
+
+
+class TransactionNow(Func):
+    """``CURRENT_TIMESTAMP`` (``now()``): the start time of the current transaction.
+
+    The same for every statement of a transaction, as django-pghistory's
+    ``pgh_created_at``. Django's ``Now()`` is ``STATEMENT_TIMESTAMP()`` on
+    PostgreSQL, which differs between the statements of one transaction.
+    """
+
+    template = "CURRENT_TIMESTAMP"
+    output_field = models.DateTimeField()
+
 
 _CURRENT_XID = Cast(Cast(Func(function="pg_current_xact_id"), models.TextField()), models.BigIntegerField())
 
@@ -68,7 +84,8 @@ class Event(models.Model):
     the tracked fields they carry:
 
     * ``pgh_id``: a bigint primary key, increasing in insertion order;
-    * ``pgh_created_at``: the time of the transaction that wrote the event;
+    * ``pgh_created_at``: the start time of the transaction that wrote the
+      event (``now()``), the same for all its events; not its commit time;
     * ``pgh_label``: the event label;
     * ``pgh_xid``: the id of the writing transaction (for the stream);
     * ``pgh_obj``: the tracked object (no database constraint: history
@@ -77,7 +94,7 @@ class Event(models.Model):
     """
 
     pgh_id = models.BigAutoField(primary_key=True)
-    pgh_created_at = models.DateTimeField(db_default=Now(), editable=False)
+    pgh_created_at = models.DateTimeField(db_default=TransactionNow(), editable=False)
     pgh_label = models.TextField(help_text="The event label.")
     # The writing transaction (xid8 as bigint), for the stream's fold. Set by
     # the triggers once per statement; the default serves create_event().
@@ -98,9 +115,16 @@ class Event(models.Model):
 
 
 def _append_only(model: type[models.Model]) -> None:
-    from audit_stream import config, triggers
+    """Protect one of audit_stream's own logs (row log, DDL log), whatever ``APPEND_ONLY`` says.
 
-    if config.append_only() and not model._meta.abstract:
+    Their triggers live in audit_stream's own migrations, which a setting must
+    not change: ``APPEND_ONLY = False`` would otherwise make ``makemigrations``
+    write a migration into the installed package. The setting applies to the
+    event models of your apps.
+    """
+    from audit_stream import triggers
+
+    if not model._meta.abstract:
         pgtrigger.register(triggers.AppendOnly())(model)
 
 
@@ -141,7 +165,9 @@ class Change(models.Model):
     context = models.ForeignKey(
         Context, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
     )
-    created_at = models.DateTimeField(help_text="When the change was committed (pgh_created_at).")
+    created_at = models.DateTimeField(
+        help_text="The event's pgh_created_at: the start time of its transaction (not its commit time)."
+    )
     folded_at = models.DateTimeField(db_default=Now())
     diff = models.JSONField(encoder=DjangoJSONEncoder, help_text="{field: [old, new]}")
     snapshot = models.JSONField(encoder=DjangoJSONEncoder, help_text="The event's tracked fields.")
@@ -195,12 +221,21 @@ class Checkpoint(models.Model):
         db_table = "audit_stream_checkpoint"
 
 
-class AggregateEvent(models.Model):
-    """Events of one object across event tables, with diffs (a read-only view).
+class BaseAggregateEvent(models.Model):
+    """The abstract base of aggregate events: subclass it to declare your own.
 
-    ``AggregateEvent.objects.target(obj).across(*event_models)``: rows ordered by
-    time, filterable like any QuerySet, e.g. by
-    ``pgh_context__metadata__user=request.user.pk``.
+    ``AggregateEvent`` is the one audit_stream ships. A subclass may add
+    methods, and fields that are read from each event's context metadata by
+    field name (as in django-pghistory)::
+
+        class UserAggregateEvent(BaseAggregateEvent):
+            user = models.ForeignKey(User, null=True, on_delete=models.DO_NOTHING,
+                                     db_constraint=False, related_name="+")
+
+            class Meta:
+                managed = False
+
+        UserAggregateEvent.objects.target(order).filter(user__username="ada")
     """
 
     pgh_key = models.TextField(primary_key=True, help_text='"<event table>:<pgh_id>"')
@@ -214,13 +249,14 @@ class AggregateEvent(models.Model):
         Context, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
     )
     pgh_data = models.JSONField(decoder=ExactDecoder)
-    pgh_diff = models.JSONField(decoder=ExactDecoder)
+    pgh_diff = models.JSONField(
+        null=True, decoder=ExactDecoder, help_text="{column: [old, new]}; None for the first event."
+    )
 
     objects = AggregateEventQuerySet.as_manager()
 
     class Meta:
-        managed = False
-        db_table = "audit_stream_aggregateevent"
+        abstract = True
         ordering = ["pgh_created_at", "pgh_table", "pgh_id"]
 
     def __str__(self) -> str:
@@ -236,6 +272,19 @@ class AggregateEvent(models.Model):
     def event(self):
         """The event row itself (typed fields, for reverting)."""
         return self.event_model.objects.get(pgh_id=self.pgh_id)
+
+
+class AggregateEvent(BaseAggregateEvent):
+    """The events that reference an object, across event tables, with diffs (a read-only view).
+
+    ``AggregateEvent.objects.target(obj).across(*event_models)``: rows ordered by
+    time, filterable like any QuerySet, e.g. by
+    ``pgh_context__metadata__user=request.user.pk``.
+    """
+
+    class Meta(BaseAggregateEvent.Meta):
+        managed = False
+        db_table = "audit_stream_aggregateevent"
 
 
 class FoldRun(models.Model):

@@ -490,8 +490,8 @@ def create_event(obj: models.Model, *, label: str, using: str = "default") -> mo
     if event_model is None:
         known = sorted(lbl for (m, lbl) in _labels if m is model)
         raise ValueError(
-            f'"{label}" is not an event label of {model._meta.label}'
-            + (f" (declared: {', '.join(known)})." if known else " (it has no tracked events).")
+            f'"{label}" is not a registered event for model {model._meta.object_name} ({model._meta.label})'
+            + (f"; its labels are: {', '.join(known)}." if known else "; it has no tracked events.")
             + " Declare it with audit_stream.Event(label) in track()."
         )
     current = _current()

@@ -94,7 +94,12 @@ def start_worker(
 
 def start_listener(log_dir: Path, name: str = "listener", settings: dict | None = None, ready=True) -> Proc:
     proc = Proc(
-        name, [sys.executable, "-m", "worker.listen"], log_dir, child_env(settings), "listener: active"
+        name,
+        # The management command a project runs, with the demo's Celery app.
+        [sys.executable, "-m", "django", "audit_stream", "listen", "--app", "worker"],
+        log_dir,
+        child_env(settings),
+        "listener: active",
     )
     if ready:
         proc.wait_ready()

@@ -1,5 +1,10 @@
 """Event tables are append-only; only retention may delete, deliberately."""
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 from django.db import DatabaseError, connection, transaction
 
@@ -56,3 +61,28 @@ def test_retention_bypass_needs_a_transaction():
     assert not connection.in_atomic_block
     with pytest.raises(RuntimeError, match=r"inside transaction\.atomic"), retention.allow_prune():
         pass
+
+
+def test_turning_append_only_off_writes_no_migration_into_audit_streams_own_app():
+    """APPEND_ONLY = False changes your apps' migrations, never the installed package's."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "AUDIT_STREAM_SETTINGS": json.dumps({"APPEND_ONLY": False}),
+    }
+
+    def makemigrations(app):
+        return subprocess.run(
+            [sys.executable, "-m", "django", "makemigrations", app, "--check", "--dry-run"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    own = makemigrations("audit_stream")
+    assert own.returncode == 0, own.stdout + own.stderr
+    assert "No changes detected" in own.stdout
+    yours = makemigrations("testapp")
+    assert yours.returncode == 1
+    assert "Remove trigger append_only from model productevent" in yours.stdout

@@ -45,6 +45,27 @@ def _check(case):
             ],
         ),
         (
+            "no_pgtrigger",
+            ["audit_stream.E007", '"pgtrigger" is not in INSTALLED_APPS', "no history is recorded"],
+        ),
+        (
+            "cascading_obj_fk",
+            [
+                "audit_stream.E006",
+                "broken.WidgetEvent.pgh_obj has on_delete=SET_NULL",
+                "history is append-only",
+                "Leave obj_fk out",
+            ],
+        ),
+        (
+            "cascading_copied_fk",
+            [
+                "audit_stream.E006",
+                "broken.PartEvent.widget has on_delete=CASCADE: deleting a broken.Widget would delete",
+                "Declare widget with on_delete=models.DO_NOTHING, db_constraint=False",
+            ],
+        ),
+        (
             "bad_ignore_tables",
             [
                 "audit_stream.E010",
@@ -61,6 +82,8 @@ def test_bad_declaration_fails_the_system_checks(case, expected):
         assert text in result.stderr
 
 
-def test_a_valid_declaration_passes_the_system_checks():
-    result = _check("valid")
+@pytest.mark.parametrize("case", ["valid", "cascading_obj_fk_not_append_only"])
+def test_a_valid_declaration_passes_the_system_checks(case):
+    """The default obj_fk passes; a cascading one is fine once history is not append-only."""
+    result = _check(case)
     assert result.returncode == 0, result.stderr

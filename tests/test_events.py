@@ -3,7 +3,9 @@
 from decimal import Decimal
 
 import pytest
+from django.db import transaction
 
+import audit_stream
 from tests.testapp.models import Customer, Label, LabelEvent, Order, OrderEvent, Product, ProductEvent
 
 pytestmark = pytest.mark.django_db
@@ -97,3 +99,23 @@ def test_events_of_one_statement_share_a_timestamp_and_keep_row_order(events):
     rows = list(ProductEvent.objects.order_by("pgh_id").values_list("name", "pgh_created_at"))
     assert [name for name, _ in rows] == [f"p{i}" for i in range(5)]
     assert len({created for _, created in rows}) == 1
+
+
+def test_events_of_one_transaction_share_the_transactions_start_time(events, sql):
+    """pgh_created_at is now(), as in django-pghistory: one time for every statement of a transaction."""
+    with transaction.atomic():
+        Product.objects.create(name="a")
+        sql("SELECT pg_sleep(0.002)")  # statement_timestamp() would now differ
+        Product.objects.filter(name="a").update(price=2)
+        Customer.objects.create(email="b@example.com", name="B").orders.create()
+        ((now,),) = sql("SELECT now()")
+    times = {*ProductEvent.objects.values_list("pgh_created_at", flat=True)}
+    times |= {*OrderEvent.objects.values_list("pgh_created_at", flat=True)}
+    assert times == {now}
+
+
+@pytest.mark.parametrize("event_class", [audit_stream.Event, audit_stream.DatabaseEvent])
+def test_an_event_without_a_label_names_the_label_attribute(event_class):
+    """The message django-pghistory users match: "Must supply label attribute to event"."""
+    with pytest.raises(ValueError, match="Must supply label attribute to event"):
+        event_class()

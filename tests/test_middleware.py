@@ -88,10 +88,38 @@ def test_wsgi_request_records_a_user_set_by_the_view(ada):
     assert _context("late") == {"user": ada.pk, "url": "/api/late/"}
 
 
-def test_the_test_client_with_a_late_user_view_uses_the_plain_request(client, ada):
-    """Without the request class, a late user is not seen (documented setup step)."""
+def test_a_user_set_by_the_view_is_recorded_with_nothing_but_the_middleware(client, ada):
+    """Django's test client, no request_class in wsgi.py: the middleware switches the request itself."""
     client.post("/late-user/?as=ada&name=x")
-    assert _context("x") == {"user": None, "url": "/late-user/"}
+    assert _context("x") == {"user": ada.pk, "url": "/late-user/"}
+
+
+def test_a_user_set_by_an_async_view_is_recorded_with_nothing_but_the_middleware(ada):
+    """The same through ASGI (AsyncClient): the request becomes an audit_stream ASGIRequest."""
+    response = async_to_sync(AsyncClient().post)("/async-late-user/?as=ada&name=y")
+    assert response.status_code == 200
+    assert _context("y") == {"user": ada.pk, "url": "/async-late-user/"}
+
+
+def test_a_projects_own_request_class_keeps_its_behaviour(ada):
+    """A request of a custom subclass gets the late-user behaviour mixed in, not replaced."""
+    from django.core.handlers.wsgi import WSGIRequest as DjangoWSGIRequest
+
+    class ApiRequest(DjangoWSGIRequest):
+        def api_version(self):
+            return 2
+
+    environ = RequestFactory()._base_environ(PATH_INFO="/api/", REQUEST_METHOD="POST", QUERY_STRING="")
+    request = ApiRequest(environ)
+
+    def view(request):
+        request.user = ada
+        Product.objects.create(name="custom")
+        return HttpResponse(str(request.api_version()))
+
+    assert HistoryMiddleware(view)(request).content == b"2"
+    assert isinstance(request, ApiRequest)
+    assert _context("custom") == {"user": ada.pk, "url": "/api/"}
 
 
 def test_setting_the_user_outside_a_context_is_ignored(ada):

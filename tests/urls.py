@@ -9,4 +9,5 @@ urlpatterns = [
     path("write/", views.write),
     path("late-user/", views.late_user),
     path("async-write/", views.async_write),
+    path("async-late-user/", views.async_late_user),
 ]

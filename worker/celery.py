@@ -1,4 +1,8 @@
-"""The Celery app: ``celery -A worker worker`` and ``celery -A worker beat``.
+"""The demo's Celery app: ``celery -A worker worker`` and ``celery -A worker beat``.
+
+A project of its own does the same in its own Celery app (README, Installation):
+this package is the demo's and docker-compose's deployable, not part of the
+installed distribution.
 
 Configured from Django settings (``CELERY_`` namespace); the broker defaults to
 ``$REDIS_URL``. Tasks are acknowledged late and rejected when the worker is
@@ -9,6 +13,8 @@ import logging
 import os
 
 from celery import Celery
+
+import audit_stream.beat
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo.settings")
 
@@ -27,24 +33,8 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     # Redis redelivers unacknowledged tasks after this long (a killed worker's fold).
     broker_transport_options={"visibility_timeout": 300},
-    beat_schedule={
-        # A safety net for when no listener runs: fold whatever is pending. Every 30 s
-        # (AUDIT_STREAM_SWEEP_SECONDS overrides it; the tests run beat with a short one).
-        "audit_stream.sweep": {
-            "task": "audit_stream.sweep",
-            "schedule": float(os.environ.get("AUDIT_STREAM_SWEEP_SECONDS", 30.0)),
-        },
-    },
 )
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["audit_stream"])
-
-
-@app.on_after_finalize.connect
-def _schedule_retention(sender, **kwargs):
-    """Prune by the retention policies every AUDIT_STREAM["RETENTION_INTERVAL"] seconds."""
-    from audit_stream import config
-
-    sender.add_periodic_task(
-        config.retention_interval(), sender.signature("audit_stream.prune"), name="audit_stream.prune"
-    )
+app.autodiscover_tasks()
+# The sweep (a safety net for when no listener runs) and retention.
+audit_stream.beat.schedule(app)

@@ -1,8 +1,7 @@
-"""``python -m worker.listen``: the listener process (see audit_stream.stream.listen)."""
+"""``python -m worker.listen``: the demo's listener (``manage.py audit_stream listen``, the demo's app)."""
 
 import logging
 import os
-import signal
 
 
 def main() -> None:
@@ -10,18 +9,11 @@ def main() -> None:
     import django
 
     django.setup()
-    from django.db import connections
-
-    from audit_stream import config
-    from audit_stream.stream.listen import Listener
+    from audit_stream.stream.listen import run
     from worker.celery import app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    params = connections[config.listen_database()].get_connection_params()
-    listener = Listener(params, enqueue=lambda task, key: app.send_task(task, args=[key]))
-    signal.signal(signal.SIGTERM, listener.stop)
-    signal.signal(signal.SIGINT, listener.stop)
-    listener.run()
+    run(app.send_task)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ PostgreSQL goes away and stops within half a second of :meth:`Listener.stop`.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from audit_stream import config, tracking
 from audit_stream.stream import heartbeat, pending, wakeup
 from audit_stream.webhooks.delivery import DUE_ENDPOINTS_SQL
 
-__all__ = ["Listener"]
+__all__ = ["Listener", "run"]
 
 logger = logging.getLogger("audit_stream.listener")
 
@@ -125,3 +126,19 @@ class Listener:
                     raise
         except Exception as exc:  # Redis or the broker is down: the next poll retries
             logger.warning("listener: could not enqueue %s(%s): %s", task, key, exc)
+
+
+def run(send_task: Callable[..., Any]) -> None:
+    """Run the listener until SIGTERM or SIGINT (the body of ``manage.py audit_stream listen``).
+
+    Args:
+        send_task: Sends a Celery task by name, e.g. your Celery app's
+            ``app.send_task``; called as ``send_task("audit_stream.fold", args=[table])``.
+    """
+    from django.db import connections
+
+    params = connections[config.listen_database()].get_connection_params()
+    listener = Listener(params, enqueue=lambda task, key: send_task(task, args=[key]))
+    signal.signal(signal.SIGTERM, listener.stop)
+    signal.signal(signal.SIGINT, listener.stop)
+    listener.run()

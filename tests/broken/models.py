@@ -17,6 +17,13 @@ class Widget(models.Model):
         app_label = "broken"
 
 
+class Part(models.Model):
+    widget = models.ForeignKey(Widget, null=True, on_delete=models.CASCADE)
+
+    class Meta:
+        app_label = "broken"
+
+
 if case == "unknown_field":
     audit_stream.track(fields=["name", "colour"])(Widget)
 elif case == "unknown_exclude":
@@ -34,3 +41,14 @@ elif case == "uninstallable_condition":
     )(Widget)
 elif case in ("not_postgresql", "bad_settings", "valid"):
     audit_stream.track()(Widget)
+elif case in ("cascading_obj_fk", "cascading_obj_fk_not_append_only"):
+    audit_stream.track(
+        obj_fk=models.ForeignKey(Widget, null=True, on_delete=models.SET_NULL, related_name="+")
+    )(Widget)
+elif case == "cascading_copied_fk":
+
+    class PartEvent(audit_stream.get_event_model(Part)):
+        widget = models.ForeignKey(Widget, null=True, on_delete=models.CASCADE, related_name="+")
+
+        class Meta:
+            app_label = "broken"

@@ -5,7 +5,7 @@ from django.contrib.auth.models import User
 from django.db import models
 
 import audit_stream
-from audit_stream.models import Event
+from audit_stream.models import BaseAggregateEvent, Event
 
 
 @audit_stream.track()  # the defaults: Snapshot() and BeforeDelete()
@@ -78,7 +78,41 @@ audit_stream.track(
     audit_stream.Snapshot(), fields=["username", "email"], app_label="testapp", model_name="UserEvent"
 )(User)
 
-__all__ = ["Customer", "Event", "Label", "LabelEvent", "Note", "Order", "Product"]
+
+@audit_stream.track(obj_fk=None, model_name="ReviewEvent")
+class Review(models.Model):
+    """Tracked without pgh_obj: its events point to a product and a user through copied foreign keys."""
+
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="reviews")
+    author = models.ForeignKey(User, null=True, on_delete=models.SET_NULL, related_name="+")
+    stars = models.IntegerField(default=5)
+
+
+class UserAggregateEvent(BaseAggregateEvent):
+    """A project's own aggregate event: ``user`` is read from the context metadata."""
+
+    user = models.ForeignKey(
+        User, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+
+    class Meta:
+        managed = False
+
+    def who(self) -> str:
+        return self.user.username if self.user else "nobody"
+
+
+__all__ = [
+    "Customer",
+    "Event",
+    "Label",
+    "LabelEvent",
+    "Note",
+    "Order",
+    "Product",
+    "Review",
+    "UserAggregateEvent",
+]
 
 
 class Supplier(models.Model):

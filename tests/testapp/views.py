@@ -32,3 +32,11 @@ async def async_write(request):
     await asyncio.sleep(0.05)
     await sync_to_async(Product.objects.filter(name=name).update)(price=2)
     return HttpResponse("ok")
+
+
+@csrf_exempt
+async def async_late_user(request):
+    """Authenticates in an async view."""
+    request.user = await User.objects.aget(username=request.GET["as"])
+    await sync_to_async(Product.objects.create)(name=request.GET["name"], price=1)
+    return HttpResponse("ok")

@@ -1,0 +1,48 @@
+"""The periodic tasks audit_stream needs, added to your project's own Celery app.
+
+In the module that creates your Celery app (``mysite/celery.py``)::
+
+    app.autodiscover_tasks()          # finds audit_stream.tasks, as any installed app's
+    audit_stream.beat.schedule(app)   # the sweep every 30 s, retention every RETENTION_INTERVAL
+
+``celery -A mysite beat`` then runs both. The listener
+(``manage.py audit_stream listen``) does the sweep's work every
+``POLL_INTERVAL``; the sweep is the safety net for when no listener runs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = ["SWEEP_INTERVAL", "schedule"]
+
+#: Seconds between two sweeps (``audit_stream.sweep``: fold what is pending, deliver what is due);
+#: the environment variable ``AUDIT_STREAM_SWEEP_SECONDS`` overrides it.
+SWEEP_INTERVAL = 30.0
+
+
+def schedule(app: Any) -> None:
+    """Add ``audit_stream.sweep`` and ``audit_stream.prune`` to ``app``'s beat schedule.
+
+    Entries are added when the app is finalized, after its configuration
+    (``CELERY_*`` settings included) is read, so an entry of the same name in
+    ``CELERY_BEAT_SCHEDULE`` is replaced, never duplicated.
+    """
+
+    def _add(sender: Any = app, **kwargs: Any) -> None:
+        from audit_stream import config
+
+        sender.add_periodic_task(
+            float(os.environ.get("AUDIT_STREAM_SWEEP_SECONDS", SWEEP_INTERVAL)),
+            sender.signature("audit_stream.sweep"),
+            name="audit_stream.sweep",
+        )
+        sender.add_periodic_task(
+            config.retention_interval(), sender.signature("audit_stream.prune"), name="audit_stream.prune"
+        )
+
+    if app.finalized:
+        _add(app)
+    else:
+        app.on_after_finalize.connect(_add, weak=False)
