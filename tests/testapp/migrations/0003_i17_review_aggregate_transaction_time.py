@@ -16,7 +16,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('audit_stream', '0013_transaction_time'),
-        ('testapp', '0001_initial'),
+        ('testapp', '0002_i15_security_definer'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
