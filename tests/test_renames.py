@@ -36,16 +36,24 @@ def rename_event_table(monkeypatch):
         monkeypatch.setattr(ProductEvent._meta, "db_table", RENAMED)
         monkeypatch.delitem(tracking._event_models, PRODUCTS)
         monkeypatch.setitem(tracking._event_models, RENAMED, ProductEvent)
+        tracking.install_create_event_functions()  # as migrate's post_migrate does
 
     yield _rename
+    monkeypatch.undo()
     with connection.cursor() as cursor:
         cursor.execute(f"ALTER TABLE IF EXISTS {RENAMED} RENAME TO {PRODUCTS}")
+    tracking.install_create_event_functions()
 
 
 def _record(product, **values):
-    """A snapshot event of ``product`` with ``values`` (the triggers still name the old table)."""
-    for name, value in values.items():
-        setattr(product, name, value)
+    """A snapshot event of ``product`` with ``values`` (the triggers still name the old table).
+
+    The row is changed with triggers off, then recorded by ``create_event``,
+    which snapshots the live row.
+    """
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL session_replication_role = replica")
+        Product.objects.filter(pk=product.pk).update(**values)
     audit_stream.create_event(product, label="snapshot")
 
 
