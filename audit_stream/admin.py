@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
@@ -37,7 +38,7 @@ from audit_stream.models import (
     WebhookMessage,
 )
 from audit_stream.triggers import quote_name
-from audit_stream.webhooks import delivery
+from audit_stream.webhooks import delivery, filters
 
 __all__ = ["VersionAdminMixin", "VersionModelAdmin"]
 
@@ -60,6 +61,7 @@ class ContextAdmin(ReadOnlyAdmin):
     list_display = ["id", "created_at", "updated_at", "metadata"]
     search_fields = ["id"]
     date_hierarchy = "created_at"
+    ordering = ["-created_at", "-id"]  # newest first (ids are random UUIDs)
 
 
 @admin.register(Change)
@@ -84,8 +86,31 @@ class DdlLogAdmin(ReadOnlyAdmin):
     list_filter = ["pgh_label", "logged_table"]
 
 
+class WebhookEndpointForm(forms.ModelForm):
+    """Refuses filters naming models or labels the change feed never carries."""
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ["url", "description", "is_active", "filter_models", "filter_labels", "rate_limit"]
+
+    def clean(self):
+        cleaned = super().clean()
+        for field, problem in zip(
+            ("filter_models", "filter_labels"),
+            (
+                filters.check(cleaned.get("filter_models") or [], []),
+                filters.check([], cleaned.get("filter_labels") or []),
+            ),
+            strict=True,
+        ):
+            if problem:
+                self.add_error(field, problem)
+        return cleaned
+
+
 @admin.register(WebhookEndpoint)
 class WebhookEndpointAdmin(admin.ModelAdmin):
+    form = WebhookEndpointForm
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     list_display = ["id", "url", "is_active", "masked_secret", "consecutive_failures", "disabled_reason"]
     list_filter = ["is_active"]
@@ -120,30 +145,35 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         )
         return super().response_add(request, obj, post_url_continue)
 
-    @admin.action(description="Replay dead messages of the last 24 hours")
+    def has_replay_permission(self, request) -> bool:
+        """Replaying changes the endpoint's messages: the change permission on both."""
+        return self.has_change_permission(request) and request.user.has_perm(
+            "audit_stream.change_webhookmessage"
+        )
+
+    @admin.action(description="Replay dead messages of the last 24 hours", permissions=["replay"])
     def replay_dead_last_day(self, request, queryset):
         since = timezone.now() - timedelta(days=1)
         count = sum(delivery.replay_failed(endpoint, since) for endpoint in queryset)
         self.message_user(request, f"Replaying {count} dead message(s).")
 
-    @admin.action(description="Replay all dead messages")
+    @admin.action(description="Replay all dead messages", permissions=["replay"])
     def replay_dead_all(self, request, queryset):
-        since = timezone.now() - timedelta(days=365 * 100)
-        count = sum(delivery.replay_failed(endpoint, since) for endpoint in queryset)
+        count = sum(delivery.replay_failed(endpoint) for endpoint in queryset)
         self.message_user(request, f"Replaying {count} dead message(s).")
 
-    @admin.action(description="Send a test message")
+    @admin.action(description="Send a test message", permissions=["change"])
     def send_test_message(self, request, queryset):
         for endpoint in queryset:
             delivery.send_test(endpoint)
         self.message_user(request, f"Queued {queryset.count()} test message(s).")
 
-    @admin.action(description="Disable")
+    @admin.action(description="Disable", permissions=["change"])
     def disable_endpoints(self, request, queryset):
         for endpoint in queryset:
             endpoint.disable(f"Disabled by {request.user} in the admin.")
 
-    @admin.action(description="Enable")
+    @admin.action(description="Enable", permissions=["change"])
     def enable_endpoints(self, request, queryset):
         for endpoint in queryset:
             endpoint.enable()
@@ -172,6 +202,7 @@ class WebhookMessageAdmin(ReadOnlyAdmin):
         "created_at",
     ]
     list_filter = ["status", "endpoint"]
+    ordering = ["-created_at", "-id"]  # newest first (ids are random UUIDs)
     readonly_fields = ["payload", "last_error"]
     inlines = [WebhookAttemptInline]
     actions = ["replay_messages"]

@@ -481,12 +481,15 @@ DELETE FROM audit_stream_webhookmessage AS m USING messages WHERE m.id = message
 """
 
 
-def erase(model_label: str, pk: str, *, using: str = DEFAULT_DB_ALIAS) -> dict[str, int]:
+def erase(
+    model_label: str, pk: str, *, using: str = DEFAULT_DB_ALIAS, dry_run: bool = False
+) -> dict[str, int]:
     """Remove every trace of one object: its events, changes and webhook messages.
 
     For a right-to-erasure request. Unfolded events are erased too. What was
     erased is not recorded; that an erasure happened is (a ``RetentionRun``
-    with ``trigger="erasure"`` and the counts).
+    with ``trigger="erasure"`` and the counts). With ``dry_run`` the same
+    deletes run and are rolled back: the counts are exact, nothing changes.
     """
     from django.apps import apps
 
@@ -533,4 +536,6 @@ def erase(model_label: str, pk: str, *, using: str = DEFAULT_DB_ALIAS) -> dict[s
             finished_at=timezone.now(),
             started_at=started,
         )
+        if dry_run:
+            transaction.set_rollback(True, using=using)
     return counts

@@ -1,11 +1,13 @@
 """manage.py webhooks: each action, and clear errors for bad arguments."""
 
+from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
-from audit_stream.models import WebhookEndpoint, WebhookMessage
+from audit_stream.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 
 pytestmark = pytest.mark.django_db
 
@@ -89,3 +91,59 @@ def test_rotate_secret_prints_the_new_secret():
     out = _run("rotate-secret", str(endpoint.pk))
     endpoint.refresh_from_db()
     assert endpoint.secret in out and old not in out and endpoint.previous_secret == old
+
+
+def test_replay_without_since_replays_every_dead_message_of_the_endpoint():
+    """--endpoint alone means every dead message, however old."""
+    endpoint = WebhookEndpoint.objects.create(url=URL)
+    old = WebhookMessage.objects.create(endpoint=endpoint, event_type="t", payload={}, status="dead")
+    WebhookMessage.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=3650))
+    WebhookMessage.objects.create(endpoint=endpoint, event_type="t", payload={}, status="dead")
+    WebhookMessage.objects.create(endpoint=endpoint, event_type="t", payload={}, status="delivered")
+    assert "Replaying 2 dead message(s)" in _run("replay", "--endpoint", str(endpoint.pk))
+    assert list(WebhookMessage.objects.filter(status="dead")) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "testapp.Nope"], "No tracked or logged model is called 'testapp.Nope'"),
+        (["--model", "Product"], 'write "app_label.model", one of: .*testapp.product'),
+        (["--label", "shiped"], "No event has the label 'shiped'; labels in use: .*shipped"),
+    ],
+)
+def test_add_refuses_filters_that_name_no_model_or_label(args, message):
+    """A filter that could never match is refused, with the choices named."""
+    with pytest.raises(CommandError, match=message):
+        _run("add", URL, *args)
+    assert not WebhookEndpoint.objects.exists()
+
+
+def test_add_accepts_filters_in_any_case():
+    _run("add", URL, "--model", "testapp.Product", "--model", "TESTAPP.order", "--label", "snapshot")
+    assert WebhookEndpoint.objects.get().filter_models == ["testapp.product", "testapp.order"]
+
+
+def test_delete_removes_the_endpoint_its_messages_and_attempts():
+    endpoint, other = WebhookEndpoint.objects.create(url=URL), WebhookEndpoint.objects.create(url=URL)
+    for ep in (endpoint, other):
+        message = WebhookMessage.objects.create(endpoint=ep, event_type="t", payload={})
+        WebhookAttempt.objects.create(message=message, error="HTTP 500")
+    out = _run("delete", str(endpoint.pk), "--no-input")
+    assert f"Deleted endpoint {endpoint.pk}" in out and "1 message(s)" in out
+    assert list(WebhookEndpoint.objects.all()) == [other]
+    assert WebhookMessage.objects.get().endpoint == other
+    assert WebhookAttempt.objects.get().message.endpoint == other
+
+
+def test_delete_without_no_input_and_without_a_terminal_deletes_nothing():
+    """Under pytest stdin is no terminal: the command refuses instead of guessing."""
+    endpoint = WebhookEndpoint.objects.create(url=URL)
+    with pytest.raises(CommandError, match="no terminal to ask on"):
+        _run("delete", str(endpoint.pk))
+    assert WebhookEndpoint.objects.filter(pk=endpoint.pk).exists()
+
+
+def test_delete_of_an_unknown_endpoint_is_a_clear_error():
+    with pytest.raises(CommandError, match="There is no webhook endpoint 99"):
+        _run("delete", "99", "--no-input")

@@ -31,6 +31,7 @@ from django.utils import timezone
 from audit_stream import config, rowlog, tracking
 from audit_stream.dashboard import formats
 from audit_stream.models import Change, Context, LoggedTable, RetentionRun
+from audit_stream.webhooks import filters
 from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 
 __all__ = [
@@ -764,20 +765,12 @@ def retention(limit: int = 20) -> Retention:
 
 def tracked_models() -> list[str]:
     """``"app_label.model"`` of every tracked or logged model, as ``Change.model`` stores it."""
-    labels = {m.pgh_tracked_model._meta.label_lower for m in tracking._event_models.values()}
-    logged = [f"{t.schema_name}.{t.table_name}" for t in LoggedTable.objects.all()]
-    if logged:
-        names = rowlog.models_by_table()
-        labels |= {names.get(table, table) for table in logged}
-    return sorted(labels)
+    return filters.known_models()
 
 
 def event_labels() -> list[str]:
     """Every event label declared on a tracked model (and the row log's, when logging is on)."""
-    labels = {event.label for m in tracking._event_models.values() for event in m.pgh_events}
-    if LoggedTable.objects.exists():
-        labels |= {"insert", "update", "delete"}
-    return sorted(labels)
+    return filters.known_labels()
 
 
 def _row_log_in_use(checkpoints: dict, using: str) -> bool:

@@ -43,7 +43,7 @@ from audit_stream import config
 from audit_stream.webhooks import safety, signing
 from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 
-__all__ = ["DeliveryResult", "deliver", "replay", "replay_failed", "send_test"]
+__all__ = ["DeliveryResult", "delete_endpoint", "deliver", "replay", "replay_failed", "send_test"]
 
 _CLAIM = 20  # messages claimed at a time
 _PARALLEL = 8  # requests in flight per endpoint
@@ -333,11 +333,16 @@ def replay(messages) -> int:
     )
 
 
-def replay_failed(endpoint: WebhookEndpoint | int, since: datetime) -> int:
-    """Replay every dead message of an endpoint created since ``since``. Returns how many."""
-    return WebhookMessage.objects.filter(
-        endpoint_id=getattr(endpoint, "pk", endpoint), status=WebhookMessage.DEAD, created_at__gte=since
-    ).update(status=WebhookMessage.PENDING, attempts=0, next_attempt_at=timezone.now(), lease_until=None)
+def replay_failed(endpoint: WebhookEndpoint | int, since: datetime | None = None) -> int:
+    """Replay every dead message of an endpoint created since ``since`` (all: ``None``). Returns how many."""
+    dead = WebhookMessage.objects.filter(
+        endpoint_id=getattr(endpoint, "pk", endpoint), status=WebhookMessage.DEAD
+    )
+    if since is not None:
+        dead = dead.filter(created_at__gte=since)
+    return dead.update(
+        status=WebhookMessage.PENDING, attempts=0, next_attempt_at=timezone.now(), lease_until=None
+    )
 
 
 def send_test(endpoint: WebhookEndpoint) -> WebhookMessage:
@@ -348,3 +353,24 @@ def send_test(endpoint: WebhookEndpoint) -> WebhookMessage:
         event_type="audit_stream.test",
         payload={"type": "audit_stream.test", "timestamp": now.isoformat(), "data": {"message": "It works."}},
     )
+
+
+# An endpoint's attempts, then its messages, by key: set-based, never loaded into Python.
+_DELETE_ATTEMPTS_SQL = """
+DELETE FROM audit_stream_webhookattempt AS a
+USING audit_stream_webhookmessage AS m
+WHERE a.message_id = m.id AND m.endpoint_id = %s
+"""
+_DELETE_MESSAGES_SQL = "DELETE FROM audit_stream_webhookmessage WHERE endpoint_id = %s"
+
+
+def delete_endpoint(endpoint: WebhookEndpoint) -> int:
+    """Delete ``endpoint``, its messages and their attempts in one transaction; returns the messages."""
+    from django.db import connection
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_DELETE_ATTEMPTS_SQL, [endpoint.pk])
+        cursor.execute(_DELETE_MESSAGES_SQL, [endpoint.pk])
+        deleted = cursor.rowcount
+        WebhookEndpoint.objects.filter(pk=endpoint.pk).delete()
+    return deleted

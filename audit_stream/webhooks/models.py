@@ -64,17 +64,41 @@ class WebhookEndpoint(models.Model):
         return self.url
 
     def save(self, *args, **kwargs) -> None:
-        self.clean()  # a bad URL never reaches the table, whoever saves it
+        # A bad URL never reaches the table, whoever saves it. Only a URL that is set
+        # or changed is checked: a host that stops resolving later must not stop the
+        # worker, an operator or the admin from disabling the endpoint or rotating its
+        # secret (its deliveries are refused, and recorded as failed attempts, instead).
+        update_fields = kwargs.get("update_fields")
+        if update_fields is None or "url" in update_fields:
+            self._check_url()
+        self.filter_models = [m.lower() for m in self.filter_models]
         super().save(*args, **kwargs)
+        self._stored_url = self.url
 
     def clean(self) -> None:
+        self._check_url()
+        self.filter_models = [m.lower() for m in self.filter_models]
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        endpoint = super().from_db(db, field_names, values)
+        endpoint._stored_url = endpoint.__dict__.get("url")  # None when the field was deferred
+        return endpoint
+
+    @property
+    def url_is_new(self) -> bool:
+        """Whether ``url`` was set or changed since the endpoint was read (always true before it is saved)."""
+        return self._state.adding or getattr(self, "_stored_url", None) != self.url
+
+    def _check_url(self) -> None:
         from audit_stream.webhooks import safety
 
+        if not self.url_is_new:
+            return
         try:
             safety.check_url(self.url)
         except safety.UnsafeURL as exc:
             raise ValidationError({"url": str(exc)}) from None
-        self.filter_models = [m.lower() for m in self.filter_models]
 
     @property
     def masked_secret(self) -> str:

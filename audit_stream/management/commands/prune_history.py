@@ -9,6 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from audit_stream import retention
+from audit_stream.management.confirm import confirm
 from audit_stream.models import RetentionRun
 
 
@@ -21,7 +22,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--dry-run", action="store_true", help="Show what would go, per table; delete nothing."
+            "--dry-run",
+            action="store_true",
+            help="Show what would go, per table (with --erase: per table of that object); delete nothing.",
         )
         parser.add_argument(
             "--model", action="append", default=[], metavar="TARGET",
@@ -129,20 +132,25 @@ class Command(BaseCommand):
         if ":" not in target:
             raise CommandError("--erase takes APP_LABEL.ModelName:PK, e.g. --erase shop.Customer:42.")
         label, pk = target.rsplit(":", 1)
-        if not options["no_input"]:
-            answer = input(
-                f"This removes every event, change and webhook message of {label} {pk}. It cannot be undone."
-                " Type 'yes' to continue: "
+        dry_run = options["dry_run"]
+        if not dry_run:
+            confirm(
+                f"This removes every event, change and webhook message of {label} {pk}. It cannot be undone.",
+                no_input=options["no_input"],
+                cancelled="Erasure cancelled.",
             )
-            if answer.strip().lower() != "yes":
-                raise CommandError("Erasure cancelled.")
         try:
-            counts = retention.erase(label, pk)
+            counts = retention.erase(label, pk, dry_run=dry_run)
         except (ValueError, TypeError) as exc:
             raise CommandError(str(exc)) from None
         except Exception as exc:  # e.g. a pk of the wrong type
             raise CommandError(f"Could not erase {target}: {exc}") from None
         total = sum(counts.values())
+        if dry_run:
+            self.stdout.write(
+                f"Dry run: erasing {label} {pk} would delete {total} row(s): {counts}. Nothing was deleted."
+            )
+            return
         self.stdout.write(
             self.style.SUCCESS(f"Erased {total} row(s) of {label} {pk}: {counts}. The erasure is recorded.")
         )

@@ -1,4 +1,4 @@
-"""``manage.py webhooks add|list|test|replay|disable|enable|rotate-secret``."""
+"""``manage.py webhooks add|list|test|replay|disable|enable|rotate-secret|delete``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from audit_stream.webhooks import delivery
+from audit_stream.management.confirm import confirm
+from audit_stream.webhooks import delivery, filters
 from audit_stream.webhooks.models import WebhookEndpoint, WebhookMessage
 
 
@@ -23,7 +24,7 @@ def _since(value: str) -> datetime:
 
 
 class Command(BaseCommand):
-    help = "Manage webhook endpoints: add, list, test, replay, disable, enable, rotate-secret."
+    help = "Manage webhook endpoints: add, list, test, replay, disable, enable, rotate-secret, delete."
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -67,6 +68,12 @@ class Command(BaseCommand):
         rotate.add_argument("endpoint", type=int)
         rotate.add_argument("--overlap-hours", type=float, default=24.0)
 
+        delete = sub.add_parser(
+            "delete", help="Delete an endpoint with its messages and attempts (asks; --no-input)."
+        )
+        delete.add_argument("endpoint", type=int)
+        delete.add_argument("--no-input", action="store_true", help="Do not ask for confirmation.")
+
     def handle(self, *args, **options):
         getattr(self, "handle_" + options["action"].replace("-", "_"))(options)
 
@@ -79,6 +86,9 @@ class Command(BaseCommand):
     def handle_add(self, options):
         if options["rate_limit"] is not None and options["rate_limit"] < 1:
             raise CommandError("--rate-limit must be a positive number of messages per second.")
+        problems = filters.check(options["model"], options["label"])
+        if problems:
+            raise CommandError(" ".join(problems))
         endpoint = WebhookEndpoint(
             url=options["url"],
             description=options["description"],
@@ -125,7 +135,7 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(f"Replaying {message.webhook_id}."))
             return
         endpoint = self._endpoint(options["endpoint"])
-        since = _since(options["since"]) if options["since"] else datetime.min.replace(tzinfo=timezone.UTC)
+        since = _since(options["since"]) if options["since"] else None
         count = delivery.replay_failed(endpoint, since)
         self.stdout.write(self.style.SUCCESS(f"Replaying {count} dead message(s) of endpoint {endpoint.pk}."))
 
@@ -146,3 +156,19 @@ class Command(BaseCommand):
         secret = endpoint.rotate_secret(overlap=timedelta(hours=options["overlap_hours"]))
         self.stdout.write(self.style.SUCCESS(f"Rotated the secret of endpoint {endpoint.pk}."))
         self.stdout.write(f"New secret (shown once): {secret}")
+
+    def handle_delete(self, options):
+        endpoint = self._endpoint(options["endpoint"])
+        owed = endpoint.messages.filter(status__in=[WebhookMessage.PENDING, WebhookMessage.SENDING]).count()
+        confirm(
+            f"This deletes endpoint {endpoint.pk} ({endpoint.url}) with every message and attempt"
+            f" recorded for it, {owed} of them still owed. It cannot be undone.",
+            no_input=options["no_input"],
+            cancelled="Deletion cancelled.",
+        )
+        deleted = delivery.delete_endpoint(endpoint)
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Deleted endpoint {endpoint.pk} ({endpoint.url}) and its {deleted} message(s)."
+            )
+        )
