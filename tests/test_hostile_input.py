@@ -105,8 +105,16 @@ def test_private_addresses_are_refused_in_every_spelling(ip, form, scheme):
         safety.check_url(f"{scheme}://{host}/hook")
 
 
+# Special-purpose networks that some Python versions' tables call global, but the guard refuses.
+_SPECIAL_V4 = [ipaddress.ip_network(n) for n in ("192.0.0.0/24", "192.88.99.0/24", "198.18.0.0/15")]
+
+
 @settings(max_examples=100, deadline=None)
-@given(ip=st.ip_addresses(v=4).filter(lambda ip: ip.is_global and not ip.is_multicast))
+@given(
+    ip=st.ip_addresses(v=4).filter(
+        lambda ip: ip.is_global and not ip.is_multicast and not any(ip in n for n in _SPECIAL_V4)
+    )
+)
 def test_public_addresses_are_accepted(ip):
     safety.check_url(f"https://{ip}/hook")
 

@@ -1,6 +1,7 @@
 """Webhook delivery in-process against a real HTTP receiver on loopback (pytest-httpserver)."""
 
 import json
+import socket
 import time
 from datetime import timedelta
 from decimal import Decimal
@@ -281,3 +282,53 @@ def test_the_secret_never_appears_in_logs_attempts_or_errors(httpserver, endpoin
     for text in [caplog.text, str(stored), endpoint.disabled_reason]:
         assert body not in text
     assert any(request.headers["webhook-signature"] for request in _requests(httpserver))
+
+
+@pytest.fixture
+def rebinding_dns(monkeypatch):
+    """``rebind.test`` answers with each address of ``answers`` in turn, then the last one forever.
+
+    The resolver is the only stand-in: the check, the connection and the receiver are real.
+    """
+    real = socket.getaddrinfo
+    answers: list[str] = []
+    asked: list[str] = []
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host != "rebind.test":
+            return real(host, port, *args, **kwargs)
+        address = answers.pop(0) if len(answers) > 1 else answers[0]
+        asked.append(address)
+        return real(address, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return answers, asked
+
+
+def test_dns_rebinding_after_the_check_cannot_redirect_the_request(httpserver, rebinding_dns):
+    """The request goes to the address that was checked, not to a second, later answer."""
+    answers, asked = rebinding_dns
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    answers[:] = ["127.0.0.1"]
+    endpoint = WebhookEndpoint.objects.create(url=f"http://rebind.test:{httpserver.port}/hook")
+    delivery.send_test(endpoint)
+    answers[:] = ["127.0.0.1", "10.255.255.1"]  # checked once as loopback, then it rebinds
+    before = len(asked)
+    assert delivery.deliver(endpoint.pk).delivered == 1
+    assert asked[before:] == ["127.0.0.1"]  # resolved once, for the check, and never again
+    (request,) = _requests(httpserver)
+    assert request.headers["host"] == f"rebind.test:{httpserver.port}"
+    assert WebhookAttempt.objects.get().status_code == 200
+
+
+def test_dns_rebinding_to_a_private_address_is_refused_at_send_time(httpserver, rebinding_dns):
+    """A host that resolved to an allowed address when saved and to the metadata service now is refused."""
+    answers, _ = rebinding_dns
+    answers[:] = ["127.0.0.1"]
+    endpoint = WebhookEndpoint.objects.create(url=f"http://rebind.test:{httpserver.port}/hook")
+    delivery.send_test(endpoint)
+    answers[:] = ["169.254.169.254"]
+    delivery.deliver(endpoint.pk)
+    attempt = WebhookAttempt.objects.get()
+    assert attempt.error.startswith("refused:") and "169.254.169.254" in attempt.error
+    assert not _requests(httpserver)
