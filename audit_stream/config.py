@@ -28,6 +28,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "RETENTION": (dict,),
     "RETENTION_INTERVAL": (int, float),
     "METRICS_TOKEN": (str,),
+    "DASHBOARD_SHOWS_ALL_MODELS": (bool,),
     "MIDDLEWARE_METHODS": (list, tuple),
     "JSON_ENCODER": (str, type),
     "IGNORE_TABLES": (list, tuple),
@@ -160,6 +161,13 @@ def metrics_token() -> str | None:
     """``METRICS_TOKEN`` (default ``None``): a bearer token that may read
     ``/audit-stream/metrics`` without logging in (for Prometheus)."""
     return _get("METRICS_TOKEN", None)
+
+
+def dashboard_shows_all_models() -> bool:
+    """``DASHBOARD_SHOWS_ALL_MODELS`` (default ``False``): whoever may view the
+    dashboard sees every model's changes and webhook payloads. By default a user
+    sees a model's data only with its view (or change) permission."""
+    return _get("DASHBOARD_SHOWS_ALL_MODELS", False)
 
 
 #: Not logged by ``initlogging`` unless ``IGNORE_TABLES`` says otherwise:

@@ -16,12 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import audit_stream
 from audit_stream import retention as retention_module
-from audit_stream.dashboard import queries
-from audit_stream.models import Checkpoint, FoldRun, Heartbeat, RetentionRun
+from audit_stream.dashboard import access, queries
+from audit_stream.models import Change, Checkpoint, FoldRun, Heartbeat, RetentionRun
 from audit_stream.stream import fold
 from audit_stream.webhooks import delivery
 from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
-from tests.testapp.models import Product
+from tests.testapp.models import Customer, Order, Product
 
 pytestmark = pytest.mark.django_db
 
@@ -32,21 +32,34 @@ PUBLIC_URL = "http://93.184.215.14/hook"  # a public address: no DNS, never call
 # --------------------------------------------------------------------------- fixtures
 
 
-def _user(django_user_model, username, *, staff, permitted=False, superuser=False):
+# What an operator is given: the dashboard, replaying messages, and the test app's data.
+OPERATOR_PERMISSIONS = [
+    "audit_stream.view_dashboard",
+    "audit_stream.change_webhookmessage",
+    "testapp.view_product",
+    "testapp.view_order",
+    "testapp.view_customer",
+]
+
+
+def _user(django_user_model, username, *, staff, permitted=False, superuser=False, permissions=()):
+    """A user; ``permitted``: with audit_stream.view_dashboard; ``permissions``: "app_label.codename"s."""
     user = django_user_model.objects.create_user(
         username, password="pw", is_staff=staff, is_superuser=superuser
     )
-    if permitted:
+    wanted = [*(["audit_stream.view_dashboard"] if permitted else []), *permissions]
+    for name in wanted:
+        app_label, codename = name.split(".")
         user.user_permissions.add(
-            Permission.objects.get(codename="view_dashboard", content_type__app_label="audit_stream")
+            Permission.objects.get(codename=codename, content_type__app_label=app_label)
         )
     return user
 
 
 @pytest.fixture
 def operator(django_user_model):
-    """Staff with audit_stream.view_dashboard."""
-    return _user(django_user_model, "operator", staff=True, permitted=True)
+    """Staff who may view the dashboard, replay messages and view the test app's models."""
+    return _user(django_user_model, "operator", staff=True, permissions=OPERATOR_PERMISSIONS)
 
 
 @pytest.fixture
@@ -129,7 +142,7 @@ def _metrics(text: str) -> dict:
 
 # --------------------------------------------------------------------------- who may see it
 
-KINDS = ["anonymous", "non-staff", "staff without permission", "permitted staff", "superuser"]
+KINDS = ["anonymous", "non-staff", "staff without permission", "viewer", "operator", "superuser"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -140,15 +153,23 @@ def test_permission_matrix(kind, django_user_model, endpoint, message):
             # Has the permission, but is not staff: still refused.
             "non-staff": lambda: _user(django_user_model, "visitor", staff=False, permitted=True),
             "staff without permission": lambda: _user(django_user_model, "clerk", staff=True),
-            "permitted staff": lambda: _user(django_user_model, "operator", staff=True, permitted=True),
+            # May look, not act: view_dashboard alone.
+            "viewer": lambda: _user(django_user_model, "viewer", staff=True, permitted=True),
+            "operator": lambda: _user(
+                django_user_model, "operator", staff=True, permissions=OPERATOR_PERMISSIONS
+            ),
             "superuser": lambda: _user(django_user_model, "root", staff=True, superuser=True),
         }[kind]()
         client.force_login(user)
 
     login = reverse("admin:login")
+    metrics = reverse("audit_stream:metrics")
     for url in _pages(endpoint, message):
         response = client.get(url)
-        if kind == "anonymous":
+        if kind == "anonymous" and url == metrics:  # a scraper gets a status, never a login page
+            assert response.status_code == 401, url
+            assert response["WWW-Authenticate"].startswith("Bearer"), url
+        elif kind == "anonymous":
             assert response.status_code == 302, url
             assert response["Location"] == f"{login}?next={quote(url)}", url
         elif kind in ("non-staff", "staff without permission"):
@@ -158,14 +179,14 @@ def test_permission_matrix(kind, django_user_model, endpoint, message):
 
     for url, data in _actions(endpoint, message):
         response = client.post(url, data)
-        expected = {"anonymous": 302, "non-staff": 403, "staff without permission": 403}.get(kind, 302)
-        assert response.status_code == expected, url
+        expected = {"anonymous": 302, "non-staff": 403, "staff without permission": 403, "viewer": 403}
+        assert response.status_code == expected.get(kind, 302), url
         if kind == "anonymous":
             assert response["Location"].startswith(f"{login}?next="), url
         assert client.get(url).status_code == 405, url  # actions are POSTs only
 
     message.refresh_from_db()
-    assert message.status == ("pending" if kind in ("permitted staff", "superuser") else "dead")
+    assert message.status == ("pending" if kind in ("operator", "superuser") else "dead")
 
 
 def test_unknown_endpoints_and_messages_are_404(operator_client):
@@ -203,7 +224,7 @@ def test_metrics_accept_the_bearer_token_when_one_is_set(settings, operator_clie
     url = reverse("audit_stream:metrics")
     anonymous = Client()
     # No token configured: a bearer header counts for nothing.
-    assert anonymous.get(url, HTTP_AUTHORIZATION="Bearer anything").status_code == 302
+    assert anonymous.get(url, HTTP_AUTHORIZATION="Bearer anything").status_code == 401
 
     settings.AUDIT_STREAM = {"METRICS_TOKEN": "t0ken-for-prometheus"}
     response = anonymous.get(url, HTTP_AUTHORIZATION="Bearer t0ken-for-prometheus")
@@ -211,7 +232,7 @@ def test_metrics_accept_the_bearer_token_when_one_is_set(settings, operator_clie
     assert response["Content-Type"].startswith("text/plain; version=0.0.4")
     wrong = anonymous.get(url, HTTP_AUTHORIZATION="Bearer t0ken-for-prometheuz")
     assert wrong.status_code == 401 and wrong["WWW-Authenticate"].startswith("Bearer")
-    assert anonymous.get(url).status_code == 302  # no header: the login page, as for the pages
+    assert anonymous.get(url).status_code == 401  # no header: 401, never the login page
     assert operator_client.get(url).status_code == 200  # a permitted session still works
     # The token opens the metrics only.
     overview = reverse("audit_stream:overview_json")
@@ -723,3 +744,108 @@ def test_the_row_log_is_shown_once_logging_is_on(operator_client):
         assert 'data-table="audit_stream_row_log"' in html
     finally:
         call_command("droplogging", stdout=StringIO())
+
+
+# --------------------------------------------------------------------------- whose data
+
+
+def _feed(client, params=None) -> str:
+    return _html(client.get(reverse("audit_stream:changes"), params or {}))
+
+
+def _user_change(password_hash: str) -> Change:
+    """A change of auth.user as the row log would fold it, with the password hash in it."""
+    return Change.objects.create(
+        event_table="audit_stream_row_log", event_id=1, model="auth.user", object_id="1", label="update",
+        created_at=timezone.now(), diff={"password": ["old", password_hash]},
+        snapshot={"password": password_hash},
+    )  # fmt: skip
+
+
+@pytest.mark.django_db(transaction=True)  # the fold runs outside the test's transaction
+def test_the_change_feed_shows_only_models_the_user_may_view(django_user_model):
+    """view_dashboard alone shows no model's data; each model's view permission shows that model's."""
+    customer = Customer.objects.create(email="c@example.com", name="Ada")
+    Order.objects.create(customer=customer)
+    Product.objects.create(name="lamp")
+    _user_change("pbkdf2_sha256$600000$secret-hash")
+    fold.fold_all()
+    viewer = Client()
+    viewer.force_login(
+        _user(django_user_model, "viewer", staff=True, permissions=["audit_stream.view_dashboard"])
+    )
+    html = _feed(viewer)
+    assert "data-change=" not in html and "Only the models you may view are shown" in html
+    assert "secret-hash" not in html and "c@example.com" not in html
+
+    products = Client()
+    products.force_login(
+        _user(
+            django_user_model,
+            "products",
+            staff=True,
+            permissions=["audit_stream.view_dashboard", "testapp.view_product"],
+        )
+    )
+    html = _feed(products)
+    assert "lamp" in html and "c@example.com" not in html and "secret-hash" not in html
+    assert "testapp.order" not in html  # neither in the rows nor among the filter's choices
+    asked = _feed(products, {"model": "auth.user"})  # not a choice: the filter is ignored
+    assert "secret-hash" not in asked and "auth.user <strong>" not in asked
+
+
+def test_a_change_permission_also_shows_the_model(django_user_model):
+    _user_change("pbkdf2_sha256$600000$secret-hash")
+    client = Client()
+    client.force_login(
+        _user(
+            django_user_model,
+            "admin2",
+            staff=True,
+            permissions=["audit_stream.view_dashboard", "auth.change_user"],
+        )
+    )
+    assert "secret-hash" in _feed(client)
+
+
+def test_the_dashboard_setting_shows_every_model_to_dashboard_viewers(settings, django_user_model):
+    settings.AUDIT_STREAM = {"DASHBOARD_SHOWS_ALL_MODELS": True}
+    _user_change("pbkdf2_sha256$600000$secret-hash")
+    client = Client()
+    client.force_login(_user(django_user_model, "viewer", staff=True, permitted=True))
+    assert "secret-hash" in _feed(client)
+
+
+def test_a_message_payload_is_shown_only_to_users_who_may_view_its_model(django_user_model, endpoint):
+    found = WebhookMessage.objects.create(
+        endpoint=endpoint, event_type="auth.user.update", status="dead",
+        payload={"data": {"model": "auth.user", "snapshot": {"password": "pbkdf2-secret-hash"}}},
+    )  # fmt: skip
+    url = reverse("audit_stream:message", args=[found.pk])
+    viewer = Client()
+    viewer.force_login(_user(django_user_model, "viewer", staff=True, permitted=True))
+    html = _html(viewer.get(url))
+    assert "pbkdf2-secret-hash" not in html and "data of auth.user, which you may not view" in html
+    assert "Replay" not in html  # and a viewer gets no replay button
+    allowed = Client()
+    allowed.force_login(
+        _user(
+            django_user_model,
+            "users",
+            staff=True,
+            permissions=["audit_stream.view_dashboard", "auth.view_user"],
+        )
+    )
+    assert "pbkdf2-secret-hash" in _html(allowed.get(url))
+
+
+def test_a_logged_table_without_a_model_is_shown_only_with_the_setting_or_to_superusers(
+    settings, django_user_model
+):
+    user = _user(django_user_model, "viewer", staff=True, permitted=True)
+    assert not access.may_see_model(user, "public.legacy_table")
+    assert access.may_see_model(
+        _user(django_user_model, "root", staff=True, superuser=True), "public.legacy_table"
+    )
+    settings.AUDIT_STREAM = {"DASHBOARD_SHOWS_ALL_MODELS": True}
+    assert access.may_see_model(user, "public.legacy_table")

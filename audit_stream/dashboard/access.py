@@ -1,16 +1,24 @@
-"""Who may use the dashboard.
+"""Who may use the dashboard, act on it, and see which model's data.
 
 Staff users with the ``audit_stream.view_dashboard`` permission (superusers
-have every permission). Anonymous visitors are sent to the admin's login page;
-anyone else logged in gets 403. The Prometheus endpoint also accepts a bearer
-token, ``AUDIT_STREAM["METRICS_TOKEN"]``, so a scraper needs no session.
+have every permission) see the stream's figures. Anonymous visitors are sent
+to the admin's login page; anyone else logged in gets 403. Replaying messages
+also needs ``audit_stream.change_webhookmessage``. A model's data (its changes,
+the payloads of its webhook messages) is shown only to users with that model's
+view or change permission, unless ``AUDIT_STREAM["DASHBOARD_SHOWS_ALL_MODELS"]``.
+
+The Prometheus endpoint answers a scraper, never with a login page: a bearer
+token equal to ``AUDIT_STREAM["METRICS_TOKEN"]``, or a dashboard session; 401
+without either, 403 for a logged-in user without the permission.
 """
 
 from __future__ import annotations
 
 import functools
 
+from django.apps import apps
 from django.conf import settings
+from django.contrib.auth import get_permission_codename
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
@@ -18,14 +26,58 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.cache import never_cache
 
-__all__ = ["PERMISSION", "can_view", "dashboard_view", "login_url", "token_or_dashboard_view"]
+from audit_stream import config
+
+__all__ = [
+    "ACT_PERMISSION",
+    "PERMISSION",
+    "can_act",
+    "can_view",
+    "dashboard_view",
+    "login_url",
+    "may_see_model",
+    "token_or_dashboard_view",
+    "visible_models",
+]
 
 PERMISSION = "audit_stream.view_dashboard"
+#: Replaying messages changes them.
+ACT_PERMISSION = "audit_stream.change_webhookmessage"
 
 
 def can_view(user) -> bool:
     """Whether ``user`` may see the dashboard and act on it."""
     return bool(user.is_active and user.is_staff and user.has_perm(PERMISSION))
+
+
+def can_act(user) -> bool:
+    """Whether ``user`` may replay messages from the dashboard."""
+    return can_view(user) and user.has_perm(ACT_PERMISSION)
+
+
+def _model_permissions(label: str) -> list[str] | None:
+    """The view and change permissions of the model ``Change.model`` calls ``label``; ``None``: no model."""
+    try:
+        model = apps.get_model(label)
+    except (LookupError, ValueError):
+        return None  # a logged table without a model: "schema.table"
+    opts = model._meta
+    return [f"{opts.app_label}.{get_permission_codename(action, opts)}" for action in ("view", "change")]
+
+
+def may_see_model(user, label: str) -> bool:
+    """Whether ``user`` may see the data of the model ``label`` (``"app_label.model"``)."""
+    if config.dashboard_shows_all_models() or user.is_superuser:
+        return True
+    permissions = _model_permissions(label)
+    return permissions is not None and any(user.has_perm(p) for p in permissions)
+
+
+def visible_models(user, labels: list[str]) -> list[str] | None:
+    """Of ``labels``, the models whose data ``user`` may see; ``None``: every model, known or not."""
+    if config.dashboard_shows_all_models() or user.is_superuser:
+        return None
+    return [label for label in labels if may_see_model(user, label)]
 
 
 def login_url() -> str:
@@ -65,23 +117,30 @@ def _bearer(request) -> str | None:
 
 
 def token_or_dashboard_view(view):
-    """Like :func:`dashboard_view`, or a bearer token equal to ``METRICS_TOKEN`` when one is set.
+    """A bearer token equal to ``METRICS_TOKEN`` (when one is set), or a dashboard session.
 
-    A request that presents a bearer token while one is configured is judged
-    by the token alone: a wrong one is 401, never a redirect to a login page
-    a scraper cannot use.
+    Never a redirect to a login page a scraper cannot use: a wrong token or
+    no credentials at all is 401 (with ``WWW-Authenticate``), a logged-in user
+    without the dashboard permission 403.
     """
-    guarded = dashboard_view(view)
 
     @functools.wraps(view)
     def wrapper(request, *args, **kwargs):
         token, presented = _metrics_token(), _bearer(request)
         if token and presented is not None:
             if not constant_time_compare(presented, token):
-                response = HttpResponse("Invalid bearer token.\n", status=401, content_type="text/plain")
-                response["WWW-Authenticate"] = 'Bearer realm="audit_stream"'
-                return response
-            return never_cache(view)(request, *args, **kwargs)
-        return guarded(request, *args, **kwargs)
+                return _unauthorized("Invalid bearer token.")
+            return view(request, *args, **kwargs)
+        if not request.user.is_authenticated:
+            return _unauthorized("Authentication required: a bearer token (METRICS_TOKEN) or a session.")
+        if not can_view(request.user):
+            return HttpResponse("Forbidden.\n", status=403, content_type="text/plain")
+        return view(request, *args, **kwargs)
 
-    return wrapper
+    return never_cache(wrapper)
+
+
+def _unauthorized(message: str) -> HttpResponse:
+    response = HttpResponse(message + "\n", status=401, content_type="text/plain")
+    response["WWW-Authenticate"] = 'Bearer realm="audit_stream"'
+    return response

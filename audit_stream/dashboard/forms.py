@@ -48,7 +48,9 @@ class ChangeFilterForm(forms.Form):
         help_text='The "user" recorded in the context: a pk or a username.',
     )
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, models: list[str] | None = None, **kwargs):
+        """``models``: the models to offer (default: every tracked or logged model)."""
         super().__init__(*args, **kwargs)
-        self.fields["model"].choices = [("", "any"), *((m, m) for m in queries.tracked_models())]
+        models = queries.tracked_models() if models is None else models
+        self.fields["model"].choices = [("", "any"), *((m, m) for m in models)]
         self.fields["label"].choices = [("", "any"), *((label, label) for label in queries.event_labels())]

@@ -808,9 +808,13 @@ def changes(
     user: object = None,
     before: int | None = None,
     limit: int | None = None,
+    visible: list[str] | None = None,
     using: str = DEFAULT_DB_ALIAS,
 ) -> Page:
     """The change feed, newest first (by ``id``), filtered, one keyset page.
+
+    ``visible``: only changes of these models (``None``: every model), the ones
+    the viewer may see (:func:`audit_stream.dashboard.access.visible_models`).
 
     An object id without a model is looked up in every tracked model, so the
     ``(model, object_id, event_id)`` index still serves it. Each change carries
@@ -835,6 +839,8 @@ def changes(
             queryset = queryset.filter(model__in=tracked_models())
     if label:
         queryset = queryset.filter(label=label)
+    if visible is not None:
+        queryset = queryset.filter(model__in=visible)
     if before is not None:
         queryset = queryset.filter(id__lt=before)
     items = list(queryset[: limit + 1])

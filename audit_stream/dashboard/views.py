@@ -2,7 +2,9 @@
 
 Every view is guarded by :func:`~audit_stream.dashboard.access.dashboard_view`
 (the metrics endpoint also accepts a bearer token). Actions are POSTs checked
-by Django's CSRF protection, and redirect back (post/redirect/get).
+by Django's CSRF protection, need the change permission on webhook messages,
+and redirect back (post/redirect/get). A model's data is shown only to users
+who may view that model (:mod:`audit_stream.dashboard.access`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from django.apps import apps
 from django.contrib import messages
 from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import F, Func, TextField
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
@@ -27,7 +30,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_POST, require_safe
 
-from audit_stream.dashboard import charts, formats, forms, metrics, queries
+from audit_stream.dashboard import access, charts, formats, forms, metrics, queries
 from audit_stream.dashboard.access import dashboard_view, token_or_dashboard_view
 from audit_stream.webhooks import delivery
 from audit_stream.webhooks.models import WebhookEndpoint, WebhookMessage
@@ -57,7 +60,12 @@ def reads(view):
 
 def _render(request, template: str, context: dict, *, section: str) -> HttpResponse:
     """Render now, inside the page's read transaction."""
-    context = {"section": section, "stylesheet_url": stylesheet_url(), **context}
+    context = {
+        "section": section,
+        "stylesheet_url": stylesheet_url(),
+        "may_act": access.can_act(request.user),
+        **context,
+    }
     return render(request, f"audit_stream/dashboard/{template}", context)
 
 
@@ -173,7 +181,9 @@ def endpoint(request, pk: int):
 @csrf_protect
 @dashboard_view
 def replay_dead(request, pk: int):
-    """Replay every dead message of an endpoint created since the posted time."""
+    """Replay every dead message of an endpoint created since the posted time (change permission)."""
+    if not access.can_act(request.user):
+        raise PermissionDenied
     endpoint = get_object_or_404(WebhookEndpoint, pk=pk)
     form = forms.ReplayDeadForm(request.POST)
     if form.is_valid():
@@ -188,26 +198,44 @@ def replay_dead(request, pk: int):
 @dashboard_view
 @reads
 def message(request, pk):
-    """One message: its payload (exactly as stored) and every attempt."""
+    """One message: its payload (exactly as stored, to users who may view its model) and every attempt."""
     found = get_object_or_404(
         WebhookMessage.objects.select_related("endpoint").annotate(
             payload_text=Func(F("payload"), function="jsonb_pretty", output_field=TextField())
         ),
         pk=pk,
     )
+    model = _message_model(found)
+    hidden = model if model and not access.may_see_model(request.user, model) else None
     return _render(
         request,
         "message.html",
-        {"message": found, "endpoint": found.endpoint, "attempts": queries.attempts(found)},
+        {
+            "message": found,
+            "endpoint": found.endpoint,
+            "attempts": queries.attempts(found),
+            "payload_hidden_model": hidden,
+        },
         section="webhooks",
     )
+
+
+def _message_model(message: WebhookMessage) -> str | None:
+    """The model whose data a message carries (``None``: a test message)."""
+    if message.event_type == "audit_stream.test":
+        return None
+    data = message.payload.get("data") if isinstance(message.payload, dict) else None
+    model = data.get("model") if isinstance(data, dict) else None
+    return model if isinstance(model, str) else message.event_type.rpartition(".")[0]
 
 
 @require_POST
 @csrf_protect
 @dashboard_view
 def replay_message(request, pk):
-    """Deliver one message again, from a fresh retry schedule."""
+    """Deliver one message again, from a fresh retry schedule (change permission)."""
+    if not access.can_act(request.user):
+        raise PermissionDenied
     found = get_object_or_404(WebhookMessage, pk=pk)
     delivery.replay([found])
     messages.success(request, f"Replaying {found.webhook_id}.", fail_silently=True)
@@ -263,8 +291,13 @@ def diff_rows(diff_text: str | None) -> list[dict]:
 @dashboard_view
 @reads
 def changes(request):
-    """The change feed, newest first, with diffs; by model, object id, label and user."""
-    filters = forms.ChangeFilterForm(request.GET or None)
+    """The change feed, newest first, with diffs; by model, object id, label and user.
+
+    Only the changes of models the user may view (see :func:`access.visible_models`).
+    """
+    known = queries.tracked_models()
+    visible = access.visible_models(request.user, known)
+    filters = forms.ChangeFilterForm(request.GET or None, models=known if visible is None else visible)
     criteria = filters.cleaned_data if filters.is_valid() else {}
     before = request.GET.get("before", "")
     page = queries.changes(
@@ -273,6 +306,7 @@ def changes(request):
         label=criteria.get("label", ""),
         user=_user_filter(criteria.get("user", "")),
         before=int(before) if before.isdigit() else None,
+        visible=visible,
     )
     for change in page.items:
         change.diff_rows = diff_rows(change.diff_text)
@@ -286,6 +320,7 @@ def changes(request):
             "page": page,
             "filter_query": query.urlencode(),
             "total_changes": queries.estimate_rows("audit_stream_change"),
+            "hidden_models": visible is not None and len(visible) < len(known),
         },
         section="changes",
     )
