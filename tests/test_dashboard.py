@@ -13,6 +13,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
+from werkzeug import Response
 
 import audit_stream
 from audit_stream import retention as retention_module
@@ -480,14 +481,41 @@ def test_webhook_health_is_exact(operator_client, endpoint):
     assert _figure(page, "success-rate").startswith("60.0%")
 
     samples = _metrics(operator_client.get(reverse("audit_stream:metrics")).content.decode())
-    outcome = "audit_stream_webhook_deliveries_total"
-    assert samples[(outcome, frozenset({"outcome": "succeeded"}.items()))] == 3
-    assert samples[(outcome, frozenset({"outcome": "failed"}.items()))] == 3  # every attempt ever
     status = "audit_stream_webhook_messages"
     assert samples[(status, frozenset({"status": "delivered"}.items()))] == 3
     assert samples[(status, frozenset({"status": "pending"}.items()))] == 3
     assert samples[(status, frozenset({"status": "dead"}.items()))] == 1
     assert samples[(status, frozenset({"status": "sending"}.items()))] == 0
+
+
+# Delivery compares next_attempt_at with the database's now(): see below.
+@pytest.mark.django_db(transaction=True)
+def test_the_deliveries_counter_never_goes_down_when_retention_prunes_attempts(
+    settings, operator_client, httpserver
+):
+    """audit_stream_webhook_deliveries_total counts attempts ever made, not the rows retention keeps."""
+    settings.AUDIT_STREAM = {"WEBHOOK_ALLOWED_NETWORKS": ["127.0.0.0/8"], "WEBHOOK_RETRY_SCHEDULE": [0, 0]}
+    answers = iter([Response("no", status=500), Response("ok"), Response("ok")])
+    httpserver.expect_request("/hook").respond_with_handler(lambda request: next(answers))
+    endpoint = WebhookEndpoint.objects.create(url=httpserver.url_for("/hook"))
+    for _ in range(2):
+        delivery.send_test(endpoint)
+    while WebhookMessage.objects.filter(status="pending").exists():
+        delivery.deliver(endpoint.pk)
+    name, labels = "audit_stream_webhook_deliveries_total", {"endpoint": str(endpoint.pk)}
+
+    def counted():
+        samples = _metrics(operator_client.get(reverse("audit_stream:metrics")).content.decode())
+        return tuple(
+            samples[(name, frozenset({**labels, "outcome": o}.items()))] for o in ("succeeded", "failed")
+        )
+
+    assert counted() == (2, 1)
+    WebhookAttempt.objects.update(attempted_at=timezone.now() - timedelta(days=60))
+    settings.AUDIT_STREAM = {"RETENTION": {"webhook_attempts": {"max_age": "30d"}}}
+    assert retention_module.prune(targets=["webhook_attempts"]).rows["audit_stream_webhookattempt"] == 3
+    assert not WebhookAttempt.objects.exists()
+    assert counted() == (2, 1)  # a counter never goes down
 
 
 def test_messages_are_filtered_and_paginated_newest_first(monkeypatch, operator_client, endpoint):

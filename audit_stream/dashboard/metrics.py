@@ -7,14 +7,17 @@ else a process registers leaks into ``/audit-stream/metrics``):
 ``audit_stream_backlog_events{table}``      gauge    unfolded events (estimated past ``BACKLOG_EXACT``)
 ``audit_stream_lag_seconds{table}``         gauge    age of the oldest unfolded event (0: none)
 ``audit_stream_folded_events_total{table}`` counter  events folded (``Checkpoint.folded``)
-``audit_stream_webhook_deliveries_total``   counter  delivery attempts by ``outcome``
+``audit_stream_webhook_deliveries_total``   counter  delivery attempts by ``endpoint`` and ``outcome``
 ``audit_stream_webhook_messages{status}``   gauge    messages by status
 ``audit_stream_pruned_rows_total{table}``   counter  rows deleted by retention (dry runs excluded)
 ``audit_stream_processes_alive{kind}``      gauge    stream processes with a recent heartbeat
 ==========================================  =======  ===================================================
 
 Every gauge and counter is recomputed from the tables: a process restart
-loses nothing, and any number of web processes report the same values.
+loses nothing, and any number of web processes report the same values. The
+counters only grow: they are kept in rows retention never prunes (the
+checkpoints, each endpoint's lifetime attempt counts, the retention runs),
+never counted from rows it deletes. Deleting an endpoint ends its series.
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ from audit_stream.webhooks.models import WebhookMessage
 
 __all__ = ["StreamCollector", "registry", "render"]
 
-# Delivery attempts by outcome. A sequential read of the attempts table, which
-# retention keeps to WEBHOOK_ATTEMPTS' max_age (30 days by default).
-_DELIVERIES_SQL = "SELECT succeeded, count(*) FROM audit_stream_webhookattempt GROUP BY succeeded"
+# Delivery attempts ever made, per endpoint and outcome: counters kept on the
+# endpoint row by the delivery loop (audit_stream.webhooks.delivery._record).
+_DELIVERIES_SQL = "SELECT id, attempts_succeeded, attempts_failed FROM audit_stream_webhookendpoint"
 
 # Messages by status; likewise bounded by retention (webhook_messages).
 _MESSAGES_SQL = "SELECT status, count(*) FROM audit_stream_webhookmessage GROUP BY status"
@@ -72,8 +75,8 @@ class StreamCollector:
             ),
             "deliveries": CounterMetricFamily(
                 "audit_stream_webhook_deliveries",
-                "Webhook delivery attempts, by outcome (succeeded: a 2xx answer).",
-                labels=["outcome"],
+                "Webhook delivery attempts ever made, by endpoint and outcome (succeeded: a 2xx answer).",
+                labels=["endpoint", "outcome"],
             ),
             "messages": GaugeMetricFamily(
                 "audit_stream_webhook_messages", "Webhook messages, by status.", labels=["status"]
@@ -105,9 +108,9 @@ class StreamCollector:
             families["lag"].add_metric([table.event_table], table.lag_seconds or 0.0)
             families["folded"].add_metric([table.event_table], folded.get(table.event_table, 0))
 
-        outcomes = dict(queries._rows(_DELIVERIES_SQL, using=self.using))
-        families["deliveries"].add_metric(["succeeded"], outcomes.get(True, 0))
-        families["deliveries"].add_metric(["failed"], outcomes.get(False, 0))
+        for endpoint_id, succeeded, failed in queries._rows(_DELIVERIES_SQL, using=self.using):
+            families["deliveries"].add_metric([str(endpoint_id), "succeeded"], succeeded)
+            families["deliveries"].add_metric([str(endpoint_id), "failed"], failed)
 
         statuses = dict(queries._rows(_MESSAGES_SQL, using=self.using))
         for status, _ in WebhookMessage.STATUSES:

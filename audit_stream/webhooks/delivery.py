@@ -303,15 +303,21 @@ def _record(
         for index, outcome in enumerate(outcomes):
             if outcome.succeeded:
                 trailing = len(outcomes) - index - 1
-        succeeded = any(o.succeeded for o in outcomes)
+        succeeded = sum(1 for o in outcomes if o.succeeded)
+        # The lifetime counters grow in the same statement as the streak (one row update per batch).
+        counted = {
+            "attempts_succeeded": F("attempts_succeeded") + succeeded,
+            "attempts_failed": F("attempts_failed") + (len(outcomes) - succeeded),
+        }
         if succeeded:
             WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
-                consecutive_failures=trailing, failing_since=now if trailing else None
+                consecutive_failures=trailing, failing_since=now if trailing else None, **counted
             )
         else:
             WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
                 consecutive_failures=F("consecutive_failures") + trailing,
                 failing_since=Coalesce("failing_since", Now()),
+                **counted,
             )
         endpoint = WebhookEndpoint.objects.get(pk=endpoint.pk)
         failing_for = (now - endpoint.failing_since).total_seconds() if endpoint.failing_since else 0.0

@@ -51,6 +51,10 @@ class WebhookEndpoint(models.Model):
         null=True, blank=True, help_text="At most this many messages per second."
     )
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    # Delivery attempts ever made, by outcome: monotonic counters (retention prunes the
+    # attempt rows, never these), exported as audit_stream_webhook_deliveries_total.
+    attempts_succeeded = models.BigIntegerField(default=0, db_default=0, editable=False)
+    attempts_failed = models.BigIntegerField(default=0, db_default=0, editable=False)
     failing_since = models.DateTimeField(null=True, blank=True, editable=False)
     disabled_reason = models.TextField(blank=True, default="", editable=False)
     disabled_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -182,6 +186,8 @@ class WebhookMessage(models.Model):
                 condition=models.Q(status__in=["pending", "sending"]),
             ),
             models.Index(fields=["endpoint", "status", "created_at"], name="audit_stream_msg_status"),
+            # The admin's list of every message, newest first.
+            models.Index(fields=["created_at", "id"], name="audit_stream_msg_created"),
         ]
 
     def __str__(self) -> str:
