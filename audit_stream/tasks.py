@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from celery.signals import before_task_publish
 from django.utils import timezone
 
 from audit_stream.stream import fold as _fold
@@ -89,13 +90,30 @@ def endpoints_with_due_messages() -> list[int]:
         return sorted(row[0] for row in cursor.fetchall())
 
 
-@shared_task(name="audit_stream.sweep", ignore_result=True)
-def sweep() -> dict:
+SWEEP = "audit_stream.sweep"
+PRUNE = "audit_stream.prune"
+
+
+@before_task_publish.connect
+def _name_beat(sender=None, headers=None, **kwargs) -> None:
+    """In the process that sends the sweep and retention (Celery beat), name it in the task's headers.
+
+    The worker that runs the task records beat's heartbeat under that name, so
+    the dashboard shows beat as one process, whichever worker ran its tasks.
+    """
+    if sender in (SWEEP, PRUNE) and headers is not None:
+        headers.setdefault(heartbeat.BEAT_HEADER, heartbeat.beat_identity())
+
+
+@shared_task(name=SWEEP, bind=True, ignore_result=True)
+def sweep(self) -> dict:
     """Enqueue what is due: folds of tables with unfolded events, deliveries of due messages.
 
     Run by beat as a safety net; the listener does the same every POLL_INTERVAL.
+    Also records beat's heartbeat and forgets processes silent for an hour.
     """
-    heartbeat.beat("beat-sweep")
+    heartbeat.beat_for_scheduler(getattr(self.request, heartbeat.BEAT_HEADER, None))
+    heartbeat.forget()
     tables = wakeup.tables_with_work()
     for table in tables:
         enqueue(fold, table)
@@ -105,13 +123,13 @@ def sweep() -> dict:
     return {"tables": tables, "endpoints": endpoints}
 
 
-@shared_task(name="audit_stream.prune", ignore_result=True)
-def prune() -> dict:
+@shared_task(name=PRUNE, bind=True, ignore_result=True)
+def prune(self) -> dict:
     """Apply the retention policies (scheduled by beat every RETENTION_INTERVAL) and record the run."""
     from audit_stream import retention
     from audit_stream.models import RetentionRun
 
-    heartbeat.beat("beat-prune")
+    heartbeat.beat_for_scheduler(getattr(self.request, heartbeat.BEAT_HEADER, None))
     run = RetentionRun.objects.create(trigger="beat")
     try:
         report = retention.prune()

@@ -193,7 +193,7 @@ def fill_side_tables(args: argparse.Namespace) -> None:
     execute(_FOLD_RUNS_SQL, {"table": PRODUCTS, "count": args.fold_runs})
     execute(_CONTEXTS_SQL, {"count": args.contexts})
     for i in range(20):
-        kind = ["listener", "worker", "worker", "beat-sweep"][i % 4]
+        kind = ["listener", "worker", "worker", "beat"][i % 4]
         Heartbeat.objects.create(name=f"{kind}@bench:{i}", kind=kind, host="bench", pid=1000 + i)
     RetentionRun.objects.bulk_create(
         RetentionRun(trigger="beat", rows={PRODUCTS: i, "changes": i // 2}, finished_at=None)

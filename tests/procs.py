@@ -99,3 +99,13 @@ def start_listener(log_dir: Path, name: str = "listener", settings: dict | None 
     if ready:
         proc.wait_ready()
     return proc
+
+
+def start_beat(log_dir: Path, name: str = "beat", sweep_seconds: float = 0.5) -> Proc:
+    """Celery beat, sending the sweep every ``sweep_seconds`` (30 s in production)."""
+    args = [sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "info",
+            "--schedule", str(log_dir / f"{name}-schedule")]  # fmt: skip
+    env = {**child_env(), "AUDIT_STREAM_SWEEP_SECONDS": str(sweep_seconds)}
+    proc = Proc(name, args, log_dir, env, ready="beat: Starting")
+    proc.wait_ready()
+    return proc

@@ -376,7 +376,7 @@ def test_processes_beat_and_retention_runs(settings, operator_client):
         name="worker@h:4", kind="worker", host="h", pid=4, last_seen=now - timedelta(seconds=200)
     )
     Heartbeat.objects.create(
-        name="beat-sweep@h:5", kind="beat-sweep", host="h", pid=5, last_seen=now - timedelta(seconds=20)
+        name="beat@h:5", kind="beat", host="h", pid=5, last_seen=now - timedelta(seconds=20)
     )
     RetentionRun.objects.create(
         trigger="beat", finished_at=now, rows={PRODUCTS: 12}, errors=["testapp_orderevent: boom"]

@@ -64,7 +64,7 @@ def _populate():
         ("listener", 101, 0),
         ("worker", 102, 5),
         ("worker", 103, 400),
-        ("beat-sweep", 104, 12),
+        ("beat", 104, 12),
     ):
         Heartbeat.objects.create(
             name=f"{kind}@web-1:{pid}",

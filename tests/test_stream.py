@@ -9,9 +9,10 @@ import redis
 from django.db import connection
 from standardwebhooks.webhooks import Webhook
 
-from audit_stream.models import Change, WebhookEndpoint, WebhookMessage
+from audit_stream.dashboard import queries
+from audit_stream.models import Change, Heartbeat, WebhookEndpoint, WebhookMessage
 from audit_stream.stream import wakeup
-from tests.procs import start_listener, start_worker, wait_until
+from tests.procs import start_beat, start_listener, start_worker, wait_until
 from tests.testapp.models import Product, ProductEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -32,6 +33,10 @@ def procs(tmp_path, request):
 
         def listener(self, **kwargs):
             started.append(start_listener(tmp_path, **kwargs))
+            return started[-1]
+
+        def beat(self, **kwargs):
+            started.append(start_beat(tmp_path, **kwargs))
             return started[-1]
 
     yield _Procs()
@@ -202,3 +207,18 @@ def test_a_write_to_a_table_logged_by_initlogging_becomes_a_change(procs):
         )
     finally:
         call_command("droplogging", stdout=StringIO())
+
+
+def test_beat_reports_itself_once_whichever_worker_runs_its_sweep(procs):
+    """One heartbeat row for beat, with beat's own pid; none in the name of the workers that ran the sweep."""
+    worker = procs.worker(concurrency=2)
+    beat = procs.beat(sweep_seconds=0.3)
+    wait_until(
+        lambda: worker.output().count("Task audit_stream.sweep[") >= 2 * 6,  # received + succeeded, 6 sweeps
+        timeout=60,
+        message="six sweeps",
+    )
+    rows = list(Heartbeat.objects.filter(kind__startswith="beat").values_list("kind", "pid"))
+    assert rows == [("beat", beat.popen.pid)]
+    beats = [p for p in queries.processes() if p.kind.startswith("beat")]
+    assert len(beats) == 1 and beats[0].alive

@@ -28,8 +28,12 @@ app.conf.update(
     # Redis redelivers unacknowledged tasks after this long (a killed worker's fold).
     broker_transport_options={"visibility_timeout": 300},
     beat_schedule={
-        # A safety net for when no listener runs: fold whatever is pending.
-        "audit_stream.sweep": {"task": "audit_stream.sweep", "schedule": 30.0},
+        # A safety net for when no listener runs: fold whatever is pending. Every 30 s
+        # (AUDIT_STREAM_SWEEP_SECONDS overrides it; the tests run beat with a short one).
+        "audit_stream.sweep": {
+            "task": "audit_stream.sweep",
+            "schedule": float(os.environ.get("AUDIT_STREAM_SWEEP_SECONDS", 30.0)),
+        },
     },
 )
 app.config_from_object("django.conf:settings", namespace="CELERY")

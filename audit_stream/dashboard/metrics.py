@@ -120,7 +120,7 @@ class StreamCollector:
             families["pruned"].add_metric([table], rows)
 
         alive = Counter(p.kind for p in queries.processes(self.using) if p.alive)
-        for kind in sorted({"listener", "worker", "beat-sweep", *alive}):
+        for kind in sorted({"listener", "worker", "beat", *alive}):
             families["alive"].add_metric([kind], alive.get(kind, 0))
         return families
 

@@ -31,6 +31,7 @@ from django.utils import timezone
 from audit_stream import config, rowlog, tracking
 from audit_stream.dashboard import formats
 from audit_stream.models import Change, Context, LoggedTable, RetentionRun
+from audit_stream.stream import heartbeat
 from audit_stream.webhooks import filters
 from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 
@@ -346,25 +347,26 @@ def _alive_within(kind: str) -> float:
     """How recent a heartbeat of ``kind`` must be for the process to count as alive."""
     if kind == "listener":
         return 3 * config.poll_interval()  # the active listener beats on every poll
-    if kind == "beat-prune":
-        interval = getattr(config, "retention_interval", None)  # beats once per retention run
-        return 2 * interval() if interval else WORKER_ALIVE_SECONDS
-    return WORKER_ALIVE_SECONDS  # workers beat per task; beat's sweep every 30 s
+    return WORKER_ALIVE_SECONDS  # workers beat per task; beat through its sweep, every 30 s
 
 
-# The 50 most recently seen processes (one heartbeat row per process ever
-# started: a small table), with their age on the database's clock.
+# The 50 most recently seen processes, with their age on the database's clock;
+# a process silent for longer than `forget` seconds (one of an earlier run) is
+# not shown (and the sweep deletes its row).
 _PROCESSES_SQL = """
 SELECT name, kind, host, pid, started_at, last_seen,
        extract(epoch FROM clock_timestamp() - last_seen)::float8
 FROM audit_stream_heartbeat
+WHERE last_seen > clock_timestamp() - make_interval(secs => %(forget)s)
 ORDER BY last_seen DESC
 LIMIT 50
 """
 
 
 def processes(using: str = DEFAULT_DB_ALIAS) -> list[Process]:
-    return [Process(*row, alive_within=_alive_within(row[1])) for row in _rows(_PROCESSES_SQL, using=using)]
+    """The processes heard from within ``heartbeat.FORGET_AFTER``, most recent first."""
+    rows = _rows(_PROCESSES_SQL, {"forget": heartbeat.FORGET_AFTER}, using=using)
+    return [Process(*row, alive_within=_alive_within(row[1])) for row in rows]
 
 
 @dataclass
@@ -470,8 +472,8 @@ class Overview:
 
     @property
     def beat(self) -> Process | None:
-        """beat's sweep, which runs every 30 s."""
-        return next((p for p in self.processes if p.kind == "beat-sweep"), None)
+        """Celery beat (its heartbeat comes with the sweep it schedules every 30 s)."""
+        return next((p for p in self.processes if p.kind == "beat"), None)
 
     def as_dict(self) -> dict:
         beat = self.beat
