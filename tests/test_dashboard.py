@@ -17,6 +17,7 @@ from werkzeug import Response
 
 import audit_stream
 from audit_stream import retention as retention_module
+from audit_stream import tasks
 from audit_stream.dashboard import access, queries
 from audit_stream.models import Change, Checkpoint, FoldRun, Heartbeat, RetentionRun
 from audit_stream.stream import fold
@@ -403,6 +404,24 @@ def test_processes_beat_and_retention_runs(settings, operator_client):
     samples = _metrics(operator_client.get(reverse("audit_stream:metrics")).content.decode())
     assert samples[("audit_stream_processes_alive", frozenset({"kind": "listener"}.items()))] == 1
     assert samples[("audit_stream_processes_alive", frozenset({"kind": "worker"}.items()))] == 1
+
+
+def test_processes_of_earlier_runs_age_out_of_the_panel(operator_client):
+    """A process silent for over an hour is not shown, and the sweep deletes its row."""
+    now = _db_now()
+    Heartbeat.objects.create(name="worker@h:1", kind="worker", host="h", pid=1, last_seen=now)
+    Heartbeat.objects.create(
+        name="worker@h:2", kind="worker", host="h", pid=2, last_seen=now - timedelta(minutes=50)
+    )
+    Heartbeat.objects.create(
+        name="worker@old:3", kind="worker", host="old", pid=3, last_seen=now - timedelta(hours=2)
+    )
+    assert [p.pid for p in queries.processes()] == [1, 2]  # the silent one of this hour still shows
+    data = operator_client.get(reverse("audit_stream:overview_json")).json()
+    assert [p["pid"] for p in data["processes"]] == [1, 2]
+    assert "worker@old:3" not in _html(operator_client.get(reverse("audit_stream:overview")))
+    tasks.sweep()
+    assert sorted(Heartbeat.objects.values_list("pid", flat=True)) == [1, 2]
 
 
 def test_the_oldest_open_transaction_is_shown(operator_client):
