@@ -74,13 +74,24 @@ def test_an_expired_marker_attaches_again_and_refreshes_updated_at(sql):
 
 
 def test_retention_never_prunes_a_context_a_session_holds_a_marker_for(sql):
+    """Retention prunes unreferenced contexts, but never one a session's marker vouches for."""
+    with audit_stream.context(user="old"):
+        Product.objects.create(name="old")
     with audit_stream.context(user=1) as state:
         Product.objects.create(name="a")
-        # Its only event is gone, and it looks old: but this session attached it less than 10 minutes ago.
+        # Neither context has an event any more; the first one is also old.
         sql("TRUNCATE testapp_productevent")
-        report = retention.prune(targets=["changes"])
-        assert Context.objects.filter(pk=state.id).exists(), report
-        Product.objects.create(name="b")
+        sql(
+            "UPDATE audit_stream_context SET updated_at = now() - interval '2 hours' WHERE id <> %s",
+            [state.id],
+        )
+        report = retention.prune()  # every target: unreferenced contexts included
+        # The old one went: this prune does delete contexts ...
+        assert report.rows["audit_stream_context"] == 1
+        assert list(Context.objects.values_list("id", flat=True)) == [state.id]
+        # ... but not the one this session attached less than 10 minutes ago (its marker says it exists).
+        Product.objects.create(name="b")  # skips re-attaching: the row must still be there
+    assert ProductEvent.objects.get(name="b").pgh_context_id == state.id
     assert Context.objects.filter(pk=state.id).exists()
 
 
