@@ -141,10 +141,16 @@ def test_unreferenced_contexts_are_pruned(settings):
 
 
 def test_a_concurrent_writer_is_not_blocked_by_a_prune(settings):
+    """A writer never waits for more than a fraction of the prune: no lock is held across batches.
+
+    The bound is relative to the prune's own duration, so a lock held for the
+    whole prune (the writer then waits about as long as the prune) fails it on
+    any machine, however fast.
+    """
     _products(20_000)
     fold.fold("testapp_productevent")
     _backdate("testapp_productevent", "pgh_created_at", 100)
-    latencies, stop = [], threading.Event()
+    latencies, stop, started_writing = [], threading.Event(), threading.Event()
 
     def writer():
         i = 0
@@ -152,19 +158,23 @@ def test_a_concurrent_writer_is_not_blocked_by_a_prune(settings):
             started = time.monotonic()
             Product.objects.create(name=f"w{i}")
             latencies.append(time.monotonic() - started)
+            started_writing.set()
             i += 1
         connections.close_all()
 
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        report = _prune(settings, {PRODUCTS: {"max_age": "90d"}}, targets=[PRODUCTS], batch_size=1000)
+        started_writing.wait(timeout=30)
+        began = time.monotonic()
+        report = _prune(settings, {PRODUCTS: {"max_age": "90d"}}, targets=[PRODUCTS], batch_size=500)
+        took = time.monotonic() - began
     finally:
         stop.set()
         thread.join()
     assert report.rows["testapp_productevent"] == 20_000
     assert len(latencies) > 10
-    assert max(latencies) < 2.0, max(latencies)
+    assert max(latencies) < took / 3, (max(latencies), took)  # 40 batches: each is 1/40 of the prune
 
 
 def test_bad_overrides_are_refused():
