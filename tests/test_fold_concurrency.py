@@ -9,6 +9,7 @@ from django.db import connection, connections
 
 from audit_stream.models import Change
 from audit_stream.stream import fold
+from tests.procs import wait_until
 from tests.testapp.models import Product, ProductEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -146,3 +147,66 @@ def test_a_fold_yields_after_max_seconds_even_under_steady_writes(settings):
         thread.join()
     assert elapsed < 1.5  # without the deadline check it ran as long as the writer did
     assert result.folded > 0
+
+
+def test_a_fold_that_finds_another_fold_mid_batch_backs_off(other_connection):
+    """Two folds of one table overlap: the second sees the checkpoint locked and folds nothing.
+
+    The first fold is held mid-batch, after locking its checkpoint: another
+    session holds an uncommitted Change row with the key of the first event,
+    so the fold's INSERT waits on it. While it waits the second fold runs.
+    """
+    fold.fold(PRODUCTS)  # the table's checkpoint row exists, as it does after its first fold
+    Product.objects.bulk_create([Product(name=f"p{i}") for i in range(50)])
+    first_event = ProductEvent.objects.order_by("pgh_id").values_list("pgh_id", flat=True).first()
+    other_connection.execute(
+        "INSERT INTO audit_stream_change (event_table, event_id, model, label, created_at, diff, snapshot)"
+        " VALUES (%s, %s, 'testapp.product', 'blocker', now(), '{}', '{}')",
+        [PRODUCTS, first_event],
+    )
+    held = {}
+
+    def first_fold():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            held["pid"] = cursor.fetchone()[0]
+        try:
+            held["result"] = fold.fold(PRODUCTS)
+        except Exception as exc:  # pragma: no cover - reported below
+            held["error"] = exc
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=first_fold)
+    thread.start()
+    waiting = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock')"
+    try:
+        wait_until(
+            lambda: "pid" in held and _query(waiting, [held["pid"]]), timeout=30, message="a held fold"
+        )
+        second = {}
+
+        def second_fold():
+            try:
+                second["result"] = fold.fold(PRODUCTS, max_seconds=5)
+            finally:
+                connections.close_all()
+
+        other = threading.Thread(target=second_fold)
+        other.start()
+        other.join(timeout=15)
+        assert not other.is_alive(), "the second fold waited for the first instead of backing off"
+        assert (second["result"].busy, second["result"].folded) == (True, 0)
+    finally:
+        other_connection.rollback()  # let the first fold go on
+        thread.join(timeout=60)
+    assert "error" not in held, held.get("error")
+    assert held["result"].folded == 50
+    assert Change.objects.filter(event_table=PRODUCTS).count() == 50
+    assert Change.objects.filter(event_table=PRODUCTS).values("event_id").distinct().count() == 50
+
+
+def _query(sql, params):
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()[0]
