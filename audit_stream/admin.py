@@ -270,7 +270,7 @@ class VersionAdminMixin:
         if obj is None and not page.object_list:
             raise Http404(f"{model._meta.verbose_name} {object_id} has no history.")
         may_change = (
-            self.has_change_permission(request, obj) if obj is not None else self.has_add_permission(request)
+            self.has_change_permission(request, obj) if obj is not None else self._may_restore(request)
         )
         context = {
             **self.admin_site.each_context(request),
@@ -345,8 +345,12 @@ class VersionAdminMixin:
         }
         return TemplateResponse(request, self.revert_confirmation_template, context)
 
+    def _may_restore(self, request) -> bool:
+        """Restoring re-creates a row from its history: the add and the change permission."""
+        return self.has_add_permission(request) and self.has_change_permission(request)
+
     def restore_view(self, request, object_id, key):
-        if not (self.has_add_permission(request) and self.has_change_permission(request)):
+        if not self._may_restore(request):
             raise PermissionDenied
         event = self._event_for(object_id, key)
         if request.method != "POST":
@@ -380,7 +384,7 @@ class VersionAdminMixin:
             "title": f"Deleted {self.opts.verbose_name_plural}",
             "opts": self.opts,
             "page": page,
-            "may_restore": self.has_add_permission(request) and self.has_change_permission(request),
+            "may_restore": self._may_restore(request),
         }
         return TemplateResponse(request, self.deleted_objects_template, context)
 

@@ -27,6 +27,14 @@ def _check(case):
         ("unknown_exclude", ["audit_stream.E001", "broken.Widget has no field 'weight'"]),
         ("fields_and_exclude", ["audit_stream.E002", "got both fields and exclude"]),
         ("duplicate_label", ["audit_stream.E004", "declares the event label 'changed' twice"]),
+        (
+            "uninstallable_condition",
+            [
+                "audit_stream.E005",
+                "broken.Widget",
+                "the condition refers to OLD, which an INSERT does not have",
+            ],
+        ),
         ("not_postgresql", ["audit_stream.E003", 'database "lite"', "sqlite, not PostgreSQL"]),
         (
             "bad_settings",

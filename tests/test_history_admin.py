@@ -140,6 +140,28 @@ def test_restore_recreates_a_deleted_object(admin_client, product):
     assert context.metadata["restored_from"] == f"testapp_productevent:{last.pgh_id}"
 
 
+@pytest.mark.parametrize(
+    ("perms", "restores"),
+    [
+        (["view_product"], False),
+        (["view_product", "add_product"], False),
+        (["view_product", "change_product"], False),
+        (["view_product", "add_product", "change_product"], True),
+    ],
+)
+def test_restore_needs_the_add_and_the_change_permission(product, perms, restores):
+    """Restoring re-creates a row (add) from history (change): one of the two is not enough."""
+    pk = product.pk
+    product.delete()
+    last = ProductEvent.objects.filter(pgh_obj_id=pk).latest("pgh_id")
+    url = reverse("admin:testapp_product_restore", args=[pk, f"testapp_productevent:{last.pgh_id}"])
+    client = _staff(*perms)
+    history = client.get(_history(pk)).content.decode()
+    assert ('value="Restore"' in history) is restores  # the button is offered only to who may use it
+    assert client.post(url).status_code == (302 if restores else 403)
+    assert Product.objects.filter(pk=pk).exists() is restores
+
+
 def test_restore_is_a_post(admin_client, product):
     pk = product.pk
     product.delete()

@@ -2,6 +2,7 @@
 
 import os
 
+import pgtrigger
 from django.db import models
 
 import audit_stream
@@ -24,5 +25,12 @@ elif case == "fields_and_exclude":
     audit_stream.track(fields=["name"], exclude=["id"])(Widget)
 elif case == "duplicate_label":
     audit_stream.track(audit_stream.AfterInsert("changed"), audit_stream.AfterUpdate("changed"))(Widget)
+elif case == "uninstallable_condition":
+    # An insert has no OLD row: the trigger for this condition cannot be installed.
+    audit_stream.track(
+        audit_stream.AfterInsertOrUpdate(
+            "renamed", condition=pgtrigger.Q(old__name__df=pgtrigger.F("new__name"))
+        )
+    )(Widget)
 elif case in ("not_postgresql", "bad_settings", "valid"):
     audit_stream.track()(Widget)
