@@ -141,7 +141,9 @@ def test_a_fold_yields_after_max_seconds_even_under_steady_writes(settings):
         started = time.monotonic()
         result = fold.fold(PRODUCTS, max_seconds=0.5)
         elapsed = time.monotonic() - started
-        time.sleep(0.5)  # the writer goes on after the fold returned
+        written = ProductEvent.objects.count()
+        # The writer goes on after the fold returned: the fold did not wait for it to stop.
+        wait_until(lambda: ProductEvent.objects.count() >= written + 5, timeout=10, message="more writes")
     finally:
         stop.set()
         thread.join()

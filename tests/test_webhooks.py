@@ -7,6 +7,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 from werkzeug import Response
@@ -15,6 +16,7 @@ import audit_stream
 from audit_stream.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 from audit_stream.stream import fold
 from audit_stream.webhooks import delivery
+from tests.procs import wait_until
 from tests.testapp.models import Customer, Order, Product
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -32,6 +34,12 @@ def _loopback_allowed(settings):
 @pytest.fixture
 def endpoint(httpserver):
     return WebhookEndpoint.objects.create(url=httpserver.url_for("/hook"), description="test")
+
+
+def _query(sql):
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return cursor.fetchone()[0]
 
 
 def _requests(httpserver):
@@ -137,7 +145,8 @@ def test_a_slow_receiver_times_out(httpserver, endpoint):
     attempt = WebhookAttempt.objects.get()
     assert attempt.error.startswith("timeout") and attempt.status_code is None
     assert WebhookMessage.objects.get().status == "pending"
-    time.sleep(1.2)  # let the single-threaded receiver finish before the next test uses it
+    # The single-threaded receiver logs the request once it has answered: then the next test may use it.
+    wait_until(lambda: len(httpserver.log) == 1, timeout=10, message="the receiver to finish")
 
 
 def test_a_redirect_is_not_followed(httpserver, endpoint):
@@ -176,7 +185,11 @@ def test_an_endpoint_failing_for_long_enough_is_disabled(httpserver, endpoint, s
     delivery.deliver(endpoint.pk)
     endpoint.refresh_from_db()
     assert endpoint.is_active  # a burst of failures alone does not disable
-    time.sleep(0.4)
+    assert endpoint.disabled_reason == "" and endpoint.consecutive_failures == 5
+    failing_long_enough = (
+        "SELECT now() - failing_since > interval '0.3 seconds' FROM audit_stream_webhookendpoint"
+    )
+    wait_until(lambda: _query(failing_long_enough), timeout=10, message="0.3 s of failures")
     Product.objects.create(name="later")
     fold.fold_all()
     deadline = time.monotonic() + 10
