@@ -342,6 +342,6 @@ def test_dns_rebinding_to_a_private_address_is_refused_at_send_time(httpserver, 
     delivery.send_test(endpoint)
     answers[:] = ["169.254.169.254"]
     delivery.deliver(endpoint.pk)
-    attempt = WebhookAttempt.objects.get()
-    assert attempt.error.startswith("refused:") and "169.254.169.254" in attempt.error
+    attempts = list(WebhookAttempt.objects.all())  # a slow run may retry within the call
+    assert attempts and all(a.error.startswith("refused:") and "169.254.169.254" in a.error for a in attempts)
     assert not _requests(httpserver)
