@@ -251,7 +251,8 @@ def test_a_url_that_became_unsafe_is_refused_at_send_time(httpserver, endpoint, 
     fold.fold_all()
     settings.AUDIT_STREAM = {**settings.AUDIT_STREAM, "WEBHOOK_ALLOWED_NETWORKS": []}
     delivery.deliver(endpoint.pk)
-    assert WebhookAttempt.objects.get().error.startswith("refused:")
+    attempts = list(WebhookAttempt.objects.all())  # a slow run may retry within the call
+    assert attempts and all(a.error.startswith("refused:") for a in attempts)
     assert not _requests(httpserver)
 
 
