@@ -232,6 +232,8 @@ def test_a_sweep_sent_by_hand_is_not_taken_for_beat(procs):
     """Only beat names itself: a sweep queued from another process records no beat heartbeat."""
     from celery import Celery
 
+    import audit_stream.tasks  # noqa: F401 - its publish hook is connected here too, as in a web process
+
     worker = procs.worker()
     sender = Celery(
         "by-hand", broker=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15"), set_as_current=False
