@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from celery.signals import before_task_publish
+from celery.signals import beat_embedded_init, beat_init, before_task_publish
 from django.utils import timezone
 
 from audit_stream.stream import fold as _fold
@@ -94,14 +94,25 @@ SWEEP = "audit_stream.sweep"
 PRUNE = "audit_stream.prune"
 
 
+_in_beat = False  # set in Celery beat's process (standalone, or embedded with worker -B)
+
+
+@beat_init.connect
+@beat_embedded_init.connect
+def _beat_started(sender=None, **kwargs) -> None:
+    global _in_beat
+    _in_beat = True
+
+
 @before_task_publish.connect
 def _name_beat(sender=None, headers=None, **kwargs) -> None:
-    """In the process that sends the sweep and retention (Celery beat), name it in the task's headers.
+    """When beat sends the sweep or retention, name beat in the task's headers.
 
     The worker that runs the task records beat's heartbeat under that name, so
-    the dashboard shows beat as one process, whichever worker ran its tasks.
+    the dashboard shows beat as one process, whichever worker ran its tasks. A
+    sweep sent by anything else (``sweep.delay()`` by hand) names nobody.
     """
-    if sender in (SWEEP, PRUNE) and headers is not None:
+    if _in_beat and sender in (SWEEP, PRUNE) and headers is not None:
         headers.setdefault(heartbeat.BEAT_HEADER, heartbeat.beat_identity())
 
 

@@ -226,3 +226,19 @@ def test_beat_reports_itself_once_whichever_worker_runs_its_sweep(procs):
     assert rows == [("beat", beat.popen.pid)]
     beats = [p for p in queries.processes() if p.kind.startswith("beat")]
     assert len(beats) == 1 and beats[0].alive
+
+
+def test_a_sweep_sent_by_hand_is_not_taken_for_beat(procs):
+    """Only beat names itself: a sweep queued from another process records no beat heartbeat."""
+    from celery import Celery
+
+    import audit_stream.tasks  # noqa: F401 - its publish hook is connected here too, as in a web process
+
+    worker = procs.worker()
+    sender = Celery(
+        "by-hand", broker=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15"), set_as_current=False
+    )
+    sender.send_task("audit_stream.sweep")
+    wait_until(lambda: "Task audit_stream.sweep[" in worker.output() and "succeeded" in worker.output(),
+               timeout=30, message="the sweep to run")  # fmt: skip
+    assert not Heartbeat.objects.filter(kind="beat").exists()

@@ -251,7 +251,8 @@ def test_a_url_that_became_unsafe_is_refused_at_send_time(httpserver, endpoint, 
     fold.fold_all()
     settings.AUDIT_STREAM = {**settings.AUDIT_STREAM, "WEBHOOK_ALLOWED_NETWORKS": []}
     delivery.deliver(endpoint.pk)
-    assert WebhookAttempt.objects.get().error.startswith("refused:")
+    attempts = list(WebhookAttempt.objects.all())  # a slow run may retry within the call
+    assert attempts and all(a.error.startswith("refused:") for a in attempts)
     assert not _requests(httpserver)
 
 
@@ -342,6 +343,6 @@ def test_dns_rebinding_to_a_private_address_is_refused_at_send_time(httpserver, 
     delivery.send_test(endpoint)
     answers[:] = ["169.254.169.254"]
     delivery.deliver(endpoint.pk)
-    attempt = WebhookAttempt.objects.get()
-    assert attempt.error.startswith("refused:") and "169.254.169.254" in attempt.error
+    attempts = list(WebhookAttempt.objects.all())  # a slow run may retry within the call
+    assert attempts and all(a.error.startswith("refused:") and "169.254.169.254" in a.error for a in attempts)
     assert not _requests(httpserver)
