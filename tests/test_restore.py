@@ -101,3 +101,29 @@ def test_an_event_committed_during_the_recovery_is_folded_once_by_the_next_fold(
     monkeypatch.setattr(checkpoint, "recovered", commit_a_write_first)
     assert fold.fold(PRODUCTS).folded == 2 + 1
     assert _folded_once()
+
+
+def _restored_events(n):
+    """Event rows as a restore from a cluster far ahead leaves them: old transaction ids (setup only)."""
+    with connection.cursor() as cursor:
+        cursor.execute("BEGIN")
+        cursor.execute("SET LOCAL session_replication_role = replica")
+        for i in range(n):
+            cursor.execute(
+                "INSERT INTO testapp_productevent"
+                " (pgh_label, pgh_xid, pgh_obj_id, id, name, price, stock, updated_at)"
+                " VALUES ('snapshot', %s, %s, %s, %s, 0, 0, now())",
+                [4_000_000_000 + i, 1000 + i, 1000 + i, f"restored{i}"],
+            )
+        cursor.execute("COMMIT")
+
+
+def test_events_restored_into_a_table_never_folded_are_folded_once():
+    """No checkpoint came with them: their transaction ids, ahead of this cluster's, call for a recovery."""
+    _restored_events(2)
+    Product.objects.create(name="here")
+    assert fold.fold(PRODUCTS, max_seconds=5).folded == 3
+    Product.objects.create(name="later")
+    assert fold.fold(PRODUCTS, max_seconds=5).folded == 1
+    assert _folded_once()
+    assert not wakeup.has_work(PRODUCTS)

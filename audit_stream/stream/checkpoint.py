@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from audit_stream.triggers import quote_name
+
 __all__ = ["FOREIGN_SQL", "RECOVERY_INTERVAL", "Claim", "claim", "is_foreign", "recovered", "recovery_params"]
 
 # The system identifier of the cluster we are connected to (initdb draws it; a
@@ -66,10 +68,19 @@ WHERE c.relid = {_RELID_SQL}
   AND to_regclass(quote_ident(c.event_table)) IS NULL
 """
 
-_CREATE_SQL = f"""
+# A table's first checkpoint: nothing folded yet. Its events come from this
+# cluster, unless they were restored from another one before any fold there
+# (no checkpoint in the dump): events with transaction ids ahead of this
+# cluster's say so, and then the checkpoint is born foreign (cluster unknown,
+# nothing folded up to id 0), so the fold recovers it before anything else.
+_CREATE_SQL = """
 INSERT INTO audit_stream_checkpoint
-    (event_table, snapshot, position, folded, updated_at, relid, former_names, cluster, floor)
-VALUES (%(table)s, '1:1:', 0, 0, now(), {_RELID_SQL}, '{{}}', {CLUSTER_SQL}, 0)
+    (event_table, snapshot, position, folded, updated_at, relid, former_names, cluster, floor, high)
+SELECT %(table)s, '1:1:', 0, 0, now(), {relid}, '{{}}',
+       CASE WHEN restored.ahead THEN 'unknown' ELSE {cluster} END, 0, CASE WHEN restored.ahead THEN 0 END
+FROM (SELECT EXISTS (SELECT 1 FROM {table} AS e
+                     WHERE e.pgh_xid >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint) AS ahead)
+    AS restored
 ON CONFLICT (event_table) DO NOTHING
 """
 
@@ -126,8 +137,7 @@ def claim(cursor, table: str) -> Claim | None:
         cursor.execute("SELECT 1 FROM audit_stream_checkpoint WHERE event_table = %s", [table])
         if cursor.fetchone() is not None:
             return None  # another fold holds it
-        cursor.execute(_RENAMED_SQL, {"table": table})
-        cursor.execute(_CREATE_SQL, {"table": table})
+        _create(cursor, table)
         row = _lock(cursor, table)
         if row is None:
             return None
@@ -142,12 +152,25 @@ def _lock(cursor, table: str):
     return cursor.fetchone()
 
 
+def _create(cursor, table: str) -> None:
+    """Give ``table`` a checkpoint: the one of its former name after a rename, else a new one."""
+    cursor.execute(_RENAMED_SQL, {"table": table})
+    create = _CREATE_SQL.format(table=quote_name(table), relid=_RELID_SQL, cluster=CLUSTER_SQL)
+    cursor.execute(create, {"table": table})
+
+
 def is_foreign(cursor, table: str) -> bool:
-    """Whether ``table``'s checkpoint is of another cluster (a restore the fold has not recovered yet)."""
-    cursor.execute(
-        f"SELECT {FOREIGN_SQL} FROM audit_stream_checkpoint AS c WHERE c.event_table = %s", [table]
-    )
+    """Whether ``table``'s checkpoint is of another cluster (a restore the fold has not recovered yet).
+
+    A table without a checkpoint gets one first (see ``_CREATE_SQL``).
+    """
+    sql = f"SELECT {FOREIGN_SQL} FROM audit_stream_checkpoint AS c WHERE c.event_table = %s"
+    cursor.execute(sql, [table])
     row = cursor.fetchone()
+    if row is None:
+        _create(cursor, table)
+        cursor.execute(sql, [table])
+        row = cursor.fetchone()
     return bool(row and row[0])
 
 

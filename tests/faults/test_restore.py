@@ -24,7 +24,7 @@ from tests.procs import ROOT
 
 pytestmark = pytest.mark.faults
 
-TABLES = ("testapp_productevent", "testapp_pricechange")
+TABLES = ("testapp_productevent", "testapp_pricechange", "testapp_orderevent")
 KEEP_ONE = {"RETENTION": {"default": {"keep_last": 1}}}
 
 # Run in a child process against one database: fold everything, or apply retention.
@@ -89,10 +89,15 @@ def second_cluster():
 def test_a_dump_restored_onto_another_cluster_loses_and_doubles_nothing(stack, second_cluster, tmp_path):
     old, new, db = stack.cluster, second_cluster, stack.db
     stack.webhook()  # an endpoint: messages are recorded with the changes (nothing delivers here)
-    _burn_transactions(old, db, 3000)  # the old cluster is well ahead of a fresh one
+    _burn_transactions(old, db, 20_000)  # the old cluster is well ahead of a fresh one
     _products(old, db, "folded", 3)
     _django(stack, old, db, _FOLD)
     _products(old, db, "unfolded", 2)  # committed, not folded when the dump is taken
+    # A table never folded on the old cluster (no checkpoint in the dump), with events.
+    customer_sql = "INSERT INTO testapp_customer (email, name) VALUES ('a@x.org', 'A') RETURNING id"
+    (customer,) = _sql(old, db, customer_sql)
+    _sql(old, db, "INSERT INTO testapp_order (customer_id, status, note) VALUES (%s, 'new', '')", customer)
+    _sql(old, db, "DELETE FROM audit_stream_checkpoint WHERE event_table = 'testapp_orderevent'")
 
     dump = tmp_path / "audit.dump"
     subprocess.run([_pg_bin() / "pg_dump", "-Fc", "-f", dump, old.url(db)], check=True, capture_output=True)
@@ -100,6 +105,10 @@ def test_a_dump_restored_onto_another_cluster_loses_and_doubles_nothing(stack, s
     subprocess.run([_pg_bin() / "pg_restore", "-d", new.url(db), dump], check=True, capture_output=True)
     identity = "SELECT system_identifier FROM pg_control_system()"
     assert _sql(old, "postgres", identity) != _sql(new, "postgres", identity)
+    # The premise: the old cluster's transaction ids are ahead of everything the new one has issued.
+    (old_high,) = _sql(new, db, "SELECT max(pgh_xid) FROM testapp_orderevent")[0]
+    (new_next,) = _sql(new, db, "SELECT pg_current_xact_id()::text::bigint")[0]
+    assert old_high > new_next
 
     # Written on the new cluster before the worker runs: transaction ids below the restored snapshot.
     _products(new, db, "after", 2)
@@ -123,7 +132,7 @@ def test_a_dump_restored_onto_another_cluster_loses_and_doubles_nothing(stack, s
     assert _django(stack, new, db, backlog).strip() == "0"  # the dashboard shows nothing unfolded
 
     # The new cluster's ids then pass the restored events' old ones: those are not folded again.
-    _burn_transactions(new, db, 4000)
+    _burn_transactions(new, db, old_high - new_next + 100)
     _products(new, db, "later", 2)
     _django(stack, new, db, _FOLD)
     _folded_once(new, db)
