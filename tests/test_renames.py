@@ -36,13 +36,21 @@ def rename_event_table(monkeypatch):
         monkeypatch.setattr(ProductEvent._meta, "db_table", RENAMED)
         monkeypatch.delitem(tracking._event_models, PRODUCTS)
         monkeypatch.setitem(tracking._event_models, RENAMED, ProductEvent)
+        _forget_columns()
         tracking.install_create_event_functions()  # as migrate's post_migrate does
 
     yield _rename
     monkeypatch.undo()
+    _forget_columns()
     with connection.cursor() as cursor:
         cursor.execute(f"ALTER TABLE IF EXISTS {RENAMED} RENAME TO {PRODUCTS}")
     tracking.install_create_event_functions()
+
+
+def _forget_columns():
+    """Drop the column references Django caches per field (they name the table)."""
+    for field in ProductEvent._meta.concrete_fields:
+        field.__dict__.pop("cached_col", None)
 
 
 def _record(product, **values):
