@@ -92,3 +92,27 @@ class Supplier(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+@audit_stream.track()
+class Shelf(models.Model):
+    """A tracked target of a foreign key, for as_of's related objects."""
+
+    name = models.CharField(max_length=100)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@audit_stream.track()
+class Book(models.Model):
+    """Tracked, with a tracked foreign key (shelf) and an untracked one (buyer), for as_of."""
+
+    code = models.CharField(max_length=20, unique=True)
+    title = models.CharField(max_length=200)
+    price = models.DecimalField(max_digits=10, decimal_places=2, default=0)
+    shelf = models.ForeignKey(Shelf, null=True, on_delete=models.SET_NULL, related_name="books")
+    buyer = models.ForeignKey(Customer, null=True, on_delete=models.SET_NULL, related_name="+")
+
+    def __str__(self) -> str:
+        return self.title
