@@ -16,7 +16,7 @@ from django.db import connection, transaction
 import audit_stream
 from audit_stream import rowlog
 from audit_stream.history import ReadOnlyHistoryError, is_as_of
-from tests.testapp.models import Book, Customer, Label, Note, Order, Shelf, Supplier
+from tests.testapp.models import Book, Customer, Label, Note, Order, Shelf, Supplier, Tag
 
 
 def moment():
@@ -46,6 +46,8 @@ def timeline(transactional_db):
     buyer = Customer.objects.create(email="b@example.com", name="Bea")
     shelf = Shelf.objects.create(name="A")
     book = Book.objects.create(code="b1", title="Dune", price=Decimal("10.00"), shelf=shelf, buyer=buyer)
+    scifi, classic = Tag.objects.create(name="sci-fi"), Tag.objects.create(name="classic")
+    book.tags.add(scifi)
     t["created"] = moment()
     book.price = Decimal("12.00")
     book.save()
@@ -53,7 +55,9 @@ def timeline(transactional_db):
     with transaction.atomic():  # several updates in one transaction: the last one counts
         Book.objects.filter(pk=book.pk).update(price=Decimal("13.00"))
         Book.objects.filter(pk=book.pk).update(title="Dune II", price=Decimal("14.00"))
+        book.tags.set([classic])
     t["retitled"] = moment()
+    Tag.objects.filter(pk=classic.pk).update(name="classics")
     Shelf.objects.filter(pk=shelf.pk).update(name="A2")
     buyer.name = "Bea Live"
     buyer.save()
@@ -100,6 +104,16 @@ def test_as_of_a_model_lists_every_object_that_existed_then_with_its_values(time
     assert audit_stream.as_of(Book, t["deleted"]).count() == 0
     assert list(audit_stream.as_of(Shelf, t["retitled"]).values_list("name", flat=True)) == ["A"]
     assert list(audit_stream.as_of(Shelf, t["deleted"]).values_list("name", flat=True)) == ["A2"]
+
+
+@pytest.mark.parametrize(
+    ("when", "tags"),
+    [("created", ["sci-fi"]), ("repriced", ["sci-fi"]), ("retitled", ["classic"]), ("recreated", [])],
+)
+def test_many_to_many_sets_are_read_as_of_each_moment_of_the_timeline(timeline, when, tags):
+    """book.tags of a past book: the set it had then, with the tags' names then."""
+    t, pk, _ = timeline
+    assert [tag.name for tag in audit_stream.as_of(Book(pk=pk), t[when]).tags.all()] == tags
 
 
 def test_a_foreign_key_to_a_tracked_model_resolves_as_of_the_same_moment(timeline):

@@ -16,7 +16,7 @@ from audit_stream import rowlog
 from audit_stream.history import backfill
 from audit_stream.models import Change, Context, RowLog, WebhookEndpoint, WebhookMessage
 from audit_stream.stream import fold
-from tests.testapp.models import Book, BookEvent, Supplier
+from tests.testapp.models import Book, BookEvent, BookTagsEvent, Supplier, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -58,7 +58,8 @@ def test_backfill_writes_one_event_per_row_without_history_in_a_backfill_context
     event = BookEvent.objects.get(pgh_obj_id=ids[1])
     assert (event.code, event.title, event.price) == ("o1", "Old 1", Decimal("1.00"))
     assert Context.objects.get(pk=event.pgh_context_id).metadata == {"command": "backfill_history"}
-    assert "3 backfill events written" in output
+    assert "7 backfill events written" in output  # 3 rows, and the tags of all 4 books
+    assert "1 of 4 rows already had history" in output
 
 
 def test_backfilled_rows_can_be_read_as_of_a_later_moment():
@@ -91,7 +92,7 @@ def test_a_backfill_killed_midway_completes_when_run_again():
     with pytest.raises(KeyboardInterrupt):
         backfill.backfill(Book, batch_size=3, progress=die_after_two)
     assert BookEvent.objects.count() == 6
-    assert backfill.backfill(Book, batch_size=3) == 1
+    assert backfill.backfill(Book, batch_size=3) == 2  # the last row and its tags
     assert sorted(set(BookEvent.objects.values_list("pgh_obj_id", flat=True))) == sorted(
         Book.objects.values_list("pk", flat=True)
     )
@@ -164,7 +165,7 @@ def test_a_row_changed_by_a_concurrent_writer_gets_no_backfill_event_after_its_c
     finally:
         writer.close()  # rolls back if the backfill never waited: the test fails, and ends
         thread.join(timeout=60)
-    assert result["written"] == 5
+    assert result["written"] == 5 + 6  # 5 rows, and the tags of all 6
     labels = dict(BookEvent.objects.values_list("pgh_obj_id", "pgh_label"))
     assert labels == {i: ("snapshot" if i == ids[2] else "backfill") for i in ids}
     assert BookEvent.objects.get(pgh_obj_id=ids[2]).title == "Changed"
@@ -213,3 +214,17 @@ def test_a_logged_table_is_backfilled_into_the_row_log_and_revert_rebuilds_from_
     )
     Supplier.objects.filter(name="old").update(rating=3)
     assert Decimal(str(rowlog.recorded_state(entry)["rating"])) == Decimal("1")
+
+
+def test_tracked_many_to_many_fields_get_their_current_set():
+    """A book older than its tracking: its tags' set is recorded too, once."""
+    (pk,) = old_books(1)
+    red = Tag.objects.create(name="red")
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL session_replication_role = replica")
+        cursor.execute("INSERT INTO testapp_book_tags (book_id, tag_id) VALUES (%s, %s)", [pk, red.pk])
+    assert backfill.backfill(Book) == 2
+    assert backfill.backfill(Book) == 0
+    assert list(BookTagsEvent.objects.values_list("pgh_obj_id", "pgh_label", "tags")) == [
+        (pk, "backfill", [red.pk])
+    ]

@@ -19,7 +19,10 @@ transaction:
 So a row changed concurrently either has a visible event by step 2 (and is
 skipped), or is changed after the batch commits (and its event comes after
 the backfill event): no backfill event is ordered after a real change of the
-same row. A row inserted concurrently has its own insert event. Idempotent
+same row. A row inserted concurrently has its own insert event. A model with
+tracked many-to-many fields locks its rows ``FOR UPDATE`` (an insert into the
+through table checks its foreign key with ``FOR KEY SHARE``) and the through
+rows ``FOR SHARE`` (against removes), then records each object's set. Idempotent
 (rows with an event are skipped) and resumable (a killed run loses at most its
 open batch; running again completes the rest).
 """
@@ -42,12 +45,28 @@ __all__ = ["BACKFILL_CONTEXT", "BackfillPlan", "backfill", "plan"]
 BACKFILL_CONTEXT = {"command": "backfill_history"}
 
 # Step 1 of a batch: lock the next rows, in key order, waiting for their writers.
-_LOCK_SQL = "SELECT t.{pk} FROM {table} AS t {after} ORDER BY t.{pk} LIMIT %s FOR SHARE OF t"
+_LOCK_SQL = "SELECT t.{pk} FROM {table} AS t {after} ORDER BY t.{pk} LIMIT %s FOR {mode} OF t"
 
 # Step 2 for an event table: the rows of the locked key range that have no event.
 _EVENTS_SQL = """
 INSERT INTO {event_table} (pgh_label, pgh_obj_id, pgh_context_id{event_columns})
 SELECT %s, t.{pk}, %s{row_columns}
+FROM {table} AS t
+WHERE {in_range}
+  AND NOT EXISTS (SELECT FROM {event_table} AS e WHERE e.pgh_obj_id = t.{pk})
+"""
+
+# Step 1 for a tracked many-to-many field: its through rows of the locked range,
+# against a concurrent remove() (a delete locks its rows).
+_M2M_LOCK_SQL = """
+SELECT FROM {through} AS r JOIN {table} AS t ON t.{pk} = r.{source}
+WHERE {in_range} FOR SHARE OF r
+"""
+
+# Step 2 for a tracked many-to-many field: each object's set, if it has no event yet.
+_M2M_SQL = """
+INSERT INTO {event_table} (pgh_label, pgh_obj_id, pgh_context_id, {column})
+SELECT %s, t.{pk}, %s, ARRAY(SELECT r.{target} FROM {through} AS r WHERE r.{source} = t.{pk} ORDER BY 1)
 FROM {table} AS t
 WHERE {in_range}
   AND NOT EXISTS (SELECT FROM {event_table} AS e WHERE e.pgh_obj_id = t.{pk})
@@ -136,6 +155,25 @@ def _insert_sql(event_model, model, table: str, pk: str, in_range: str) -> str:
     )
 
 
+def _m2m_sql(m2m_event_model, model, table: str, pk: str, in_range: str) -> tuple[str, str]:
+    """(lock the through rows, insert the sets) for one many-to-many field tracked with m2m_fields."""
+    field = model._meta.get_field(m2m_event_model._pgh_m2m_field)
+    through = quote_name(field.remote_field.through._meta.db_table)
+    source, target = quote_name(field.m2m_column_name()), quote_name(field.m2m_reverse_name())
+    lock = _M2M_LOCK_SQL.format(through=through, source=source, table=table, pk=pk, in_range=in_range)
+    insert = _M2M_SQL.format(
+        event_table=quote_name(m2m_event_model._meta.db_table),
+        column=quote_name(m2m_event_model._meta.get_field(field.name).column),
+        through=through,
+        source=source,
+        target=target,
+        table=table,
+        pk=pk,
+        in_range=in_range,
+    )
+    return lock, insert
+
+
 def backfill(
     model: type[models.Model],
     *,
@@ -145,6 +183,9 @@ def backfill(
     retries: int = 5,
 ) -> int:
     """Write a ``backfill`` event for every row of ``model`` that has none; return how many.
+
+    Many-to-many fields tracked with ``m2m_fields`` get a ``backfill`` event with
+    their current set, for each object that has no event of that field.
 
     Args:
         model: A tracked model (whose event model records whole states) or a
@@ -157,37 +198,50 @@ def backfill(
     Raises:
         ValueError: If ``model``'s history cannot hold whole states.
     """
+    from audit_stream import tracking
+
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1.")
     source = source_for(model, using=using)
     event_model = source.event_model
     table, pk, names = _names(model, using)
+    m2m_models = [m for m in tracking.event_models_for(model) if getattr(m, "_pgh_m2m_field", None)]
     context_id = str(uuid.uuid4())
     metadata = _metadata()
-    first = _LOCK_SQL.format(table=table, pk=pk, after="")
-    later = _LOCK_SQL.format(table=table, pk=pk, after=f"WHERE t.{pk} > %s")
-    first_insert = _insert_sql(event_model, model, table, pk, f"t.{pk} <= %s")
-    later_insert = _insert_sql(event_model, model, table, pk, f"t.{pk} > %s AND t.{pk} <= %s")
+    # A tracked m2m field: FOR UPDATE on the rows also holds off inserts into
+    # the through table (their foreign-key check takes FOR KEY SHARE on the row).
+    mode = "UPDATE" if m2m_models else "SHARE"
+    ranges = {True: f"t.{pk} <= %s", False: f"t.{pk} > %s AND t.{pk} <= %s"}  # first batch?
+    lock = {
+        True: _LOCK_SQL.format(table=table, pk=pk, after="", mode=mode),
+        False: _LOCK_SQL.format(table=table, pk=pk, after=f"WHERE t.{pk} > %s", mode=mode),
+    }
+    insert = {k: _insert_sql(event_model, model, table, pk, r) for k, r in ranges.items()}
+    m2m = {k: [_m2m_sql(m, model, table, pk, r) for m in m2m_models] for k, r in ranges.items()}
     connection = connections[using]
     written, last = 0, None
     while True:
+        first = last is None
         for attempt in range(retries + 1):
             try:
                 with transaction.atomic(using=using), connection.cursor() as cursor:
-                    cursor.execute(
-                        first if last is None else later, [batch_size] if last is None else [last, batch_size]
-                    )
+                    cursor.execute(lock[first], [batch_size] if first else [last, batch_size])
                     keys = [row[0] for row in cursor.fetchall()]
                     if not keys:
                         break
+                    bounds = [keys[-1]] if first else [last, keys[-1]]
+                    for m2m_lock, _ in m2m[first]:  # and the through rows, against removes
+                        cursor.execute(m2m_lock, bounds)
                     cursor.execute("SELECT _audit_stream_attach_context(%s, %s)", [context_id, metadata])
-                    bounds = [keys[-1]] if last is None else [last, keys[-1]]
                     if event_model is None:
                         params = [BACKFILL_LABEL, names[0], context_id, *bounds, names]
                     else:
                         params = [BACKFILL_LABEL, context_id, *bounds]
-                    cursor.execute(first_insert if last is None else later_insert, params)
+                    cursor.execute(insert[first], params)
                     inserted = cursor.rowcount
+                    for _, m2m_insert in m2m[first]:
+                        cursor.execute(m2m_insert, [BACKFILL_LABEL, context_id, *bounds])
+                        inserted += cursor.rowcount
                 break
             except OperationalError as exc:  # a deadlock with a writer: the batch rolled back
                 if attempt == retries or "deadlock" not in str(exc):

@@ -105,14 +105,25 @@ class Shelf(models.Model):
 
 
 @audit_stream.track()
+class Tag(models.Model):
+    """A tracked target of a many-to-many field."""
+
+    name = models.CharField(max_length=50, unique=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@audit_stream.track(m2m_fields=["tags"])
 class Book(models.Model):
-    """Tracked, with a tracked foreign key (shelf) and an untracked one (buyer), for as_of."""
+    """Tracked, with a tracked foreign key (shelf), an untracked one (buyer) and tracked tags."""
 
     code = models.CharField(max_length=20, unique=True)
     title = models.CharField(max_length=200)
     price = models.DecimalField(max_digits=10, decimal_places=2, default=0)
     shelf = models.ForeignKey(Shelf, null=True, on_delete=models.SET_NULL, related_name="books")
     buyer = models.ForeignKey(Customer, null=True, on_delete=models.SET_NULL, related_name="+")
+    tags = models.ManyToManyField(Tag, blank=True, related_name="books")
 
     def __str__(self) -> str:
         return self.title

@@ -82,6 +82,7 @@ class Command(BaseCommand):
                 )
             elapsed = time.monotonic() - started
             console.print(
-                f"{label}: {written} backfill events written in {plan.target}"
-                f" ({plan.rows - written} rows already had history) in {elapsed:.1f} s."
+                f"{label}: {written} backfill events written in {plan.target} and its many-to-many"
+                f" fields ({plan.rows - plan.missing} of {plan.rows} rows already had history)"
+                f" in {elapsed:.1f} s."
             )
