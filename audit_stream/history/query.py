@@ -75,7 +75,12 @@ class AsOfCompiler(SQLCompiler):
             cte_params += body_params
         if not ctes:
             return sql, params
-        return f"WITH {', '.join(ctes)} {sql}", (*cte_params, *params)
+        prefix = ""
+        explain = self.query.explain_info
+        if explain:  # EXPLAIN goes before the WITH
+            prefix = self.connection.ops.explain_query_prefix(explain.format, **explain.options) + " "
+            sql = sql.removeprefix(prefix)
+        return f"{prefix}WITH {', '.join(ctes)} {sql}", (*cte_params, *params)
 
 
 class AsOfQuery(Query):
