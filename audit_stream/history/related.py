@@ -12,6 +12,7 @@ the set recorded at that moment. Nothing is queried until it is read.
 from __future__ import annotations
 
 import functools
+import weakref
 from datetime import datetime
 
 from django.db import models
@@ -80,11 +81,11 @@ class _RelatedAsOf(dict):
 
     def __init__(self, obj: models.Model, when: datetime, cached: dict) -> None:
         super().__init__(cached)
-        self._obj = obj
+        self._obj = weakref.ref(obj)  # no reference cycle: 100,000 instances stay cheap to collect
         self._when = when
 
     def __missing__(self, name: str):
-        obj = self._obj
+        obj = self._obj()
         try:
             field = obj._meta.get_field(name)
         except Exception:
@@ -108,11 +109,11 @@ class _ManyToManyAsOf(dict):
 
     def __init__(self, obj: models.Model, when: datetime) -> None:
         super().__init__()
-        self._obj = obj
+        self._obj = weakref.ref(obj)
         self._when = when
 
     def __missing__(self, name: str):
-        obj = self._obj
+        obj = self._obj()
         event_model = m2m_event_model(type(obj), name)
         if event_model is None:
             raise KeyError(name)  # not tracked: the live set
@@ -133,7 +134,7 @@ def _has_history(model: type[models.Model]) -> bool:
 def freeze(obj: models.Model, when: datetime) -> models.Model:
     """Mark ``obj`` as its version at ``when``: read-only, relations as of ``when``."""
     obj._pgh_as_of = when
-    obj.save = obj.asave = obj.delete = obj.adelete = functools.partial(_refuse_write, obj)
+    obj.save = obj.asave = obj.delete = obj.adelete = functools.partial(_refuse_write, weakref.proxy(obj))
     obj._state.fields_cache = _RelatedAsOf(obj, when, obj._state.fields_cache)
     obj._prefetched_objects_cache = _ManyToManyAsOf(obj, when)
     for related in list(obj._state.fields_cache.values()):  # select_related(): read from history too
