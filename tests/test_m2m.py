@@ -6,9 +6,9 @@ import pytest
 from django.db import connection
 
 import audit_stream
-from audit_stream.models import AggregateEvent, Change
+from audit_stream.models import AggregateEvent, Change, WebhookEndpoint, WebhookMessage
 from audit_stream.stream import fold
-from tests.testapp.models import Book, BookTagsEvent, Tag
+from tests.testapp.models import Book, BookTagsEvent, Loan, Reader, ReaderBooksEvent, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -120,3 +120,26 @@ def test_as_of_gives_the_set_of_the_moment_with_the_members_as_they_were(book, t
     assert [t.name for t in audit_stream.as_of(book, first).tags.all()] == ["red"]
     assert [t.name for t in audit_stream.as_of(book, second).tags.all()] == ["blue"]
     assert audit_stream.as_of(book, second).tags.filter(name="red").count() == 0
+
+
+def test_an_explicit_through_model_is_tracked_on_its_own_table(book):
+    """Reader.books goes through Loan: creating and deleting loans records the reader's set."""
+    reader = Reader.objects.create(name="Ada")
+    other = Book.objects.create(code="m2", title="Other")
+    loan = Loan.objects.create(reader=reader, book=book)
+    Loan.objects.create(reader=reader, book=other)
+    loan.delete()
+    recorded = (
+        ReaderBooksEvent.objects.filter(pgh_obj=reader).order_by("pgh_id").values_list("books", flat=True)
+    )
+    assert list(recorded) == [[book.pk], sorted([book.pk, other.pk]), [other.pk]]
+
+
+def test_webhooks_receive_m2m_changes_as_changes_of_the_object(book, tags, settings):
+    """The message's type names the book and the label, its diff the sets."""
+    settings.AUDIT_STREAM = {**settings.AUDIT_STREAM, "WEBHOOK_ALLOWED_NETWORKS": ["127.0.0.0/8"]}
+    endpoint = WebhookEndpoint.objects.create(url="http://127.0.0.1:9/hook")
+    book.tags.add(tags["red"])
+    fold.fold_all()
+    message = WebhookMessage.objects.get(endpoint=endpoint, event_type="testapp.book.tags_changed")
+    assert message.payload["data"]["diff"] == {"tags": [None, [tags["red"].pk]]}

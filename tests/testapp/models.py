@@ -127,3 +127,19 @@ class Book(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+@audit_stream.track(m2m_fields=["books"])
+class Reader(models.Model):
+    """A many-to-many field with an explicit through model (declared after it: resolved lazily)."""
+
+    name = models.CharField(max_length=100)
+    books = models.ManyToManyField(Book, through="Loan", related_name="readers", blank=True)
+
+
+class Loan(models.Model):
+    """The explicit through model of Reader.books, with a field of its own."""
+
+    reader = models.ForeignKey(Reader, on_delete=models.CASCADE)
+    book = models.ForeignKey(Book, on_delete=models.CASCADE)
+    until = models.DateField(null=True)
