@@ -11,7 +11,6 @@ the set recorded at that moment. Nothing is queried until it is read.
 
 from __future__ import annotations
 
-import functools
 import weakref
 from datetime import datetime
 
@@ -76,12 +75,23 @@ def _history_or_live(model: type[models.Model], when: datetime, using: str | Non
     return as_of_queryset(manager.all(), when)
 
 
-class _RelatedAsOf(dict):
-    """``_state.fields_cache`` of an as-of instance: foreign keys resolved at the same moment."""
+class _AsOf(dict):
+    """The relation cache of an as-of instance, and its refusal to be written.
+
+    One object per instance serves as ``_state.fields_cache`` (foreign keys:
+    the target as of the same moment) and ``_prefetched_objects_cache``
+    (many-to-many fields tracked with ``m2m_fields``: the set of the moment):
+    field names are unique in a model, so the two never share a key. Called, it
+    raises (it stands in for ``save()`` and ``delete()``). It holds the
+    instance weakly: no reference cycle, so 100,000 instances cost the garbage
+    collector what plain ones do.
+    """
+
+    __slots__ = ("_obj", "_when")
 
     def __init__(self, obj: models.Model, when: datetime, cached: dict) -> None:
         super().__init__(cached)
-        self._obj = weakref.ref(obj)  # no reference cycle: 100,000 instances stay cheap to collect
+        self._obj = weakref.ref(obj)
         self._when = when
 
     def __missing__(self, name: str):
@@ -90,38 +100,31 @@ class _RelatedAsOf(dict):
             field = obj._meta.get_field(name)
         except Exception:
             raise KeyError(name) from None
-        if not (field.concrete and (field.many_to_one or field.one_to_one)):
+        if field.many_to_many and not field.auto_created:
+            value = self._members(obj, field)
+        elif field.concrete and (field.many_to_one or field.one_to_one):
+            value = self._target(obj, field)
+        else:
             raise KeyError(name)  # reverse relations: Django's own lookup (live)
+        self[name] = value
+        return value
+
+    def _target(self, obj: models.Model, field: models.Field) -> models.Model | None:
         value = getattr(obj, field.attname)
-        target = None
-        if value is not None:
-            rows = _history_or_live(field.related_model, self._when, obj._state.db)
-            target = rows.filter(**{field.target_field.attname: value}).first()
-        self[name] = target
-        return target
-
-    def copy(self) -> dict:
-        return dict(self)
-
-
-class _ManyToManyAsOf(dict):
-    """``_prefetched_objects_cache`` of an as-of instance: m2m sets as recorded at the moment."""
-
-    def __init__(self, obj: models.Model, when: datetime) -> None:
-        super().__init__()
-        self._obj = weakref.ref(obj)
-        self._when = when
-
-    def __missing__(self, name: str):
-        obj = self._obj()
-        event_model = m2m_event_model(type(obj), name)
-        if event_model is None:
-            raise KeyError(name)  # not tracked: the live set
-        field = obj._meta.get_field(name)
+        if value is None:
+            return None
         rows = _history_or_live(field.related_model, self._when, obj._state.db)
-        members = rows.filter(pk__in=m2m_ids_sql(event_model, obj.pk, self._when))
-        self[name] = members
-        return members
+        return rows.filter(**{field.target_field.attname: value}).first()
+
+    def _members(self, obj: models.Model, field: models.Field) -> models.QuerySet:
+        event_model = m2m_event_model(type(obj), field.name)
+        if event_model is None:
+            raise KeyError(field.name)  # not tracked: the live set
+        rows = _history_or_live(field.related_model, self._when, obj._state.db)
+        return rows.filter(pk__in=m2m_ids_sql(event_model, obj.pk, self._when))
+
+    def __call__(self, *args, **kwargs):
+        _refuse_write(self._obj())
 
     def copy(self) -> dict:
         return dict(self)
@@ -134,10 +137,10 @@ def _has_history(model: type[models.Model]) -> bool:
 def freeze(obj: models.Model, when: datetime) -> models.Model:
     """Mark ``obj`` as its version at ``when``: read-only, relations as of ``when``."""
     obj._pgh_as_of = when
-    obj.save = obj.asave = obj.delete = obj.adelete = functools.partial(_refuse_write, weakref.proxy(obj))
-    obj._state.fields_cache = _RelatedAsOf(obj, when, obj._state.fields_cache)
-    obj._prefetched_objects_cache = _ManyToManyAsOf(obj, when)
-    for related in list(obj._state.fields_cache.values()):  # select_related(): read from history too
+    cache = _AsOf(obj, when, obj._state.fields_cache)
+    obj._state.fields_cache = obj._prefetched_objects_cache = cache
+    obj.save = obj.asave = obj.delete = obj.adelete = cache
+    for related in list(cache.values()):  # select_related(): read from history too
         if isinstance(related, models.Model) and not is_as_of(related) and _has_history(type(related)):
             freeze(related, when)
     return obj
