@@ -188,7 +188,11 @@ def track_m2m(model: type[models.Model], field_names: list[str], app_label: str 
             _problem(
                 model._meta.label,
                 f"{model._meta.label} has no many-to-many field {field_name!r} (in m2m_fields=).",
-                "Choose among: " + ", ".join(sorted(f.name for f in model._meta.many_to_many)) + ".",
+                (
+                    "Choose among: " + ", ".join(sorted(f.name for f in model._meta.many_to_many)) + "."
+                    if model._meta.many_to_many
+                    else "Remove m2m_fields: the model has no many-to-many field."
+                ),
                 "audit_stream.E001",
             )
             continue

@@ -228,3 +228,40 @@ def test_tracked_many_to_many_fields_get_their_current_set():
     assert list(BookTagsEvent.objects.values_list("pgh_obj_id", "pgh_label", "tags")) == [
         (pk, "backfill", [red.pk])
     ]
+
+
+def test_a_backfill_process_killed_with_sigkill_completes_when_run_again():
+    """A real kill: `manage.py backfill_history` SIGKILLed between batches; the rerun finishes the job."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL session_replication_role = replica")
+        cursor.execute(
+            "INSERT INTO testapp_book (code, title, price)"
+            " SELECT 'k' || i, 'Old ' || i, 1 FROM generate_series(1, 100000) AS i"
+        )
+    settings = connection.settings_dict
+    url = f"postgres://{settings['USER']}@{settings['HOST']}:{settings['PORT'] or 5432}/{settings['NAME']}"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "DATABASE_URL": url}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "django", "backfill_history", "testapp.Book", "--batch-size", "200"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while BookEvent.objects.count() < 2_000 and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling a condition
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    done = BookEvent.objects.count()
+    assert 2_000 <= done < 100_000, done  # killed midway, its committed batches kept
+    backfill.backfill(Book, batch_size=5_000)
+    assert BookEvent.objects.count() == 100_000
+    assert BookEvent.objects.values("pgh_obj_id").distinct().count() == 100_000

@@ -24,5 +24,7 @@ elif case == "fields_and_exclude":
     audit_stream.track(fields=["name"], exclude=["id"])(Widget)
 elif case == "duplicate_label":
     audit_stream.track(audit_stream.AfterInsert("changed"), audit_stream.AfterUpdate("changed"))(Widget)
+elif case == "unknown_m2m_field":
+    audit_stream.track(m2m_fields=["name"])(Widget)
 elif case in ("not_postgresql", "bad_settings", "valid"):
     audit_stream.track()(Widget)
