@@ -23,6 +23,7 @@ from audit_stream.events import (
     Event,
     Snapshot,
 )
+from audit_stream.history import as_of
 from audit_stream.tracking import create_event, get_event_model, track
 
 __version__ = "0.1.0"
@@ -36,6 +37,7 @@ __all__ = [
     "DatabaseEvent",
     "Event",
     "Snapshot",
+    "as_of",
     "context",
     "create_event",
     "get_event_model",

@@ -27,6 +27,9 @@ from django.utils import timezone
 
 from audit_stream import revert as _revert
 from audit_stream import rowlog, tracking
+from audit_stream.history import as_of
+from audit_stream.history.related import m2m_event_model
+from audit_stream.history.states import source_for
 from audit_stream.models import (
     AggregateEvent,
     Change,
@@ -225,6 +228,7 @@ class VersionAdminMixin:
     history_per_page = 25
     object_history_template = "audit_stream/admin/object_history.html"
     revert_confirmation_template = "audit_stream/admin/revert_confirmation.html"
+    as_of_template = "audit_stream/admin/as_of.html"
     deleted_objects_template = "audit_stream/admin/deleted_objects.html"
 
     def get_urls(self):
@@ -241,6 +245,11 @@ class VersionAdminMixin:
                 "<path:object_id>/history/restore/<str:key>/",
                 wrap(self.restore_view),
                 name=f"{prefix}_restore",
+            ),
+            path(
+                "<path:object_id>/history/as-of/<str:key>/",
+                wrap(self.as_of_view),
+                name=f"{prefix}_as_of",
             ),
             *super().get_urls(),
         ]
@@ -348,6 +357,33 @@ class VersionAdminMixin:
     def _may_restore(self, request) -> bool:
         """Restoring re-creates a row from its history: the add and the change permission."""
         return self.has_add_permission(request) and self.has_change_permission(request)
+
+    def as_of_view(self, request, object_id, key):
+        """The object's fields as of one version's moment, read-only (``audit_stream.as_of``)."""
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        event = self._event_for(object_id, key)
+        pk = self.model._meta.pk.to_python(object_id)
+        try:
+            past = as_of(self.model(pk=pk), event.pgh_created_at)
+        except self.model.DoesNotExist:
+            past = None
+        except ValueError as exc:
+            raise Http404(str(exc)) from None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{self.opts.verbose_name.capitalize()} {pk}"
+            f" as of {event.pgh_created_at:%Y-%m-%d %H:%M:%S}",
+            "opts": self.opts,
+            "object_id": object_id,
+            "event": event,
+            "fields": _as_of_fields(past) if past is not None else [],
+            "history_url": reverse(
+                f"admin:{self.opts.app_label}_{self.opts.model_name}_history", args=[object_id]
+            ),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.as_of_template, context)
 
     def restore_view(self, request, object_id, key):
         if not self._may_restore(request):
@@ -483,9 +519,46 @@ def _diff(row) -> dict:
     return {column: [None, value] for column, value in (row.pgh_data or {}).items()}
 
 
+def _as_of_fields(past):
+    """(field name, value) of an as-of instance: relations as of the same moment, sets as lists."""
+    fields = []
+    for field in past._meta.concrete_fields:
+        value = getattr(past, field.name) if field.is_relation else getattr(past, field.attname)
+        if field.choices and not field.is_relation:
+            value = dict(field.flatchoices).get(value, value)
+        fields.append((field.verbose_name, "—" if value is None else value))
+    for field in past._meta.many_to_many:
+        if m2m_event_model(type(past), field.name) is not None:
+            fields.append((field.verbose_name, ", ".join(map(str, getattr(past, field.name).all())) or "—"))
+    return fields
+
+
+def _can_show_as_of(model) -> bool:
+    try:
+        source_for(model)
+    except ValueError:
+        return False
+    return True
+
+
+def _m2m_diff(field, old, new):
+    """A many-to-many change as two cells: what left the set, what joined it (by name)."""
+    old, new = set(old or []), set(new or [])
+    members = field.related_model._default_manager.in_bulk(list(old | new))
+
+    def names(keys):
+        return ", ".join(f'"{members.get(k, k)}"' for k in sorted(keys, key=str))
+
+    removed, added = old - new, new - old
+    minus = "\u2212"  # the minus sign, as in the issue's "tags: + \"red\", \u2212 \"blue\""
+    return (f"{minus} {names(removed)}" if removed else ""), (f"+ {names(added)}" if added else "")
+
+
 def _entries(model, rows, obj, may_change, opts, object_id):
     """History rows ready for the template: who, what changed (field, old, new), actions."""
     by_column = {f.column: f for f in model._meta.concrete_fields}
+    m2m = {f.name: f for f in model._meta.many_to_many}
+    as_of_ok = _can_show_as_of(model)
     value_maps = []
     for row in rows:
         value_maps.append({by_column[c].attname: v[0] for c, v in _diff(row).items() if c in by_column})
@@ -500,6 +573,9 @@ def _entries(model, rows, obj, may_change, opts, object_id):
         diff = []
         for column, (old, new) in _diff(row).items():
             field = by_column.get(column)
+            if field is None and column in m2m and getattr(row.event_model, "_pgh_m2m_field", None) == column:
+                diff.append((m2m[column].verbose_name, *_m2m_diff(m2m[column], old, new)))
+                continue
             if field is None:
                 continue
             old, new = (field.to_python(v) if v is not None else None for v in (old, new))
@@ -522,9 +598,18 @@ def _entries(model, rows, obj, may_change, opts, object_id):
                 )
                 if obj is None and may_change and revertible
                 else None,
+                "as_of_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_as_of", args=[object_id, key])
+                if as_of_ok and row.pgh_label not in _delete_labels(row)
+                else None,
             }
         )
     return entries
+
+
+def _delete_labels(row) -> set[str]:
+    if row.event_model is RowLog:
+        return {"delete"}
+    return {e.label for e in row.event_model.pgh_events if getattr(e, "operations", None) == ["DELETE"]}
 
 
 class EventAdmin(ReadOnlyAdmin):

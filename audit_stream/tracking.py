@@ -319,6 +319,7 @@ def track(
     related_name: str | None = None,
     model_name: str | None = None,
     app_label: str | None = None,
+    m2m_fields: list[str] | None = None,
 ):
     """Record the history of a model in a generated event model.
 
@@ -343,6 +344,9 @@ def track(
         related_name: The related name on the tracked model (default ``"event"``).
         model_name: The event model's name (default ``<Model>Event``).
         app_label: The app of the event model and its migrations.
+        m2m_fields: Many-to-many fields whose set is recorded at every change
+            (``add``, ``remove``, ``clear``, ``set``, raw SQL on the through
+            table), in one more event model per field (:mod:`audit_stream.m2m`).
     """
 
     def _wrap(model: M) -> M:
@@ -358,6 +362,10 @@ def track(
             app_label=app_label,
             abstract=False,
         )
+        if m2m_fields:
+            from audit_stream.m2m import track_m2m
+
+            track_m2m(model, list(m2m_fields), app_label=app_label)
         return model
 
     return _wrap
@@ -419,8 +427,12 @@ def _setup_event_model(event_model: type[EventModel]) -> None:
         seen.add(event.label)
         _labels[(tracked, event.label)] = event_model
         if isinstance(event, events.DatabaseEvent):
+            # Most events trigger on the tracked table; an m2m event on its through table.
+            trigger_target = getattr(event, "trigger_target", None)
             try:
-                pgtrigger.register(*event.get_triggers(event_model))(target)
+                pgtrigger.register(*event.get_triggers(event_model))(
+                    trigger_target(event_model) if trigger_target else target
+                )
             except ValueError as exc:
                 _problem(
                     meta.label,

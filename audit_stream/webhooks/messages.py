@@ -10,6 +10,8 @@ from __future__ import annotations
 __all__ = ["record"]
 
 # For the changes just folded, one message per matching active endpoint.
+# Backfill changes (manage.py backfill_history) go only to endpoints whose
+# label filter names "backfill": an empty filter means every real change.
 # data.event_id (pgh_id) grows per object in the order changes happened: a
 # receiver re-orders or drops stale deliveries with it.
 _RECORD_SQL = """
@@ -38,7 +40,7 @@ FROM audit_stream_change AS c
 JOIN audit_stream_webhookendpoint AS ep
   ON ep.is_active
  AND (cardinality(ep.filter_models) = 0 OR c.model = ANY(ep.filter_models))
- AND (cardinality(ep.filter_labels) = 0 OR c.label = ANY(ep.filter_labels))
+ AND ((cardinality(ep.filter_labels) = 0 AND c.label <> 'backfill') OR c.label = ANY(ep.filter_labels))
 LEFT JOIN audit_stream_context AS ctx ON ctx.id = c.context_id
 WHERE c.id = ANY(%(change_ids)s::bigint[])
 ORDER BY c.id, ep.id

@@ -39,6 +39,8 @@ elif case == "uninstallable_condition":
             "renamed", condition=pgtrigger.Q(old__name__df=pgtrigger.F("new__name"))
         )
     )(Widget)
+elif case == "unknown_m2m_field":
+    audit_stream.track(m2m_fields=["name"])(Widget)
 elif case in ("not_postgresql", "bad_settings", "valid"):
     audit_stream.track()(Widget)
 elif case in ("cascading_obj_fk", "cascading_obj_fk_not_append_only"):

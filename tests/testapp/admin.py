@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from audit_stream.admin import VersionModelAdmin
-from tests.testapp.models import Customer, Order, Product, Supplier
+from tests.testapp.models import Book, Customer, Order, Product, Supplier
 
 
 @admin.register(Product)
@@ -20,3 +20,8 @@ admin.site.register(Customer)
 @admin.register(Supplier)
 class SupplierAdmin(VersionModelAdmin):
     """No @track: history comes from the row log of ``initlogging``."""
+
+
+@admin.register(Book)
+class BookAdmin(VersionModelAdmin):
+    """Tracked with its tags (m2m_fields): history, "view as of this version"."""

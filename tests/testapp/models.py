@@ -126,3 +126,54 @@ class Supplier(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+@audit_stream.track()
+class Shelf(models.Model):
+    """A tracked target of a foreign key, for as_of's related objects."""
+
+    name = models.CharField(max_length=100)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@audit_stream.track()
+class Tag(models.Model):
+    """A tracked target of a many-to-many field."""
+
+    name = models.CharField(max_length=50, unique=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@audit_stream.track(m2m_fields=["tags"])
+class Book(models.Model):
+    """Tracked, with a tracked foreign key (shelf), an untracked one (buyer) and tracked tags."""
+
+    code = models.CharField(max_length=20, unique=True)
+    title = models.CharField(max_length=200)
+    price = models.DecimalField(max_digits=10, decimal_places=2, default=0)
+    shelf = models.ForeignKey(Shelf, null=True, on_delete=models.SET_NULL, related_name="books")
+    buyer = models.ForeignKey(Customer, null=True, on_delete=models.SET_NULL, related_name="+")
+    tags = models.ManyToManyField(Tag, blank=True, related_name="books")
+
+    def __str__(self) -> str:
+        return self.title
+
+
+@audit_stream.track(m2m_fields=["books"])
+class Reader(models.Model):
+    """A many-to-many field with an explicit through model (declared after it: resolved lazily)."""
+
+    name = models.CharField(max_length=100)
+    books = models.ManyToManyField(Book, through="Loan", related_name="readers", blank=True)
+
+
+class Loan(models.Model):
+    """The explicit through model of Reader.books, with a field of its own."""
+
+    reader = models.ForeignKey(Reader, on_delete=models.CASCADE)
+    book = models.ForeignKey(Book, on_delete=models.CASCADE)
+    until = models.DateField(null=True)
