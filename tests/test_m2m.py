@@ -104,10 +104,16 @@ def test_the_change_feed_shows_a_change_of_the_book_with_the_set_before_and_afte
 
 
 def test_aggregate_event_of_the_book_includes_its_m2m_changes(book, tags):
-    """AggregateEvent.target(book) lists the tag changes with their diff."""
+    """AggregateEvent.target(book) lists the tag changes with their diff (None for the first, as in pghistory)."""
     book.tags.add(tags["red"])
-    rows = AggregateEvent.objects.target(book).filter(pgh_label="tags_changed")
-    assert [r.pgh_diff for r in rows] == [{"tags": [None, [tags["red"].pk]]}]
+    book.tags.add(tags["blue"])
+    rows = (
+        AggregateEvent.objects.target(book)
+        .filter(pgh_label="tags_changed")
+        .order_by("pgh_created_at", "pgh_id")
+    )
+    red, blue = tags["red"].pk, tags["blue"].pk
+    assert [r.pgh_diff for r in rows] == [None, {"tags": [[red], sorted([red, blue])]}]
 
 
 def test_as_of_gives_the_set_of_the_moment_with_the_members_as_they_were(book, tags):
