@@ -18,21 +18,14 @@ the previous event of the object in the same event table.
 
 from __future__ import annotations
 
-import json
-from decimal import Decimal
-
 from django.db import models
 from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
 
+# Kept here for migrations written before audit_stream.exact existed.
+from audit_stream.exact import ExactDecoder
+
 __all__ = ["AggregateEventQuerySet", "ExactDecoder"]
-
-
-class ExactDecoder(json.JSONDecoder):
-    """Reads JSON numbers with a fraction as ``Decimal``: recorded prices stay 10.00, not 10.0."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **{"parse_float": Decimal, **kwargs})
 
 
 _PGH_COLUMNS = ["pgh_id", "pgh_created_at", "pgh_label", "pgh_xid", "pgh_obj_id", "pgh_context_id"]

@@ -12,7 +12,8 @@ from django.db.models import Func
 from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Cast, Now
 
-from audit_stream.aggregate import AggregateEventQuerySet, ExactDecoder
+from audit_stream.aggregate import AggregateEventQuerySet
+from audit_stream.exact import ExactDecoder
 
 __all__ = [
     "AggregateEvent",
@@ -45,7 +46,7 @@ class Context(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     created_at = models.DateTimeField(db_default=Now())
     updated_at = models.DateTimeField(db_default=Now())
-    metadata = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+    metadata = models.JSONField(default=dict, encoder=DjangoJSONEncoder, decoder=ExactDecoder)
 
     class Meta:
         db_table = "audit_stream_context"
@@ -142,8 +143,10 @@ class Change(models.Model):
     )
     created_at = models.DateTimeField(help_text="When the change was committed (pgh_created_at).")
     folded_at = models.DateTimeField(db_default=Now())
-    diff = models.JSONField(encoder=DjangoJSONEncoder, help_text="{field: [old, new]}")
-    snapshot = models.JSONField(encoder=DjangoJSONEncoder, help_text="The event's tracked fields.")
+    diff = models.JSONField(encoder=DjangoJSONEncoder, decoder=ExactDecoder, help_text="{field: [old, new]}")
+    snapshot = models.JSONField(
+        encoder=DjangoJSONEncoder, decoder=ExactDecoder, help_text="The event's tracked fields."
+    )
 
     objects = ChangeQuerySet.as_manager()
 

@@ -622,7 +622,7 @@ def recorded_state(entry, *, using: str = DEFAULT_DB_ALIAS, model=None) -> dict 
     """
     import json
 
-    from audit_stream.aggregate import ExactDecoder
+    from audit_stream.exact import ExactDecoder
 
     if entry.pgh_label == "delete":
         return entry.old_data
@@ -655,9 +655,7 @@ def recorded_state(entry, *, using: str = DEFAULT_DB_ALIAS, model=None) -> dict 
 
 def recorded_instance(entry, *, using: str | None = None) -> django_models.Model | None:
     """:func:`recorded_state` as an (unsaved) instance of the table's model."""
-    import json
-
-    from django.core.serializers.json import DjangoJSONEncoder
+    from audit_stream import exact
 
     using = using or DEFAULT_DB_ALIAS
     model = model_of(entry, using=using)
@@ -665,5 +663,5 @@ def recorded_instance(entry, *, using: str | None = None) -> django_models.Model
     if state is None:
         return None
     sql = _POPULATE_SQL.format(table=triggers.quote_name(model._meta.concrete_model._meta.db_table))
-    rows = list(model._default_manager.db_manager(using).raw(sql, [json.dumps(state, cls=DjangoJSONEncoder)]))
+    rows = list(model._default_manager.db_manager(using).raw(sql, [exact.dumps(state)]))
     return rows[0] if rows else None

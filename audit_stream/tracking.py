@@ -87,6 +87,7 @@ def _history_field(field: models.Field) -> models.Field:
     if isinstance(field, models.GeneratedField):
         output = copy.deepcopy(field.output_field)
         output.db_column = _own_column(field)
+        output.null = True  # a generated column is NULL when its expression is
         return output
 
     field = copy.deepcopy(field)

@@ -2,6 +2,15 @@
 
 import pgtrigger
 from django.contrib.auth.models import User
+from django.contrib.postgres.fields import (
+    ArrayField,
+    BigIntegerRangeField,
+    DateRangeField,
+    DateTimeRangeField,
+    DecimalRangeField,
+    HStoreField,
+    IntegerRangeField,
+)
 from django.db import models
 
 import audit_stream
@@ -92,3 +101,45 @@ class Supplier(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+@audit_stream.track()
+class Everything(models.Model):
+    """Every built-in and ``contrib.postgres`` field type, for the exactness property test (all nullable)."""
+
+    big = models.BigIntegerField(null=True)
+    binary = models.BinaryField(null=True)
+    boolean = models.BooleanField(null=True)
+    char = models.CharField(max_length=100, null=True)
+    date = models.DateField(null=True)
+    datetime = models.DateTimeField(null=True)
+    decimal = models.DecimalField(max_digits=30, decimal_places=10, null=True)
+    duration = models.DurationField(null=True)
+    email = models.EmailField(null=True)
+    file = models.FileField(null=True)
+    file_path = models.FilePathField(null=True)
+    float = models.FloatField(null=True)
+    ip = models.GenericIPAddressField(null=True)
+    integer = models.IntegerField(null=True)
+    json = models.JSONField(null=True)
+    positive_big = models.PositiveBigIntegerField(null=True)
+    positive = models.PositiveIntegerField(null=True)
+    positive_small = models.PositiveSmallIntegerField(null=True)
+    slug = models.SlugField(null=True)
+    small = models.SmallIntegerField(null=True)
+    text = models.TextField(null=True)
+    time = models.TimeField(null=True)
+    url = models.URLField(null=True)
+    uuid = models.UUIDField(null=True)
+    customer = models.ForeignKey(Customer, null=True, on_delete=models.SET_NULL, related_name="+")
+    generated = models.GeneratedField(
+        expression=models.F("integer") + 1, output_field=models.BigIntegerField(), db_persist=True
+    )
+    integers = ArrayField(models.IntegerField(null=True), null=True)
+    texts = ArrayField(models.TextField(null=True), null=True)
+    hstore = HStoreField(null=True)
+    integer_range = IntegerRangeField(null=True)
+    big_range = BigIntegerRangeField(null=True)
+    decimal_range = DecimalRangeField(null=True)
+    date_range = DateRangeField(null=True)
+    datetime_range = DateTimeRangeField(null=True)
