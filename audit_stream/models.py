@@ -118,6 +118,17 @@ class ChangeQuerySet(models.QuerySet):
         label = model if isinstance(model, str) else model._meta.concrete_model._meta.label_lower
         return self.filter(model=label.lower())
 
+    def for_transaction(self, transaction_id: int) -> ChangeQuerySet:
+        """The changes one transaction made, across every tracked table, in the order it made them.
+
+        ``transaction_id`` is the events' ``pgh_xid`` (``Change.transaction_id``,
+        ``transaction.id`` in payloads). Ordered by the statement that wrote
+        each change (``command_id``), then by ``event_id`` within a statement.
+        Changes of tables not folded yet are missing: compare the count with
+        the payloads' ``transaction.changes`` to know the transaction is whole.
+        """
+        return self.filter(transaction_id=transaction_id).order_by("command_id", "event_id", "event_table")
+
     def by_user(self, user: object) -> ChangeQuerySet:
         """Changes made in a context whose ``user`` metadata is ``user`` (a user or its pk)."""
         pk = getattr(user, "pk", user)
@@ -147,6 +158,12 @@ class Change(models.Model):
     snapshot = models.JSONField(
         encoder=DjangoJSONEncoder, decoder=ExactDecoder, help_text="The event's tracked fields."
     )
+    transaction_id = models.BigIntegerField(
+        null=True, help_text="The writing transaction (the event's pgh_xid); null before audit_stream 0017."
+    )
+    command_id = models.BigIntegerField(
+        null=True, help_text="The command inside the transaction that wrote the event (its order there)."
+    )
 
     objects = ChangeQuerySet.as_manager()
 
@@ -163,6 +180,7 @@ class Change(models.Model):
             models.Index(fields=["label", "created_at"], name="audit_stream_change_label"),
             models.Index(fields=["created_at"], name="audit_stream_change_created"),
             models.Index(fields=["context"], name="audit_stream_change_context"),
+            models.Index(fields=["transaction_id", "command_id"], name="audit_stream_change_xact"),
         ]
 
     def __str__(self) -> str:

@@ -32,4 +32,18 @@ class Migration(migrations.Migration):
             name='payload',
             field=models.JSONField(decoder=audit_stream.exact.ExactDecoder, encoder=django.core.serializers.json.DjangoJSONEncoder),
         ),
+        migrations.AddField(
+            model_name='change',
+            name='command_id',
+            field=models.BigIntegerField(help_text='The command inside the transaction that wrote the event (its order there).', null=True),
+        ),
+        migrations.AddField(
+            model_name='change',
+            name='transaction_id',
+            field=models.BigIntegerField(help_text="The writing transaction (the event's pgh_xid); null before audit_stream 0017.", null=True),
+        ),
+        migrations.AddIndex(
+            model_name='change',
+            index=models.Index(fields=['transaction_id', 'command_id'], name='audit_stream_change_xact'),
+        ),
     ]

@@ -52,6 +52,14 @@ _IN_INTERVAL = """WHERE e.pgh_xid >= pg_snapshot_xmin(%(done)s::pg_snapshot)::te
       AND NOT pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(done)s::pg_snapshot)
       AND e.pgh_id > %(position)s"""
 
+# The transaction of an event, kept on its Change: its id (pgh_xid) and the
+# command that wrote the event inside it (the row's cmin, a system column
+# every row carries for free: event rows are never updated, so it is the
+# inserting command's id). Commands count up through a transaction across all
+# tables, so (command_id, event_id) is the order a transaction's changes
+# happened in (Change.objects.for_transaction). Nothing is added to the write path.
+_TRANSACTION_COLUMNS = "e.pgh_xid AS transaction_id, e.cmin::text::bigint AS command_id"
+
 # A batch of an event table. For each event, `before` is the object's previous
 # state: the previous event of the object in this batch, else the last change
 # already folded for it. _audit_stream_diff (audit_stream.triggers.DIFF_FUNCTION)
@@ -60,7 +68,8 @@ _IN_INTERVAL = """WHERE e.pgh_xid >= pg_snapshot_xmin(%(done)s::pg_snapshot)::te
 _FOLD_SQL = """
 WITH batch AS (
     SELECT e.pgh_id, {object_id} AS object_id, e.pgh_label, {context_id} AS pgh_context_id,
-           e.pgh_created_at, to_jsonb(e) - %(pgh_columns)s::text[] AS snapshot
+           e.pgh_created_at, to_jsonb(e) - %(pgh_columns)s::text[] AS snapshot,
+           {transaction}
     FROM {table} AS e
     {in_interval}
     ORDER BY e.pgh_id
@@ -77,11 +86,12 @@ with_before AS (
     FROM batch AS b
 )
 INSERT INTO audit_stream_change
-    (event_table, event_id, model, object_id, label, context_id, created_at, diff, snapshot)
+    (event_table, event_id, model, object_id, label, context_id, created_at, diff, snapshot,
+     transaction_id, command_id)
 SELECT %(event_table)s, w.pgh_id, %(model)s, w.object_id, w.pgh_label, w.pgh_context_id,
        w.pgh_created_at,
        _audit_stream_diff(w.before, w.snapshot, w.pgh_label = ANY(%(delete_labels)s::text[])),
-       w.snapshot
+       w.snapshot, w.transaction_id, w.command_id
 FROM with_before AS w
 ORDER BY w.pgh_id
 RETURNING id, event_id, (extract(epoch FROM clock_timestamp() - created_at) * 1000)::bigint
@@ -97,7 +107,7 @@ RETURNING id, event_id, (extract(epoch FROM clock_timestamp() - created_at) * 10
 _ROW_LOG_FOLD_SQL = """
 WITH batch AS (
     SELECT e.pgh_id, e.pgh_obj_id AS object_id, e.pgh_label, e.pgh_context_id, e.pgh_created_at,
-           e.old_data, e.new_data,
+           e.old_data, e.new_data, {transaction},
            coalesce(m.model, e.logged_table) AS model
     FROM audit_stream_row_log AS e
     LEFT JOIN unnest(%(tables)s::text[], %(models)s::text[]) AS m (logged_table, model)
@@ -126,7 +136,8 @@ with_state AS (
     JOIN known AS k ON k.model = b.model AND k.object_id IS NOT DISTINCT FROM b.object_id
 )
 INSERT INTO audit_stream_change
-    (event_table, event_id, model, object_id, label, context_id, created_at, diff, snapshot)
+    (event_table, event_id, model, object_id, label, context_id, created_at, diff, snapshot,
+     transaction_id, command_id)
 SELECT 'audit_stream_row_log', w.pgh_id, w.model, w.object_id, w.pgh_label, w.pgh_context_id,
        w.pgh_created_at,
        CASE w.pgh_label
@@ -135,11 +146,12 @@ SELECT 'audit_stream_row_log', w.pgh_id, w.model, w.object_id, w.pgh_label, w.pg
            ELSE (SELECT jsonb_object_agg(n.key, jsonb_build_array(w.old_data -> n.key, n.value))
                  FROM jsonb_each(w.new_data) AS n)
        END,
-       CASE WHEN w.pgh_label = 'delete' THEN w.old_data ELSE w.state END
+       CASE WHEN w.pgh_label = 'delete' THEN w.old_data ELSE w.state END,
+       w.transaction_id, w.command_id
 FROM with_state AS w
 ORDER BY w.pgh_id
 RETURNING id, event_id, (extract(epoch FROM clock_timestamp() - created_at) * 1000)::bigint
-""".replace("{in_interval}", _IN_INTERVAL)
+""".replace("{in_interval}", _IN_INTERVAL).replace("{transaction}", _TRANSACTION_COLUMNS)
 
 
 @dataclass
@@ -310,6 +322,7 @@ def _fold_batch(
             cursor.execute(
                 _FOLD_SQL.format(
                     in_interval=_IN_INTERVAL,
+                    transaction=_TRANSACTION_COLUMNS,
                     table=connection.ops.quote_name(table),
                     # Event models may be declared without obj_fk or context_fk.
                     object_id="e.pgh_obj_id::text" if model._pgh_has_obj else "NULL::text",
