@@ -7,7 +7,7 @@ every delivery of a message sends the same bytes. Every key is described in
 
 ``data.transaction`` tells a consumer which transaction wrote the change and
 how many changes that transaction made across every tracked table (event
-tables and the row log), so it knows when it holds all of them.
+tables, the row log and the DDL log), so it knows when it holds all of them.
 The count is taken when the change is folded, from the event tables'
 ``pgh_xid`` indexes: the transaction has committed by then, so every one of
 its events is there, and the write path does no extra work for it.
@@ -63,7 +63,9 @@ WHERE c.id = ANY(%(change_ids)s::bigint[]) AND c.transaction_id IS NOT NULL"""
 
 
 def _tables() -> list[str]:
-    return tracking.stream_tables()
+    from audit_stream.rowlog import DDL_LOG_TABLE
+
+    return [*tracking.stream_tables(), DDL_LOG_TABLE]
 
 
 def transaction_sizes(cursor, change_ids: list[int]) -> dict[str, list[int]]:

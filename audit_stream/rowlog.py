@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 ROW_LOG_TABLE = "audit_stream_row_log"
+DDL_LOG_TABLE = "audit_stream_ddl_log"
 
 # Names of the triggers initlogging puts on each logged table.
 TRIGGERS = (
@@ -271,6 +272,13 @@ END;
 $$;
 """
 
+# A DDL log entry takes its pgh_id from the row log's sequence, so entries of
+# both logs share one order: the order of the schema change and the row
+# changes of its table (ALTER TABLE holds the table's exclusive lock until
+# commit, so every row change numbered before it committed before it, and
+# every row change after it waits). The fold merges both logs in this order.
+DDL_ID_SQL = "nextval(pg_get_serial_sequence('audit_stream_row_log', 'pgh_id'))"
+
 # After ALTER TABLE on a logged table: record the command with the columns
 # before and after (and the former name, for a rename), then bring the
 # registry and, if the primary key moved, the triggers up to date.
@@ -298,8 +306,9 @@ BEGIN
         WHERE c.oid = _command.objid;
         _columns := _audit_stream_columns(_command.objid);
         INSERT INTO audit_stream_ddl_log
-            (pgh_label, logged_table, former_name, command, columns_before, columns_after)
+            (pgh_id, pgh_label, logged_table, former_name, command, columns_before, columns_after)
         VALUES (
+            {ddl_id},
             CASE WHEN _name <> _known.schema_name || '.' || _known.table_name THEN 'rename' ELSE 'alter' END,
             _name,
             nullif(_known.schema_name || '.' || _known.table_name, _name),
@@ -326,8 +335,8 @@ BEGIN
         DELETE FROM audit_stream_logged_table WHERE relid = _dropped.objid RETURNING * INTO _known;
         CONTINUE WHEN NOT FOUND;
         INSERT INTO audit_stream_ddl_log
-            (pgh_label, logged_table, command, columns_before, columns_after)
-        VALUES ('drop', _known.schema_name || '.' || _known.table_name, current_query(),
+            (pgh_id, pgh_label, logged_table, command, columns_before, columns_after)
+        VALUES ({ddl_id}, 'drop', _known.schema_name || '.' || _known.table_name, current_query(),
                 _known.columns, '[]');
     END LOOP;
 END;
@@ -426,6 +435,11 @@ def _ignored_by_setting(schema: str, table: str) -> str | None:
     return None
 
 
+def ddl_functions() -> list[str]:
+    """The SQL of the DDL log's functions (reinstalled by migration 0017 where they exist)."""
+    return [sql.replace("{ddl_id}", DDL_ID_SQL) for sql in (LOG_DDL_FUNCTION, LOG_DROP_FUNCTION)]
+
+
 def install_functions(using: str = DEFAULT_DB_ALIAS) -> bool:
     """(Re)create the logging functions; install the DDL event triggers if allowed.
 
@@ -440,8 +454,7 @@ def install_functions(using: str = DEFAULT_DB_ALIAS) -> bool:
                 "{after_events}", triggers.after_events(ROW_LOG_TABLE, nothing_written="_rows = 0")
             ).replace("{context_id}", triggers.CONTEXT_ID_SQL)
         )
-        for sql in (COLUMNS_FUNCTION, STOP_LOGGING_FUNCTION, START_LOGGING_FUNCTION, LOG_DDL_FUNCTION,
-                    LOG_DROP_FUNCTION):  # fmt: skip
+        for sql in (COLUMNS_FUNCTION, STOP_LOGGING_FUNCTION, START_LOGGING_FUNCTION, *ddl_functions()):
             cursor.execute(sql)
         cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
         if not cursor.fetchone()[0]:

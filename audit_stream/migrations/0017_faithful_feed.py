@@ -4,6 +4,17 @@ import audit_stream.exact
 import django.core.serializers.json
 from django.db import migrations, models
 
+from audit_stream import rowlog
+
+
+def reinstall_ddl_functions(apps, schema_editor):
+    # Where initlogging installed them: DDL log entries now share the row log's ids.
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute("SELECT to_regprocedure('_audit_stream_log_ddl()') IS NOT NULL")
+        if cursor.fetchone()[0]:
+            for sql in rowlog.ddl_functions():
+                cursor.execute(sql)
+
 
 class Migration(migrations.Migration):
 
@@ -46,4 +57,5 @@ class Migration(migrations.Migration):
             model_name='change',
             index=models.Index(fields=['transaction_id', 'command_id'], name='audit_stream_change_xact'),
         ),
+        migrations.RunPython(reinstall_ddl_functions, migrations.RunPython.noop),
     ]

@@ -104,12 +104,38 @@ RETURNING id, event_id, (extract(epoch FROM clock_timestamp() - created_at) * 10
 # (_audit_stream_merge, a running jsonb ||). An insert carries the whole row;
 # a row that existed before logging started is known from its first change
 # on, so its first snapshots hold only the columns changed so far.
+#
+# The DDL log of the same tables is folded with it, in one pgh_id order (both
+# logs draw ids from one sequence: audit_stream.rowlog.DDL_ID_SQL), so a
+# schema change lands in the feed between the row changes before and after
+# it. It becomes a "schema.altered" change of its table: no object id, the
+# snapshot describes the table and the command, the diff is
+# {column: [type before, type after]} for every column added, dropped or retyped.
+_LOG_ENTRIES = """
+SELECT r.pgh_id, r.pgh_xid, r.cmin::text::bigint AS command_id, r.pgh_obj_id, r.pgh_label,
+       r.pgh_context_id, r.pgh_created_at, r.logged_table, r.old_data, r.new_data,
+       NULL::jsonb AS schema, NULL::jsonb AS schema_diff
+FROM audit_stream_row_log AS r
+UNION ALL
+SELECT d.pgh_id, d.pgh_xid, d.cmin::text::bigint, NULL, 'schema.altered', NULL, d.pgh_created_at,
+       d.logged_table, NULL, NULL,
+       jsonb_build_object('table', d.logged_table, 'kind', d.pgh_label, 'statement', d.command,
+                          'former_name', d.former_name, 'columns', d.columns_after),
+       (SELECT coalesce(jsonb_object_agg(coalesce(a.name, b.name), jsonb_build_array(b.type, a.type)), '{}')
+        FROM (SELECT c ->> 'name' AS name, c ->> 'type' AS type
+              FROM jsonb_array_elements(d.columns_before) AS c) AS b
+        FULL JOIN (SELECT c ->> 'name' AS name, c ->> 'type' AS type
+                   FROM jsonb_array_elements(d.columns_after) AS c) AS a ON a.name = b.name
+        WHERE a.type IS DISTINCT FROM b.type)
+FROM audit_stream_ddl_log AS d
+"""
+
 _ROW_LOG_FOLD_SQL = """
 WITH batch AS (
     SELECT e.pgh_id, e.pgh_obj_id AS object_id, e.pgh_label, e.pgh_context_id, e.pgh_created_at,
-           e.old_data, e.new_data, {transaction},
+           e.old_data, e.new_data, e.pgh_xid AS transaction_id, e.command_id, e.schema, e.schema_diff,
            coalesce(m.model, e.logged_table) AS model
-    FROM audit_stream_row_log AS e
+    FROM ({log_entries}) AS e
     LEFT JOIN unnest(%(tables)s::text[], %(models)s::text[]) AS m (logged_table, model)
         ON m.logged_table = e.logged_table
     {in_interval}
@@ -125,7 +151,7 @@ known AS (
                 ORDER BY c.event_id DESC LIMIT 1)
            END AS snapshot
     FROM (SELECT DISTINCT ON (b.model, b.object_id) b.model, b.object_id, b.pgh_label
-          FROM batch AS b ORDER BY b.model, b.object_id, b.pgh_id) AS first
+          FROM batch AS b WHERE b.schema IS NULL ORDER BY b.model, b.object_id, b.pgh_id) AS first
 ),
 with_state AS (
     SELECT b.*,
@@ -134,6 +160,7 @@ with_state AS (
            ) AS state
     FROM batch AS b
     JOIN known AS k ON k.model = b.model AND k.object_id IS NOT DISTINCT FROM b.object_id
+    WHERE b.schema IS NULL
 )
 INSERT INTO audit_stream_change
     (event_table, event_id, model, object_id, label, context_id, created_at, diff, snapshot,
@@ -149,9 +176,14 @@ SELECT 'audit_stream_row_log', w.pgh_id, w.model, w.object_id, w.pgh_label, w.pg
        CASE WHEN w.pgh_label = 'delete' THEN w.old_data ELSE w.state END,
        w.transaction_id, w.command_id
 FROM with_state AS w
-ORDER BY w.pgh_id
+UNION ALL
+SELECT 'audit_stream_ddl_log', s.pgh_id, s.model, NULL, s.pgh_label, NULL, s.pgh_created_at,
+       s.schema_diff, s.schema, s.transaction_id, s.command_id
+FROM batch AS s
+WHERE s.schema IS NOT NULL
+ORDER BY 2
 RETURNING id, event_id, (extract(epoch FROM clock_timestamp() - created_at) * 1000)::bigint
-""".replace("{in_interval}", _IN_INTERVAL).replace("{transaction}", _TRANSACTION_COLUMNS)
+""".replace("{log_entries}", _LOG_ENTRIES).replace("{in_interval}", _IN_INTERVAL)
 
 
 @dataclass
