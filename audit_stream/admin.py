@@ -518,7 +518,7 @@ def register_event_admins(site: admin.AdminSite = admin.site) -> None:
         if site.is_registered(event_model):
             continue
         names = {f.name for f in event_model._meta.fields}
-        columns = ["pgh_id", "pgh_created_at", "pgh_label", "pgh_obj", "pgh_context"]
+        columns = ["pgh_id", "pgh_created_at", "pgh_label", "pgh_obj", "pgh_obj_id", "pgh_context"]
         site.register(
             event_model,
             type(

@@ -120,14 +120,15 @@ class AggregateEventQuerySet(models.QuerySet):
 
     def target(self, obj: models.Model) -> AggregateEventQuerySet:
         """Only the events of ``obj`` (also after it was deleted)."""
-        clone = self._chain()
-        clone.query.target = (type(obj)._meta.concrete_model, obj.pk)
-        return clone
+        return self.target_pk(type(obj), obj.pk)
 
     def target_pk(self, model: type[models.Model], pk) -> AggregateEventQuerySet:
         """Only the events of the object of ``model`` with this primary key (e.g. a deleted one)."""
+        from audit_stream import keys
+
         clone = self._chain()
-        clone.query.target = (model._meta.concrete_model, pk)
+        model = model._meta.concrete_model
+        clone.query.target = (model, keys.object_id(model, pk) if keys.is_composite(model) else pk)
         return clone
 
     def across(self, *event_models) -> AggregateEventQuerySet:

@@ -109,7 +109,10 @@ class ChangeQuerySet(models.QuerySet):
 
     def for_object(self, obj: models.Model) -> ChangeQuerySet:
         """The changes of one object, oldest first."""
-        return self.filter(model=obj._meta.concrete_model._meta.label_lower, object_id=str(obj.pk)).order_by(
+        from audit_stream import keys
+
+        model = obj._meta.concrete_model
+        return self.filter(model=model._meta.label_lower, object_id=keys.object_id(model, obj.pk)).order_by(
             "created_at", "event_id"
         )
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import pgtrigger
 from pgtrigger import compiler
 
-from audit_stream import config
+from audit_stream import config, keys
 
 if TYPE_CHECKING:
     from django.db import models
@@ -215,9 +215,10 @@ class EventTrigger(_Trigger):
         # initplan, evaluated once per statement.
         columns = ["pgh_label", "pgh_xid"]
         values = [_literal(self.label), "pg_current_xact_id()::text::bigint"]
+        composite = keys.is_composite(tracked)
         if getattr(event_model, "_pgh_has_obj", False):
             columns.append("pgh_obj_id")
-            values.append(f"{side}.{quote_name(pk_column)}")
+            values.append(keys.sql(tracked, side) if composite else f"{side}.{quote_name(pk_column)}")
         if getattr(event_model, "_pgh_has_context", False):
             columns.append("pgh_context_id")
             values.append(f"(SELECT {CONTEXT_ID_SQL})")
@@ -230,10 +231,12 @@ class EventTrigger(_Trigger):
         source = f"{quote_name(side)} AS {side}"
         other_row = "NEW" if self.snapshot == "OLD" else "OLD"
         if other_row in references(self.condition_sql):
-            source += (
-                f" JOIN {quote_name(other)} AS {other}"
-                f" ON {other}.{quote_name(pk_column)} = {side}.{quote_name(pk_column)}"
+            same_row = (
+                keys.join(tracked, other, side)
+                if composite
+                else f"{other}.{quote_name(pk_column)} = {side}.{quote_name(pk_column)}"
             )
+            source += f" JOIN {quote_name(other)} AS {other} ON {same_row}"
 
         # The trigger body. Everything in it is fixed at declaration time
         # except the context, read from transaction-local settings.

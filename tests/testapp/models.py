@@ -1,5 +1,7 @@
 """Tracked models for the test suite: one per event class and track() option."""
 
+import uuid
+
 import pgtrigger
 from django.contrib.auth.models import User
 from django.contrib.postgres.fields import (
@@ -143,3 +145,33 @@ class Everything(models.Model):
     decimal_range = DecimalRangeField(null=True)
     date_range = DateRangeField(null=True)
     datetime_range = DateTimeRangeField(null=True)
+
+
+@audit_stream.track(
+    audit_stream.Snapshot(),
+    audit_stream.BeforeDelete(),
+    audit_stream.AfterUpdate(
+        "quantity_changed", condition=pgtrigger.Q(old__quantity__df=pgtrigger.F("new__quantity"))
+    ),
+)
+class OrderLine(models.Model):
+    """A composite primary key, key columns with odd names, a table name with a space and capitals."""
+
+    pk = models.CompositePrimaryKey("order", "line")
+    order = models.ForeignKey(Order, on_delete=models.DO_NOTHING, db_constraint=False, db_column="Order Ref")
+    line = models.CharField(max_length=20, db_column="Line No")
+    quantity = models.IntegerField(default=1)
+
+    class Meta:
+        db_table = "Order Lines"
+
+
+@audit_stream.track()
+class Gadget(models.Model):
+    """A UUID primary key in a custom column, in a table whose name has capitals."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, db_column="Gadget ID")
+    name = models.CharField(max_length=50, db_column="Name")
+
+    class Meta:
+        db_table = "Gadget Stock"
