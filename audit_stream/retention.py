@@ -490,7 +490,7 @@ def erase(model_label: str, pk: str, *, using: str = DEFAULT_DB_ALIAS) -> dict[s
     """
     from django.apps import apps
 
-    from audit_stream import rowlog, tracking
+    from audit_stream import keys, rowlog, tracking
     from audit_stream.models import RetentionRun, RowLog
 
     try:
@@ -503,7 +503,16 @@ def erase(model_label: str, pk: str, *, using: str = DEFAULT_DB_ALIAS) -> dict[s
         raise ValueError(
             f"{tracked._meta.label} is neither tracked nor in the row log: there is nothing to erase."
         )
-    pk_value = tracked._meta.pk.to_python(pk)
+    if keys.is_composite(tracked):  # pk: the object id, {"column": value, ...}
+        try:
+            pk_value = keys.object_id(tracked, keys.parse(tracked, pk))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{pk!r} is not an object id of {tracked._meta.label}: write it as in the change feed,"
+                f" a JSON object of every key column ({', '.join(keys.columns(tracked))})."
+            ) from exc
+    else:
+        pk_value = tracked._meta.pk.to_python(pk)
     counts: dict[str, int] = {}
     connection = connections[using]
     quote = connection.ops.quote_name

@@ -97,3 +97,17 @@ def test_a_char_key_is_tracked():
     fold.fold_all()
     (change,) = Change.objects.for_object(label)
     assert (change.object_id, change.label, change.snapshot["text"]) == ("sku-1", "renamed", "old")
+
+
+def test_the_history_of_a_composite_key_object_can_be_erased_by_its_object_id(line):
+    """Right to erasure: the object id from the feed names the object; a bad one gets a clear error."""
+    from audit_stream import retention
+
+    other = OrderLine.objects.create(order=line.order, line="A 2")
+    fold.fold_all()
+    retention.erase("testapp.OrderLine", keys.object_id(OrderLine, line.pk))
+    assert not Change.objects.for_object(line).exists()
+    assert not OrderLineEvent.objects.filter(pgh_obj_id=keys.object_id(OrderLine, line.pk)).exists()
+    assert Change.objects.for_object(other).exists()
+    with pytest.raises(ValueError, match="JSON object of every key column"):
+        retention.erase("testapp.OrderLine", "42")
