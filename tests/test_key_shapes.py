@@ -1,6 +1,7 @@
 """Every key shape: composite primary keys (Django 5.2), UUID keys in custom columns, tables whose
 names have spaces and capitals: history, the feed, AggregateEvent and revert name each object right."""
 
+import pgtrigger
 import pytest
 from django.core.management import call_command
 from django.db import connection, models
@@ -111,3 +112,16 @@ def test_the_history_of_a_composite_key_object_can_be_erased_by_its_object_id(li
     assert Change.objects.for_object(other).exists()
     with pytest.raises(ValueError, match="JSON object of every key column"):
         retention.erase("testapp.OrderLine", "42")
+
+
+def test_a_composite_key_model_tracked_without_obj_fk_compiles_its_triggers():
+    """track(obj_fk=None) on a composite key used to crash makemigrations in triggers.quote_name."""
+    event = audit_stream.AfterUpdate(
+        "moved", condition=pgtrigger.Q(old__quantity__df=pgtrigger.F("new__quantity"))
+    )
+    model = audit_stream.get_event_model(OrderLine, event, obj_fk=None, name="OrderLineNoObjEvent")
+    model._pgh_key = "abc123"  # (set on concrete event models when they are prepared)
+    (trigger,) = event.get_triggers(model)
+    sql = trigger.compile(OrderLine).sql.kwargs["func"]
+    assert 'ON _old."Order Ref" = _new."Order Ref" AND _old."Line No" = _new."Line No"' in sql
+    assert "pgh_obj_id" not in sql
