@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from audit_stream import revert as _revert
 from audit_stream import rowlog, tracking
+from audit_stream.exact import dumps as exact_dumps
 from audit_stream.history import as_of
 from audit_stream.history.related import m2m_event_model
 from audit_stream.history.states import source_for
@@ -59,9 +60,22 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+def _exact_json(field_name: str):
+    """An admin column or read-only field showing a JSON field with every digit (``audit_stream.exact``)."""
+
+    @admin.display(description=field_name)
+    def show(self, obj) -> str:
+        return exact_dumps(getattr(obj, field_name))
+
+    return show
+
+
 @admin.register(Context)
 class ContextAdmin(ReadOnlyAdmin):
-    list_display = ["id", "created_at", "updated_at", "metadata"]
+    list_display = ["id", "created_at", "updated_at", "metadata_json"]
+    exclude = ["metadata"]
+    readonly_fields = ["metadata_json"]
+    metadata_json = _exact_json("metadata")
     search_fields = ["id"]
     date_hierarchy = "created_at"
     ordering = ["-created_at", "-id"]  # newest first (ids are random UUIDs)
@@ -69,7 +83,11 @@ class ContextAdmin(ReadOnlyAdmin):
 
 @admin.register(Change)
 class ChangeAdmin(ReadOnlyAdmin):
-    list_display = ["id", "created_at", "model", "object_id", "label", "diff"]
+    list_display = ["id", "created_at", "model", "object_id", "label", "diff_json"]
+    exclude = ["diff", "snapshot"]
+    readonly_fields = ["diff_json", "snapshot_json"]
+    diff_json = _exact_json("diff")
+    snapshot_json = _exact_json("snapshot")
     list_filter = ["model", "label"]
     search_fields = ["object_id"]
     show_full_result_count = False
@@ -206,7 +224,9 @@ class WebhookMessageAdmin(ReadOnlyAdmin):
     ]
     list_filter = ["status", "endpoint"]
     ordering = ["-created_at", "-id"]  # newest first (ids are random UUIDs)
-    readonly_fields = ["payload", "last_error"]
+    exclude = ["payload"]
+    readonly_fields = ["payload_json", "last_error"]
+    payload_json = _exact_json("payload")
     inlines = [WebhookAttemptInline]
     actions = ["replay_messages"]
     show_full_result_count = False
@@ -625,7 +645,7 @@ def register_event_admins(site: admin.AdminSite = admin.site) -> None:
         if site.is_registered(event_model):
             continue
         names = {f.name for f in event_model._meta.fields}
-        columns = ["pgh_id", "pgh_created_at", "pgh_label", "pgh_obj", "pgh_context"]
+        columns = ["pgh_id", "pgh_created_at", "pgh_label", "pgh_obj", "pgh_obj_id", "pgh_context"]
         site.register(
             event_model,
             type(

@@ -30,24 +30,20 @@ name (``user = models.ForeignKey(User, ...)`` reads ``metadata["user"]``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from django.db import connections, models
 from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
 
+from audit_stream import keys
+
+# Kept here for migrations written before audit_stream.exact existed.
+from audit_stream.exact import ExactDecoder
+
 __all__ = ["AggregateEventQuery", "AggregateEventQuerySet", "ExactDecoder"]
-
-
-class ExactDecoder(json.JSONDecoder):
-    """Reads JSON numbers with a fraction as ``Decimal``: recorded prices stay 10.00, not 10.0."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **{"parse_float": Decimal, **kwargs})
 
 
 # Columns of an event row that are not the tracked object's state.
@@ -70,6 +66,11 @@ class _Target:
 
 def _referencing_fields(event_model, target: _Target) -> list[models.ForeignKey]:
     """The foreign keys of ``event_model`` that can point to the target's model."""
+    if keys.is_composite(target.model):
+        # No foreign key can point to a composite key: pgh_obj_id holds the object id (audit_stream.keys).
+        own = event_model.pgh_tracked_model._meta.concrete_model is target.model
+        field = event_model._meta.get_field("pgh_obj_id") if own and event_model._pgh_has_obj else None
+        return [field] if field is not None else []
     fields = [
         f
         for f in event_model._meta.concrete_fields
@@ -88,6 +89,12 @@ def _where_sql(fields: list[models.ForeignKey], target: _Target, connection) -> 
     quote = connection.ops.quote_name
     for field in fields:
         column = f"x.{quote(field.column)}"
+        if not field.many_to_one:  # a composite key's object id
+            objects = target.pks if target.objects is None else [o.pk for o in target.objects]
+            values = [keys.object_id(target.model, pk) for pk in objects]
+            clauses.append(f"{column} = ANY(%s)")
+            params.append(values)
+            continue
         attname = field.target_field.attname
         if isinstance(target.objects, models.QuerySet):
             subquery = target.objects.order_by().values_list(attname).query

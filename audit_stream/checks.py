@@ -8,6 +8,7 @@
 ``audit_stream.E005``  an event declaration that cannot be installed (e.g. its condition)
 ``audit_stream.E006``  an event model's foreign key cascades or sets null: deletes would fail
 ``audit_stream.E007``  ``pgtrigger`` is not in ``INSTALLED_APPS``: no trigger would be migrated
+``audit_stream.E008``  ``obj_fk`` given for a model with a composite primary key (leave it out)
 ``audit_stream.E010``  ``AUDIT_STREAM`` is not a dict, has an unknown key or a bad value
 ``audit_stream.E011``  ``AUDIT_STREAM["RETENTION"]`` is invalid (unknown target, bad duration...)
 ``audit_stream.W020``  (``--deploy``) the application connects as a superuser

@@ -13,7 +13,8 @@ from django.db.models import Func
 from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Cast, Now
 
-from audit_stream.aggregate import AggregateEventQuery, AggregateEventQuerySet, ExactDecoder
+from audit_stream.aggregate import AggregateEventQuery, AggregateEventQuerySet
+from audit_stream.exact import ExactDecoder
 
 __all__ = [
     "AggregateEvent",
@@ -62,7 +63,7 @@ class Context(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     created_at = models.DateTimeField(db_default=Now())
     updated_at = models.DateTimeField(db_default=Now())
-    metadata = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+    metadata = models.JSONField(default=dict, encoder=DjangoJSONEncoder, decoder=ExactDecoder)
 
     class Meta:
         db_table = "audit_stream_context"
@@ -133,7 +134,10 @@ class ChangeQuerySet(models.QuerySet):
 
     def for_object(self, obj: models.Model) -> ChangeQuerySet:
         """The changes of one object, oldest first."""
-        return self.filter(model=obj._meta.concrete_model._meta.label_lower, object_id=str(obj.pk)).order_by(
+        from audit_stream import keys
+
+        model = obj._meta.concrete_model
+        return self.filter(model=model._meta.label_lower, object_id=keys.object_id(model, obj.pk)).order_by(
             "created_at", "event_id"
         )
 
@@ -141,6 +145,17 @@ class ChangeQuerySet(models.QuerySet):
         """The changes of a model (class or ``"app_label.model"``)."""
         label = model if isinstance(model, str) else model._meta.concrete_model._meta.label_lower
         return self.filter(model=label.lower())
+
+    def for_transaction(self, transaction_id: int) -> ChangeQuerySet:
+        """The changes one transaction made, across every tracked table, in the order it made them.
+
+        ``transaction_id`` is the events' ``pgh_xid`` (``Change.transaction_id``,
+        ``transaction.id`` in payloads). Ordered by the statement that wrote
+        each change (``command_id``), then by ``event_id`` within a statement.
+        Changes of tables not folded yet are missing: compare the count with
+        the payloads' ``transaction.changes`` to know the transaction is whole.
+        """
+        return self.filter(transaction_id=transaction_id).order_by("command_id", "event_id", "event_table")
 
     def by_user(self, user: object) -> ChangeQuerySet:
         """Changes made in a context whose ``user`` metadata is ``user`` (a user or its pk)."""
@@ -169,8 +184,16 @@ class Change(models.Model):
         help_text="The event's pgh_created_at: the start time of its transaction (not its commit time)."
     )
     folded_at = models.DateTimeField(db_default=Now())
-    diff = models.JSONField(encoder=DjangoJSONEncoder, help_text="{field: [old, new]}")
-    snapshot = models.JSONField(encoder=DjangoJSONEncoder, help_text="The event's tracked fields.")
+    diff = models.JSONField(encoder=DjangoJSONEncoder, decoder=ExactDecoder, help_text="{field: [old, new]}")
+    snapshot = models.JSONField(
+        encoder=DjangoJSONEncoder, decoder=ExactDecoder, help_text="The event's tracked fields."
+    )
+    transaction_id = models.BigIntegerField(
+        null=True, help_text="The writing transaction (the event's pgh_xid); null before audit_stream 0017."
+    )
+    command_id = models.BigIntegerField(
+        null=True, help_text="The command inside the transaction that wrote the event (its order there)."
+    )
 
     objects = ChangeQuerySet.as_manager()
 
@@ -187,6 +210,7 @@ class Change(models.Model):
             models.Index(fields=["label", "created_at"], name="audit_stream_change_label"),
             models.Index(fields=["created_at"], name="audit_stream_change_created"),
             models.Index(fields=["context"], name="audit_stream_change_context"),
+            models.Index(fields=["transaction_id", "command_id"], name="audit_stream_change_xact"),
         ]
 
     def __str__(self) -> str:

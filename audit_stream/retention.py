@@ -545,7 +545,7 @@ def erase(
     """
     from django.apps import apps
 
-    from audit_stream import rowlog, tracking
+    from audit_stream import keys, rowlog, tracking
     from audit_stream.models import RetentionRun, RowLog
 
     try:
@@ -561,7 +561,16 @@ def erase(
     for table in [m._meta.db_table for m in event_models] + [RowLog._meta.db_table]:
         if not may_delete(table, using):
             raise PermissionError(f"Cannot erase: {_privilege_error(table)}")
-    pk_value = tracked._meta.pk.to_python(pk)
+    if keys.is_composite(tracked):  # pk: the object id, {"column": value, ...}
+        try:
+            pk_value = keys.object_id(tracked, keys.parse(tracked, pk))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{pk!r} is not an object id of {tracked._meta.label}: write it as in the change feed,"
+                f" a JSON object of every key column ({', '.join(keys.columns(tracked))})."
+            ) from exc
+    else:
+        pk_value = tracked._meta.pk.to_python(pk)
     counts: dict[str, int] = {}
     connection = connections[using]
     quote = connection.ops.quote_name

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from django.db import DatabaseError, IntegrityError, models, transaction
 
+from audit_stream import keys
 from audit_stream.context import context
 
 __all__ = ["RevertError", "can_revert", "changes_to_apply", "restore", "revert"]
@@ -60,7 +61,8 @@ def _recorded(event, using: str | None) -> tuple[type[models.Model], object, dic
             f" {event.pgh_tracked_model._meta.label}, so it cannot revert it; track all fields to revert."
         )
     tracked = event.pgh_tracked_model
-    return tracked, event.pgh_obj_id, {f.attname: getattr(event, f.attname) for f in _fields(tracked)}
+    pk = keys.parse(tracked, event.pgh_obj_id) if keys.is_composite(tracked) else event.pgh_obj_id
+    return tracked, pk, {f.attname: getattr(event, f.attname) for f in _fields(tracked)}
 
 
 def _key(event) -> str:
@@ -109,7 +111,8 @@ def restore(event, *, using: str | None = None) -> models.Model:
         with transaction.atomic(using=manager.db), context(restored_from=_key(event)):
             if manager.filter(pk=pk).exists():
                 raise RevertError(f"{tracked._meta.verbose_name} {pk} exists: revert it instead.")
-            obj = tracked(pk=pk, **values)
+            # (a composite key's columns are among the values)
+            obj = tracked(**values) if keys.is_composite(tracked) else tracked(pk=pk, **values)
             obj.save(using=manager.db, force_insert=True)
     except (IntegrityError, DatabaseError) as exc:
         raise RevertError(

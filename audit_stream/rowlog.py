@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 ROW_LOG_TABLE = "audit_stream_row_log"
+DDL_LOG_TABLE = "audit_stream_ddl_log"
 
 # Names of the triggers initlogging puts on each logged table.
 TRIGGERS = (
@@ -286,6 +287,13 @@ $$;
 REVOKE EXECUTE ON FUNCTION @schema@._audit_stream_stop_logging(regclass) FROM PUBLIC;
 """
 
+# A DDL log entry takes its pgh_id from the row log's sequence, so entries of
+# both logs share one order: the order of the schema change and the row
+# changes of its table (ALTER TABLE holds the table's exclusive lock until
+# commit, so every row change numbered before it committed before it, and
+# every row change after it waits). The fold merges both logs in this order.
+DDL_ID_SQL = "nextval(pg_get_serial_sequence('@schema@.audit_stream_row_log', 'pgh_id'))"
+
 # After ALTER TABLE on a logged table: record the command with the columns
 # before and after (and the former name, for a rename), then bring the
 # registry and, if the primary key moved, the triggers up to date.
@@ -313,8 +321,9 @@ BEGIN
         WHERE c.oid = _command.objid;
         _columns := @schema@._audit_stream_columns(_command.objid);
         INSERT INTO @schema@.audit_stream_ddl_log
-            (pgh_label, logged_table, former_name, command, columns_before, columns_after)
+            (pgh_id, pgh_label, logged_table, former_name, command, columns_before, columns_after)
         VALUES (
+            {ddl_id},
             CASE WHEN _name <> _known.schema_name || '.' || _known.table_name THEN 'rename' ELSE 'alter' END,
             _name,
             nullif(_known.schema_name || '.' || _known.table_name, _name),
@@ -341,8 +350,8 @@ BEGIN
         DELETE FROM @schema@.audit_stream_logged_table WHERE relid = _dropped.objid RETURNING * INTO _known;
         CONTINUE WHEN NOT FOUND;
         INSERT INTO @schema@.audit_stream_ddl_log
-            (pgh_label, logged_table, command, columns_before, columns_after)
-        VALUES ('drop', _known.schema_name || '.' || _known.table_name, current_query(),
+            (pgh_id, pgh_label, logged_table, command, columns_before, columns_after)
+        VALUES ({ddl_id}, 'drop', _known.schema_name || '.' || _known.table_name, current_query(),
                 _known.columns, '[]');
     END LOOP;
 END;
@@ -448,6 +457,11 @@ def _render(sql: str) -> str:
     )
 
 
+def ddl_functions() -> list[str]:
+    """The SQL of the DDL log's functions (reinstalled by migration 0017 where they exist)."""
+    return [_render(sql.replace("{ddl_id}", DDL_ID_SQL)) for sql in (LOG_DDL_FUNCTION, LOG_DROP_FUNCTION)]
+
+
 def install_functions(using: str = DEFAULT_DB_ALIAS) -> bool:
     """(Re)create the logging functions; install the DDL event triggers if allowed.
 
@@ -464,9 +478,10 @@ def install_functions(using: str = DEFAULT_DB_ALIAS) -> bool:
                 ).replace("{context_id}", triggers.CONTEXT_ID_SQL)
             )
         )
-        for sql in (COLUMNS_FUNCTION, STOP_LOGGING_FUNCTION, START_LOGGING_FUNCTION, LOG_DDL_FUNCTION,
-                    LOG_DROP_FUNCTION):  # fmt: skip
+        for sql in (COLUMNS_FUNCTION, STOP_LOGGING_FUNCTION, START_LOGGING_FUNCTION):
             cursor.execute(_render(sql))
+        for sql in ddl_functions():
+            cursor.execute(sql)
         cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
         if not cursor.fetchone()[0]:
             return False
@@ -700,7 +715,7 @@ def recorded_state(entry, *, using: str = DEFAULT_DB_ALIAS, model=None) -> dict 
     """
     import json
 
-    from audit_stream.aggregate import ExactDecoder
+    from audit_stream.exact import ExactDecoder
 
     if entry.pgh_label == "delete":
         return entry.old_data
@@ -733,9 +748,7 @@ def recorded_state(entry, *, using: str = DEFAULT_DB_ALIAS, model=None) -> dict 
 
 def recorded_instance(entry, *, using: str | None = None) -> django_models.Model | None:
     """:func:`recorded_state` as an (unsaved) instance of the table's model."""
-    import json
-
-    from django.core.serializers.json import DjangoJSONEncoder
+    from audit_stream import exact
 
     using = using or DEFAULT_DB_ALIAS
     model = model_of(entry, using=using)
@@ -743,5 +756,5 @@ def recorded_instance(entry, *, using: str | None = None) -> django_models.Model
     if state is None:
         return None
     sql = _POPULATE_SQL.format(table=triggers.quote_name(model._meta.concrete_model._meta.db_table))
-    rows = list(model._default_manager.db_manager(using).raw(sql, [json.dumps(state, cls=DjangoJSONEncoder)]))
+    rows = list(model._default_manager.db_manager(using).raw(sql, [exact.dumps(state)]))
     return rows[0] if rows else None

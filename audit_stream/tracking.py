@@ -22,7 +22,7 @@ from django.apps import apps
 from django.contrib.postgres.indexes import BrinIndex
 from django.db import connections, models
 
-from audit_stream import config, events, triggers
+from audit_stream import config, events, keys, triggers
 
 if TYPE_CHECKING:
     from audit_stream.models import Event as EventModel
@@ -87,6 +87,7 @@ def _history_field(field: models.Field) -> models.Field:
     if isinstance(field, models.GeneratedField):
         output = copy.deepcopy(field.output_field)
         output.db_column = _own_column(field)
+        output.null = True  # a generated column is NULL when its expression is
         return output
 
     field = copy.deepcopy(field)
@@ -232,6 +233,21 @@ def create_event_model(
     if related_name is None:
         all_tracked = fields is None and not exclude
         related_name = "event" if all_tracked else "_".join(f.name for f in chosen) + "_event"
+    if keys.is_composite(tracked_model) and obj_fk is not None:
+        if obj_fk is not UNSET:
+            _problem(
+                label,
+                f"{tracked_model._meta.label} has a composite primary key: obj_fk cannot point to it"
+                " (Django supports no foreign key to a composite key).",
+                "Leave obj_fk out: the history then names each object by all its key columns"
+                ' (pgh_obj_id, e.g. {"order_id": 1, "product_id": 7}); or pass obj_fk=None for none.',
+                "audit_stream.E008",
+            )
+        # No foreign key can point to a composite key: the object id names every key column.
+        obj_fk = None
+        class_attrs["pgh_obj_id"] = models.TextField(
+            null=True, help_text="The tracked object's composite key, as a JSON object of its columns."
+        )
     if obj_fk is UNSET:
         obj_fk = models.ForeignKey(
             tracked_model,
@@ -386,15 +402,16 @@ def _setup_event_model(event_model: type[EventModel]) -> None:
         for f in meta.concrete_fields
         if f.attname in tracked_attnames and not f.name.startswith("pgh_")
     )
-    event_model._pgh_has_obj = "pgh_obj" in field_names
+    event_model._pgh_has_obj = "pgh_obj" in field_names or "pgh_obj_id" in field_names
+    obj_field = "pgh_obj" if "pgh_obj" in field_names else "pgh_obj_id"
     event_model._pgh_has_context = "pgh_context" in field_names
     event_model._pgh_key = hashlib.sha1(meta.label_lower.encode()).hexdigest()[:6]
 
     if event_model._pgh_has_obj and not any(
-        list(index.fields) == ["pgh_obj", "pgh_id"] for index in meta.indexes
+        list(index.fields) == [obj_field, "pgh_id"] for index in meta.indexes
     ):
         index = models.Index(
-            fields=["pgh_obj", "pgh_id"],
+            fields=[obj_field, "pgh_id"],
             name=f"{meta.model_name[:17]}_{event_model._pgh_key}_obj",
         )
         meta.indexes = [*meta.indexes, index]
@@ -513,7 +530,7 @@ def create_event(obj: models.Model, *, label: str, using: str = "default") -> mo
     with connections[using].cursor() as cursor:
         cursor.execute(
             f"SELECT {triggers.create_event_function_name(event_model)}(%s, %s, %s, %s)",
-            [label, str(obj.pk), context_id, metadata],
+            [label, keys.object_id(model, obj.pk), context_id, metadata],
         )
         pgh_id = cursor.fetchone()[0]
     return event_model._default_manager.using(using).get(pgh_id=pgh_id)

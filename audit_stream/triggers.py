@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 import pgtrigger
 from pgtrigger import compiler
 
-from audit_stream import config
+from audit_stream import config, keys
 
 if TYPE_CHECKING:
     from django.db import models
@@ -255,9 +255,10 @@ class EventTrigger(_Trigger):
         # initplan, evaluated once per statement.
         columns = ["pgh_label", "pgh_xid"]
         values = [_literal(self.label), "pg_current_xact_id()::text::bigint"]
+        composite = keys.is_composite(tracked)
         if getattr(event_model, "_pgh_has_obj", False):
             columns.append("pgh_obj_id")
-            values.append(f"{side}.{quote_name(pk_column)}")
+            values.append(keys.sql(tracked, side) if composite else f"{side}.{quote_name(pk_column)}")
         if getattr(event_model, "_pgh_has_context", False):
             columns.append("pgh_context_id")
             values.append(f"(SELECT {CONTEXT_ID_SQL})")
@@ -270,10 +271,12 @@ class EventTrigger(_Trigger):
         source = f"{quote_name(side)} AS {side}"
         other_row = "NEW" if self.snapshot == "OLD" else "OLD"
         if other_row in references(self.condition_sql):
-            source += (
-                f" JOIN {quote_name(other)} AS {other}"
-                f" ON {other}.{quote_name(pk_column)} = {side}.{quote_name(pk_column)}"
+            same_row = (
+                keys.join(tracked, other, side)
+                if composite
+                else f"{other}.{quote_name(pk_column)} = {side}.{quote_name(pk_column)}"
             )
+            source += f" JOIN {quote_name(other)} AS {other} ON {same_row}"
 
         # The trigger body. Everything in it is fixed at declaration time
         # except the context, read from transaction-local settings.
@@ -479,13 +482,19 @@ def create_event_function(event_model: type[models.Model], labels: list[str], pk
     ``PUBLIC``; ``manage.py audit_stream_grants`` grants it to the runtime role.
     """
     tracked = event_model.pgh_tracked_model._meta.concrete_model
-    pk_column = quote_name(tracked._meta.pk.column)
+    if keys.is_composite(tracked):
+        # `_pk` is the object id (audit_stream.keys): a JSON object of every key column.
+        object_id = keys.sql(tracked, "t")
+        row = f"{object_id} = _pk"
+    else:
+        object_id = f"t.{quote_name(tracked._meta.pk.column)}"
+        row = f"{object_id} = _pk::{pk_type}"
     tracked_columns = {f.attname: f.column for f in tracked._meta.concrete_fields}
     columns = ["pgh_label", "pgh_xid"]
     values = ["_label", "pg_current_xact_id()::text::bigint"]
     if getattr(event_model, "_pgh_has_obj", False):
         columns.append("pgh_obj_id")
-        values.append(f"t.{pk_column}")
+        values.append(object_id)
     if getattr(event_model, "_pgh_has_context", False):
         columns.append("pgh_context_id")
         values.append("_context_id")
@@ -514,7 +523,7 @@ BEGIN
     INSERT INTO {qualified(event_model._meta.db_table)} ({", ".join(map(quote_name, columns))})
     SELECT {", ".join(values)}
     FROM {qualified(tracked._meta.db_table)} AS t
-    WHERE t.{pk_column} = _pk::{pk_type}
+    WHERE {row}
     RETURNING pgh_id INTO _id;
     IF _id IS NULL THEN
         RAISE EXCEPTION 'audit_stream: there is no % with primary key %', {model_label}, _pk

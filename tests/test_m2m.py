@@ -104,7 +104,7 @@ def test_the_change_feed_shows_a_change_of_the_book_with_the_set_before_and_afte
 
 
 def test_aggregate_event_of_the_book_includes_its_m2m_changes(book, tags):
-    """AggregateEvent.target(book) lists the tag changes with their diff (None for the first, as in pghistory)."""
+    """AggregateEvent.target(book) lists the tag changes with their diff (the first: None)."""
     book.tags.add(tags["red"])
     book.tags.add(tags["blue"])
     rows = (

@@ -1,6 +1,5 @@
 """Webhook delivery in-process against a real HTTP receiver on loopback (pytest-httpserver)."""
 
-import json
 import socket
 import time
 from datetime import timedelta
@@ -13,6 +12,7 @@ from standardwebhooks.webhooks import Webhook
 from werkzeug import Response
 
 import audit_stream
+from audit_stream import exact
 from audit_stream.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 from audit_stream.stream import fold
 from audit_stream.webhooks import delivery
@@ -262,7 +262,7 @@ def test_payload_body_is_the_signed_json_with_exact_numbers(httpserver, endpoint
     fold.fold_all()
     delivery.deliver(endpoint.pk)
     (request,) = _requests(httpserver)
-    assert json.loads(request.get_data()) == WebhookMessage.objects.get().payload
+    assert exact.loads(request.get_data()) == WebhookMessage.objects.get().payload
     assert b'"price": 12345678.10' in request.get_data()
     assert request.headers["content-type"] == "application/json"
 

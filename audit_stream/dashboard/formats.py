@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import re
-from decimal import Decimal
+
+from audit_stream import exact
 
 __all__ = ["age", "count", "duration", "percent", "value"]
 
@@ -54,6 +54,4 @@ def value(data: object) -> str:
     """A JSON value of a diff as text: strings as they are, decimals exactly, the rest as JSON."""
     if isinstance(data, str):
         return data
-    if isinstance(data, Decimal):
-        return str(data)
-    return json.dumps(data, ensure_ascii=False)
+    return exact.dumps(data)

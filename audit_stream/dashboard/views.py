@@ -10,9 +10,7 @@ who may view that model (:mod:`audit_stream.dashboard.access`).
 from __future__ import annotations
 
 import functools
-import json
 from datetime import timedelta
-from decimal import Decimal
 from pathlib import Path
 
 from django.apps import apps
@@ -30,6 +28,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_POST, require_safe
 
+from audit_stream import exact
 from audit_stream.dashboard import access, charts, formats, forms, metrics, queries
 from audit_stream.dashboard.access import dashboard_view, token_or_dashboard_view
 from audit_stream.webhooks import delivery
@@ -273,7 +272,7 @@ def diff_rows(diff_text: str | None) -> list[dict]:
 
     Numbers are parsed as decimals, so ``10.00`` reads ``10.00``, as stored.
     """
-    diff = json.loads(diff_text, parse_float=Decimal) if diff_text else {}
+    diff = exact.loads(diff_text) if diff_text else {}
     rows = []
     for name in sorted(diff):
         old, new = [*diff[name], None, None][:2]

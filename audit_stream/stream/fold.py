@@ -56,6 +56,14 @@ _IN_INTERVAL = """WHERE e.pgh_xid >= pg_snapshot_xmin(%(done)s::pg_snapshot)::te
       AND NOT pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(done)s::pg_snapshot)
       AND e.pgh_id > %(position)s"""
 
+# The transaction of an event, kept on its Change: its id (pgh_xid) and the
+# command that wrote the event inside it (the row's cmin, a system column
+# every row carries for free: event rows are never updated, so it is the
+# inserting command's id). Commands count up through a transaction across all
+# tables, so (command_id, event_id) is the order a transaction's changes
+# happened in (Change.objects.for_transaction). Nothing is added to the write path.
+_TRANSACTION_COLUMNS = "e.pgh_xid AS transaction_id, e.cmin::text::bigint AS command_id"
+
 # A batch of an event table. For each event, `before` is the object's previous
 # state: the previous event of the object in this batch, else the last change
 # already folded for it. _audit_stream_diff (audit_stream.triggers.DIFF_FUNCTION)
@@ -64,7 +72,8 @@ _IN_INTERVAL = """WHERE e.pgh_xid >= pg_snapshot_xmin(%(done)s::pg_snapshot)::te
 _FOLD_SQL = """
 WITH batch AS (
     SELECT e.pgh_id, {object_id} AS object_id, e.pgh_label, {context_id} AS pgh_context_id,
-           e.pgh_created_at, to_jsonb(e) - %(pgh_columns)s::text[] AS snapshot
+           e.pgh_created_at, to_jsonb(e) - %(pgh_columns)s::text[] AS snapshot,
+           {transaction}
     FROM {table} AS e
     {in_interval}
     ORDER BY e.pgh_id
@@ -85,11 +94,12 @@ with_before AS (
     FROM batch AS b
 )
 INSERT INTO audit_stream_change
-    (event_table, event_id, model, object_id, label, context_id, created_at, diff, snapshot)
+    (event_table, event_id, model, object_id, label, context_id, created_at, diff, snapshot,
+     transaction_id, command_id)
 SELECT %(event_table)s, w.pgh_id, %(model)s, w.object_id, w.pgh_label, w.pgh_context_id,
        w.pgh_created_at,
        _audit_stream_diff(w.before, w.snapshot, w.pgh_label = ANY(%(delete_labels)s::text[])),
-       w.snapshot
+       w.snapshot, w.transaction_id, w.command_id
 FROM with_before AS w
 ORDER BY w.pgh_id
 RETURNING id, event_id, (extract(epoch FROM clock_timestamp() - created_at) * 1000)::bigint
@@ -108,13 +118,40 @@ RETURNING id, event_id, (extract(epoch FROM clock_timestamp() - created_at) * 10
 # last known state may have been folded under an earlier name (`aliases`). A
 # column dropped by an ALTER TABLE (the DDL log) before an entry leaves the
 # state from that entry on.
+#
+# The DDL log of the same tables is folded with it, in one pgh_id order (both
+# logs draw ids from one sequence: audit_stream.rowlog.DDL_ID_SQL), so a
+# schema change lands in the feed between the row changes before and after
+# it. It becomes a "schema.altered" change of its table: no object id, the
+# snapshot describes the table and the command, the diff is
+# {column: [type before, type after]} for every column added, dropped or retyped.
+_LOG_ENTRIES = """
+SELECT r.pgh_id, r.pgh_xid, r.cmin::text::bigint AS command_id, r.pgh_obj_id, r.pgh_label,
+       r.pgh_context_id, r.pgh_created_at, r.logged_table, r.old_data, r.new_data,
+       NULL::jsonb AS schema, NULL::jsonb AS schema_diff
+FROM audit_stream_row_log AS r
+UNION ALL
+SELECT d.pgh_id, d.pgh_xid, d.cmin::text::bigint, NULL, 'schema.altered', NULL, d.pgh_created_at,
+       d.logged_table, NULL, NULL,
+       jsonb_build_object('table', d.logged_table, 'kind', d.pgh_label, 'statement', d.command,
+                          'former_name', d.former_name, 'columns', d.columns_after),
+       (SELECT coalesce(jsonb_object_agg(coalesce(a.name, b.name), jsonb_build_array(b.type, a.type)), '{}')
+        FROM (SELECT c ->> 'name' AS name, c ->> 'type' AS type
+              FROM jsonb_array_elements(d.columns_before) AS c) AS b
+        FULL JOIN (SELECT c ->> 'name' AS name, c ->> 'type' AS type
+                   FROM jsonb_array_elements(d.columns_after) AS c) AS a ON a.name = b.name
+        WHERE a.type IS DISTINCT FROM b.type)
+FROM audit_stream_ddl_log AS d
+"""
+
 _ROW_LOG_FOLD_SQL = """
 WITH batch AS (
     SELECT e.pgh_id, e.pgh_xid, e.pgh_obj_id AS object_id, e.pgh_label, e.pgh_context_id,
-           e.pgh_created_at, e.old_data, e.new_data,
+           e.pgh_created_at, e.old_data, e.new_data, e.pgh_xid AS transaction_id, e.command_id,
+           e.schema, e.schema_diff,
            coalesce(m.model, e.logged_table) AS model,
            coalesce(m.current_table, e.logged_table) AS current_table
-    FROM audit_stream_row_log AS e
+    FROM ({log_entries}) AS e
     LEFT JOIN unnest(%(tables)s::text[], %(models)s::text[], %(current_tables)s::text[])
         AS m (logged_table, model, current_table)
         ON m.logged_table = e.logged_table
@@ -137,7 +174,7 @@ known AS (
                 ORDER BY c.event_id DESC LIMIT 1))
            END AS snapshot
     FROM (SELECT DISTINCT ON (b.model, b.object_id) b.model, b.object_id, b.pgh_label
-          FROM batch AS b ORDER BY b.model, b.object_id, b.pgh_id) AS first
+          FROM batch AS b WHERE b.schema IS NULL ORDER BY b.model, b.object_id, b.pgh_id) AS first
 ),
 with_state AS (
     SELECT b.*,
@@ -146,6 +183,7 @@ with_state AS (
            ) AS state
     FROM batch AS b
     JOIN known AS k ON k.model = b.model AND k.object_id IS NOT DISTINCT FROM b.object_id
+    WHERE b.schema IS NULL
 ),
 ddl AS MATERIALIZED (
     -- The columns of the batch's tables after each ALTER TABLE, by the name the table has now
@@ -175,7 +213,8 @@ with_columns AS (
     ) AS now_ ON true
 )
 INSERT INTO audit_stream_change
-    (event_table, event_id, model, object_id, label, context_id, created_at, diff, snapshot)
+    (event_table, event_id, model, object_id, label, context_id, created_at, diff, snapshot,
+     transaction_id, command_id)
 SELECT 'audit_stream_row_log', w.pgh_id, w.model, w.object_id, w.pgh_label, w.pgh_context_id,
        w.pgh_created_at,
        CASE w.pgh_label
@@ -184,11 +223,17 @@ SELECT 'audit_stream_row_log', w.pgh_id, w.model, w.object_id, w.pgh_label, w.pg
            ELSE (SELECT jsonb_object_agg(n.key, jsonb_build_array(w.old_data -> n.key, n.value))
                  FROM jsonb_each(w.new_data) AS n)
        END,
-       CASE WHEN w.pgh_label = 'delete' THEN w.old_data ELSE w.current_state END
+       CASE WHEN w.pgh_label = 'delete' THEN w.old_data ELSE w.current_state END,
+       w.transaction_id, w.command_id
 FROM with_columns AS w
-ORDER BY w.pgh_id
+UNION ALL
+SELECT 'audit_stream_ddl_log', s.pgh_id, s.model, NULL, s.pgh_label, NULL, s.pgh_created_at,
+       s.schema_diff, s.schema, s.transaction_id, s.command_id
+FROM batch AS s
+WHERE s.schema IS NOT NULL
+ORDER BY 2
 RETURNING id, event_id, (extract(epoch FROM clock_timestamp() - created_at) * 1000)::bigint
-"""
+""".replace("{log_entries}", _LOG_ENTRIES)
 
 
 @dataclass
@@ -383,6 +428,7 @@ def _batch_sql(model, connection, names: list[str], in_interval: str, interval: 
     return (
         _FOLD_SQL.format(
             in_interval=in_interval,
+            transaction=_TRANSACTION_COLUMNS,
             table=connection.ops.quote_name(table),
             # Event models may be declared without obj_fk or context_fk.
             object_id="e.pgh_obj_id::text" if model._pgh_has_obj else "NULL::text",

@@ -2,10 +2,12 @@
 
 A change and its messages commit together: if the fold rolls back, neither
 exists; if it commits, every active endpoint whose filters match owes a
-message. The payload follows the Standard Webhooks structure.
+message. The payload is the feed format (:mod:`audit_stream.payload`).
 """
 
 from __future__ import annotations
+
+from audit_stream import payload
 
 __all__ = ["record"]
 
@@ -14,43 +16,33 @@ __all__ = ["record"]
 # label filter names "backfill": an empty filter means every real change.
 # data.event_id (pgh_id) grows per object in the order changes happened: a
 # receiver re-orders or drops stale deliveries with it.
-_RECORD_SQL = """
+_RECORD_SQL = f"""
 INSERT INTO audit_stream_webhookmessage
     (id, endpoint_id, change_id, event_type, payload, status, attempts, next_attempt_at,
      last_error, created_at)
-SELECT gen_random_uuid(), ep.id, c.id,
-       c.model || '.' || c.label,
-       jsonb_build_object(
-           'type', c.model || '.' || c.label,
-           'timestamp', to_char(c.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-           'data', jsonb_build_object(
-               'model', c.model,
-               'object_id', c.object_id,
-               'label', c.label,
-               'event_table', c.event_table,
-               'event_id', c.event_id,
-               'diff', c.diff,
-               'snapshot', c.snapshot,
-               'context', CASE WHEN c.context_id IS NULL THEN NULL
-                          ELSE jsonb_build_object('id', c.context_id, 'metadata', ctx.metadata) END
-           )
-       ),
+SELECT gen_random_uuid(), ep.id, c.id, {payload.TYPE_SQL}, {payload.PAYLOAD_SQL},
        'pending', 0, now(), '', now()
 FROM audit_stream_change AS c
 JOIN audit_stream_webhookendpoint AS ep
   ON ep.is_active
  AND (cardinality(ep.filter_models) = 0 OR c.model = ANY(ep.filter_models))
  AND ((cardinality(ep.filter_labels) = 0 AND c.label <> 'backfill') OR c.label = ANY(ep.filter_labels))
-LEFT JOIN audit_stream_context AS ctx ON ctx.id = c.context_id
+{payload.FROM_SQL}
 WHERE c.id = ANY(%(change_ids)s::bigint[])
 ORDER BY c.id, ep.id
 RETURNING endpoint_id
 """
+
+_ANY_ENDPOINT_SQL = "SELECT EXISTS (SELECT 1 FROM audit_stream_webhookendpoint WHERE is_active)"
 
 
 def record(cursor, change_ids: list[int]) -> set[int]:
     """Record the messages owed for ``change_ids``; return the endpoints that got some."""
     if not change_ids:
         return set()
-    cursor.execute(_RECORD_SQL, {"change_ids": change_ids})
+    cursor.execute(_ANY_ENDPOINT_SQL)
+    if not cursor.fetchone()[0]:
+        return set()  # nobody listens: no transaction sizes to count
+    sizes = payload.transaction_sizes(cursor, change_ids)
+    cursor.execute(_RECORD_SQL, {"change_ids": change_ids, **sizes})
     return {row[0] for row in cursor.fetchall()}

@@ -14,6 +14,8 @@ from django.db import models
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from audit_stream.exact import ExactDecoder
+
 __all__ = ["WebhookAttempt", "WebhookEndpoint", "WebhookMessage"]
 
 
@@ -164,7 +166,7 @@ class WebhookMessage(models.Model):
     endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="messages")
     change_id = models.BigIntegerField(null=True, help_text="The Change this message carries.")
     event_type = models.TextField(help_text='"<app>.<model>.<label>"')
-    payload = models.JSONField(encoder=DjangoJSONEncoder)
+    payload = models.JSONField(encoder=DjangoJSONEncoder, decoder=ExactDecoder)
     status = models.CharField(max_length=10, choices=STATUSES, default=PENDING)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(db_default=Now())

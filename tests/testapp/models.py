@@ -1,7 +1,18 @@
 """Tracked models for the test suite: one per event class and track() option."""
 
+import uuid
+
 import pgtrigger
 from django.contrib.auth.models import User
+from django.contrib.postgres.fields import (
+    ArrayField,
+    BigIntegerRangeField,
+    DateRangeField,
+    DateTimeRangeField,
+    DecimalRangeField,
+    HStoreField,
+    IntegerRangeField,
+)
 from django.db import models
 
 import audit_stream
@@ -177,3 +188,75 @@ class Loan(models.Model):
     reader = models.ForeignKey(Reader, on_delete=models.CASCADE)
     book = models.ForeignKey(Book, on_delete=models.CASCADE)
     until = models.DateField(null=True)
+
+
+@audit_stream.track()
+class Everything(models.Model):
+    """Every built-in and ``contrib.postgres`` field type, for the exactness property test (all nullable)."""
+
+    big = models.BigIntegerField(null=True)
+    binary = models.BinaryField(null=True)
+    boolean = models.BooleanField(null=True)
+    char = models.CharField(max_length=100, null=True)
+    date = models.DateField(null=True)
+    datetime = models.DateTimeField(null=True)
+    decimal = models.DecimalField(max_digits=30, decimal_places=10, null=True)
+    duration = models.DurationField(null=True)
+    email = models.EmailField(null=True)
+    file = models.FileField(null=True)
+    file_path = models.FilePathField(null=True)
+    float = models.FloatField(null=True)
+    ip = models.GenericIPAddressField(null=True)
+    integer = models.IntegerField(null=True)
+    json = models.JSONField(null=True)
+    positive_big = models.PositiveBigIntegerField(null=True)
+    positive = models.PositiveIntegerField(null=True)
+    positive_small = models.PositiveSmallIntegerField(null=True)
+    slug = models.SlugField(null=True)
+    small = models.SmallIntegerField(null=True)
+    text = models.TextField(null=True)
+    time = models.TimeField(null=True)
+    url = models.URLField(null=True)
+    uuid = models.UUIDField(null=True)
+    customer = models.ForeignKey(Customer, null=True, on_delete=models.SET_NULL, related_name="+")
+    generated = models.GeneratedField(
+        expression=models.F("integer") + 1, output_field=models.BigIntegerField(), db_persist=True
+    )
+    integers = ArrayField(models.IntegerField(null=True), null=True)
+    texts = ArrayField(models.TextField(null=True), null=True)
+    hstore = HStoreField(null=True)
+    integer_range = IntegerRangeField(null=True)
+    big_range = BigIntegerRangeField(null=True)
+    decimal_range = DecimalRangeField(null=True)
+    date_range = DateRangeField(null=True)
+    datetime_range = DateTimeRangeField(null=True)
+
+
+@audit_stream.track(
+    audit_stream.Snapshot(),
+    audit_stream.BeforeDelete(),
+    audit_stream.AfterUpdate(
+        "quantity_changed", condition=pgtrigger.Q(old__quantity__df=pgtrigger.F("new__quantity"))
+    ),
+)
+class OrderLine(models.Model):
+    """A composite primary key, key columns with odd names, a table name with a space and capitals."""
+
+    pk = models.CompositePrimaryKey("order", "line")
+    order = models.ForeignKey(Order, on_delete=models.DO_NOTHING, db_constraint=False, db_column="Order Ref")
+    line = models.CharField(max_length=20, db_column="Line No")
+    quantity = models.IntegerField(default=1)
+
+    class Meta:
+        db_table = "Order Lines"
+
+
+@audit_stream.track()
+class Gadget(models.Model):
+    """A UUID primary key in a custom column, in a table whose name has capitals."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, db_column="Gadget ID")
+    name = models.CharField(max_length=50, db_column="Name")
+
+    class Meta:
+        db_table = "Gadget Stock"
