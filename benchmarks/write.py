@@ -105,9 +105,10 @@ def setup_database(update_migrations: bool) -> list[int]:
     db.recreate_database()
     db.migrate()
     from audit_stream import rowlog
-    from benchmarks.benchapp.models import Category, LogItem
+    from benchmarks.benchapp.models import AsInvokerItem, Category, LogItem
 
     rowlog.init_logging(tables=[LogItem._meta.db_table])
+    db.strip_security_definer(AsInvokerItem._meta.db_table)
 
     return db.create_categories(Category)
 
