@@ -166,3 +166,10 @@ def strip_security_definer(table: str) -> None:
         )
         if cursor.fetchone()[0]:
             raise RuntimeError(f"{table}: trigger functions still SECURITY DEFINER")
+
+
+def backend_pid() -> int:
+    """The process id of the benchmark connection's PostgreSQL backend."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]

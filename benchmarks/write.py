@@ -133,6 +133,7 @@ def run_repetition(rep: int, results, writers, category_ids: list[int]) -> None:
         for variant in order:
             seconds = runner.measure(workload, variant, category_ids)
             results.samples.setdefault((workload.key, variant.key), []).append(seconds)
+            results.cpu.setdefault((workload.key, variant.key), []).append(runner.last_cpu())
         log(f"  rep {rep + 1}: {workload.key:<18} " + _medians_line(results, workload.key))
     if writers is not None:
         settings = results.meta["settings"]
@@ -228,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
 
     section = report.markdown(results)
     print(section)
+    print("\nCPU time (PostgreSQL backend + benchmark process):\n")
+    print(report.cpu_table(results))
     if not args.no_report:
         suffix = "-quick" if args.quick else ""
         json_path = ROOT / "benchmarks" / "results" / f"write-{now:%Y-%m-%d}{suffix}.json"
