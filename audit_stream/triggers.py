@@ -313,9 +313,28 @@ def after_events(event_table: str, nothing_written: str = "NOT FOUND") -> str:
                 OR current_setting('{ATTACHED_METADATA_SETTING}', true)
                    IS DISTINCT FROM current_setting('{CONTEXT_METADATA_SETTING}', true)
             ) THEN
-                PERFORM {qualified("_audit_stream_attach_context")}(
-                    _context_id, current_setting('{CONTEXT_METADATA_SETTING}', true)
-                );
+                -- A new context (one request, one context) is inserted here, without
+                -- a function call; an existing one goes through the attach function.
+                INSERT INTO {qualified("audit_stream_context")} (id, metadata, created_at, updated_at)
+                VALUES (
+                    _context_id,
+                    coalesce(nullif(current_setting('{CONTEXT_METADATA_SETTING}', true), ''), '{{}}')::jsonb,
+                    now(), now()
+                )
+                ON CONFLICT (id) DO NOTHING;
+                IF FOUND THEN  -- the marker, as the attach function leaves it
+                    PERFORM set_config(
+                        '{ATTACHED_SETTING}',
+                        _context_id::text || ' ' || (extract(epoch FROM now())::bigint + 600)::text, false
+                    ), set_config(
+                        '{ATTACHED_METADATA_SETTING}',
+                        coalesce(current_setting('{CONTEXT_METADATA_SETTING}', true), ''), false
+                    );
+                ELSE
+                    PERFORM {qualified("_audit_stream_attach_context")}(
+                        _context_id, current_setting('{CONTEXT_METADATA_SETTING}', true)
+                    );
+                END IF;
             END IF;
 
             -- Wake the stream worker, only if it is idle. The worker arms the
