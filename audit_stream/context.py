@@ -124,7 +124,7 @@ class context(contextlib.ContextDecorator):
     """
 
     def __init__(self, **metadata: Any) -> None:
-        _serialize(metadata)  # fail here, before any SQL
+        self._serialized = _serialize(metadata)  # fail here, before any SQL
         self.metadata = metadata
         self._token: contextvars.Token | None = None
         state = _active.get()
@@ -134,8 +134,7 @@ class context(contextlib.ContextDecorator):
     def __enter__(self) -> _State:
         state = _active.get()
         if state is None:
-            state = _State(id=uuid.uuid4())
-            state.update(self.metadata)
+            state = _State(id=uuid.uuid4(), metadata=dict(self.metadata), serialized=self._serialized)
             self._token = _active.set(state)
         return state
 
@@ -155,6 +154,7 @@ class context(contextlib.ContextDecorator):
         # across threads and tasks.
         fresh = object.__new__(type(self))
         fresh.metadata = self.metadata
+        fresh._serialized = self._serialized
         fresh._token = None
         return fresh
 

@@ -316,9 +316,28 @@ def after_events(event_table: str, nothing_written: str = "NOT FOUND") -> str:
                 OR current_setting('{ATTACHED_METADATA_SETTING}', true)
                    IS DISTINCT FROM current_setting('{CONTEXT_METADATA_SETTING}', true)
             ) THEN
-                PERFORM {qualified("_audit_stream_attach_context")}(
-                    _context_id, current_setting('{CONTEXT_METADATA_SETTING}', true)
-                );
+                -- A new context (one request, one context) is inserted here, without
+                -- a function call; an existing one goes through the attach function.
+                INSERT INTO {qualified("audit_stream_context")} (id, metadata, created_at, updated_at)
+                VALUES (
+                    _context_id,
+                    coalesce(nullif(current_setting('{CONTEXT_METADATA_SETTING}', true), ''), '{{}}')::jsonb,
+                    now(), now()
+                )
+                ON CONFLICT (id) DO NOTHING;
+                IF FOUND THEN  -- the marker, as the attach function leaves it
+                    PERFORM set_config(
+                        '{ATTACHED_SETTING}',
+                        _context_id::text || ' ' || (extract(epoch FROM now())::bigint + 600)::text, false
+                    ), set_config(
+                        '{ATTACHED_METADATA_SETTING}',
+                        coalesce(current_setting('{CONTEXT_METADATA_SETTING}', true), ''), false
+                    );
+                ELSE
+                    PERFORM {qualified("_audit_stream_attach_context")}(
+                        _context_id, current_setting('{CONTEXT_METADATA_SETTING}', true)
+                    );
+                END IF;
             END IF;
 
             -- Wake the stream worker, only if it is idle. The worker arms the
@@ -379,10 +398,10 @@ def _compact(sql: str) -> str:
 # the same metadata in the last 10 minutes.
 #
 # The common case of a web request is a new context with one write: one
-# upsert (as django-pghistory does), which also serialises two transactions
+# insert (django-pghistory upserts), which also serialises two transactions
 # that create the same context concurrently. An existing context with the
-# same metadata is neither rewritten nor, thanks to the marker below, probed
-# again by the same session.
+# same metadata is neither rewritten nor locked, and thanks to the marker
+# below not even probed again by the same session.
 #
 # Then it leaves a marker in a *session* setting, so that the session's next
 # statements in the same context skip this call (in autocommit each statement
@@ -403,10 +422,12 @@ def _compact(sql: str) -> str:
 def attach_context_function() -> str:
     """The SQL that (re)creates ``_audit_stream_attach_context`` (see the comment above).
 
-    One statement: an upsert that writes only when the row is new, its
-    metadata changed, or its ``updated_at`` is over 10 minutes old (the
-    ``WHERE`` of ``DO UPDATE``). ``EXECUTE`` is revoked from ``PUBLIC``: the
-    triggers call it as its owner, and nobody else needs to.
+    A new context (the common web request) costs one ``INSERT ... ON CONFLICT
+    DO NOTHING``; an existing one an ``UPDATE`` that writes (and locks) the row
+    only when its metadata changed or its ``updated_at`` is over 10 minutes old,
+    so sessions sharing a context do not wait for each other. ``EXECUTE`` is
+    revoked from ``PUBLIC``: the triggers call it as its owner, and nobody else
+    needs to.
     """
     table = qualified("audit_stream_context")
     function = qualified("_audit_stream_attach_context")
@@ -415,13 +436,19 @@ CREATE OR REPLACE FUNCTION {function}(_id uuid, _metadata text)
 RETURNS void LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = {search_path()}
 AS $$
+DECLARE
+    _value jsonb := coalesce(nullif(_metadata, ''), '{{}}')::jsonb;
 BEGIN
-    INSERT INTO {table} AS c (id, metadata, created_at, updated_at)
-    VALUES (_id, coalesce(nullif(_metadata, ''), '{{}}')::jsonb, now(), now())
-    ON CONFLICT (id) DO UPDATE
-        SET metadata = EXCLUDED.metadata, updated_at = EXCLUDED.updated_at
-        WHERE c.metadata IS DISTINCT FROM EXCLUDED.metadata
-           OR c.updated_at < now() - interval '10 minutes';
+    INSERT INTO {table} (id, metadata, created_at, updated_at)
+    VALUES (_id, _value, now(), now())
+    ON CONFLICT (id) DO NOTHING;
+    IF NOT FOUND THEN
+        -- An existing row: rewritten only if its metadata changed or it is stale;
+        -- a row the WHERE does not match is not locked.
+        UPDATE {table} SET metadata = _value, updated_at = now()
+        WHERE id = _id
+          AND (metadata IS DISTINCT FROM _value OR updated_at < now() - interval '10 minutes');
+    END IF;
     PERFORM set_config('{ATTACHED_SETTING}',
                        _id::text || ' ' || (extract(epoch FROM now())::bigint + 600)::text, false),
             set_config('{ATTACHED_METADATA_SETTING}', coalesce(_metadata, ''), false);

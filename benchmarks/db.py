@@ -126,3 +126,50 @@ def server_info() -> dict[str, str]:
     for name in ("shared_buffers", "synchronous_commit", "fsync", "wal_level", "max_wal_size"):
         info[name] = scalar(f"SHOW {name}")
     return info
+
+
+# The trigger functions of one table and a copy of the context attach, as
+# SECURITY INVOKER without a pinned search_path (their bodies stay qualified).
+_STRIP_SECURITY_DEFINER = """
+DO $$
+DECLARE
+    _fn regprocedure;
+    _def text;
+BEGIN
+    _def := pg_get_functiondef('_audit_stream_attach_context(uuid, text)'::regprocedure);
+    _def := replace(_def, '_audit_stream_attach_context(', '_audit_stream_attach_context_invoker(');
+    _def := regexp_replace(_def, '\n SECURITY DEFINER', '');
+    _def := regexp_replace(_def, '\n SET search_path TO [^\n]*', '');
+    EXECUTE _def;
+    FOR _fn IN SELECT DISTINCT t.tgfoid::regprocedure FROM pg_trigger AS t
+               WHERE t.tgrelid = %(table)s::regclass AND NOT t.tgisinternal LOOP
+        _def := pg_get_functiondef(_fn);
+        _def := replace(_def, '_audit_stream_attach_context(', '_audit_stream_attach_context_invoker(');
+        _def := regexp_replace(_def, '\n SECURITY DEFINER', '');
+        _def := regexp_replace(_def, '\n SET search_path TO [^\n]*', '');
+        EXECUTE _def;
+    END LOOP;
+END;
+$$;
+"""
+
+
+def strip_security_definer(table: str) -> None:
+    """Make ``table``'s trigger functions SECURITY INVOKER without a pinned search_path."""
+    with connection.cursor() as cursor:
+        cursor.execute(_STRIP_SECURITY_DEFINER.replace("%(table)s", "'" + table.replace("'", "''") + "'"))
+        cursor.execute(
+            "SELECT count(*) FROM pg_trigger AS t JOIN pg_proc AS p ON p.oid = t.tgfoid"
+            " WHERE t.tgrelid = %s::regclass AND NOT t.tgisinternal"
+            " AND (p.prosecdef OR p.proconfig IS NOT NULL)",
+            [table],
+        )
+        if cursor.fetchone()[0]:
+            raise RuntimeError(f"{table}: trigger functions still SECURITY DEFINER")
+
+
+def backend_pid() -> int:
+    """The process id of the benchmark connection's PostgreSQL backend."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]

@@ -24,6 +24,7 @@ class Results:
     samples: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     tps: dict[str, list[float]] = field(default_factory=dict)
     profiles: list[Profile] = field(default_factory=list)
+    cpu: dict[tuple[str, str], list[float]] = field(default_factory=dict)
 
     def median(self, workload: str, variant: str) -> float | None:
         """Median seconds of a workload on a variant."""
@@ -371,3 +372,25 @@ def write_json(results: Results, path: Path) -> None:
     """Write :func:`to_json` to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(to_json(results), indent=2) + "\n")
+
+
+def cpu_table(results: Results) -> str:
+    """Median CPU time per row (PostgreSQL backend + client), each workload and variant."""
+    lines = [
+        "| workload | variant | CPU µs/row | x untracked | spread |",
+        "|---|---|--:|--:|--:|",
+    ]
+    for workload in results.workloads:
+        base = results.cpu.get((workload.key, UNTRACKED))
+        base_median = statistics.median(base) if base else None
+        for variant in results.variants:
+            values = results.cpu.get((workload.key, variant.key))
+            if not values:
+                continue
+            median = statistics.median(values)
+            ratio = median / base_median if base_median else None
+            lines.append(
+                f"| {workload.description} | {variant.key} | {1e6 * median / workload.rows:.0f}"
+                f" | {_fmt(ratio, '.2f')} | {_spread(values):.0%} |"
+            )
+    return "\n".join(lines)

@@ -91,6 +91,14 @@ VARIANTS: list[Variant] = [
         settings={"NOTIFY": False},
     ),
     Variant(
+        "audit_stream invoker",
+        "AsInvokerItem",
+        AUDIT_STREAM,
+        "`@audit_stream.track()` with `SECURITY DEFINER` and the pinned `search_path` taken off its"
+        " trigger functions and the context attach they call (after migrate): the cost of the"
+        " security model, by difference with `audit_stream`",
+    ),
+    Variant(
         "audit_stream initlogging",
         "LogItem",
         AUDIT_STREAM,

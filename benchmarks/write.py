@@ -105,9 +105,10 @@ def setup_database(update_migrations: bool) -> list[int]:
     db.recreate_database()
     db.migrate()
     from audit_stream import rowlog
-    from benchmarks.benchapp.models import Category, LogItem
+    from benchmarks.benchapp.models import AsInvokerItem, Category, LogItem
 
     rowlog.init_logging(tables=[LogItem._meta.db_table])
+    db.strip_security_definer(AsInvokerItem._meta.db_table)
 
     return db.create_categories(Category)
 
@@ -132,6 +133,7 @@ def run_repetition(rep: int, results, writers, category_ids: list[int]) -> None:
         for variant in order:
             seconds = runner.measure(workload, variant, category_ids)
             results.samples.setdefault((workload.key, variant.key), []).append(seconds)
+            results.cpu.setdefault((workload.key, variant.key), []).append(runner.last_cpu())
         log(f"  rep {rep + 1}: {workload.key:<18} " + _medians_line(results, workload.key))
     if writers is not None:
         settings = results.meta["settings"]
@@ -227,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
 
     section = report.markdown(results)
     print(section)
+    print("\nCPU time (PostgreSQL backend + benchmark process):\n")
+    print(report.cpu_table(results))
     if not args.no_report:
         suffix = "-quick" if args.quick else ""
         json_path = ROOT / "benchmarks" / "results" / f"write-{now:%Y-%m-%d}{suffix}.json"

@@ -471,3 +471,31 @@ def test_a_psycopg_composed_read_runs_inside_a_context():
     with audit_stream.context(user="ada"), connection.cursor() as cursor:
         cursor.execute(query, ["p"])
         assert cursor.fetchone() == (1,)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sessions_attaching_an_existing_context_do_not_wait_for_each_other():
+    """An open transaction that attached a context holds no lock on its row for others."""
+    import json
+
+    import psycopg
+
+    with audit_stream.context(user="ada") as ctx:
+        Product.objects.create(name="first")
+    settings = connection.settings_dict
+    params = {"host": settings["HOST"], "port": settings["PORT"], "dbname": settings["NAME"]}
+    attach = (
+        "SELECT set_config('audit_stream.context_id', %s, true),"
+        " set_config('audit_stream.context_metadata', %s, true)"
+    )
+    values = [str(ctx.id), json.dumps({"user": "ada"})]
+    insert = "INSERT INTO testapp_product (name, price, stock, updated_at) VALUES (%s, 1, 0, now())"
+    with psycopg.connect(user=settings["USER"], **params) as first, first.transaction():
+        first.execute(attach, values)
+        first.execute(insert, ["held open"])
+        with psycopg.connect(user=settings["USER"], autocommit=True, **params) as second:
+            second.execute("SET lock_timeout = '2s'")
+            with second.transaction():
+                second.execute(attach, values)
+                second.execute(insert, ["not blocked"])
+    assert _context_of("not blocked") == _context_of("held open") == ctx.id

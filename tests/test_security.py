@@ -393,3 +393,26 @@ def test_the_grants_give_history_read_only(deployment):
     for table in grants.history_tables():
         granted = [s for s in statements if f'"{table}" TO' in s and s.startswith("GRANT")]
         assert granted == [f'GRANT SELECT ON TABLE "public"."{table}" TO "{deployment.runtime}";']
+
+
+def test_a_role_given_the_prune_privilege_may_delete_history(deployment):
+    """``--pruner``: SELECT and DELETE on history; running the grants again takes them back."""
+    product = Product.objects.create(name="kept", price=1)
+    product.price = 2
+    product.save()
+    extra = [s for s in grants.statements(deployment.runtime, pruner=deployment.runtime) if "DELETE ON" in s]
+    granted = f'GRANT SELECT, DELETE ON TABLE "public"."testapp_productevent" TO "{deployment.runtime}";'
+    assert granted in extra
+    for statement in extra:
+        _admin(statement)
+    try:
+        with _django_as(deployment.runtime):
+            report = retention.prune(
+                overrides=retention.Policy(keep_last=1), force=True, targets=["testapp.ProductEvent"]
+            )
+        assert report.errors == []
+        assert list(ProductEvent.objects.values_list("price", flat=True)) == [Decimal("2.00")]
+    finally:
+        call_command("audit_stream_grants", deployment.runtime, "--apply", stdout=io.StringIO())
+    with _connect(deployment.runtime) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("DELETE FROM testapp_productevent")

@@ -50,6 +50,12 @@ class AsNoNotifyItem(Item):
     """audit_stream with explicit events; the benchmark runs it with NOTIFY off (see variants.py)."""
 
 
+@audit_stream.track()
+class AsInvokerItem(Item):
+    """audit_stream's default events, with SECURITY DEFINER and the pinned search_path taken
+    off its trigger functions after migrate (``db.strip_security_definer``): what they cost."""
+
+
 class LogItem(Item):
     """Not tracked: the benchmark logs its table with ``initlogging`` (the row log)."""
 
