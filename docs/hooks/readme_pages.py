@@ -96,6 +96,8 @@ def _pages() -> list[tuple[str, str, str]]:
             markdown = markdown.replace(f"]({source})", f"]({target})").replace(
                 f"]({source}#", f"]({target}#"
             )
+        # The README links to pages written in docs/ by their path in the repository.
+        markdown = markdown.replace("](docs/", "](")
 
         def anchor(match: re.Match) -> str:
             slug = match.group(1)
