@@ -1,0 +1,1 @@
+"""History beyond capture: undo (``audit_stream.history.undo``)."""

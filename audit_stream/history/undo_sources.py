@@ -1,0 +1,626 @@
+"""Where an undo reads and writes: one source per tracked model or logged table.
+
+An undo (:mod:`audit_stream.history.undo`) asks each source, with a constant
+number of statements whatever the number of objects:
+
+* ``plan``: for every object the target (contexts or transactions) changed,
+  its state just before the target's first change to it, whether it exists
+  now, and the later changes made by others (conflicts);
+* ``write``: one ``INSERT``, ``UPDATE`` or ``DELETE`` statement per action,
+  reading the states to put back from history itself.
+
+:class:`EventSource` reads an event model of a tracked model;
+:class:`RowLogSource` reads the row log of a table logged by ``initlogging``
+(the state rebuilt as pgMemento does, from the live row and the later
+entries). All SQL is written out here, values bound as parameters; names come
+from model metadata or the catalog, quoted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.apps import apps
+from django.db import models
+
+from audit_stream import events as _events
+from audit_stream import rowlog
+from audit_stream.aggregate import ExactDecoder
+from audit_stream.triggers import quote_name
+
+__all__ = ["Conflict", "EventSource", "Refusal", "RowLogSource", "Step", "Target"]
+
+DELETE, RESTORE, UPDATE, NOTHING = "delete", "restore", "update", "nothing"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to undo: contexts (UUID strings) or transactions (xid8 as integers)."""
+
+    kind: str  # "context" or "transaction"
+    ids: tuple
+
+    def where(self, alias: str) -> str:
+        """The SQL condition "this event row belongs to the target" (parameter ``%(target)s``)."""
+        return _TARGET_SQL[self.kind].format(alias=alias)
+
+    @property
+    def param(self) -> list:
+        return list(self.ids)
+
+
+# An event row of the target; one definition for event tables and the row log.
+# `IS TRUE`: a row without context is not the target's (never NULL).
+_TARGET_SQL = {
+    "context": "({alias}.pgh_context_id = ANY (%(target)s::uuid[])) IS TRUE",
+    "transaction": "({alias}.pgh_xid = ANY (%(target)s::bigint[])) IS TRUE",
+}
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A change to an undone object made after the target's first change to it, by someone else."""
+
+    model: str
+    object_id: str
+    event: str  # "<event table>:<pgh_id>"
+    label: str
+    context_id: str | None
+    created_at: str
+
+    def __str__(self) -> str:
+        who = f"context {self.context_id}" if self.context_id else "no context"
+        return (
+            f"{self.model} {self.object_id}: changed after it by {self.event} ({self.label},"
+            f" {self.created_at}, {who})"
+        )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An object (or a whole model) the undo cannot put back, and why."""
+
+    model: str
+    object_id: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.model}{'' if self.object_id is None else ' ' + self.object_id}: {self.reason}"
+
+
+@dataclass
+class Step:
+    """What the undo does to one object: ``delete``, ``restore``, ``update`` or ``nothing``.
+
+    ``changes`` lists ``(column, value now, value after the undo)`` for an
+    update (for a restore, the values it puts back; for a delete, the values
+    it removes), as JSON values.
+    """
+
+    model: str
+    object_id: str
+    action: str
+    changes: list[tuple[str, Any, Any]] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+    source: Any = field(default=None, repr=False, compare=False)
+    # What the source's write statement needs (an event id, or the row as JSON text).
+    data: Any = field(default=None, repr=False, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.model} {self.object_id}"
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text, cls=ExactDecoder)
+
+
+def _later(model: str, object_id: str, table: str, text: str) -> list[Conflict]:
+    return [
+        Conflict(model, object_id, f"{table}:{pgh_id}", label, context_id, created_at)
+        for pgh_id, label, context_id, created_at in _loads(text) or []
+    ]
+
+
+def _diff(columns: Iterable[str], now: dict | None, then: dict | None) -> list[tuple[str, Any, Any]]:
+    now, then = now or {}, then or {}
+    return [(c, now.get(c), then.get(c)) for c in columns if now.get(c) != then.get(c)]
+
+
+def _action(existed: bool, live: dict | None, changes: list) -> str:
+    if existed and live is not None:
+        return UPDATE if changes else NOTHING
+    if existed:
+        return RESTORE
+    return DELETE if live is not None else NOTHING
+
+
+# --- tracked models: an event model ---------------------------------------------------------------
+
+
+@dataclass
+class Coverage:
+    """What an event model records of its tracked model, as far as undo is concerned."""
+
+    trail: list[str]  # labels of unconditional NEW inserts/updates and OLD deletes
+    inserts: list[str]  # labels among them that record inserts
+    deletes: list[str]  # labels among them that record deletes
+    missing_fields: list[str]  # tracked fields it does not record
+    problem: str | None  # why it cannot say what an object was before a change, if so
+
+    @property
+    def complete(self) -> bool:
+        return self.problem is None and not self.missing_fields
+
+
+def coverage(event_model: type[models.Model]) -> Coverage:
+    """Whether ``event_model`` records enough to put its objects back as they were."""
+    tracked = event_model.pgh_tracked_model
+    recorded = event_model._pgh_tracked_fields
+    missing = [f.name for f in tracked._meta.concrete_fields if f.attname not in recorded]
+    trail, inserts, deletes, covered = [], [], [], set()
+    for event in event_model.pgh_events:
+        if not isinstance(event, _events.DatabaseEvent):
+            continue
+        unconditional = event.condition is None or isinstance(event, _events.Snapshot)
+        if not unconditional:
+            continue
+        ops = set(event.operations)
+        if event.snapshot == "NEW" and ops & {"INSERT", "UPDATE"}:
+            trail.append(event.label)
+            covered |= ops & {"INSERT", "UPDATE"}
+            if "INSERT" in ops:
+                inserts.append(event.label)
+        elif event.snapshot == "OLD" and "DELETE" in ops:
+            trail.append(event.label)
+            deletes.append(event.label)
+            covered.add("DELETE")
+    problem = None
+    if not event_model._pgh_has_obj:
+        problem = f"{event_model._meta.label} records no object (obj_fk=None), so its objects cannot be found"
+    else:
+        absent = [op.lower() for op in ("INSERT", "UPDATE", "DELETE") if op not in covered]
+        if absent:
+            problem = (
+                f"{event_model._meta.label} does not record every {' and '.join(absent)} (only"
+                f" {', '.join(repr(e.label) for e in event_model.pgh_events) or 'no events'}, some"
+                " conditional), so the state before a change is unknown"
+            )
+    return Coverage(trail, inserts, deletes, missing, problem)
+
+
+# The objects the target changed, each with its state just before the target's
+# first change to it (the previous recorded state), the object as it is now,
+# and the later changes that the target did not make. Index scans on
+# (pgh_obj, pgh_id) per object, all in one statement.
+_EVENTS_PLAN_SQL = """
+WITH undone AS (
+    SELECT e.pgh_obj_id AS obj, min(e.pgh_id) AS first
+    FROM {events} AS e
+    WHERE {target_e} AND e.pgh_label = ANY (%(trail)s)
+    GROUP BY e.pgh_obj_id
+)
+SELECT u.obj::text, u.first, f.pgh_label, to_jsonb(f)::text, p.pgh_id, p.pgh_label, to_jsonb(p)::text,
+       to_jsonb(t)::text, l.later::text
+FROM undone AS u
+JOIN {events} AS f ON f.pgh_id = u.first
+LEFT JOIN LATERAL (
+    -- The object's last recorded state before the target's first change.
+    SELECT * FROM {events} AS b
+    WHERE b.pgh_obj_id = u.obj AND b.pgh_id < u.first AND b.pgh_label = ANY (%(trail)s)
+    ORDER BY b.pgh_id DESC
+    LIMIT 1
+) AS p ON true
+LEFT JOIN LATERAL (
+    -- Changes after that first one which the target did not make: conflicts.
+    SELECT jsonb_agg(jsonb_build_array(a.pgh_id, a.pgh_label, {context_a}, a.pgh_created_at)
+                     ORDER BY a.pgh_id) AS later
+    FROM {events} AS a
+    WHERE a.pgh_obj_id = u.obj AND a.pgh_id > u.first AND a.pgh_label = ANY (%(trail)s)
+      AND NOT {target_a}
+) AS l ON true
+LEFT JOIN {tracked} AS t ON t.{pk} = u.obj
+ORDER BY u.first
+"""
+
+# Lock the live rows the target changed, before planning: a concurrent writer
+# either committed before (and shows as a conflict) or waits for the undo.
+_EVENTS_LOCK_SQL = """
+SELECT 1 FROM {tracked} AS t
+WHERE t.{pk} IN (SELECT e.pgh_obj_id FROM {events} AS e WHERE {target_e})
+FOR UPDATE OF t
+"""
+
+# Put back recorded states (event ids bound as %s): re-create, update, delete.
+_EVENTS_RESTORE_SQL = (
+    "INSERT INTO {tracked} ({columns}) SELECT {values} FROM {events} AS e WHERE e.pgh_id = ANY (%s)"
+)
+_EVENTS_UPDATE_SQL = """
+UPDATE {tracked} AS t SET {assignments}
+FROM {events} AS e
+WHERE e.pgh_id = ANY (%s) AND t.{pk} = e.pgh_obj_id
+"""
+_EVENTS_DELETE_SQL = """
+DELETE FROM {tracked} AS t
+WHERE t.{pk} IN (SELECT e.pgh_obj_id FROM {events} AS e WHERE e.pgh_id = ANY (%s))
+"""
+# The recorded values a restore or update would write (for unique checks).
+_EVENTS_INCOMING_SQL = (
+    "SELECT e.pgh_obj_id AS {pk}, {values} FROM {events} AS e WHERE e.pgh_id = ANY (%(ids)s)"
+)
+
+
+class EventSource:
+    """A tracked model, read through one of its event models."""
+
+    def __init__(self, event_model: type[models.Model], *, partial: bool = False) -> None:
+        self.event_model = event_model
+        self.model = event_model.pgh_tracked_model._meta.concrete_model
+        self.label = self.model._meta.label_lower
+        self.coverage = coverage(event_model)
+        self.partial = partial
+        meta, events = self.model._meta, event_model._meta
+        recorded = event_model._pgh_tracked_fields
+        # (tracked column, event column) of every recorded, writable field but the key.
+        self.columns = [
+            (f.column, events.get_field(f.name).column)
+            for f in meta.concrete_fields
+            if f.attname in recorded and not f.primary_key and not getattr(f, "generated", False)
+        ]
+        self.not_null = {f.column for f in meta.concrete_fields if not f.null and not f.primary_key}
+        self.names = {
+            "events": quote_name(events.db_table),
+            "tracked": quote_name(meta.db_table),
+            "pk": quote_name(meta.pk.column),
+        }
+
+    @property
+    def table(self) -> str:
+        return self.model._meta.db_table
+
+    @property
+    def sql_table(self) -> str:
+        return self.names["tracked"]
+
+    @property
+    def pk(self) -> str:
+        return self.model._meta.pk.column
+
+    def _sql(self, template: str, target: Target | None = None, **extra: str) -> str:
+        names = {**self.names, **extra}
+        if target is not None:
+            names.update(target_e=target.where("e"), target_a=target.where("a"))
+        context = "a.pgh_context_id" if self.event_model._pgh_has_context else "NULL::uuid"
+        return template.format(context_a=context, **names)
+
+    def lock(self, cursor, target: Target) -> None:
+        cursor.execute(self._sql(_EVENTS_LOCK_SQL, target), {"target": target.param})
+
+    def plan(self, cursor, target: Target) -> tuple[list[Step], list[Refusal]]:
+        """Each object's step, and the objects that cannot be put back."""
+        cov = self.coverage
+        cursor.execute(self._sql(_EVENTS_PLAN_SQL, target), {"target": target.param, "trail": cov.trail})
+        steps, refusals = [], []
+        columns = [c for c, _ in self.columns]
+        for (
+            obj,
+            first,
+            first_label,
+            first_row,
+            prev_id,
+            prev_label,
+            prev_row,
+            live,
+            later,
+        ) in cursor.fetchall():
+            live = _loads(live)
+            if prev_id is not None:  # the last recorded state before the target's first change
+                existed, before_id, before = prev_label not in cov.deletes, prev_id, _loads(prev_row)
+            elif first_label in cov.deletes:  # a delete records the row as it was
+                existed, before_id, before = True, first, _loads(first_row)
+            elif first_label in cov.inserts:  # history begins with the target: it created the object
+                existed, before_id, before = False, None, None
+            else:
+                refusals.append(Refusal(self.label, obj, "no state is recorded before the change to undo"))
+                continue
+            then = {c: before[e] for c, e in self.columns} if existed else None
+            changes = _diff(columns, live, then)
+            action = _action(existed, live, changes)
+            if action == RESTORE and cov.missing_fields:
+                refusals.append(
+                    Refusal(
+                        self.label,
+                        obj,
+                        "cannot be re-created: its history does not record " + ", ".join(cov.missing_fields),
+                    )
+                )
+                continue
+            unknown = [
+                c for c in self.not_null & set(columns) if action in (RESTORE, UPDATE) and then[c] is None
+            ]
+            if unknown:
+                refusals.append(
+                    Refusal(
+                        self.label,
+                        obj,
+                        f"no value is recorded for {', '.join(sorted(unknown))}"
+                        " (added to the model since?); it cannot be put back",
+                    )
+                )
+                continue
+            if action == DELETE:
+                changes = _diff(columns, live, None)
+            steps.append(
+                Step(
+                    self.label,
+                    obj,
+                    action,
+                    changes,
+                    _later(self.label, obj, self.event_model._meta.db_table, later),
+                    source=self,
+                    data=first if action == DELETE else before_id,
+                )
+            )
+        return steps, refusals
+
+    def write(self, cursor, action: str, steps: list[Step]) -> None:
+        """One statement that does ``action`` to every object of ``steps``."""
+        ids = [s.data for s in steps]
+        if action == RESTORE:
+            sql = self._sql(
+                _EVENTS_RESTORE_SQL,
+                columns=", ".join([self.names["pk"], *(quote_name(c) for c, _ in self.columns)]),
+                values=", ".join(["e.pgh_obj_id", *(f"e.{quote_name(e)}" for _, e in self.columns)]),
+            )
+        elif action == UPDATE:
+            sql = self._sql(
+                _EVENTS_UPDATE_SQL,
+                assignments=", ".join(f"{quote_name(c)} = e.{quote_name(e)}" for c, e in self.columns),
+            )
+        else:
+            sql = self._sql(_EVENTS_DELETE_SQL)
+        cursor.execute(sql, [ids])
+
+    def incoming(self, steps: list[Step]) -> tuple[str, dict, dict[str, str]]:
+        """A relation of the rows a restore or update writes, its parameters, and its column names."""
+        sql = _EVENTS_INCOMING_SQL.format(
+            pk=self.names["pk"],
+            events=self.names["events"],
+            values=", ".join(f"e.{quote_name(e)} AS {quote_name(c)}" for c, e in self.columns) or "NULL",
+        )
+        return sql, {"ids": [s.data for s in steps]}, {c: c for c, _ in self.columns}
+
+
+# --- logged tables: the row log --------------------------------------------------------------------
+
+# Each row the target changed, with its state just before the target's first
+# entry for it, rebuilt as pgMemento does: every entry of the row from that
+# first one on (the target's or later ones) is undone, newest first. Written
+# set-wise: the base is the row at the first delete of that chain (its
+# old_data), else the live row; over it go the columns the earlier updates
+# changed, each at its oldest value. Old column names are mapped to their
+# current ones (%(renamed_from)s -> %(renamed_to)s, from the DDL log).
+_ROWS_PLAN_SQL = """
+WITH undone AS (
+    SELECT r.pgh_obj_id AS obj, min(r.pgh_id) AS first
+    FROM audit_stream_row_log AS r
+    WHERE r.logged_table = ANY (%(names)s) AND {target_r}
+    GROUP BY r.pgh_obj_id
+),
+chain AS MATERIALIZED (
+    SELECT u.obj, r.pgh_id, r.pgh_label, r.old_data, r.pgh_context_id, r.pgh_created_at,
+           {target_r} AS undone
+    FROM undone AS u
+    JOIN audit_stream_row_log AS r
+      ON r.logged_table = ANY (%(names)s) AND r.pgh_obj_id = u.obj AND r.pgh_id >= u.first
+),
+base AS (
+    SELECT DISTINCT ON (c.obj) c.obj, c.pgh_id, c.old_data
+    FROM chain AS c WHERE c.pgh_label = 'delete'
+    ORDER BY c.obj, c.pgh_id
+),
+earlier AS (
+    SELECT k.obj, jsonb_object_agg(k.key, k.value) AS old
+    FROM (
+        SELECT DISTINCT ON (c.obj, kv.key) c.obj, kv.key, kv.value
+        FROM chain AS c
+        LEFT JOIN base AS b ON b.obj = c.obj
+        CROSS JOIN LATERAL jsonb_each(c.old_data) AS kv
+        WHERE c.pgh_label = 'update' AND (b.pgh_id IS NULL OR c.pgh_id < b.pgh_id)
+        ORDER BY c.obj, kv.key, c.pgh_id
+    ) AS k
+    GROUP BY k.obj
+),
+later AS (
+    SELECT c.obj, jsonb_agg(jsonb_build_array(c.pgh_id, c.pgh_label, c.pgh_context_id, c.pgh_created_at)
+                            ORDER BY c.pgh_id) AS later
+    FROM chain AS c WHERE NOT c.undone
+    GROUP BY c.obj
+)
+SELECT u.obj, f.pgh_label, b.pgh_id IS NOT NULL, to_jsonb(t)::text,
+       CASE WHEN f.pgh_label <> 'insert' THEN
+           (coalesce({renamed_base}, to_jsonb(t)) || coalesce({renamed_earlier}, '{{}}'))::text
+       END,
+       l.later::text
+FROM undone AS u
+JOIN audit_stream_row_log AS f ON f.pgh_id = u.first
+LEFT JOIN base AS b ON b.obj = u.obj
+LEFT JOIN earlier AS d ON d.obj = u.obj
+LEFT JOIN later AS l ON l.obj = u.obj
+LEFT JOIN {table} AS t ON t.{pk} = u.obj::{pk_type}
+ORDER BY u.first
+"""
+
+# A JSON object with its keys renamed from former column names to current ones.
+_RENAMED_SQL = """(SELECT jsonb_object_agg(coalesce(m.new, kv.key), kv.value)
+                  FROM jsonb_each({value}) AS kv
+                  LEFT JOIN unnest(%(renamed_from)s::text[], %(renamed_to)s::text[]) AS m (old, new)
+                    ON m.old = kv.key)"""
+
+_ROWS_LOCK_SQL = """
+SELECT 1 FROM {table} AS t
+WHERE t.{pk} IN (SELECT r.pgh_obj_id::{pk_type} FROM audit_stream_row_log AS r
+                 WHERE r.logged_table = ANY (%(names)s) AND {target_r})
+FOR UPDATE OF t
+"""
+
+# Rows as JSON (an array bound as %s) back into the table's row type: PostgreSQL
+# does the conversions.
+_ROWS_RESTORE_SQL = """
+INSERT INTO {table} ({columns}) OVERRIDING SYSTEM VALUE
+SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb)
+"""
+_ROWS_UPDATE_SQL = """
+UPDATE {table} AS t SET {assignments}
+FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) AS r
+WHERE t.{pk} = r.{pk}
+"""
+_ROWS_DELETE_SQL = "DELETE FROM {table} AS t WHERE t.{pk} = ANY (%s::text[]::{pk_type}[])"
+_ROWS_INCOMING_SQL = "SELECT * FROM jsonb_populate_recordset(NULL::{table}, %(rows)s::jsonb)"
+
+
+@dataclass
+class Column:
+    """A column of a logged table, as the catalog describes it now."""
+
+    name: str
+    type: str
+    not_null: bool
+    has_default: bool
+    generated: bool
+
+
+class RowLogSource:
+    """A table logged by ``initlogging``: its rows rebuilt from the row log."""
+
+    def __init__(
+        self, table: str, names: list[str], columns: list[Column], pk: str, renamed: dict[str, str]
+    ) -> None:
+        self.qualified = table  # "schema.table", its current name
+        self.names = names  # and every former name, as the row log has them
+        self.model = _model_of(table)
+        self.label = self.model._meta.label_lower if self.model else table
+        self.columns = columns
+        self.pk = pk
+        self.pk_type = next(c.type for c in columns if c.name == pk)
+        self.renamed = renamed  # former column name -> current one
+        schema, _, name = table.partition(".")
+        self.sql_names = {
+            "table": f"{quote_name(schema)}.{quote_name(name)}",
+            "pk": quote_name(pk),
+            "pk_type": self.pk_type,
+        }
+
+    @property
+    def table(self) -> str:
+        return self.qualified
+
+    @property
+    def sql_table(self) -> str:
+        return self.sql_names["table"]
+
+    def _params(self, target: Target) -> dict:
+        return {
+            "target": target.param,
+            "names": self.names,
+            "renamed_from": list(self.renamed),
+            "renamed_to": list(self.renamed.values()),
+        }
+
+    def _sql(self, template: str, target: Target | None = None, **extra: str) -> str:
+        names = {**self.sql_names, **extra}
+        if target is not None:
+            names["target_r"] = target.where("r")
+        return template.format(
+            renamed_base=_RENAMED_SQL.format(value="b.old_data"),
+            renamed_earlier=_RENAMED_SQL.format(value="d.old"),
+            **names,
+        )
+
+    def lock(self, cursor, target: Target) -> None:
+        cursor.execute(self._sql(_ROWS_LOCK_SQL, target), self._params(target))
+
+    def plan(self, cursor, target: Target) -> tuple[list[Step], list[Refusal]]:
+        cursor.execute(self._sql(_ROWS_PLAN_SQL, target), self._params(target))
+        current = {c.name: c for c in self.columns}
+        steps, refusals = [], []
+        for obj, first_label, deleted_since, live_text, before_text, later in cursor.fetchall():
+            live, before = _loads(live_text), _loads(before_text)
+            existed = first_label != "insert"
+            if existed and live is None and not deleted_since:
+                refusals.append(Refusal(self.label, obj, "the row is gone but no delete of it is logged"))
+                continue
+            changes = _diff(current, live, before) if existed else []
+            action = _action(existed, live, changes)
+            if action in (RESTORE, UPDATE):
+                problem = self._schema_problem(before, action)
+                if problem:
+                    refusals.append(Refusal(self.label, obj, problem))
+                    continue
+            if action == RESTORE:
+                changes = _diff(current, None, before)
+            elif action == DELETE:
+                changes = _diff(current, live, None)
+            steps.append(
+                Step(
+                    self.label,
+                    obj,
+                    action,
+                    changes,
+                    _later(self.label, obj, rowlog.ROW_LOG_TABLE, later),
+                    source=self,
+                    data=obj if action == DELETE else before_text,
+                )
+            )
+        return steps, refusals
+
+    def _schema_problem(self, before: dict, action: str) -> str | None:
+        """Why a state recorded under an older schema cannot be written to the table now."""
+        current = {c.name: c for c in self.columns}
+        dropped = sorted(set(before) - set(current))
+        if dropped:
+            return (
+                f"column(s) {', '.join(dropped)} of {self.qualified} were dropped since the change"
+                " (see the DDL log); the recorded state cannot be put back whole"
+            )
+        if action == RESTORE:
+            added = [
+                c.name
+                for c in self.columns
+                if c.name not in before and c.not_null and not c.has_default and not c.generated
+            ]
+            if added:
+                return (
+                    f"column(s) {', '.join(added)} were added to {self.qualified} since the change,"
+                    " NOT NULL without a default: the row cannot be re-created"
+                )
+        return None
+
+    def _writable(self, names: Iterable[str] | None = None) -> list[str]:
+        return [c.name for c in self.columns if not c.generated and (names is None or c.name in names)]
+
+    def write(self, cursor, action: str, steps: list[Step]) -> None:
+        if action == DELETE:
+            cursor.execute(self._sql(_ROWS_DELETE_SQL), [[s.data for s in steps]])
+            return
+        rows = "[" + ",".join(s.data for s in steps) + "]"
+        if action == RESTORE:
+            sql = self._sql(_ROWS_RESTORE_SQL, columns=", ".join(quote_name(c) for c in self._writable()))
+        else:
+            columns = [c for c in self._writable() if c != self.pk]
+            sql = self._sql(
+                _ROWS_UPDATE_SQL, assignments=", ".join(f"{quote_name(c)} = r.{quote_name(c)}" for c in columns)
+            )
+        cursor.execute(sql, [rows])
+
+    def incoming(self, steps: list[Step]) -> tuple[str, dict, dict[str, str]]:
+        sql = _ROWS_INCOMING_SQL.format(**self.sql_names)
+        rows = "[" + ",".join(s.data for s in steps) + "]"
+        return sql, {"rows": rows}, {c.name: c.name for c in self.columns if c.name != self.pk}
+
+
+def _model_of(qualified: str) -> type[models.Model] | None:
+    label = rowlog.models_by_table().get(qualified)
+    return apps.get_model(label) if label else None
