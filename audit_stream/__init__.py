@@ -23,6 +23,7 @@ from audit_stream.events import (
     Event,
     Snapshot,
 )
+from audit_stream.history.undo import UndoError, undo, undo_transaction
 from audit_stream.tracking import create_event, get_event_model, track
 
 __version__ = "0.1.0"
@@ -36,8 +37,11 @@ __all__ = [
     "DatabaseEvent",
     "Event",
     "Snapshot",
+    "UndoError",
     "context",
     "create_event",
     "get_event_model",
     "track",
+    "undo",
+    "undo_transaction",
 ]

@@ -132,7 +132,11 @@ def test_dry_run_returns_the_plan_object_by_object_and_changes_nothing():
     }
     update = next(s for s in plan.steps if s.action == "update")
     assert ("price", Decimal("12.00"), Decimal("10.00")) in update.changes
-    assert (_product_state(), ProductEvent.objects.count(), Context.objects.count()) == (state, events, contexts)
+    assert (_product_state(), ProductEvent.objects.count(), Context.objects.count()) == (
+        state,
+        events,
+        contexts,
+    )
 
 
 def test_conflicts_are_refused_listing_each_object_and_change():
@@ -148,7 +152,11 @@ def test_conflicts_are_refused_listing_each_object_and_change():
         undo(ctx.id)
     assert _product_state() == state
     [conflict] = error.value.plan.conflicts
-    assert (conflict.model, conflict.object_id, conflict.context_id) == ("testapp.product", str(lamp.pk), str(later.id))
+    assert (conflict.model, conflict.object_id, conflict.context_id) == (
+        "testapp.product",
+        str(lamp.pk),
+        str(later.id),
+    )
     message = str(error.value)
     assert f"testapp.product {lamp.pk}: changed after it by testapp_productevent:" in message
     assert "force=True" in message
@@ -205,7 +213,9 @@ def test_a_logged_table_is_undone_from_the_row_log(logged):
         Supplier.objects.create(name="New")
     plan = undo(ctx.id)
     assert _state(Supplier) == before
-    assert sorted(RowLog.objects.filter(pgh_context_id=plan.context_id).values_list("pgh_label", flat=True)) == [
+    assert sorted(
+        RowLog.objects.filter(pgh_context_id=plan.context_id).values_list("pgh_label", flat=True)
+    ) == [
         "delete",
         "insert",
         "update",

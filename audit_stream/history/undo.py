@@ -328,11 +328,15 @@ def _event_sources(tables: dict[str, int], partial: bool) -> tuple[list[EventSou
         candidates = tracking.event_models_for(model)
         complete = [m for m in candidates if coverage(m).complete]
         usable = [m for m in candidates if coverage(m).problem is None]
+        fallbacks = [m for m in candidates if coverage(m).fallback]
         if complete:
             sources.append(EventSource(complete[0]))
         elif usable and partial:
             best = max(usable, key=lambda m: len(m._pgh_tracked_fields))
             sources.append(EventSource(best, partial=True))
+        elif fallbacks and partial:
+            best = max(fallbacks, key=lambda m: len(m._pgh_tracked_fields))
+            sources.append(EventSource(best, partial=True, fallback=True))
         else:
             reasons = []
             for m in found:
@@ -343,7 +347,14 @@ def _event_sources(tables: dict[str, int], partial: bool) -> tuple[list[EventSou
                         " transactions cannot be told apart"
                     )
                 elif cov.problem:
-                    reasons.append(cov.problem)
+                    reasons.append(
+                        cov.problem
+                        + (
+                            "; pass partial=True (--partial) to put back the states it records before changes"
+                            if cov.fallback
+                            else ""
+                        )
+                    )
                 else:
                     reasons.append(
                         f"{m._meta.label} does not record {', '.join(cov.missing_fields)}"
@@ -575,15 +586,15 @@ def _write(
     deferrable: list[tuple[str, bool]],
     step_done: Callable[[str], None],
 ) -> None:
-    """The statements: restores parents first, then updates, then deletes children first."""
+    """The statements: deletes children first (freeing unique values), updates, restores parents first."""
     by_action: dict[tuple[Any, str], list[Step]] = defaultdict(list)
     for step in plan.steps:
         by_action[(step.source, step.action)].append(step)
-    sequence = (
-        [(s, RESTORE) for s in ordered]
-        + [(s, UPDATE) for s in ordered]
-        + [(s, DELETE) for s in reversed(ordered)]
-    )
+    sequence = [
+        *((s, DELETE) for s in reversed(ordered)),
+        *((s, UPDATE) for s in ordered),
+        *((s, RESTORE) for s in ordered),
+    ]
     for source, action in sequence:
         steps = by_action.get((source, action))
         if steps:

@@ -149,6 +149,14 @@ class Coverage:
     deletes: list[str]  # labels among them that record deletes
     missing_fields: list[str]  # tracked fields it does not record
     problem: str | None  # why it cannot say what an object was before a change, if so
+    has_obj: bool = True
+    recorded: list[str] = field(default_factory=list)  # labels of every database event
+    befores: list[str] = field(default_factory=list)  # labels of OLD updates/deletes, conditional or not
+
+    @property
+    def fallback(self) -> bool:
+        """Whether a partial undo can use the states recorded before changes (OLD snapshots)."""
+        return self.has_obj and bool(self.befores)
 
     @property
     def complete(self) -> bool:
@@ -161,9 +169,13 @@ def coverage(event_model: type[models.Model]) -> Coverage:
     recorded = event_model._pgh_tracked_fields
     missing = [f.name for f in tracked._meta.concrete_fields if f.attname not in recorded]
     trail, inserts, deletes, covered = [], [], [], set()
+    recorded, befores = [], []
     for event in event_model.pgh_events:
         if not isinstance(event, _events.DatabaseEvent):
             continue
+        recorded.append(event.label)
+        if event.snapshot == "OLD":
+            befores.append(event.label)
         unconditional = event.condition is None or isinstance(event, _events.Snapshot)
         if not unconditional:
             continue
@@ -184,11 +196,11 @@ def coverage(event_model: type[models.Model]) -> Coverage:
         absent = [op.lower() for op in ("INSERT", "UPDATE", "DELETE") if op not in covered]
         if absent:
             problem = (
-                f"{event_model._meta.label} does not record every {' and '.join(absent)} (only"
-                f" {', '.join(repr(e.label) for e in event_model.pgh_events) or 'no events'}, some"
-                " conditional), so the state before a change is unknown"
+                f"{event_model._meta.label} does not record every {', '.join(absent)} (its events:"
+                f" {', '.join(repr(label) for label in recorded) or 'none'}), so the state before a"
+                " change is unknown"
             )
-    return Coverage(trail, inserts, deletes, missing, problem)
+    return Coverage(trail, inserts, deletes, missing, problem, event_model._pgh_has_obj, recorded, befores)
 
 
 # The objects the target changed, each with its state just before the target's
@@ -255,12 +267,17 @@ _EVENTS_INCOMING_SQL = (
 class EventSource:
     """A tracked model, read through one of its event models."""
 
-    def __init__(self, event_model: type[models.Model], *, partial: bool = False) -> None:
+    def __init__(
+        self, event_model: type[models.Model], *, partial: bool = False, fallback: bool = False
+    ) -> None:
         self.event_model = event_model
         self.model = event_model.pgh_tracked_model._meta.concrete_model
         self.label = self.model._meta.label_lower
         self.coverage = coverage(event_model)
         self.partial = partial
+        # Only some changes recorded: each object goes back to the state its first
+        # recorded change kept from before it (an OLD snapshot), if it kept one.
+        self.fallback = fallback
         meta, events = self.model._meta, event_model._meta
         recorded = event_model._pgh_tracked_fields
         # (tracked column, event column) of every recorded, writable field but the key.
@@ -301,7 +318,8 @@ class EventSource:
     def plan(self, cursor, target: Target) -> tuple[list[Step], list[Refusal]]:
         """Each object's step, and the objects that cannot be put back."""
         cov = self.coverage
-        cursor.execute(self._sql(_EVENTS_PLAN_SQL, target), {"target": target.param, "trail": cov.trail})
+        trail = cov.recorded if self.fallback else cov.trail
+        cursor.execute(self._sql(_EVENTS_PLAN_SQL, target), {"target": target.param, "trail": trail})
         steps, refusals = [], []
         columns = [c for c, _ in self.columns]
         for (
@@ -316,7 +334,18 @@ class EventSource:
             later,
         ) in cursor.fetchall():
             live = _loads(live)
-            if prev_id is not None:  # the last recorded state before the target's first change
+            if self.fallback:
+                if first_label not in cov.befores:
+                    refusals.append(
+                        Refusal(
+                            self.label,
+                            obj,
+                            f"its first recorded change ({first_label!r}) does not keep the state before it",
+                        )
+                    )
+                    continue
+                existed, before_id, before = True, first, _loads(first_row)
+            elif prev_id is not None:  # the last recorded state before the target's first change
                 existed, before_id, before = prev_label not in cov.deletes, prev_id, _loads(prev_row)
             elif first_label in cov.deletes:  # a delete records the row as it was
                 existed, before_id, before = True, first, _loads(first_row)
@@ -611,7 +640,8 @@ class RowLogSource:
         else:
             columns = [c for c in self._writable() if c != self.pk]
             sql = self._sql(
-                _ROWS_UPDATE_SQL, assignments=", ".join(f"{quote_name(c)} = r.{quote_name(c)}" for c in columns)
+                _ROWS_UPDATE_SQL,
+                assignments=", ".join(f"{quote_name(c)} = r.{quote_name(c)}" for c in columns),
             )
         cursor.execute(sql, [rows])
 

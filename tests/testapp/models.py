@@ -92,3 +92,12 @@ class Supplier(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+@audit_stream.track(audit_stream.Snapshot(), audit_stream.BeforeDelete(), exclude=["secret"])
+class Shelf(models.Model):
+    """Tracked without one of its fields (exclude=): an undo puts it back only when asked for a partial one."""
+
+    code = models.CharField(max_length=20, unique=True)
+    place = models.CharField(max_length=100, default="")
+    secret = models.CharField(max_length=100, default="")
