@@ -23,8 +23,10 @@ from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from audit_stream import revert as _revert
+from audit_stream.admin_undo import UndoContextMixin
 from audit_stream import rowlog, tracking
 from audit_stream.models import (
     AggregateEvent,
@@ -56,18 +58,36 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Context)
-class ContextAdmin(ReadOnlyAdmin):
-    list_display = ["id", "created_at", "updated_at", "metadata"]
+class ContextAdmin(UndoContextMixin, ReadOnlyAdmin):
+    list_display = ["id", "created_at", "updated_at", "metadata", "undo_link"]
     search_fields = ["id"]
     date_hierarchy = "created_at"
+    change_form_template = "audit_stream/admin/context_change_form.html"
+
+    @admin.display(description="undo")
+    def undo_link(self, obj):
+        url = reverse("admin:audit_stream_context_undo", args=[obj.pk])
+        return format_html('<a href="{}">Undo this request</a>', url)
 
 
 @admin.register(Change)
 class ChangeAdmin(ReadOnlyAdmin):
-    list_display = ["id", "created_at", "model", "object_id", "label", "diff"]
+    list_display = ["id", "created_at", "model", "object_id", "label", "diff", "context_link"]
     list_filter = ["model", "label"]
     search_fields = ["object_id"]
     show_full_result_count = False
+
+    @admin.display(description="context")
+    def context_link(self, obj):
+        return _context_link(obj.context_id)
+
+
+def _context_link(context_id):
+    """A link to a context's admin page (where it can be undone), or a dash."""
+    if context_id is None:
+        return "—"
+    url = reverse("admin:audit_stream_context_change", args=[context_id])
+    return format_html('<a href="{}">{}</a>', url, str(context_id)[:8])
 
 
 @admin.register(RowLog)
@@ -467,6 +487,9 @@ def _entries(model, rows, obj, may_change, opts, object_id):
         entries.append(
             {
                 "row": row,
+                "context_url": reverse("admin:audit_stream_context_change", args=[row.pgh_context_id])
+                if row.pgh_context_id
+                else None,
                 "user": users.get(user, user),
                 "metadata": metadata,
                 "diff": diff,

@@ -96,7 +96,7 @@ class Supplier(models.Model):
 
 @audit_stream.track(audit_stream.Snapshot(), audit_stream.BeforeDelete(), exclude=["secret"])
 class Shelf(models.Model):
-    """Tracked without one of its fields (exclude=): an undo puts it back only when asked for a partial one."""
+    """Tracked without one of its fields (exclude=): undo puts it back only when asked (partial=True)."""
 
     code = models.CharField(max_length=20, unique=True)
     place = models.CharField(max_length=100, default="")
