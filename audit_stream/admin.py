@@ -26,8 +26,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from audit_stream import revert as _revert
-from audit_stream.admin_undo import UndoContextMixin
 from audit_stream import rowlog, tracking
+from audit_stream.admin_undo import UndoContextMixin
 from audit_stream.models import (
     AggregateEvent,
     Change,

@@ -284,3 +284,14 @@ def test_query_count_does_not_grow_with_the_number_of_objects():
         return execute(sql, params, many, context)
 
     assert queries_for(5) == queries_for(200)
+
+
+def test_progress_is_reported_up_to_the_total():
+    """progress(done, total, what) is called as the undo goes, ending at done == total."""
+    with _context() as ctx:
+        Product.objects.create(name="lamp", price=10)
+    calls = []
+    undo(ctx.id, progress=lambda done, total, what: calls.append((done, total, what)))
+    assert [done for done, _, _ in calls] == list(range(1, len(calls) + 1))
+    assert calls[-1][0] == calls[-1][1]
+    assert "planned testapp.product" in [what for _, _, what in calls]

@@ -117,6 +117,10 @@ class UndoPlan:
         kind = "context" if self.target.kind == "context" else "transaction"
         return f"{kind}{'s' if len(self.target.ids) > 1 else ''} {', '.join(map(str, self.target.ids))}"
 
+    def message(self) -> str:
+        """Why the undo cannot run, one line per object, with what to do (as :class:`UndoError` says it)."""
+        return _message(self)
+
     def problems(self) -> list[str]:
         """One line per refusal, then per conflict (unless forced)."""
         lines = [str(r) for r in self.refusals]
