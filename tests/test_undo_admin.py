@@ -102,7 +102,7 @@ def test_conflicts_are_listed_and_block_the_undo_until_forced(admin_client, requ
 
 
 def test_a_user_without_a_needed_permission_sees_which_and_nothing_changes(request_context):
-    """Change but not delete permission on products: the page names testapp.delete_product; POST is refused."""
+    """Change but no delete permission on products: the page names testapp.delete_product; POST refused."""
     client = _staff("change_product")
     html = client.get(_undo_url(request_context)).content.decode()
     assert "testapp.delete_product" in html and 'name="confirm"' not in html

@@ -167,7 +167,10 @@ def coverage(event_model: type[models.Model]) -> Coverage:
     """Whether ``event_model`` records enough to put its objects back as they were."""
     tracked = event_model.pgh_tracked_model
     recorded = event_model._pgh_tracked_fields
-    missing = [f.name for f in tracked._meta.concrete_fields if f.attname not in recorded]
+    # Only the table's own columns: a child of multi-table inheritance records no parent field.
+    missing = [
+        f.name for f in tracked._meta.concrete_model._meta.local_concrete_fields if f.attname not in recorded
+    ]
     trail, inserts, deletes, covered = [], [], [], set()
     recorded, befores = [], []
     for event in event_model.pgh_events:
@@ -283,10 +286,10 @@ class EventSource:
         # (tracked column, event column) of every recorded, writable field but the key.
         self.columns = [
             (f.column, events.get_field(f.name).column)
-            for f in meta.concrete_fields
+            for f in meta.local_concrete_fields
             if f.attname in recorded and not f.primary_key and not getattr(f, "generated", False)
         ]
-        self.not_null = {f.column for f in meta.concrete_fields if not f.null and not f.primary_key}
+        self.not_null = {f.column for f in meta.local_concrete_fields if not f.null and not f.primary_key}
         self.names = {
             "events": quote_name(events.db_table),
             "tracked": quote_name(meta.db_table),
