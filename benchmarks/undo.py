@@ -166,9 +166,12 @@ def the_request(scale: int, round_: int):
     return ctx.id
 
 
+# Every row of a table, hashed: equal before the request and after its undo.
+_FINGERPRINT_SQL = "SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t.id), '')) FROM {table} AS t"
+
+
 def fingerprint() -> dict[str, str]:
-    return {t: execute(f'SELECT md5(coalesce(string_agg(t::text, \',\' ORDER BY t.id), \'\')) FROM "{t}" AS t')[0][0]
-            for t in TABLES}  # fmt: skip
+    return {t: execute(_FINGERPRINT_SQL.format(table=f'"{t}"'))[0][0] for t in TABLES}
 
 
 class Counter:
@@ -246,8 +249,8 @@ def report(result: dict) -> str:
         f"Measured {result['when']} with `{COMMAND}` on the demo shop's models (`demo.settings`).",
         "The machine was shared with other runs (numbers are noisy).",
         "",
-        f"Machine: {m['cores']} cores; PostgreSQL {m['postgres']}; Python {m['python']}, Django {m['django']};"
-        f" sources {m['sources']}.",
+        f"Machine: {m['cores']} cores; PostgreSQL {m['postgres']}; Python {m['python']},"
+        f" Django {m['django']}; sources {m['sources']}.",
         "",
         f"Set-up: 3,000 customers with one order of two lines each, 100 products, and 100,000 product"
         f" events from 1,000 updates of every product (history the undo looks through and leaves alone),"
@@ -263,8 +266,9 @@ def report(result: dict) -> str:
     ]
     for row, name in ((full, "full"), (small, "a tenth")):
         lines.append(
-            f"| {name} | {row['changes']:,} | {row['objects']:,} | {row['dry_run_s']:.2f} | {row['undo_s']:.2f}"
-            f" | {', '.join(map(str, row['dry_run_queries']))} | {', '.join(map(str, row['undo_queries']))} |"
+            f"| {name} | {row['changes']:,} | {row['objects']:,} | {row['dry_run_s']:.2f}"
+            f" | {row['undo_s']:.2f} | {', '.join(map(str, row['dry_run_queries']))}"
+            f" | {', '.join(map(str, row['undo_queries']))} |"
         )
     lines += [
         "",
