@@ -295,3 +295,55 @@ def test_progress_is_reported_up_to_the_total():
     assert [done for done, _, _ in calls] == list(range(1, len(calls) + 1))
     assert calls[-1][0] == calls[-1][1]
     assert "planned testapp.product" in [what for _, _, what in calls]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_change_committed_while_the_undo_waits_is_a_conflict_not_overwritten():
+    """The undo locks the rows before planning: a writer holding one commits first and shows as a conflict."""
+    import threading
+    import time
+
+    import psycopg
+
+    lamp = Product.objects.create(name="lamp", price=10, stock=1)
+    with _context() as ctx:
+        Product.objects.filter(pk=lamp.pk).update(price=99)
+    settings = connection.settings_dict
+    dsn = {
+        "dbname": settings["NAME"],
+        "host": settings["HOST"],
+        "port": settings["PORT"],
+        "user": settings["USER"],
+    }
+    writer = psycopg.connect(**dsn)
+    writer.execute("UPDATE testapp_product SET stock = 5 WHERE id = %s", [lamp.pk])  # holds the row lock
+    writer_pid = writer.info.backend_pid
+    outcome = {}
+
+    def run():
+        try:
+            outcome["plan"] = undo(ctx.id)
+        except Exception as exc:
+            outcome["error"] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    # A separate autocommit connection watches: pg_stat_activity is read once per transaction.
+    with psycopg.connect(**dsn, autocommit=True) as watcher:
+        try:
+            deadline = time.monotonic() + 10
+            while not watcher.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE %s = ANY (pg_blocking_pids(pid)))",
+                [writer_pid],
+            ).fetchone()[0]:
+                assert time.monotonic() < deadline, f"the undo never waited for the row lock: {outcome}"
+                time.sleep(0.02)
+            writer.commit()
+        finally:
+            writer.close()
+            thread.join(10)
+    assert "error" in outcome and outcome["error"].plan.conflicts
+    lamp.refresh_from_db()
+    assert (lamp.price, lamp.stock) == (99, 5)

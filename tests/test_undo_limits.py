@@ -209,6 +209,15 @@ def test_a_column_added_since_with_a_default_is_no_obstacle(widgets, sql):
     assert _widgets(sql) == [(1, "bolt", 3, "grey"), (2, "nut", 5, "grey")]
 
 
+def test_a_restore_gives_a_column_added_since_its_default(widgets, sql):
+    """A re-created row gets the default of a column that did not exist when it was deleted."""
+    with audit_stream.context() as ctx:
+        sql("DELETE FROM undo_widget WHERE id = 2")
+    sql("ALTER TABLE undo_widget ADD COLUMN colour text NOT NULL DEFAULT 'grey'")
+    undo(ctx.id)
+    assert _widgets(sql) == [(1, "bolt", 3, "grey"), (2, "nut", 5, "grey")]
+
+
 def test_a_table_dropped_since_is_refused_with_the_reason(widgets, sql):
     """The table is gone: refused, saying so."""
     with audit_stream.context() as ctx:

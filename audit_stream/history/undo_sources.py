@@ -603,7 +603,7 @@ class RowLogSource:
                     changes,
                     _later(self.label, obj, rowlog.ROW_LOG_TABLE, later),
                     source=self,
-                    data=obj if action == DELETE else before_text,
+                    data=obj if action == DELETE else (before_text, frozenset(before)),
                 )
             )
         return steps, refusals
@@ -637,20 +637,29 @@ class RowLogSource:
         if action == DELETE:
             cursor.execute(self._sql(_ROWS_DELETE_SQL), [[s.data for s in steps]])
             return
-        rows = "[" + ",".join(s.data for s in steps) + "]"
-        if action == RESTORE:
-            sql = self._sql(_ROWS_RESTORE_SQL, columns=", ".join(quote_name(c) for c in self._writable()))
-        else:
-            columns = [c for c in self._writable() if c != self.pk]
-            sql = self._sql(
-                _ROWS_UPDATE_SQL,
-                assignments=", ".join(f"{quote_name(c)} = r.{quote_name(c)}" for c in columns),
-            )
-        cursor.execute(sql, [rows])
+        # One statement per set of recorded columns (one per schema version, not
+        # per row): a column a state does not record keeps its default (restore)
+        # or its value (update).
+        groups: dict[frozenset, list[str]] = {}
+        for step in steps:
+            text, keys = step.data
+            groups.setdefault(keys, []).append(text)
+        for keys, texts in groups.items():
+            columns = self._writable(keys)
+            if action == RESTORE:
+                sql = self._sql(_ROWS_RESTORE_SQL, columns=", ".join(quote_name(c) for c in columns))
+            else:
+                sql = self._sql(
+                    _ROWS_UPDATE_SQL,
+                    assignments=", ".join(
+                        f"{quote_name(c)} = r.{quote_name(c)}" for c in columns if c != self.pk
+                    ),
+                )
+            cursor.execute(sql, ["[" + ",".join(texts) + "]"])
 
     def incoming(self, steps: list[Step]) -> tuple[str, dict, dict[str, str]]:
         sql = _ROWS_INCOMING_SQL.format(**self.sql_names)
-        rows = "[" + ",".join(s.data for s in steps) + "]"
+        rows = "[" + ",".join(s.data[0] for s in steps) + "]"
         return sql, {"rows": rows}, {c.name: c.name for c in self.columns if c.name != self.pk}
 
 

@@ -67,7 +67,10 @@ class Command(BaseCommand):
             console.print("Dry run: nothing was changed." if options["dry_run"] else "Nothing to undo.")
             return
         if not options["no_input"]:
-            answer = input(f"Undo {changing} change(s) of {plan.describe_target()}? [y/N] ")
+            try:
+                answer = input(f"Undo {changing} change(s) of {plan.describe_target()}? [y/N] ")
+            except EOFError:
+                raise CommandError("No answer (no input): pass --no-input to undo without asking.") from None
             if answer.strip().lower() not in ("y", "yes"):
                 raise CommandError("Cancelled; nothing was changed.")
 
