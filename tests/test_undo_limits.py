@@ -10,7 +10,7 @@ from django.core.management import call_command
 
 import audit_stream
 from audit_stream.history.undo import UndoError, undo
-from tests.testapp.models import Customer, Label, Note, Order, Product, Shelf, Supplier
+from tests.testapp.models import Customer, Label, Note, Order, Product, ProductEvent, Shelf, Supplier
 
 pytestmark = pytest.mark.django_db
 
@@ -102,6 +102,35 @@ def test_a_model_whose_history_has_no_object_or_context_is_refused_by_name():
     error = _refused(ctx.id)
     assert "testapp.note: testapp.NoteEvent records no context" in str(error)
     assert Product.objects.exists()
+
+
+def test_an_object_whose_history_begins_with_an_update_is_refused(logged, sql):
+    """An order written before tracking began (no insert event): its state before the change is unknown."""
+    customer = Customer.objects.create(email="ada@example.com", name="Ada")
+    sql("SET session_replication_role = replica")  # no triggers: as if tracking started later
+    sql("INSERT INTO testapp_order (customer_id, status, note) VALUES (%s, 'new', '')", [customer.pk])
+    sql("SET session_replication_role = origin")
+    order = Order.objects.get()
+    with audit_stream.context() as ctx:
+        Order.objects.filter(pk=order.pk).update(status="paid")
+    error = _refused(ctx.id)
+    assert f"testapp.order {order.pk}: no state is recorded before the change to undo" in str(error)
+    assert Order.objects.get().status == "paid"
+
+
+def test_a_field_without_a_recorded_value_is_refused(sql):
+    """A NOT NULL field whose recorded value is missing (added to the model since) cannot be put back."""
+    lamp = Product.objects.create(name="lamp", price=1)
+    event = ProductEvent.objects.filter(pgh_obj_id=lamp.pk).latest("pgh_id")
+    sql(
+        "INSERT INTO testapp_productevent (pgh_created_at, pgh_label, pgh_xid, pgh_obj_id, id, name, price,"
+        " stock, updated_at) VALUES (now(), 'snapshot', %s, %s, %s, 'lamp', 1, NULL, now())",
+        [event.pgh_xid, lamp.pk, lamp.pk],
+    )
+    with audit_stream.context() as ctx:
+        Product.objects.filter(pk=lamp.pk).update(price=2)
+    error = _refused(ctx.id)
+    assert f"testapp.product {lamp.pk}: no value is recorded for stock" in str(error)
 
 
 # --- unique constraints --------------------------------------------------------------------------

@@ -146,6 +146,7 @@ class Coverage:
 
     trail: list[str]  # labels of unconditional NEW inserts/updates and OLD deletes
     inserts: list[str]  # labels among them that record inserts
+    insert_only: list[str]  # labels among them that record inserts and nothing else (unambiguous)
     deletes: list[str]  # labels among them that record deletes
     missing_fields: list[str]  # tracked fields it does not record
     problem: str | None  # why it cannot say what an object was before a change, if so
@@ -171,7 +172,7 @@ def coverage(event_model: type[models.Model]) -> Coverage:
     missing = [
         f.name for f in tracked._meta.concrete_model._meta.local_concrete_fields if f.attname not in recorded
     ]
-    trail, inserts, deletes, covered = [], [], [], set()
+    trail, inserts, insert_only, deletes, covered = [], [], [], [], set()
     recorded, befores = [], []
     for event in event_model.pgh_events:
         if not isinstance(event, _events.DatabaseEvent):
@@ -188,6 +189,8 @@ def coverage(event_model: type[models.Model]) -> Coverage:
             covered |= ops & {"INSERT", "UPDATE"}
             if "INSERT" in ops:
                 inserts.append(event.label)
+                if "UPDATE" not in ops:
+                    insert_only.append(event.label)
         elif event.snapshot == "OLD" and "DELETE" in ops:
             trail.append(event.label)
             deletes.append(event.label)
@@ -203,7 +206,9 @@ def coverage(event_model: type[models.Model]) -> Coverage:
                 f" {', '.join(repr(label) for label in recorded) or 'none'}), so the state before a"
                 " change is unknown"
             )
-    return Coverage(trail, inserts, deletes, missing, problem, event_model._pgh_has_obj, recorded, befores)
+    return Coverage(
+        trail, inserts, insert_only, deletes, missing, problem, event_model._pgh_has_obj, recorded, befores
+    )
 
 
 # The objects the target changed, each with its state just before the target's
@@ -212,13 +217,18 @@ def coverage(event_model: type[models.Model]) -> Coverage:
 # (pgh_obj, pgh_id) per object, all in one statement.
 _EVENTS_PLAN_SQL = """
 WITH undone AS (
-    SELECT e.pgh_obj_id AS obj, min(e.pgh_id) AS first
+    -- inserted: an insert-only event (AfterInsert) comes before any delete.
+    SELECT e.pgh_obj_id AS obj, min(e.pgh_id) AS first,
+           coalesce(min(e.pgh_id) FILTER (WHERE e.pgh_label = ANY (%(insert_only)s))
+                    < coalesce(min(e.pgh_id) FILTER (WHERE e.pgh_label = ANY (%(deletes)s)),
+                               'infinity'::float8),
+                    false) AS inserted
     FROM {events} AS e
     WHERE {target_e} AND e.pgh_label = ANY (%(trail)s)
     GROUP BY e.pgh_obj_id
 )
-SELECT u.obj::text, u.first, f.pgh_label, to_jsonb(f)::text, p.pgh_id, p.pgh_label, to_jsonb(p)::text,
-       to_jsonb(t)::text, l.later::text
+SELECT u.obj::text, u.first, u.inserted, f.pgh_label, to_jsonb(f)::text,
+       p.pgh_id, p.pgh_label, to_jsonb(p)::text, to_jsonb(t)::text, l.later::text
 FROM undone AS u
 JOIN {events} AS f ON f.pgh_id = u.first
 LEFT JOIN LATERAL (
@@ -322,12 +332,19 @@ class EventSource:
         """Each object's step, and the objects that cannot be put back."""
         cov = self.coverage
         trail = cov.recorded if self.fallback else cov.trail
-        cursor.execute(self._sql(_EVENTS_PLAN_SQL, target), {"target": target.param, "trail": trail})
+        params = {
+            "target": target.param,
+            "trail": trail,
+            "insert_only": cov.insert_only,
+            "deletes": cov.deletes,
+        }
+        cursor.execute(self._sql(_EVENTS_PLAN_SQL, target), params)
         steps, refusals = [], []
         columns = [c for c, _ in self.columns]
         for (
             obj,
             first,
+            inserted,
             first_label,
             first_row,
             prev_id,
@@ -352,7 +369,9 @@ class EventSource:
                 existed, before_id, before = prev_label not in cov.deletes, prev_id, _loads(prev_row)
             elif first_label in cov.deletes:  # a delete records the row as it was
                 existed, before_id, before = True, first, _loads(first_row)
-            elif first_label in cov.inserts:  # history begins with the target: it created the object
+            elif inserted or (first_label in cov.inserts and not cov.insert_only):
+                # History begins with the target: it created the object (an insert-only
+                # event says so; a Snapshot's insert-or-update is taken as an insert).
                 existed, before_id, before = False, None, None
             else:
                 refusals.append(Refusal(self.label, obj, "no state is recorded before the change to undo"))
