@@ -119,9 +119,10 @@ def test_an_object_whose_history_begins_with_an_update_is_refused(logged, sql):
 
 
 def test_a_field_without_a_recorded_value_is_refused(sql):
-    """A NOT NULL field whose recorded value is missing (added to the model since) cannot be put back."""
+    """A field NOT NULL now but recorded as NULL (nullable then) cannot be put back."""
     lamp = Product.objects.create(name="lamp", price=1)
     event = ProductEvent.objects.filter(pgh_obj_id=lamp.pk).latest("pgh_id")
+    sql("ALTER TABLE testapp_productevent ALTER COLUMN stock DROP NOT NULL")  # as when it was nullable
     sql(
         "INSERT INTO testapp_productevent (pgh_created_at, pgh_label, pgh_xid, pgh_obj_id, id, name, price,"
         " stock, updated_at) VALUES (now(), 'snapshot', %s, %s, %s, 'lamp', 1, NULL, now())",

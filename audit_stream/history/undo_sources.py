@@ -397,7 +397,7 @@ class EventSource:
                         self.label,
                         obj,
                         f"no value is recorded for {', '.join(sorted(unknown))}"
-                        " (added to the model since?); it cannot be put back",
+                        " (it is NOT NULL now): it cannot be put back",
                     )
                 )
                 continue
