@@ -347,3 +347,38 @@ def test_a_change_committed_while_the_undo_waits_is_a_conflict_not_overwritten()
     assert "error" in outcome and outcome["error"].plan.conflicts
     lamp.refresh_from_db()
     assert (lamp.price, lamp.stock) == (99, 5)
+
+
+def test_a_later_change_to_a_logged_row_is_a_conflict(logged):
+    """Row log: a row changed after the context by another one is refused, naming the entry."""
+    acme = Supplier.objects.create(name="Acme", rating=1)
+    with _context() as ctx:
+        Supplier.objects.filter(pk=acme.pk).update(rating=2)
+    Supplier.objects.filter(pk=acme.pk).update(active=False)
+    later = RowLog.objects.filter(pgh_obj_id=str(acme.pk)).latest("pgh_id")
+    with pytest.raises(
+        UndoError,
+        match=f"testapp.supplier {acme.pk}: changed after it by audit_stream_row_log:{later.pgh_id}",
+    ):
+        undo(ctx.id)
+    undo(ctx.id, force=True)
+    acme.refresh_from_db()
+    assert (acme.rating, acme.active) == (1, True)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_undo_reaches_the_change_feed_under_its_own_context():
+    """Folded, the undo's changes are Change rows of the undo's context."""
+    from audit_stream.models import Change
+    from audit_stream.stream.fold import fold_all
+
+    with _context() as ctx:
+        lamp = Product.objects.create(name="lamp", price=10)
+    plan = undo(ctx.id)
+    fold_all()
+    change = Change.objects.get(context_id=plan.context_id)
+    assert (change.model, change.object_id, change.label) == (
+        "testapp.product",
+        str(lamp.pk),
+        "before_delete",
+    )
