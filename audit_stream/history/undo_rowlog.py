@@ -21,10 +21,10 @@ from audit_stream.history.undo_sources import (
     Refusal,
     Step,
     Target,
-    _action,
-    _diff,
-    _later,
-    _loads,
+    action_for,
+    diff_values,
+    later_changes,
+    loads_exact,
 )
 from audit_stream.triggers import quote_name
 
@@ -185,29 +185,29 @@ class RowLogSource:
         current = {c.name: c for c in self.columns}
         steps, refusals = [], []
         for obj, first_label, deleted_since, live_text, before_text, later in cursor.fetchall():
-            live, before = _loads(live_text), _loads(before_text)
+            live, before = loads_exact(live_text), loads_exact(before_text)
             existed = first_label != "insert"
             if existed and live is None and not deleted_since:
                 refusals.append(Refusal(self.label, obj, "the row is gone but no delete of it is logged"))
                 continue
-            changes = _diff(current, live, before) if existed else []
-            action = _action(existed, live, changes)
+            changes = diff_values(current, live, before) if existed else []
+            action = action_for(existed, live, changes)
             if action in (RESTORE, UPDATE):
                 problem = self._schema_problem(before, action)
                 if problem:
                     refusals.append(Refusal(self.label, obj, problem))
                     continue
             if action == RESTORE:
-                changes = _diff(current, None, before)
+                changes = diff_values(current, None, before)
             elif action == DELETE:
-                changes = _diff(current, live, None)
+                changes = diff_values(current, live, None)
             steps.append(
                 Step(
                     self.label,
                     obj,
                     action,
                     changes,
-                    _later(self.label, obj, rowlog.ROW_LOG_TABLE, later),
+                    later_changes(self.label, obj, rowlog.ROW_LOG_TABLE, later),
                     source=self,
                     data=obj if action == DELETE else (before_text, frozenset(before)),
                 )

@@ -111,23 +111,27 @@ class Step:
         return f"{self.action} {self.model} {self.object_id}"
 
 
-def _loads(text: str | None) -> Any:
+def loads_exact(text: str | None) -> Any:
+    """JSON text as PostgreSQL wrote it, numbers with a fraction as Decimal."""
     return None if text is None else json.loads(text, cls=ExactDecoder)
 
 
-def _later(model: str, object_id: str, table: str, text: str) -> list[Conflict]:
+def later_changes(model: str, object_id: str, table: str, text: str) -> list[Conflict]:
+    """The conflicts of one object, from the plan query's JSON array of later events."""
     return [
         Conflict(model, object_id, f"{table}:{pgh_id}", label, context_id, created_at)
-        for pgh_id, label, context_id, created_at in _loads(text) or []
+        for pgh_id, label, context_id, created_at in loads_exact(text) or []
     ]
 
 
-def _diff(columns: Iterable[str], now: dict | None, then: dict | None) -> list[tuple[str, Any, Any]]:
+def diff_values(columns: Iterable[str], now: dict | None, then: dict | None) -> list[tuple[str, Any, Any]]:
+    """``(column, now, then)`` for each column whose values differ (a missing state is empty)."""
     now, then = now or {}, then or {}
     return [(c, now.get(c), then.get(c)) for c in columns if now.get(c) != then.get(c)]
 
 
-def _action(existed: bool, live: dict | None, changes: list) -> str:
+def action_for(existed: bool, live: dict | None, changes: list) -> str:
+    """What to do to an object that existed (or not) before the target and exists now (or not)."""
     if existed and live is not None:
         return UPDATE if changes else NOTHING
     if existed:
@@ -351,7 +355,7 @@ class EventSource:
             live,
             later,
         ) in cursor.fetchall():
-            live = _loads(live)
+            live = loads_exact(live)
             if self.fallback:
                 if first_label not in cov.befores:
                     refusals.append(
@@ -362,11 +366,11 @@ class EventSource:
                         )
                     )
                     continue
-                existed, before_id, before = True, first, _loads(first_row)
+                existed, before_id, before = True, first, loads_exact(first_row)
             elif prev_id is not None:  # the last recorded state before the target's first change
-                existed, before_id, before = prev_label not in cov.deletes, prev_id, _loads(prev_row)
+                existed, before_id, before = prev_label not in cov.deletes, prev_id, loads_exact(prev_row)
             elif first_label in cov.deletes:  # a delete records the row as it was
-                existed, before_id, before = True, first, _loads(first_row)
+                existed, before_id, before = True, first, loads_exact(first_row)
             elif inserted or (first_label in cov.inserts and not cov.insert_only):
                 # History begins with the target: it created the object (an insert-only
                 # event says so; a Snapshot's insert-or-update is taken as an insert).
@@ -375,8 +379,8 @@ class EventSource:
                 refusals.append(Refusal(self.label, obj, "no state is recorded before the change to undo"))
                 continue
             then = {c: before[e] for c, e in self.columns} if existed else None
-            changes = _diff(columns, live, then)
-            action = _action(existed, live, changes)
+            changes = diff_values(columns, live, then)
+            action = action_for(existed, live, changes)
             if action == RESTORE and cov.missing_fields:
                 refusals.append(
                     Refusal(
@@ -400,14 +404,14 @@ class EventSource:
                 )
                 continue
             if action == DELETE:
-                changes = _diff(columns, live, None)
+                changes = diff_values(columns, live, None)
             steps.append(
                 Step(
                     self.label,
                     obj,
                     action,
                     changes,
-                    _later(self.label, obj, self.event_model._meta.db_table, later),
+                    later_changes(self.label, obj, self.event_model._meta.db_table, later),
                     source=self,
                     data=first if action == DELETE else before_id,
                 )
