@@ -24,6 +24,7 @@ from audit_stream.events import (
     Snapshot,
 )
 from audit_stream.history import as_of
+from audit_stream.history.undo import UndoError, undo, undo_transaction
 from audit_stream.tracking import create_event, get_event_model, track
 
 __version__ = "0.1.0"
@@ -37,9 +38,12 @@ __all__ = [
     "DatabaseEvent",
     "Event",
     "Snapshot",
+    "UndoError",
     "as_of",
     "context",
     "create_event",
     "get_event_model",
     "track",
+    "undo",
+    "undo_transaction",
 ]

@@ -24,9 +24,11 @@ from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from audit_stream import revert as _revert
 from audit_stream import rowlog, tracking
+from audit_stream.admin_undo import UndoContextMixin
 from audit_stream.exact import dumps as exact_dumps
 from audit_stream.history import as_of
 from audit_stream.history.related import m2m_event_model
@@ -71,19 +73,25 @@ def _exact_json(field_name: str):
 
 
 @admin.register(Context)
-class ContextAdmin(ReadOnlyAdmin):
-    list_display = ["id", "created_at", "updated_at", "metadata_json"]
+class ContextAdmin(UndoContextMixin, ReadOnlyAdmin):
+    list_display = ["id", "created_at", "updated_at", "metadata_json", "undo_link"]
     exclude = ["metadata"]
     readonly_fields = ["metadata_json"]
     metadata_json = _exact_json("metadata")
     search_fields = ["id"]
     date_hierarchy = "created_at"
     ordering = ["-created_at", "-id"]  # newest first (ids are random UUIDs)
+    change_form_template = "audit_stream/admin/context_change_form.html"
+
+    @admin.display(description="undo")
+    def undo_link(self, obj):
+        url = reverse("admin:audit_stream_context_undo", args=[obj.pk])
+        return format_html('<a href="{}">Undo this request</a>', url)
 
 
 @admin.register(Change)
 class ChangeAdmin(ReadOnlyAdmin):
-    list_display = ["id", "created_at", "model", "object_id", "label", "diff_json"]
+    list_display = ["id", "created_at", "model", "object_id", "label", "diff_json", "context_link"]
     exclude = ["diff", "snapshot"]
     readonly_fields = ["diff_json", "snapshot_json"]
     diff_json = _exact_json("diff")
@@ -91,6 +99,18 @@ class ChangeAdmin(ReadOnlyAdmin):
     list_filter = ["model", "label"]
     search_fields = ["object_id"]
     show_full_result_count = False
+
+    @admin.display(description="context")
+    def context_link(self, obj):
+        return _context_link(obj.context_id)
+
+
+def _context_link(context_id):
+    """A link to a context's admin page (where it can be undone), or a dash."""
+    if context_id is None:
+        return "—"
+    url = reverse("admin:audit_stream_context_change", args=[context_id])
+    return format_html('<a href="{}">{}</a>', url, str(context_id)[:8])
 
 
 @admin.register(RowLog)
@@ -605,6 +625,9 @@ def _entries(model, rows, obj, may_change, opts, object_id):
         entries.append(
             {
                 "row": row,
+                "context_url": reverse("admin:audit_stream_context_change", args=[row.pgh_context_id])
+                if row.pgh_context_id
+                else None,
                 "user": users.get(user, user),
                 "metadata": metadata,
                 "diff": diff,

@@ -25,6 +25,7 @@ import inspect
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ from django.db import transaction
 
 from audit_stream import config, triggers
 
-__all__ = ["context"]
+__all__ = ["context", "new_context"]
 
 
 @dataclass
@@ -169,6 +170,23 @@ class context(contextlib.ContextDecorator):
 
             return inner
         return super().__call__(func)
+
+
+@contextlib.contextmanager
+def new_context(**metadata: Any) -> Iterator[_State]:
+    """A context of its own for the block, even inside another one (undo uses it).
+
+    It starts with the metadata of the active context, if any (who asked, from
+    where), plus ``metadata``; the active context is back after the block. Unlike
+    :class:`context`, entering it inside another context never merges into it.
+    """
+    outer = _active.get()
+    token = _active.set(None)
+    try:
+        with context(**{**(outer.metadata if outer is not None else {}), **metadata}) as state:
+            yield state
+    finally:
+        _active.reset(token)
 
 
 # Statements that can fire a trigger. Everything else (SELECT, SET, BEGIN,

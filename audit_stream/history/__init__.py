@@ -1,7 +1,8 @@
-"""History read and written back: an object as of a moment, backfill of rows older than tracking.
+"""History read and written back: an object as of a moment, backfill of rows older than tracking, undo.
 
 Public: :func:`as_of` (re-exported as ``audit_stream.as_of``) and
-:class:`ReadOnlyHistoryError`. Revert and restore live in
+:class:`ReadOnlyHistoryError`. Undo of a request or transaction is
+:mod:`audit_stream.history.undo`; revert and restore of one object live in
 :mod:`audit_stream.revert`.
 """
 

@@ -260,3 +260,12 @@ class Gadget(models.Model):
 
     class Meta:
         db_table = "Gadget Stock"
+
+
+@audit_stream.track(audit_stream.Snapshot(), audit_stream.BeforeDelete(), exclude=["secret"])
+class Locker(models.Model):
+    """Tracked without one of its fields (exclude=): undo puts it back only when asked (partial=True)."""
+
+    code = models.CharField(max_length=20, unique=True)
+    place = models.CharField(max_length=100, default="")
+    secret = models.CharField(max_length=100, default="")
