@@ -44,6 +44,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
 from audit_stream import config, triggers
+from audit_stream.stream import unfolded
 
 __all__ = [
     "Policy",
@@ -199,8 +200,9 @@ class PruneReport:
 #
 # The candidates are chosen by a plain SELECT (no locks) into a temporary table
 # of primary keys; the deletes then take them in primary-key order, in short
-# transactions. Event rows must also be folded: their transaction is visible
-# in the table's checkpoint snapshot (see audit_stream.stream.fold).
+# transactions. Event rows must also be folded: not unfolded in the sense of
+# audit_stream.stream.unfolded (their transaction is visible in the table's
+# checkpoint snapshot).
 
 _EVENT_CANDIDATES = """
 INSERT INTO _audit_stream_doomed (id)
@@ -208,12 +210,11 @@ SELECT pgh_id FROM (
     SELECT e.pgh_id, e.pgh_created_at, e.pgh_xid,
            row_number() OVER (PARTITION BY {object} ORDER BY e.pgh_id DESC) AS newest
     FROM {table} AS e
-) AS ranked
+) AS e
 WHERE (%(cutoff)s::timestamptz IS NULL OR pgh_created_at < %(cutoff)s)
   AND (%(keep_last)s::int IS NULL OR newest > %(keep_last)s)
-  AND (%(force)s OR (%(done)s::pg_snapshot IS NOT NULL
-                     AND pg_visible_in_snapshot(pgh_xid::text::xid8, %(done)s::pg_snapshot)))
-"""
+  AND (%(force)s OR (%(done)s::pg_snapshot IS NOT NULL AND NOT {unfolded}))
+""".replace("{unfolded}", unfolded.UNFOLDED)
 
 _CHANGE_CANDIDATES = """
 INSERT INTO _audit_stream_doomed (id)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from audit_stream import config, rowlog, tracking
-from audit_stream.stream import wakeup
+from audit_stream.stream import unfolded, wakeup
 from audit_stream.webhooks import messages
 
 __all__ = ["FoldResult", "fold", "fold_all"]
@@ -40,17 +40,29 @@ __all__ = ["FoldResult", "fold", "fold_all"]
 # Columns of an event row that are not the tracked object's state.
 _PGH_COLUMNS = ["pgh_id", "pgh_created_at", "pgh_label", "pgh_xid", "pgh_obj_id", "pgh_context_id"]
 
-# The events of one batch: committed in `target`, not yet in `done`, after
-# `position` (the last pgh_id of the previous batch of the same interval).
-#
-# The pgh_xid range lets the BRIN index skip old pages: a transaction older
-# than done's xmin was visible in `done`; one at or after target's xmax is not
-# visible in `target`.
-_IN_INTERVAL = """WHERE e.pgh_xid >= pg_snapshot_xmin(%(done)s::pg_snapshot)::text::bigint
-      AND e.pgh_xid < pg_snapshot_xmax(%(target)s::pg_snapshot)::text::bigint
-      AND pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(target)s::pg_snapshot)
-      AND NOT pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(done)s::pg_snapshot)
+# The events of one batch: the interval's (audit_stream.stream.unfolded), after
+# `position`: the last pgh_id of the previous batch of the interval, or, for
+# its first batch, just below the interval's lowest pgh_id (_FIRST_ID_SQL).
+# The primary key walks from there; nothing older is read, whatever vacuum
+# has or has not done.
+_IN_BATCH = f"""WHERE {unfolded.IN_INTERVAL}
       AND e.pgh_id > %(position)s"""
+
+# The lowest pgh_id of an interval, found through the pgh_xid index: one
+# range for the transactions that started after `done`, one list for those
+# in progress then. `+ 0` keeps the planner from answering min() by walking
+# the primary key from the table's first row and testing each.
+_FIRST_ID_SQL = f"""
+SELECT least(
+    (SELECT min(e.pgh_id + 0) FROM {{table}} AS e
+     WHERE {unfolded.NEW}
+       AND e.pgh_xid < pg_snapshot_xmax(%(target)s::pg_snapshot)::text::bigint
+       AND pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(target)s::pg_snapshot)),
+    (SELECT min(e.pgh_id + 0) FROM {{table}} AS e
+     WHERE {unfolded.IN_PROGRESS}
+       AND pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(target)s::pg_snapshot))
+)
+"""
 
 # A batch of an event table. For each event, `before` is the object's previous
 # state: the previous event of the object in this batch, else the last change
@@ -139,7 +151,7 @@ SELECT 'audit_stream_row_log', w.pgh_id, w.model, w.object_id, w.pgh_label, w.pg
 FROM with_state AS w
 ORDER BY w.pgh_id
 RETURNING id, event_id, (extract(epoch FROM clock_timestamp() - created_at) * 1000)::bigint
-""".replace("{in_interval}", _IN_INTERVAL)
+""".replace("{in_interval}", _IN_BATCH)
 
 
 @dataclass
@@ -299,6 +311,14 @@ def _fold_batch(
         if target is None:
             cursor.execute("SELECT pg_current_snapshot()::text")
             target = cursor.fetchone()[0]
+            position = _first_id(cursor, connection.ops.quote_name(table), done, target)
+            if position is None:  # nothing in the interval: `target` becomes `done`
+                cursor.execute(
+                    "UPDATE audit_stream_checkpoint SET snapshot = %s, updated_at = now()"
+                    " WHERE event_table = %s",
+                    [target, table],
+                )
+                return 0, True, False, set(), None
 
         interval = {"done": done, "target": target, "position": position, "limit": batch_size}
         if table == rowlog.ROW_LOG_TABLE:
@@ -309,7 +329,7 @@ def _fold_batch(
         else:
             cursor.execute(
                 _FOLD_SQL.format(
-                    in_interval=_IN_INTERVAL,
+                    in_interval=_IN_BATCH,
                     table=connection.ops.quote_name(table),
                     # Event models may be declared without obj_fk or context_fk.
                     object_id="e.pgh_obj_id::text" if model._pgh_has_obj else "NULL::text",
@@ -343,3 +363,10 @@ def _fold_batch(
                 [target, max(ids), len(ids), table],
             )
         return len(ids), caught_up, False, endpoints, lag_ms
+
+
+def _first_id(cursor, quoted_table: str, done: str, target: str) -> int | None:
+    """Just below the lowest pgh_id of the interval from ``done`` to ``target`` (None: it is empty)."""
+    cursor.execute(_FIRST_ID_SQL.format(table=quoted_table), {"done": done, "target": target})
+    first = cursor.fetchone()[0]
+    return None if first is None else first - 1
