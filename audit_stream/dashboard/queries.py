@@ -32,6 +32,7 @@ from audit_stream import config, rowlog, tracking
 from audit_stream.dashboard import formats
 from audit_stream.models import Change, Context, LoggedTable, RetentionRun
 from audit_stream.stream import unfolded
+from audit_stream.webhooks import tally
 from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 
 __all__ = [
@@ -565,18 +566,10 @@ def _age(when: datetime | None) -> str:
     return formats.duration((timezone.now() - when).total_seconds()) if when else "—"
 
 
-# Attempts of the last 24 hours per endpoint: how many, how many succeeded,
-# and the latest failure's error.
-_ATTEMPTS_24H_SQL = """
-SELECT m.endpoint_id, count(*), count(*) FILTER (WHERE a.succeeded),
-       (array_agg(a.error ORDER BY a.attempted_at DESC) FILTER (WHERE NOT a.succeeded))[1],
-       max(a.attempted_at) FILTER (WHERE NOT a.succeeded)
-FROM audit_stream_webhookattempt AS a
-JOIN audit_stream_webhookmessage AS m ON m.id = a.message_id
-WHERE a.attempted_at >= now() - interval '24 hours'
-  AND (%(endpoint)s::bigint IS NULL OR m.endpoint_id = %(endpoint)s::bigint)
-GROUP BY m.endpoint_id
-"""
+# Attempts of the last 24 hours per endpoint come from the counts kept per
+# hour as attempts are recorded (audit_stream.webhooks.tally): 24 rows per
+# endpoint, never the attempts themselves.
+_ATTEMPTS_24H_SQL = tally.LAST_24_HOURS_SQL
 
 # Each endpoint's queue: messages per status, each count capped, and the
 # oldest pending one. Every subquery is a range of the (endpoint, status,

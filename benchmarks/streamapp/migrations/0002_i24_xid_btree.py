@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('audit_stream', '0016_row_log_xid_btree'),
+        ('audit_stream', '0016_i24_scale'),
         ('streamapp', '0001_initial'),
     ]
 
