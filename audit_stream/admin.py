@@ -379,9 +379,27 @@ def _revertible_event_models(model):
 
 
 def _deleted_events(event_model, model, limit=500):
-    """The last event of each object that no longer exists (its last recorded state)."""
+    """The last event of each object that no longer exists (its last recorded state).
+
+    With delete events declared, the newest delete events are walked back
+    along the primary key until ``limit`` are found whose object is gone and
+    has no later event: the cost follows the page (and how rare deletes
+    are), not the table. Without, every object's last event is read.
+    """
     events, tracked, pk = (quote_name(event_model._meta.db_table), quote_name(model._meta.db_table),
                            quote_name(model._meta.pk.column))  # fmt: skip
+    labels = _delete_labels(event_model)
+    if labels:
+        sql = f"""
+            SELECT e.* FROM {events} AS e
+            WHERE e.pgh_label = ANY(%s)
+              AND NOT EXISTS (SELECT 1 FROM {tracked} AS t WHERE t.{pk} = e.pgh_obj_id)
+              AND NOT EXISTS (SELECT 1 FROM {events} AS later
+                              WHERE later.pgh_obj_id = e.pgh_obj_id AND later.pgh_id > e.pgh_id)
+            ORDER BY e.pgh_id DESC
+            LIMIT %s
+        """
+        return list(event_model.objects.raw(sql, [labels, limit]))
     sql = f"""
         SELECT DISTINCT ON (e.pgh_obj_id) e.*
         FROM {events} AS e
@@ -390,6 +408,14 @@ def _deleted_events(event_model, model, limit=500):
         LIMIT %s
     """
     return list(event_model.objects.raw(sql, [limit]))
+
+
+def _delete_labels(event_model) -> list[str]:
+    from audit_stream.events import DatabaseEvent
+
+    return [
+        e.label for e in event_model.pgh_events if isinstance(e, DatabaseEvent) and e.operations == ["DELETE"]
+    ]
 
 
 def _tracked(model) -> bool:

@@ -94,3 +94,30 @@ def test_change_search_finds_an_object_by_its_exact_id(admin_client):
     _change(1, "testapp.product", str(product.pk))
     response = admin_client.get(CHANGES, {"q": str(product.pk)})
     assert [c.object_id for c in response.context["cl"].result_list] == [str(product.pk)]
+
+
+def _table_reads(table: str) -> tuple[int, int]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT coalesce(seq_tup_read, 0), coalesce(idx_tup_fetch, 0)"
+            " FROM pg_stat_xact_user_tables WHERE relname = %s",
+            [table],
+        )
+        return cursor.fetchone()
+
+
+def test_deleted_objects_are_found_newest_first_without_reading_the_history():
+    """The deleted-objects page walks back from the newest delete, not over every event."""
+    from audit_stream.admin import _deleted_events
+    from tests.testapp.models import ProductEvent
+
+    with connection.cursor() as cursor:  # 20,000 products, one statement (one event each)
+        cursor.execute("INSERT INTO testapp_product (name, price, stock, updated_at)"
+                       " SELECT 'p' || g, 1, 0, now() FROM generate_series(1, 20000) AS g")  # fmt: skip
+    for name in ("p10", "p20", "p30"):
+        Product.objects.get(name=name).delete()
+    before = _table_reads("testapp_productevent")  # one transaction (the test's): counters not flushed
+    found = _deleted_events(ProductEvent, Product, limit=2)
+    seq_read, fetched = (after - b for after, b in zip(_table_reads("testapp_productevent"), before))
+    assert [event.name for event in found] == ["p30", "p20"]
+    assert seq_read == 0 and fetched < 20
