@@ -136,8 +136,12 @@ def deliver(endpoint_id: int, *, max_messages: int = 1000, max_seconds: float = 
     """Deliver the due messages of one endpoint, until none is due or the budget is spent.
 
     Claims up to ``_CLAIM`` messages at a time, sends them ``_PARALLEL`` at a
-    time over one pooled client (one at a time, paced, if the endpoint has a
-    rate limit), then records every outcome in one transaction.
+    time over one pooled client of keep-alive connections (one at a time,
+    paced, if the endpoint has a rate limit), then records every outcome in
+    one transaction. Batches are pipelined: while one batch is being sent,
+    the next is claimed and the previous one recorded, so the database's
+    round trips and commits overlap the HTTP requests. (After an answer that
+    disables the endpoint, the batch already claimed is still sent.)
     """
     result = DeliveryResult(endpoint_id)
     deadline = time.monotonic() + max_seconds
@@ -147,33 +151,46 @@ def deliver(endpoint_id: int, *, max_messages: int = 1000, max_seconds: float = 
     with (
         httpx.Client(timeout=timeout, limits=limits, follow_redirects=False, trust_env=False) as client,
         ThreadPoolExecutor(_PARALLEL, thread_name_prefix="audit_stream-deliver") as pool,
+        ThreadPoolExecutor(1, thread_name_prefix="audit_stream-batch") as sender,
     ):
+        in_flight = None  # (endpoint, batch, future outcomes) of the batch being sent
         while True:
             endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id, is_active=True).first()
-            if endpoint is None:
+            batch: list[WebhookMessage] = []
+            sent = result.delivered + result.failed + (len(in_flight[1]) if in_flight else 0)
+            if endpoint is not None:
+                if sent >= max_messages or time.monotonic() > deadline:
+                    result.more = _has_due(endpoint_id)
+                else:
+                    batch = _claim(endpoint_id, min(_CLAIM, max_messages - sent), _lease(endpoint))
+            following = None
+            if batch:
+                following = (endpoint, batch, sender.submit(_send_batch, client, pool, endpoint, batch))
+            if in_flight is not None:
+                flown, flown_batch, outcomes = in_flight
+                recorded = _record(flown, flown_batch, outcomes.result(), result)
+                if not recorded.is_active and following is not None:
+                    endpoint = None  # stop after the batch already claimed
+            in_flight = following
+            if in_flight is None:
                 return result
-            sent = result.delivered + result.failed
-            if sent >= max_messages or time.monotonic() > deadline:
-                result.more = _has_due(endpoint_id)
+            if endpoint is None or not endpoint.is_active:
+                flown, flown_batch, outcomes = in_flight
+                _record(flown, flown_batch, outcomes.result(), result)
                 return result
-            batch = _claim(endpoint_id, min(_CLAIM, max_messages - sent), _lease(endpoint))
-            if not batch:
-                return result
-            # The URL is checked (and resolved) once per batch; every request
-            # of the batch goes to the address that passed.
-            try:
-                resolved = safety.resolve(endpoint.url)
-            except safety.UnsafeURL as exc:
-                resolved = exc
-            if endpoint.rate_limit:
-                outcomes = _send_paced(client, endpoint, batch, resolved)
-            else:
-                outcomes = list(
-                    pool.map(lambda message, ep=endpoint, to=resolved: _send(client, ep, message, to), batch)
-                )
-            endpoint = _record(endpoint, batch, outcomes, result)
-            if not endpoint.is_active:
-                return result
+
+
+def _send_batch(
+    client: httpx.Client, pool: ThreadPoolExecutor, endpoint: WebhookEndpoint, batch: list[WebhookMessage]
+) -> list[Outcome]:
+    """Send one batch: the URL checked (and resolved) once, every request to the address that passed."""
+    try:
+        resolved = safety.resolve(endpoint.url)
+    except safety.UnsafeURL as exc:
+        resolved = exc
+    if endpoint.rate_limit:
+        return _send_paced(client, endpoint, batch, resolved)
+    return list(pool.map(lambda message: _send(client, endpoint, message, resolved), batch))
 
 
 def _send_paced(
