@@ -358,7 +358,17 @@ def _checkpoint(cursor, table: str) -> str | None:
     return row[0] if row else None
 
 
-def _fill(cursor, sql: str, params: dict) -> int:
+def _fill(cursor, sql: str, params: dict, *, count_only: bool = False) -> int:
+    """Choose the candidates of ``sql`` (an ``INSERT INTO <temporary table> (id) SELECT ...``).
+
+    ``count_only`` (dry runs): count them instead, without writing a
+    temporary table and its index: the same rows, exactly, at a fraction of
+    the cost.
+    """
+    if count_only:
+        select = sql.strip().split("\n", 1)[1]  # the SELECT without its INSERT line
+        cursor.execute(f"SELECT count(*) FROM ({select}) AS candidates", params)
+        return cursor.fetchone()[0]
     cursor.execute("TRUNCATE _audit_stream_doomed, _audit_stream_doomed_uuid")
     cursor.execute(sql, params)
     return cursor.rowcount
@@ -395,7 +405,10 @@ def _prune_events(connection, model, policy, cutoff, batch_size, dry_run, force,
             object=_object_key(model),
         )
         total = _fill(
-            cursor, sql, {"cutoff": cutoff, "keep_last": policy.keep_last, "force": force, "done": done}
+            cursor,
+            sql,
+            {"cutoff": cutoff, "keep_last": policy.keep_last, "force": force, "done": done},
+            count_only=dry_run,
         )
     if dry_run:
         return table, total
@@ -419,7 +432,8 @@ def _prune_simple(
     connection, table, candidates, policy, cutoff, batch_size, dry_run, progress
 ) -> tuple[str, int]:
     with connection.cursor() as cursor:
-        total = _fill(cursor, candidates, {"cutoff": cutoff, "keep_last": policy.keep_last})
+        params = {"cutoff": cutoff, "keep_last": policy.keep_last}
+        total = _fill(cursor, candidates, params, count_only=dry_run)
     if dry_run:
         return table, total
     return table, _drain(connection, table, "id", total, batch_size, progress, event_table=False)
@@ -430,7 +444,7 @@ def _prune_messages(connection, cutoff, batch_size, dry_run, progress) -> tuple[
     if cutoff is None:
         return table, 0
     with connection.cursor() as cursor:
-        total = _fill(cursor, _MESSAGE_CANDIDATES, {"cutoff": cutoff})
+        total = _fill(cursor, _MESSAGE_CANDIDATES, {"cutoff": cutoff}, count_only=dry_run)
     if dry_run:
         return table, total
     done = 0
