@@ -118,6 +118,8 @@ def test_deleted_objects_are_found_newest_first_without_reading_the_history():
         Product.objects.get(name=name).delete()
     before = _table_reads("testapp_productevent")  # one transaction (the test's): counters not flushed
     found = _deleted_events(ProductEvent, Product, limit=2)
-    seq_read, fetched = (after - b for after, b in zip(_table_reads("testapp_productevent"), before, strict=True))
+    seq_read, fetched = (
+        after - b for after, b in zip(_table_reads("testapp_productevent"), before, strict=True)
+    )
     assert [event.name for event in found] == ["p30", "p20"]
     assert seq_read == 0 and fetched < 20
