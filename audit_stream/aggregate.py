@@ -12,8 +12,7 @@
 so filters (``pgh_label``, ``pgh_created_at__gte``, ``pgh_context__metadata__user``),
 ordering, slicing, counting and pagination work as on any QuerySet, and one
 object's history is an index scan per event table. ``pgh_diff`` is computed
-with the same SQL function as the Change feed (``_audit_stream_diff``), against
-the previous event of the object in the same event table.
+for the returned rows only, by the outer query (audit_stream.aggregate_diff).
 """
 
 from __future__ import annotations
@@ -24,6 +23,8 @@ from decimal import Decimal
 from django.db import models
 from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
+
+from audit_stream import aggregate_diff
 
 __all__ = ["AggregateEventQuerySet", "ExactDecoder"]
 
@@ -37,27 +38,14 @@ class ExactDecoder(json.JSONDecoder):
 
 _PGH_COLUMNS = ["pgh_id", "pgh_created_at", "pgh_label", "pgh_xid", "pgh_obj_id", "pgh_context_id"]
 
-# One branch per event table. `before` is the object's previous state in that
-# table (lag over pgh_id: the order the changes happened).
+# One branch per event table. pgh_diff is not here: the outer query computes
+# it for the rows it returns (audit_stream.aggregate_diff).
 _BRANCH = """
 SELECT %s::text || ':' || e.pgh_id AS pgh_key, e.pgh_id, e.pgh_created_at, e.pgh_label,
        %s::text AS pgh_table, %s::text AS pgh_model, {object_id} AS pgh_obj_id,
-       {context_id} AS pgh_context_id, e.pgh_data,
-       _audit_stream_diff(
-           lag(e.pgh_data) OVER (PARTITION BY {object_id} ORDER BY e.pgh_id),
-           e.pgh_data,
-           e.pgh_label = ANY(%s::text[])
-       ) AS pgh_diff
+       {context_id} AS pgh_context_id, e.pgh_data
 FROM (SELECT x.*, to_jsonb(x) - %s::text[] AS pgh_data FROM {table} AS x {where}) AS e
 """
-
-
-def _delete_labels(event_model) -> list[str]:
-    from audit_stream.events import DatabaseEvent
-
-    return [
-        e.label for e in event_model.pgh_events if isinstance(e, DatabaseEvent) and e.operations == ["DELETE"]
-    ]
 
 
 class AggregateEventCompiler(SQLCompiler):
@@ -65,6 +53,8 @@ class AggregateEventCompiler(SQLCompiler):
         sql, params = super().as_sql(*args, **kwargs)
         cte, cte_params = self.query.cte_sql(self.connection)
         name = self.connection.ops.quote_name(self.query.model._meta.db_table)
+        event_models = self.query.event_models_used()
+        sql, params = aggregate_diff.replace_diff_column(self, sql, params, name, event_models)
         return f"WITH {name} AS ({cte}) {sql}", (*cte_params, *params)
 
 
@@ -81,10 +71,10 @@ class AggregateEventQuery(Query):
             connection = connections[using]
         return AggregateEventCompiler(self, connection, using, elide_empty)
 
-    def cte_sql(self, connection) -> tuple[str, list]:
+    def event_models_used(self) -> list:
+        """The event models the CTE reads."""
         from audit_stream import tracking
 
-        quote = connection.ops.quote_name
         event_models = list(self.event_models) or (
             tracking.event_models_for(self.target[0])
             if self.target is not None
@@ -92,12 +82,17 @@ class AggregateEventQuery(Query):
         )
         if self.target is not None:
             event_models = [m for m in event_models if m._pgh_has_obj]
+        return event_models
+
+    def cte_sql(self, connection) -> tuple[str, list]:
+        quote = connection.ops.quote_name
+        event_models = self.event_models_used()
         if not event_models:
             return (
                 "SELECT NULL::text AS pgh_key, NULL::bigint AS pgh_id, NULL::timestamptz AS pgh_created_at,"
                 " NULL::text AS pgh_label, NULL::text AS pgh_table, NULL::text AS pgh_model,"
-                " NULL::text AS pgh_obj_id, NULL::uuid AS pgh_context_id, NULL::jsonb AS pgh_data,"
-                " NULL::jsonb AS pgh_diff WHERE FALSE",
+                " NULL::text AS pgh_obj_id, NULL::uuid AS pgh_context_id, NULL::jsonb AS pgh_data"
+                " WHERE FALSE",
                 [],
             )
         branches, params = [], []
@@ -115,7 +110,7 @@ class AggregateEventQuery(Query):
                 )
             )
             label = model.pgh_tracked_model._meta.label_lower
-            params += [table, table, label, _delete_labels(model), _PGH_COLUMNS, *where_params]
+            params += [table, table, label, _PGH_COLUMNS, *where_params]
         return " UNION ALL ".join(branches), params
 
 

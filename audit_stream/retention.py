@@ -49,6 +49,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
 from audit_stream import config, triggers
+from audit_stream.stream import unfolded
 
 __all__ = [
     "Policy",
@@ -204,8 +205,9 @@ class PruneReport:
 #
 # The candidates are chosen by a plain SELECT (no locks) into a temporary table
 # of primary keys; the deletes then take them in primary-key order, in short
-# transactions. Event rows must also be folded: their transaction is visible
-# in the table's checkpoint snapshot (see audit_stream.stream.fold).
+# transactions. Event rows must also be folded: not unfolded in the sense of
+# audit_stream.stream.unfolded (their transaction is visible in the table's
+# checkpoint snapshot, or they are restored events up to its `floor`).
 
 _EVENT_CANDIDATES = """
 INSERT INTO _audit_stream_doomed (id)
@@ -213,13 +215,11 @@ SELECT pgh_id FROM (
     SELECT e.pgh_id, e.pgh_created_at, e.pgh_xid,
            row_number() OVER (PARTITION BY {object} ORDER BY e.pgh_id DESC) AS newest
     FROM {table} AS e
-) AS ranked
+) AS e
 WHERE (%(cutoff)s::timestamptz IS NULL OR pgh_created_at < %(cutoff)s)
   AND (%(keep_last)s::int IS NULL OR newest > %(keep_last)s)
-  AND (%(force)s OR (%(done)s::pg_snapshot IS NOT NULL
-                     AND (pg_visible_in_snapshot(pgh_xid::text::xid8, %(done)s::pg_snapshot)
-                          OR pgh_id <= %(floor)s)))
-"""
+  AND (%(force)s OR (%(done)s::pg_snapshot IS NOT NULL AND NOT {unfolded}))
+""".replace("{unfolded}", unfolded.UNFOLDED)
 
 # An object is one row of one table: for the row log, of one model (or
 # table). Its latest change stays whatever the policy: the fold diffs the
@@ -376,7 +376,17 @@ def _checkpoint(cursor, table: str) -> tuple[str | None, int, bool]:
     return row if row else (None, 0, False)
 
 
-def _fill(cursor, sql: str, params: dict) -> int:
+def _fill(cursor, sql: str, params: dict, *, count_only: bool = False) -> int:
+    """Choose the candidates of ``sql`` (an ``INSERT INTO <temporary table> (id) SELECT ...``).
+
+    ``count_only`` (dry runs): count them instead, without writing a
+    temporary table and its index: the same rows, exactly, at a fraction of
+    the cost.
+    """
+    if count_only:
+        select = sql.strip().split("\n", 1)[1]  # the SELECT without its INSERT line
+        cursor.execute(f"SELECT count(*) FROM ({select}) AS candidates", params)
+        return cursor.fetchone()[0]
     cursor.execute("TRUNCATE _audit_stream_doomed, _audit_stream_doomed_uuid")
     cursor.execute(sql, params)
     return cursor.rowcount
@@ -422,6 +432,7 @@ def _prune_events(connection, model, policy, cutoff, batch_size, dry_run, force,
             cursor,
             sql,
             {"cutoff": cutoff, "keep_last": policy.keep_last, "force": force, "done": done, "floor": floor},
+            count_only=dry_run,
         )
     if dry_run:
         return table, total
@@ -445,7 +456,8 @@ def _prune_simple(
     connection, table, candidates, policy, cutoff, batch_size, dry_run, progress
 ) -> tuple[str, int]:
     with connection.cursor() as cursor:
-        total = _fill(cursor, candidates, {"cutoff": cutoff, "keep_last": policy.keep_last})
+        params = {"cutoff": cutoff, "keep_last": policy.keep_last}
+        total = _fill(cursor, candidates, params, count_only=dry_run)
     if dry_run:
         return table, total
     return table, _drain(connection, table, "id", total, batch_size, progress, event_table=False)
@@ -456,7 +468,7 @@ def _prune_messages(connection, cutoff, batch_size, dry_run, progress) -> tuple[
     if cutoff is None:
         return table, 0
     with connection.cursor() as cursor:
-        total = _fill(cursor, _MESSAGE_CANDIDATES, {"cutoff": cutoff})
+        total = _fill(cursor, _MESSAGE_CANDIDATES, {"cutoff": cutoff}, count_only=dry_run)
     if dry_run:
         return table, total
     done = 0

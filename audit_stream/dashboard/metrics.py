@@ -7,8 +7,8 @@ else a process registers leaks into ``/audit-stream/metrics``):
 ``audit_stream_backlog_events{table}``      gauge    unfolded events (estimated past ``BACKLOG_EXACT``)
 ``audit_stream_lag_seconds{table}``         gauge    age of the oldest unfolded event (0: none)
 ``audit_stream_folded_events_total{table}`` counter  events folded (``Checkpoint.folded``)
-``audit_stream_webhook_deliveries_total``   counter  delivery attempts by ``outcome``
-``audit_stream_webhook_messages{status}``   gauge    messages by status
+``audit_stream_webhook_deliveries_total``   counter  attempts by ``outcome`` (pruning never lowers it)
+``audit_stream_webhook_messages{status}``   gauge    messages by status (up to 10,000 per endpoint)
 ``audit_stream_pruned_rows_total{table}``   counter  rows deleted by retention (dry runs excluded)
 ``audit_stream_processes_alive{kind}``      gauge    stream processes with a recent heartbeat
 ==========================================  =======  ===================================================
@@ -27,16 +27,31 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
 from audit_stream.dashboard import queries
+from audit_stream.webhooks import tally
 from audit_stream.webhooks.models import WebhookMessage
 
 __all__ = ["StreamCollector", "registry", "render"]
 
-# Delivery attempts by outcome. A sequential read of the attempts table, which
-# retention keeps to WEBHOOK_ATTEMPTS' max_age (30 days by default).
-_DELIVERIES_SQL = "SELECT succeeded, count(*) FROM audit_stream_webhookattempt GROUP BY succeeded"
+# Delivery attempts by outcome, from the counts kept per endpoint and hour as
+# attempts are recorded (audit_stream.webhooks.tally): they only grow, even
+# when retention prunes the attempts.
+_DELIVERIES_SQL = tally.TOTALS_SQL
 
-# Messages by status; likewise bounded by retention (webhook_messages).
-_MESSAGES_SQL = "SELECT status, count(*) FROM audit_stream_webhookmessage GROUP BY status"
+# Messages by status: per endpoint and status, a range of the (endpoint,
+# status, created_at) index, counted up to queries.QUEUE_CAP.
+_MESSAGES_SQL = """
+SELECT s.status, sum(c.n)::bigint
+FROM audit_stream_webhookendpoint AS ep
+CROSS JOIN unnest(%(statuses)s::text[]) AS s (status)
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n FROM (
+        SELECT 1 FROM audit_stream_webhookmessage AS m
+        WHERE m.endpoint_id = ep.id AND m.status = s.status
+        LIMIT %(cap)s
+    ) AS capped
+) AS c
+GROUP BY s.status
+"""
 
 # Rows deleted per table over every real (not dry) retention run.
 _PRUNED_SQL = """
@@ -76,7 +91,9 @@ class StreamCollector:
                 labels=["outcome"],
             ),
             "messages": GaugeMetricFamily(
-                "audit_stream_webhook_messages", "Webhook messages, by status.", labels=["status"]
+                "audit_stream_webhook_messages",
+                f"Webhook messages, by status (counted up to {queries.QUEUE_CAP} per endpoint and status).",
+                labels=["status"],
             ),
             "pruned": CounterMetricFamily(
                 "audit_stream_pruned_rows", "Rows deleted by retention (dry runs excluded).", labels=["table"]
@@ -109,7 +126,13 @@ class StreamCollector:
         families["deliveries"].add_metric(["succeeded"], outcomes.get(True, 0))
         families["deliveries"].add_metric(["failed"], outcomes.get(False, 0))
 
-        statuses = dict(queries._rows(_MESSAGES_SQL, using=self.using))
+        statuses = dict(
+            queries._rows(
+                _MESSAGES_SQL,
+                {"statuses": [status for status, _ in WebhookMessage.STATUSES], "cap": queries.QUEUE_CAP},
+                using=self.using,
+            )
+        )
         for status, _ in WebhookMessage.STATUSES:
             families["messages"].add_metric([status], statuses.get(status, 0))
 
