@@ -1,12 +1,19 @@
 from django.apps import AppConfig
 from django.db.backends.signals import connection_created
-from django.db.models.signals import class_prepared
+from django.db.models.signals import class_prepared, post_migrate
 
 
 def _on_class_prepared(sender, **kwargs):
     setup = getattr(sender, "_pgh_setup", None)
     if setup is not None:
         setup()
+
+
+def _on_post_migrate(sender, using, **kwargs):
+    """Partition the tables PARTITIONS declares, and create partitions ahead (audit_stream.partitions)."""
+    from audit_stream import partitions
+
+    partitions.sync(using=using)
 
 
 class AuditStreamConfig(AppConfig):
@@ -27,6 +34,7 @@ class AuditStreamConfig(AppConfig):
         from audit_stream.context import _install
 
         connection_created.connect(_install)
+        post_migrate.connect(_on_post_migrate, sender=self)
         autodetector.install()  # a renamed event table gets its triggers after the rename
         for connection in connections.all(initialized_only=True):
             _install(connection)

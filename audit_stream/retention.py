@@ -32,6 +32,12 @@ Safety:
 * Rows to delete are chosen by a read (no lock), then deleted by primary key
   in short transactions of ``batch_size`` rows, so a concurrent writer waits
   at most for one batch.
+* A partitioned event table (:mod:`audit_stream.partitions`) under a
+  ``max_age`` policy without ``keep_last`` loses whole partitions first: each
+  one, lowest ids first, whose events were all created before the cutoff and
+  are all folded (never one holding an unfolded event) is detached and
+  dropped, milliseconds whatever its size and no WAL per row. The partition
+  that straddles the cutoff is pruned in batches, as above.
 * Event tables refuse DELETE (:class:`audit_stream.triggers.AppendOnly`);
   each batch lifts that for its own transaction only, with :func:`allow_prune`.
 """
@@ -45,10 +51,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, transaction
 from django.utils import timezone
 
-from audit_stream import config, triggers
+from audit_stream import config, partitions, triggers
 from audit_stream.stream import unfolded
 
 __all__ = [
@@ -424,6 +430,10 @@ def _prune_events(connection, model, policy, cutoff, batch_size, dry_run, force,
                 " is folded is unknown: nothing pruned. Let the worker fold (it recovers the checkpoint),"
                 " or run fold_all(), then prune again."
             )
+        dropped = 0
+        if cutoff is not None and policy.keep_last is None and partitions.is_partitioned(cursor, table):
+            parts = partitions.droppable(cursor, table, cutoff, done, floor)
+            dropped = _drop_partitions(connection, table, parts, dry_run, progress)
         sql = _EVENT_CANDIDATES.format(
             table=connection.ops.quote_name(table),
             object=_object_key(model),
@@ -435,8 +445,51 @@ def _prune_events(connection, model, policy, cutoff, batch_size, dry_run, force,
             count_only=dry_run,
         )
     if dry_run:
-        return table, total
-    return table, _drain(connection, table, "pgh_id", total, batch_size, progress, event_table=True)
+        return table, dropped + total
+    return table, dropped + _drain(connection, table, "pgh_id", total, batch_size, progress, event_table=True)
+
+
+# Detaching a partition locks the parent table (ACCESS EXCLUSIVE) for as long as
+# the statement takes, milliseconds; waiting for that lock would queue every
+# writer behind it, so each attempt gives up after a short wait and tries again.
+_DETACH_LOCK_TIMEOUT = "100ms"
+_DETACH_ATTEMPTS = 50
+
+
+def _drop_partitions(connection, table: str, parts, dry_run: bool, progress) -> int:
+    """Drop whole partitions (retention by partition): their rows counted, then detached and dropped."""
+    quote = connection.ops.quote_name
+    total = 0
+    for part in parts:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM {quote(part.name)}")
+            rows = cursor.fetchone()[0]
+        if not dry_run:
+            _detach(connection, table, part.name)
+            with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+                cursor.execute(f"DROP TABLE {quote(part.name)}")  # no longer part of the table: no lock on it
+        total += rows
+        if progress:
+            progress(table, total, total)
+    return total
+
+
+def _detach(connection, table: str, name: str) -> None:
+    quote = connection.ops.quote_name
+    for attempt in range(_DETACH_ATTEMPTS):
+        try:
+            with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+                cursor.execute(f"SET LOCAL lock_timeout = '{_DETACH_LOCK_TIMEOUT}'")
+                cursor.execute(f"ALTER TABLE {quote(table)} DETACH PARTITION {quote(name)}")
+            return
+        except OperationalError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) != "55P03":  # lock_not_available
+                raise
+            time.sleep(0.01 * (attempt + 1))  # let the writers that queued meanwhile through
+    raise RuntimeError(
+        f"Could not detach {name} from {table}: writers held the table for {_DETACH_ATTEMPTS} attempts."
+        " Prune again later; nothing was lost."
+    )
 
 
 def _row_log_model():

@@ -30,6 +30,8 @@ app.conf.update(
     beat_schedule={
         # A safety net for when no listener runs: fold whatever is pending.
         "audit_stream.sweep": {"task": "audit_stream.sweep", "schedule": 30.0},
+        # Partitioned history: partitions created ahead, so a write never lands in the default one.
+        "audit_stream.ensure_partitions": {"task": "audit_stream.ensure_partitions", "schedule": 300.0},
     },
 )
 app.config_from_object("django.conf:settings", namespace="CELERY")

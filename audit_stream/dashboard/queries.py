@@ -28,7 +28,7 @@ from django.db.models import TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from audit_stream import config, rowlog, tracking
+from audit_stream import config, partitions, rowlog, tracking
 from audit_stream.dashboard import formats
 from audit_stream.models import Change, Context, LoggedTable, RetentionRun
 from audit_stream.stream import unfolded
@@ -102,6 +102,9 @@ class StreamTable:
     checkpoint_at: datetime | None
     folded_last_hour: int = 0
     folds_last_hour: int = 0
+    # Partitioned tables (audit_stream.partitions): rows in the default partition
+    # mean partitions were not created ahead (is beat running?).
+    rows_in_default_partition: bool = False
 
     @property
     def backlog_display(self) -> str:
@@ -122,6 +125,7 @@ class StreamTable:
             "checkpoint_updated_at": self.checkpoint_at,
             "folded_last_hour": self.folded_last_hour,
             "folds_last_hour": self.folds_last_hour,
+            "rows_in_default_partition": self.rows_in_default_partition,
         }
 
 
@@ -208,6 +212,9 @@ def stream_tables(using: str = DEFAULT_DB_ALIAS, *, exact_up_to: int | None = No
                     checkpoint_at=updated_at,
                     folded_last_hour=folded_hour,
                     folds_last_hour=folds_hour,
+                    rows_in_default_partition=(
+                        partitions.is_partitioned(cursor, table) and partitions.default_rows(cursor, table)
+                    ),
                 )
             )
     return found

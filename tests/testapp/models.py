@@ -92,3 +92,11 @@ class Supplier(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+@audit_stream.track()
+class Ticket(models.Model):
+    """Tracked for the partitioning tests alone (tests/test_partitions.py), which partition its events."""
+
+    title = models.CharField(max_length=100)
+    state = models.CharField(max_length=20, default="open")
