@@ -160,6 +160,12 @@ def convert(layout: Layout, *, using: str = DEFAULT_DB_ALIAS, progress=None) -> 
         cursor.execute(f"LOCK TABLE {quote(table)} IN ACCESS EXCLUSIVE MODE")
         _refuse_unpartitionable(cursor, table)
         next_id = _next_id(cursor, table)
+        cursor.execute(
+            "SELECT attidentity <> '', pg_get_serial_sequence(quote_ident(%s), 'pgh_id') FROM pg_attribute"
+            " WHERE attrelid = to_regclass(quote_ident(%s)) AND attname = 'pgh_id'",
+            [table, table],
+        )
+        identity, sequence = cursor.fetchone()  # identity (Django >= 4.1) or serial (an older table)
         first_end = (next_id // layout.size + 1) * layout.size
         first = f"{table}_p0"
         # What the new parent takes over: index and trigger definitions name the table as it is now.
@@ -195,11 +201,15 @@ def convert(layout: Layout, *, using: str = DEFAULT_DB_ALIAS, progress=None) -> 
             f" INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMMENTS)"
             f" PARTITION BY RANGE (pgh_id)"
         )
-        cursor.execute(f"ALTER TABLE {quote(table)} ALTER pgh_id RESTART WITH %s", [next_id])
+        if identity:
+            cursor.execute(f"ALTER TABLE {quote(table)} ALTER pgh_id RESTART WITH %s", [next_id])
+        else:  # the copied default draws from the same sequence, which now belongs to the new table
+            cursor.execute(f"ALTER SEQUENCE {sequence} OWNED BY {quote(table)}.pgh_id")
         cursor.execute(f"ALTER TABLE {quote(table)} ADD CONSTRAINT {quote(primary_key)} PRIMARY KEY (pgh_id)")
         for _, definition in indexes:
             cursor.execute(definition)  # CREATE INDEX <name> ON <table> ...: now the parent (no rows yet)
-        cursor.execute(f"ALTER TABLE {quote(first)} ALTER pgh_id DROP IDENTITY")
+        if identity:
+            cursor.execute(f"ALTER TABLE {quote(first)} ALTER pgh_id DROP IDENTITY")
         for name, definition, row_level in triggers:
             if row_level:  # cloned onto every partition by the parent's copy
                 cursor.execute(f"DROP TRIGGER {quote(name)} ON {quote(first)}")
