@@ -724,7 +724,8 @@ PARTITIONS_PER_TABLE = 10
 def _size_mb() -> float:
     """The event table's size with its indexes, every partition included."""
     return scalar(
-        f"SELECT (sum(pg_total_relation_size(relid)) / 1e6)::float8 FROM pg_partition_tree('{EVENTS}')"
+        f"SELECT (coalesce((SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('{EVENTS}')),"
+        f" pg_total_relation_size('{EVENTS}')) / 1e6)::float8"
     )
 
 
@@ -814,12 +815,7 @@ def layout_run(args: argparse.Namespace, layout: str, children: Children, log_di
         "during": with_prune,
         "p99_ratio": with_prune["p99"] / without["p99"] if without["p99"] else None,
     }
-    log(
-        f"  {layout}: prune {found['seconds']:.2f}s (drops {found['drop_s']:.3f}s),"
-        f" WAL {found['wal_mb']:.1f} MB,"
-        f" size {size_before:.0f} -> {found['size_after_mb']:.0f} MB,"
-        f" writer p99 {without['p99']:.1f} -> {with_prune['p99']:.1f} ms"
-    )
+    log(f"  {layout}: {json.dumps(found, default=str)}")
     return found
 
 
