@@ -26,8 +26,8 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from audit_stream import changelists, rowlog, tracking
 from audit_stream import revert as _revert
-from audit_stream import rowlog, tracking
 from audit_stream.admin_undo import UndoContextMixin
 from audit_stream.exact import dumps as exact_dumps
 from audit_stream.history import as_of
@@ -96,9 +96,21 @@ class ChangeAdmin(ReadOnlyAdmin):
     readonly_fields = ["diff_json", "snapshot_json"]
     diff_json = _exact_json("diff")
     snapshot_json = _exact_json("snapshot")
-    list_filter = ["model", "label"]
-    search_fields = ["object_id"]
+    # Filters and counts that cost a page at any size (audit_stream.changelists).
+    list_filter = changelists.ChangeFilters
+    search_fields = ["=object_id"]
+    search_help_text = "An object's id (exact)."
     show_full_result_count = False
+    paginator = changelists.EstimatedPaginator
+
+    def get_search_results(self, request, queryset, search_term):
+        """An object id, looked up per tracked model: the (model, object_id, event_id) index serves it."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        from audit_stream.dashboard import queries
+
+        return queryset.filter(model__in=queries.tracked_models(), object_id=term), False
 
     @admin.display(description="context")
     def context_link(self, obj):
@@ -116,9 +128,11 @@ def _context_link(context_id):
 @admin.register(RowLog)
 class RowLogAdmin(ReadOnlyAdmin):
     list_display = ["pgh_id", "pgh_created_at", "logged_table", "pgh_obj_id", "pgh_label", "pgh_context"]
-    list_filter = ["pgh_label", "logged_table"]
-    search_fields = ["pgh_obj_id"]
+    list_filter = [changelists.row_log_label_filter(), changelists.row_log_table_filter()]
+    list_select_related = ["pgh_context"]
+    search_fields = ["=pgh_obj_id"]
     show_full_result_count = False
+    paginator = changelists.EstimatedPaginator
 
 
 @admin.register(DdlLog)
@@ -476,9 +490,27 @@ def _revertible_event_models(model):
 
 
 def _deleted_events(event_model, model, limit=500):
-    """The last event of each object that no longer exists (its last recorded state)."""
+    """The last event of each object that no longer exists (its last recorded state).
+
+    With delete events declared, the newest delete events are walked back
+    along the primary key until ``limit`` are found whose object is gone and
+    has no later event: the cost follows the page (and how rare deletes
+    are), not the table. Without, every object's last event is read.
+    """
     events, tracked, pk = (quote_name(event_model._meta.db_table), quote_name(model._meta.db_table),
                            quote_name(model._meta.pk.column))  # fmt: skip
+    labels = _delete_labels(event_model)
+    if labels:
+        sql = f"""
+            SELECT e.* FROM {events} AS e
+            WHERE e.pgh_label = ANY(%s)
+              AND NOT EXISTS (SELECT 1 FROM {tracked} AS t WHERE t.{pk} = e.pgh_obj_id)
+              AND NOT EXISTS (SELECT 1 FROM {events} AS later
+                              WHERE later.pgh_obj_id = e.pgh_obj_id AND later.pgh_id > e.pgh_id)
+            ORDER BY e.pgh_id DESC
+            LIMIT %s
+        """
+        return list(event_model.objects.raw(sql, [labels, limit]))
     sql = f"""
         SELECT DISTINCT ON (e.pgh_obj_id) e.*
         FROM {events} AS e
@@ -487,6 +519,14 @@ def _deleted_events(event_model, model, limit=500):
         LIMIT %s
     """
     return list(event_model.objects.raw(sql, [limit]))
+
+
+def _delete_labels(event_model) -> list[str]:
+    from audit_stream.events import DatabaseEvent
+
+    return [
+        e.label for e in event_model.pgh_events if isinstance(e, DatabaseEvent) and e.operations == ["DELETE"]
+    ]
 
 
 def _tracked(model) -> bool:
@@ -656,10 +696,24 @@ def _delete_labels(row) -> set[str]:
 
 
 class EventAdmin(ReadOnlyAdmin):
-    """Read-only admin of an event model, filterable by object and label."""
+    """Read-only admin of an event model, filterable by object and label.
 
-    list_filter = ["pgh_label"]
+    Each page costs a constant number of queries at any history size: the
+    context joined (LEFT: events without one stay), the object looked up once
+    per page and never joined (the events of a deleted object stay listed),
+    an estimated count, and the labels the model declares as filter choices.
+    """
+
     show_full_result_count = False
+    paginator = changelists.EstimatedPaginator
+
+    def get_changelist(self, request, **kwargs):
+        return changelists.EventChangeList
+
+    @admin.display(description="object")
+    def pgh_object(self, event):
+        found = getattr(event, "_pgh_obj_found", None)
+        return str(found) if found is not None else f"{event.pgh_obj_id} (deleted)"
 
 
 def register_event_admins(site: admin.AdminSite = admin.site) -> None:
@@ -669,12 +723,17 @@ def register_event_admins(site: admin.AdminSite = admin.site) -> None:
             continue
         names = {f.name for f in event_model._meta.fields}
         columns = ["pgh_id", "pgh_created_at", "pgh_label", "pgh_obj", "pgh_obj_id", "pgh_context"]
+        display = [c for c in columns if c in names]
         site.register(
             event_model,
             type(
                 f"{event_model.__name__}Admin",
                 (EventAdmin,),
-                {"list_display": [c for c in columns if c in names]},
+                {
+                    "list_display": ["pgh_object" if c == "pgh_obj" else c for c in display],
+                    "list_select_related": ["pgh_context"] if "pgh_context" in names else [],
+                    "list_filter": [changelists.event_label_filter(event_model)],
+                },
             ),
         )
 

@@ -9,6 +9,13 @@ def _on_class_prepared(sender, **kwargs):
         setup()
 
 
+def _on_post_migrate(sender, using, **kwargs):
+    """Partition the tables PARTITIONS declares, and create partitions ahead (audit_stream.partitions)."""
+    from audit_stream import partitions
+
+    partitions.sync(using=using)
+
+
 class AuditStreamConfig(AppConfig):
     name = "audit_stream"
     verbose_name = "Audit stream"
@@ -30,6 +37,7 @@ class AuditStreamConfig(AppConfig):
         connection_created.connect(_install)
         # Manual events go through functions the owner installs after migrating.
         post_migrate.connect(install_create_event_functions, sender=self)
+        post_migrate.connect(_on_post_migrate, sender=self)
         autodetector.install()  # a renamed event table gets its triggers after the rename
         for connection in connections.all(initialized_only=True):
             _install(connection)

@@ -3,7 +3,7 @@
 In the module that creates your Celery app (``mysite/celery.py``)::
 
     app.autodiscover_tasks()          # finds audit_stream.tasks, as any installed app's
-    audit_stream.beat.schedule(app)   # the sweep every 30 s, retention every RETENTION_INTERVAL
+    audit_stream.beat.schedule(app)   # the sweep every 30 s, retention every RETENTION_INTERVAL, partitions ahead every 5 min
 
 ``celery -A mysite beat`` then runs both. The listener
 (``manage.py audit_stream listen``) does the sweep's work every
@@ -15,15 +15,21 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["SWEEP_INTERVAL", "schedule"]
+__all__ = ["PARTITIONS_INTERVAL", "SWEEP_INTERVAL", "schedule"]
 
 #: Seconds between two sweeps (``audit_stream.sweep``: fold what is pending, deliver what is due);
 #: the environment variable ``AUDIT_STREAM_SWEEP_SECONDS`` overrides it.
 SWEEP_INTERVAL = 30.0
 
+#: Seconds between two runs of ``audit_stream.ensure_partitions`` (partitions created ahead).
+PARTITIONS_INTERVAL = 300.0
+
 
 def schedule(app: Any) -> None:
-    """Add ``audit_stream.sweep`` and ``audit_stream.prune`` to ``app``'s beat schedule.
+    """Add audit_stream's periodic tasks to ``app``'s beat schedule.
+
+    They are ``audit_stream.sweep``, ``audit_stream.prune`` and
+    ``audit_stream.ensure_partitions``.
 
     Entries are added when the app is finalized, after its configuration
     (``CELERY_*`` settings included) is read, so an entry of the same name in
@@ -40,6 +46,12 @@ def schedule(app: Any) -> None:
         )
         sender.add_periodic_task(
             config.retention_interval(), sender.signature("audit_stream.prune"), name="audit_stream.prune"
+        )
+        # Partitioned history: partitions created ahead, so a write never lands in the default one.
+        sender.add_periodic_task(
+            PARTITIONS_INTERVAL,
+            sender.signature("audit_stream.ensure_partitions"),
+            name="audit_stream.ensure_partitions",
         )
 
     if app.finalized:

@@ -27,6 +27,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "WEBHOOK_DISABLE_AFTER": (int, float),
     "RETENTION": (dict,),
     "RETENTION_INTERVAL": (int, float),
+    "PARTITIONS": (dict,),
     "METRICS_TOKEN": (str,),
     "DASHBOARD_SHOWS_ALL_MODELS": (bool,),
     "MIDDLEWARE_METHODS": (list, tuple),
@@ -158,6 +159,13 @@ def retention() -> dict:
 def retention_interval() -> float:
     """``RETENTION_INTERVAL`` (default ``3600`` seconds): how often beat prunes."""
     return float(_get("RETENTION_INTERVAL", 3600))
+
+
+def partitions() -> dict:
+    """``PARTITIONS`` (default ``{}``): event models (or ``"audit_stream.RowLog"``)
+    kept as range partitions of ``pgh_id``, each ``{"size": 1_000_000, "ahead": 2}``
+    (ids per partition, empty partitions created ahead). See :mod:`audit_stream.partitions`."""
+    return _get("PARTITIONS", {})
 
 
 def metrics_token() -> str | None:

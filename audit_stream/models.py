@@ -6,7 +6,6 @@ import uuid
 
 import pgtrigger
 from django.contrib.postgres.fields import ArrayField
-from django.contrib.postgres.indexes import BrinIndex
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Func
@@ -392,8 +391,8 @@ class RowLog(Event):
         indexes = [
             # History of one row (admin, revert, retention's keep_last, erasure).
             models.Index(fields=["logged_table", "pgh_obj_id", "pgh_id"], name="audit_stream_row_log_row"),
-            # The fold reads by writing transaction (see audit_stream.stream.fold).
-            BrinIndex(fields=["pgh_xid"], name="audit_stream_row_log_xid"),
+            # The fold reads by writing transaction (see audit_stream.stream.unfolded).
+            models.Index(fields=["pgh_xid"], name="audit_stream_row_log_xid"),
         ]
 
     def __str__(self) -> str:

@@ -32,6 +32,12 @@ Safety:
 * Rows to delete are chosen by a read (no lock), then deleted by primary key
   in short transactions of ``batch_size`` rows, so a concurrent writer waits
   at most for one batch.
+* A partitioned event table (:mod:`audit_stream.partitions`) under a
+  ``max_age`` policy without ``keep_last`` loses whole partitions first: each
+  one, lowest ids first, whose events were all created before the cutoff and
+  are all folded (never one holding an unfolded event) is detached and
+  dropped, milliseconds whatever its size and no WAL per row. The partition
+  that straddles the cutoff is pruned in batches, as above.
 * Event tables refuse DELETE (:class:`audit_stream.triggers.AppendOnly`);
   each batch lifts that for its own transaction only, with :func:`allow_prune`.
 * Deleting history (events, the row log, contexts) is a privilege: the
@@ -51,10 +57,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, transaction
 from django.utils import timezone
 
-from audit_stream import config, triggers
+from audit_stream import config, partitions, triggers
+from audit_stream.stream import unfolded
 
 __all__ = [
     "Policy",
@@ -224,8 +231,9 @@ class PruneReport:
 #
 # The candidates are chosen by a plain SELECT (no locks) into a temporary table
 # of primary keys; the deletes then take them in primary-key order, in short
-# transactions. Event rows must also be folded: their transaction is visible
-# in the table's checkpoint snapshot (see audit_stream.stream.fold).
+# transactions. Event rows must also be folded: not unfolded in the sense of
+# audit_stream.stream.unfolded (their transaction is visible in the table's
+# checkpoint snapshot, or they are restored events up to its `floor`).
 
 _EVENT_CANDIDATES = """
 INSERT INTO _audit_stream_doomed (id)
@@ -233,13 +241,11 @@ SELECT pgh_id FROM (
     SELECT e.pgh_id, e.pgh_created_at, e.pgh_xid,
            row_number() OVER (PARTITION BY {object} ORDER BY e.pgh_id DESC) AS newest
     FROM {table} AS e
-) AS ranked
+) AS e
 WHERE (%(cutoff)s::timestamptz IS NULL OR pgh_created_at < %(cutoff)s)
   AND (%(keep_last)s::int IS NULL OR newest > %(keep_last)s)
-  AND (%(force)s OR (%(done)s::pg_snapshot IS NOT NULL
-                     AND (pg_visible_in_snapshot(pgh_xid::text::xid8, %(done)s::pg_snapshot)
-                          OR pgh_id <= %(floor)s)))
-"""
+  AND (%(force)s OR (%(done)s::pg_snapshot IS NOT NULL AND NOT {unfolded}))
+""".replace("{unfolded}", unfolded.UNFOLDED)
 
 # An object is one row of one table: for the row log, of one model (or
 # table). Its latest change stays whatever the policy: the fold diffs the
@@ -401,7 +407,17 @@ def _checkpoint(cursor, table: str) -> tuple[str | None, int, bool]:
     return row if row else (None, 0, False)
 
 
-def _fill(cursor, sql: str, params: dict) -> int:
+def _fill(cursor, sql: str, params: dict, *, count_only: bool = False) -> int:
+    """Choose the candidates of ``sql`` (an ``INSERT INTO <temporary table> (id) SELECT ...``).
+
+    ``count_only`` (dry runs): count them instead, without writing a
+    temporary table and its index: the same rows, exactly, at a fraction of
+    the cost.
+    """
+    if count_only:
+        select = sql.strip().split("\n", 1)[1]  # the SELECT without its INSERT line
+        cursor.execute(f"SELECT count(*) FROM ({select}) AS candidates", params)
+        return cursor.fetchone()[0]
     cursor.execute("TRUNCATE _audit_stream_doomed, _audit_stream_doomed_uuid")
     cursor.execute(sql, params)
     return cursor.rowcount
@@ -439,6 +455,10 @@ def _prune_events(connection, model, policy, cutoff, batch_size, dry_run, force,
                 " is folded is unknown: nothing pruned. Let the worker fold (it recovers the checkpoint),"
                 " or run fold_all(), then prune again."
             )
+        dropped = 0
+        if cutoff is not None and policy.keep_last is None and partitions.is_partitioned(cursor, table):
+            parts = partitions.droppable(cursor, table, cutoff, done, floor)
+            dropped = _drop_partitions(connection, table, parts, dry_run, progress)
         sql = _EVENT_CANDIDATES.format(
             table=connection.ops.quote_name(table),
             object=_object_key(model),
@@ -447,10 +467,54 @@ def _prune_events(connection, model, policy, cutoff, batch_size, dry_run, force,
             cursor,
             sql,
             {"cutoff": cutoff, "keep_last": policy.keep_last, "force": force, "done": done, "floor": floor},
+            count_only=dry_run,
         )
     if dry_run:
-        return table, total
-    return table, _drain(connection, table, "pgh_id", total, batch_size, progress, event_table=True)
+        return table, dropped + total
+    return table, dropped + _drain(connection, table, "pgh_id", total, batch_size, progress, event_table=True)
+
+
+# Detaching a partition locks the parent table (ACCESS EXCLUSIVE) for as long as
+# the statement takes, milliseconds; waiting for that lock would queue every
+# writer behind it, so each attempt gives up after a short wait and tries again.
+_DETACH_LOCK_TIMEOUT = "100ms"
+_DETACH_ATTEMPTS = 50
+
+
+def _drop_partitions(connection, table: str, parts, dry_run: bool, progress) -> int:
+    """Drop whole partitions (retention by partition): their rows counted, then detached and dropped."""
+    quote = connection.ops.quote_name
+    total = 0
+    for part in parts:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM {quote(part.name)}")
+            rows = cursor.fetchone()[0]
+        if not dry_run:
+            _detach(connection, table, part.name)
+            with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+                cursor.execute(f"DROP TABLE {quote(part.name)}")  # no longer part of the table: no lock on it
+        total += rows
+        if progress:
+            progress(table, total, total)
+    return total
+
+
+def _detach(connection, table: str, name: str) -> None:
+    quote = connection.ops.quote_name
+    for attempt in range(_DETACH_ATTEMPTS):
+        try:
+            with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+                cursor.execute(f"SET LOCAL lock_timeout = '{_DETACH_LOCK_TIMEOUT}'")
+                cursor.execute(f"ALTER TABLE {quote(table)} DETACH PARTITION {quote(name)}")
+            return
+        except OperationalError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) != "55P03":  # lock_not_available
+                raise
+            time.sleep(0.01 * (attempt + 1))  # let the writers that queued meanwhile through
+    raise RuntimeError(
+        f"Could not detach {name} from {table}: writers held the table for {_DETACH_ATTEMPTS} attempts."
+        " Prune again later; nothing was lost."
+    )
 
 
 def _row_log_model():
@@ -470,7 +534,8 @@ def _prune_simple(
     connection, table, candidates, policy, cutoff, batch_size, dry_run, progress
 ) -> tuple[str, int]:
     with connection.cursor() as cursor:
-        total = _fill(cursor, candidates, {"cutoff": cutoff, "keep_last": policy.keep_last})
+        params = {"cutoff": cutoff, "keep_last": policy.keep_last}
+        total = _fill(cursor, candidates, params, count_only=dry_run)
     if dry_run:
         return table, total
     return table, _drain(connection, table, "id", total, batch_size, progress, event_table=False)
@@ -481,7 +546,7 @@ def _prune_messages(connection, cutoff, batch_size, dry_run, progress) -> tuple[
     if cutoff is None:
         return table, 0
     with connection.cursor() as cursor:
-        total = _fill(cursor, _MESSAGE_CANDIDATES, {"cutoff": cutoff})
+        total = _fill(cursor, _MESSAGE_CANDIDATES, {"cutoff": cutoff}, count_only=dry_run)
     if dry_run:
         return table, total
     done = 0

@@ -152,3 +152,11 @@ def prune(self) -> dict:
         run.finished_at = timezone.now()
         run.save(update_fields=["rows", "errors", "finished_at"])
     return run.rows
+
+
+@shared_task(name="audit_stream.ensure_partitions", ignore_result=True)
+def ensure_partitions() -> dict:
+    """Create the partitions of partitioned history tables ahead of the id sequence (scheduled by beat)."""
+    from audit_stream import partitions
+
+    return partitions.ensure_all()

@@ -487,16 +487,17 @@ def markdown(args, info, table_sizes, fill, rows, proposals) -> str:
         "",
         "Notes:",
         "",
-        "- The backlog is counted over the events the checkpoint has not folded, found with the BRIN index on"
-        " `pgh_xid`, so a caught-up table costs almost nothing whatever its size; a backlog costs in"
-        " proportion to its size, up to the exact count's limit.",
+        "- The backlog is counted over the events the checkpoint has not folded, found with the b-tree index"
+        " on `pgh_xid` (BRIN before 2026-12-03), so a caught-up table costs almost nothing whatever its size;"
+        " a backlog costs in proportion to its size, up to the exact count's limit.",
         "- Lists are keyset-paginated (`?before=`): a page in the middle of a million changes costs what the"
         ' first one does. No page counts a whole table; the totals shown ("about N") are'
         " `pg_class.reltuples` estimates.",
         "- Messages of one endpoint come from the `(endpoint, status, created_at)` index, one ordered range"
         " per status, merged (`UNION ALL` of four index scans, then the first page).",
-        "- The metrics endpoint counts attempts and messages by outcome and status on every scrape: a"
-        " sequential read of those two tables, which retention keeps to 30 days by default.",
+        "- The metrics endpoint and the webhooks pages read attempt counts kept per endpoint and hour"
+        " (since 2026-12-03; before, they read the attempts themselves), and count messages per endpoint"
+        " and status through the status index, up to 10,000.",
         "- Every page reads in one transaction with `SET LOCAL jit = off`: on tables this size the planner's"
         " estimates cross `jit_above_cost`, and compiling took longer (60-250 ms) than running the queries.",
         "- Two figures read more than they need, for want of an index; the table below times their queries"

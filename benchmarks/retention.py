@@ -4,6 +4,7 @@ Usage::
 
     python -m benchmarks.retention            # full run (1,000,000 events, about 4 minutes)
     python -m benchmarks.retention --quick    # smoke run (100,000 events): JSON only, BENCHMARKS.md untouched
+    python -m benchmarks.retention --partitioned --rows 1000000   # batched delete vs dropping partitions
 
 It drops and recreates the database ``audit_stream_bench_retention``
 (``--database-url``), with ``AUDIT_STREAM = {"RETENTION": {"perfapp.ItemEvent":
@@ -45,6 +46,7 @@ import json
 import os
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from benchmarks.perfapp.harness import (
@@ -90,8 +92,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL, help="dropped and recreated!")
     parser.add_argument("--no-report", action="store_true", help="print only: no BENCHMARKS.md, no JSON")
     parser.add_argument("--update-migrations", action="store_true", help="regenerate perfapp's migrations")
+    parser.add_argument(
+        "--partitioned",
+        action="store_true",
+        help="compare today's batched delete with dropping partitions (10 per table), JSON only",
+    )
+    parser.add_argument("--rows", type=int, default=None, help="events to prune (default 1,000,000)")
     args = parser.parse_args(argv)
-    args.rows = 100_000 if args.quick else 1_000_000
+    args.rows = args.rows or (100_000 if args.quick else 1_000_000)
     args.insert_per_statement = 50_000
     args.batch_sizes = [5_000, 20_000]
     args.command_batch_size = 10_000
@@ -708,6 +716,133 @@ def print_tables(results: dict) -> None:
 # --------------------------------------------------------------------------- main
 
 
+# --------------------------------------------------------------------------- by partition (issue 19)
+
+PARTITIONS_PER_TABLE = 10
+
+
+def _size_mb() -> float:
+    """The event table's size with its indexes, every partition included."""
+    return scalar(
+        f"SELECT (coalesce((SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('{EVENTS}')),"
+        f" pg_total_relation_size('{EVENTS}')) / 1e6)::float8"
+    )
+
+
+def _wal() -> str:
+    return scalar("SELECT pg_current_wal_lsn()::text")
+
+
+def _age_partition_bounds() -> None:
+    """Set-up only: the full partitions' time bounds move back 100 days with their (aged) events."""
+    from django.db import connection
+
+    from audit_stream import partitions
+
+    with connection.cursor() as cursor:
+        for part in partitions.partitions(cursor, EVENTS):
+            if part.full_before is not None:
+                bound = (part.full_before - timedelta(days=100)).isoformat()
+                cursor.execute(f"COMMENT ON TABLE {part.name} IS %s", [f"audit_stream: full before {bound}"])
+
+
+@contextlib.contextmanager
+def _timed_drops():
+    """Time retention's partition drops (count, detach, drop) while pruning; yields [seconds]."""
+    from audit_stream import retention
+
+    spent = [0.0]
+    original = retention._drop_partitions
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - started
+
+    retention._drop_partitions = timed
+    try:
+        yield spent
+    finally:
+        retention._drop_partitions = original
+
+
+def layout_run(args: argparse.Namespace, layout: str, children: Children, log_dir: Path) -> dict:
+    """One prune of every aged event with a paced writer: its p99 before and during, WAL and size after."""
+    from audit_stream import partitions
+
+    restore(args.rows)
+    if layout == "partitioned":
+        partitions.ensure(partitions.Layout(EVENTS, args.partition_size, 2))
+        _age_partition_bounds()
+    size_before = _size_mb()
+    out = log_dir / f"writer-{layout}.json"
+    log(
+        f"{layout}: writer at {args.writer_rate} tx/s,"
+        f" {args.baseline_seconds:.0f}s alone, then during a prune"
+    )
+    writer = children.writer(args.writer_rate, 3600, out)
+    try:
+        time.sleep(1.0)
+        baseline = (time.time(), time.time() + args.baseline_seconds)
+        time.sleep(args.baseline_seconds)
+        wal_before = _wal()
+        prune_start = time.time()
+        with _timed_drops() as drop_s:
+            result = timed_prune(args.command_batch_size, args.rows)
+        during = (prune_start, time.time())
+        # The writer goes on for a little while after the prune (it is compared over the prune only).
+        wal_bytes = scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)::bigint", [wal_before])
+    finally:
+        children.stop(writer)
+    data = read_writer(out)
+
+    def window(bounds: tuple[float, float]) -> dict:
+        latencies = [lat for start, lat, _, _ in data["rows"] if bounds[0] <= start < bounds[1]]
+        return {**summarize_ms(latencies), "seconds": bounds[1] - bounds[0]}
+
+    without, with_prune = window(baseline), window(during)
+    found = {
+        "layout": layout,
+        "seconds": result["seconds"],
+        "drop_s": drop_s[0],
+        "candidates_s": result["candidates_s"],
+        "wal_mb": wal_bytes / 1e6,
+        "size_before_mb": size_before,
+        "size_after_mb": _size_mb(),
+        "without": without,
+        "during": with_prune,
+        "p99_ratio": with_prune["p99"] / without["p99"] if without["p99"] else None,
+    }
+    log(f"  {layout}: {json.dumps(found, default=str)}")
+    return found
+
+
+def partitioned_main(args: argparse.Namespace, children: Children, log_dir: Path, results: dict) -> None:
+    """Today's batched delete on the plain table, then the same prune after partitioning it."""
+    from audit_stream import partitions
+
+    args.partition_size = -(-args.rows // PARTITIONS_PER_TABLE)
+    results["setup"] = build_backlog(args)
+    runs = [layout_run(args, "plain", children, log_dir)]
+    log(f"partitioning {EVENTS}: {args.partition_size:,} ids per partition")
+    # Emptied and its ids restarted first, so that the ranges start at id 1 (converted
+    # with its rows, the whole table would become one first partition).
+    execute(f"TRUNCATE {EVENTS}")
+    execute(f"ALTER TABLE {EVENTS} ALTER pgh_id RESTART WITH 1")
+    started = time.perf_counter()
+    partitions.convert(partitions.Layout(EVENTS, args.partition_size, PARTITIONS_PER_TABLE + 2))
+    results["convert_s"] = time.perf_counter() - started
+    # The sequence goes on past the aged events (the writer's ids follow them); the
+    # ranges it has passed get their time bound (layout_run moves it back with the events).
+    highest = scalar(f"SELECT max(pgh_id) FROM {BACKLOG}")
+    execute(f"ALTER TABLE {EVENTS} ALTER pgh_id RESTART WITH %s", [highest + 1])
+    runs.append(layout_run(args, "partitioned", children, log_dir))
+    results["layouts"] = runs
+    print(json.dumps(runs, indent=2, default=str))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     configure_environment(args.database_url, DEFAULT_REDIS_URL, POLICY)  # Redis: not used here
@@ -725,6 +860,14 @@ def main(argv: list[str] | None = None) -> None:
         "args": {k: v for k, v in vars(args).items() if k != "database_url"},
     }
     children = Children(log_dir)
+    if args.partitioned:
+        try:
+            partitioned_main(args, children, log_dir, results)
+        finally:
+            children.stop()
+        if not args.no_report:
+            save_json("retention_partitioned", results, True)
+        return
     try:
         results["setup"] = build_backlog(args)
         runs = [prune_alone(args, b, i) for i in range(args.repeat) for b in args.batch_sizes]

@@ -132,7 +132,7 @@ class Receipts:
             return []
         rows = []
         for line in self.path.read_text().splitlines():
-            arrival, path, webhook_id, event_table, object_id, event_id = line.split("\t")
+            arrival, path, webhook_id, event_table, object_id, event_id = line.split("\t")[:6]
             rows.append((float(arrival), path, webhook_id, event_table, object_id, event_id))
         return rows
 

@@ -19,6 +19,7 @@ def test_the_sweep_and_retention_join_the_projects_own_schedule(settings):
         "mysite.report": ("mysite.report", 3600.0),
         "audit_stream.sweep": ("audit_stream.sweep", 30.0),
         "audit_stream.prune": ("audit_stream.prune", 600.0),
+        "audit_stream.ensure_partitions": ("audit_stream.ensure_partitions", 300.0),
     }
 
 
@@ -26,4 +27,8 @@ def test_an_app_finalized_already_gets_the_entries_at_once():
     app = Celery("mysite", set_as_current=False)
     app.finalize()
     audit_stream.beat.schedule(app)
-    assert set(_schedule(app)) == {"audit_stream.sweep", "audit_stream.prune"}
+    assert set(_schedule(app)) == {
+        "audit_stream.sweep",
+        "audit_stream.prune",
+        "audit_stream.ensure_partitions",
+    }

@@ -26,6 +26,12 @@ RENAMED = "testapp_productevent_v2"
 ROW_LOG = "audit_stream_row_log"
 
 
+def _forget_columns(model) -> None:
+    """Drop the columns Django cached with the table's name (Field.cached_col), so the name can change."""
+    for field in model._meta.concrete_fields:
+        field.__dict__.pop("cached_col", None)
+
+
 @pytest.fixture
 def rename_event_table(monkeypatch):
     """Rename ProductEvent's table as ``AlterModelTable`` does (the model follows), and back afterwards."""
@@ -36,21 +42,15 @@ def rename_event_table(monkeypatch):
         monkeypatch.setattr(ProductEvent._meta, "db_table", RENAMED)
         monkeypatch.delitem(tracking._event_models, PRODUCTS)
         monkeypatch.setitem(tracking._event_models, RENAMED, ProductEvent)
-        _forget_columns()
+        _forget_columns(ProductEvent)
         tracking.install_create_event_functions()  # as migrate's post_migrate does
 
     yield _rename
     monkeypatch.undo()
-    _forget_columns()
+    _forget_columns(ProductEvent)  # else later tests query the renamed table's columns
     with connection.cursor() as cursor:
         cursor.execute(f"ALTER TABLE IF EXISTS {RENAMED} RENAME TO {PRODUCTS}")
     tracking.install_create_event_functions()
-
-
-def _forget_columns():
-    """Drop the column references Django caches per field (they name the table)."""
-    for field in ProductEvent._meta.concrete_fields:
-        field.__dict__.pop("cached_col", None)
 
 
 def _record(product, **values):

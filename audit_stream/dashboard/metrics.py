@@ -8,7 +8,7 @@ else a process registers leaks into ``/audit-stream/metrics``):
 ``audit_stream_lag_seconds{table}``         gauge    age of the oldest unfolded event (0: none)
 ``audit_stream_folded_events_total{table}`` counter  events folded (``Checkpoint.folded``)
 ``audit_stream_webhook_deliveries_total``   counter  delivery attempts by ``endpoint`` and ``outcome``
-``audit_stream_webhook_messages{status}``   gauge    messages by status
+``audit_stream_webhook_messages{status}``   gauge    messages by status (up to 10,000 per endpoint)
 ``audit_stream_pruned_rows_total{table}``   counter  rows deleted by retention (dry runs excluded)
 ``audit_stream_processes_alive{kind}``      gauge    stream processes with a recent heartbeat
 ==========================================  =======  ===================================================
@@ -38,8 +38,21 @@ __all__ = ["StreamCollector", "registry", "render"]
 # endpoint row by the delivery loop (audit_stream.webhooks.delivery._record).
 _DELIVERIES_SQL = "SELECT id, attempts_succeeded, attempts_failed FROM audit_stream_webhookendpoint"
 
-# Messages by status; likewise bounded by retention (webhook_messages).
-_MESSAGES_SQL = "SELECT status, count(*) FROM audit_stream_webhookmessage GROUP BY status"
+# Messages by status: per endpoint and status, a range of the (endpoint,
+# status, created_at) index, counted up to queries.QUEUE_CAP.
+_MESSAGES_SQL = """
+SELECT s.status, sum(c.n)::bigint
+FROM audit_stream_webhookendpoint AS ep
+CROSS JOIN unnest(%(statuses)s::text[]) AS s (status)
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n FROM (
+        SELECT 1 FROM audit_stream_webhookmessage AS m
+        WHERE m.endpoint_id = ep.id AND m.status = s.status
+        LIMIT %(cap)s
+    ) AS capped
+) AS c
+GROUP BY s.status
+"""
 
 # Rows deleted per table over every real (not dry) retention run.
 _PRUNED_SQL = """
@@ -79,7 +92,9 @@ class StreamCollector:
                 labels=["endpoint", "outcome"],
             ),
             "messages": GaugeMetricFamily(
-                "audit_stream_webhook_messages", "Webhook messages, by status.", labels=["status"]
+                "audit_stream_webhook_messages",
+                f"Webhook messages, by status (counted up to {queries.QUEUE_CAP} per endpoint and status).",
+                labels=["status"],
             ),
             "pruned": CounterMetricFamily(
                 "audit_stream_pruned_rows", "Rows deleted by retention (dry runs excluded).", labels=["table"]
@@ -112,7 +127,13 @@ class StreamCollector:
             families["deliveries"].add_metric([str(endpoint_id), "succeeded"], succeeded)
             families["deliveries"].add_metric([str(endpoint_id), "failed"], failed)
 
-        statuses = dict(queries._rows(_MESSAGES_SQL, using=self.using))
+        statuses = dict(
+            queries._rows(
+                _MESSAGES_SQL,
+                {"statuses": [status for status, _ in WebhookMessage.STATUSES], "cap": queries.QUEUE_CAP},
+                using=self.using,
+            )
+        )
         for status, _ in WebhookMessage.STATUSES:
             families["messages"].add_metric([status], statuses.get(status, 0))
 

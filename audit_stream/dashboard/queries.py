@@ -28,11 +28,11 @@ from django.db.models import TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from audit_stream import config, rowlog, tracking
+from audit_stream import config, partitions, rowlog, tracking
 from audit_stream.dashboard import formats
 from audit_stream.models import Change, Context, LoggedTable, RetentionRun
-from audit_stream.stream import heartbeat
-from audit_stream.webhooks import filters
+from audit_stream.stream import heartbeat, unfolded
+from audit_stream.webhooks import filters, tally
 from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 
 __all__ = [
@@ -102,6 +102,9 @@ class StreamTable:
     checkpoint_at: datetime | None
     folded_last_hour: int = 0
     folds_last_hour: int = 0
+    # Partitioned tables (audit_stream.partitions): rows in the default partition
+    # mean partitions were not created ahead (is beat running?).
+    rows_in_default_partition: bool = False
 
     @property
     def backlog_display(self) -> str:
@@ -122,6 +125,7 @@ class StreamTable:
             "checkpoint_updated_at": self.checkpoint_at,
             "folded_last_hour": self.folded_last_hour,
             "folds_last_hour": self.folds_last_hour,
+            "rows_in_default_partition": self.rows_in_default_partition,
         }
 
 
@@ -129,33 +133,26 @@ _CHECKPOINTS_SQL = (
     "SELECT event_table, snapshot, target, position, folded, updated_at, floor FROM audit_stream_checkpoint"
 )
 
-# The unfolded events of one event table (the fold's own definition, as in
-# audit_stream.stream.wakeup, counted instead of probed):
+# The unfolded events of one event table (audit_stream.stream.unfolded, the
+# fold's own definition, counted instead of probed: events up to a restore's
+# `floor` are folded), less, while a fold is half-way through an interval, the
+# events it has already written (unfolded.WRITTEN).
 #
-# * committed (this query sees only committed rows, and its own), and not
-#   visible in the checkpoint's snapshot `done`;
-# * except, while a fold is half-way through an interval, the events it has
-#   already written: visible in its `target` snapshot, with pgh_id <= position.
-#   (Without a target, coalesce() makes that test "visible in done": false.)
-# * and above `floor` (events up to it came from a restore and are folded).
-#
-# The pgh_xid bound lets the BRIN index skip every page older than done's
-# xmin, so the cost follows the backlog, not the table. LIMIT caps the work
-# when the stream is far behind (the caller then estimates the count); the
-# heap is read in physical order, oldest events first, so the oldest creation
-# time and the lowest pgh_id stay right in practice.
-_BACKLOG_SQL = """
+# Each part of the definition is read through the pgh_xid index in xid order,
+# so the cost follows the backlog, not the table, and LIMIT caps the work when
+# the stream is far behind (the caller then estimates the count). Oldest
+# transactions come first, so the oldest creation time and the lowest pgh_id
+# stay right in practice.
+_BACKLOG_SQL = f"""
 SELECT count(*), extract(epoch FROM clock_timestamp() - min(u.pgh_created_at))::float8, min(u.pgh_id)
 FROM (
-    SELECT e.pgh_id, e.pgh_created_at
-    FROM {table} AS e
-    WHERE e.pgh_xid >= pg_snapshot_xmin(%(done)s::pg_snapshot)::text::bigint
-      AND NOT pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(done)s::pg_snapshot)
-      AND NOT (e.pgh_id <= %(position)s
-               AND pg_visible_in_snapshot(e.pgh_xid::text::xid8,
-                                          coalesce(%(target)s, %(done)s)::pg_snapshot))
-      AND e.pgh_id > %(floor)s
-    LIMIT %(cap)s
+    (SELECT e.pgh_id, e.pgh_created_at FROM {{table}} AS e
+     WHERE {unfolded.NEW} AND NOT {unfolded.WRITTEN}
+     ORDER BY e.pgh_xid LIMIT %(cap)s)
+    UNION ALL
+    (SELECT e.pgh_id, e.pgh_created_at FROM {{table}} AS e
+     WHERE {unfolded.IN_PROGRESS} AND NOT {unfolded.WRITTEN}
+     ORDER BY e.pgh_xid LIMIT %(cap)s)
 ) AS u
 """
 
@@ -215,6 +212,9 @@ def stream_tables(using: str = DEFAULT_DB_ALIAS, *, exact_up_to: int | None = No
                     checkpoint_at=updated_at,
                     folded_last_hour=folded_hour,
                     folds_last_hour=folds_hour,
+                    rows_in_default_partition=(
+                        partitions.is_partitioned(cursor, table) and partitions.default_rows(cursor, table)
+                    ),
                 )
             )
     return found
@@ -572,18 +572,10 @@ def _age(when: datetime | None) -> str:
     return formats.duration((timezone.now() - when).total_seconds()) if when else "—"
 
 
-# Attempts of the last 24 hours per endpoint: how many, how many succeeded,
-# and the latest failure's error.
-_ATTEMPTS_24H_SQL = """
-SELECT m.endpoint_id, count(*), count(*) FILTER (WHERE a.succeeded),
-       (array_agg(a.error ORDER BY a.attempted_at DESC) FILTER (WHERE NOT a.succeeded))[1],
-       max(a.attempted_at) FILTER (WHERE NOT a.succeeded)
-FROM audit_stream_webhookattempt AS a
-JOIN audit_stream_webhookmessage AS m ON m.id = a.message_id
-WHERE a.attempted_at >= now() - interval '24 hours'
-  AND (%(endpoint)s::bigint IS NULL OR m.endpoint_id = %(endpoint)s::bigint)
-GROUP BY m.endpoint_id
-"""
+# Attempts of the last 24 hours per endpoint come from the counts kept per
+# hour as attempts are recorded (audit_stream.webhooks.tally): 24 rows per
+# endpoint, never the attempts themselves.
+_ATTEMPTS_24H_SQL = tally.LAST_24_HOURS_SQL
 
 # Each endpoint's queue: messages per status, each count capped, and the
 # oldest pending one. Every subquery is a range of the (endpoint, status,

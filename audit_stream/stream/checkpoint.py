@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from audit_stream.stream import unfolded
 from audit_stream.triggers import quote_name
 
 __all__ = ["FOREIGN_SQL", "RECOVERY_INTERVAL", "Claim", "claim", "is_foreign", "recovered", "recovery_params"]
@@ -92,15 +93,12 @@ WHERE event_table = %(table)s
 
 # Which events a recovery folds (the WHERE clause of the fold's batch query,
 # read in one REPEATABLE READ snapshot). Up to `high`, the old cluster's own
-# transaction ids say what it folded: what its `done` snapshot shows, and the
-# part of a half-folded interval up to `position`. Above `high`, nothing was
-# folded. Up to `floor` (an earlier restore's events), everything was.
-RECOVERY_INTERVAL = """WHERE e.pgh_id > %(floor)s
-  AND (e.pgh_id > %(high)s
-       OR (NOT pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(done)s::pg_snapshot)
-           AND NOT (%(target)s::pg_snapshot IS NOT NULL
-                    AND pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(target)s::pg_snapshot)
-                    AND e.pgh_id <= %(position)s)))"""
+# transaction ids say what it folded: the unfolded events of its `done`
+# snapshot (audit_stream.stream.unfolded, the one definition), less the part
+# of a half-folded interval written up to `position`. Above `high`, nothing
+# was folded. Up to `floor` (an earlier restore's events), everything was.
+RECOVERY_INTERVAL = f"""WHERE {unfolded.ABOVE_FLOOR}
+  AND (e.pgh_id > %(high)s OR ({unfolded.UNFOLDED} AND NOT {unfolded.WRITTEN}))"""
 
 # After a recovery, in its snapshot: the restored events that this cluster's
 # snapshots would misread (their old transaction id is not visible in the

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, transaction
 
 from audit_stream import config, rowlog, tracking
-from audit_stream.stream import checkpoint, wakeup
+from audit_stream.stream import checkpoint, unfolded, wakeup
 from audit_stream.webhooks import messages
 
 __all__ = ["FoldResult", "fold", "fold_all"]
@@ -44,16 +44,12 @@ __all__ = ["FoldResult", "fold", "fold_all"]
 # Columns of an event row that are not the tracked object's state.
 _PGH_COLUMNS = ["pgh_id", "pgh_created_at", "pgh_label", "pgh_xid", "pgh_obj_id", "pgh_context_id"]
 
-# The events of one batch: committed in `target`, not yet in `done`, after
-# `position` (the last pgh_id of the previous batch of the same interval).
-#
-# The pgh_xid range lets the BRIN index skip old pages: a transaction older
-# than done's xmin was visible in `done`; one at or after target's xmax is not
-# visible in `target`.
-_IN_INTERVAL = """WHERE e.pgh_xid >= pg_snapshot_xmin(%(done)s::pg_snapshot)::text::bigint
-      AND e.pgh_xid < pg_snapshot_xmax(%(target)s::pg_snapshot)::text::bigint
-      AND pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(target)s::pg_snapshot)
-      AND NOT pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(done)s::pg_snapshot)
+# The events of one batch: the interval's (audit_stream.stream.unfolded), after
+# `position`: the last pgh_id of the previous batch of the interval, or, for
+# its first batch, just below the interval's lowest pgh_id (_FIRST_ID_SQL).
+# The primary key walks from there; nothing older is read, whatever vacuum
+# has or has not done.
+_IN_BATCH = f"""WHERE {unfolded.IN_INTERVAL}
       AND e.pgh_id > %(position)s"""
 
 # The transaction of an event, kept on its Change: its id (pgh_xid) and the
@@ -63,6 +59,21 @@ _IN_INTERVAL = """WHERE e.pgh_xid >= pg_snapshot_xmin(%(done)s::pg_snapshot)::te
 # tables, so (command_id, event_id) is the order a transaction's changes
 # happened in (Change.objects.for_transaction). Nothing is added to the write path.
 _TRANSACTION_COLUMNS = "e.pgh_xid AS transaction_id, e.cmin::text::bigint AS command_id"
+# The lowest pgh_id of an interval, found through the pgh_xid index: one
+# range for the transactions that started after `done`, one list for those
+# in progress then. `+ 0` keeps the planner from answering min() by walking
+# the primary key from the table's first row and testing each.
+_FIRST_ID_SQL = f"""
+SELECT least(
+    (SELECT min(e.pgh_id + 0) FROM {{table}} AS e
+     WHERE {unfolded.NEW}
+       AND e.pgh_xid < pg_snapshot_xmax(%(target)s::pg_snapshot)::text::bigint
+       AND pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(target)s::pg_snapshot)),
+    (SELECT min(e.pgh_id + 0) FROM {{table}} AS e
+     WHERE {unfolded.IN_PROGRESS}
+       AND pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(target)s::pg_snapshot))
+)
+"""
 
 # A batch of an event table. For each event, `before` is the object's previous
 # state: the previous event of the object in this batch, else the last change
@@ -389,12 +400,30 @@ def _fold_batch(
         done, target, position, high = found.done, found.target, found.position, found.high
         if target is None:
             # `high`: every event committed in `target` has an id up to it (for a recovery).
-            quoted = connection.ops.quote_name(table)
-            cursor.execute(f"SELECT pg_current_snapshot()::text, (SELECT max(pgh_id) FROM {quoted})")
+            # The row log's stream also carries the DDL log, whose ids come from the same sequence.
+            tables = [table, rowlog.DDL_LOG_TABLE] if table == rowlog.ROW_LOG_TABLE else [table]
+            quoted = [connection.ops.quote_name(t) for t in tables]
+            highest = ", ".join(f"(SELECT max(pgh_id) FROM {q})" for q in quoted)
+            cursor.execute(f"SELECT pg_current_snapshot()::text, greatest({highest})")
             target, high = cursor.fetchone()
+            firsts = [_first_id(cursor, q, done, target, found.floor) for q in quoted]
+            position = min((f for f in firsts if f is not None), default=None)
+            if position is None:  # nothing in the interval: `target` becomes `done`
+                cursor.execute(
+                    "UPDATE audit_stream_checkpoint SET snapshot = %s, high = %s, updated_at = now()"
+                    " WHERE event_table = %s",
+                    [target, high, table],
+                )
+                return 0, True, False, set(), None
 
-        interval = {"done": done, "target": target, "position": position, "limit": batch_size}
-        cursor.execute(*_batch_sql(model, connection, found.names, _IN_INTERVAL, interval, model_names))
+        interval = {
+            "done": done,
+            "target": target,
+            "position": position,
+            "floor": found.floor,
+            "limit": batch_size,
+        }
+        cursor.execute(*_batch_sql(model, connection, found.names, _IN_BATCH, interval, model_names))
         rows = cursor.fetchall()
         ids = [event_id for _, event_id, _ in rows]
         lag_ms = max((lag for _, _, lag in rows), default=None)
@@ -488,3 +517,10 @@ def _recover(model, using: str, model_names, result: FoldResult, on_messages) ->
     if result.endpoints and on_messages is not None:
         on_messages(result.endpoints)
     return True
+
+
+def _first_id(cursor, quoted_table: str, done: str, target: str, floor: int) -> int | None:
+    """Just below the lowest pgh_id of the interval from ``done`` to ``target`` (None: it is empty)."""
+    cursor.execute(_FIRST_ID_SQL.format(table=quoted_table), {"done": done, "target": target, "floor": floor})
+    first = cursor.fetchone()[0]
+    return None if first is None else first - 1

@@ -22,21 +22,25 @@ from __future__ import annotations
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from audit_stream import tracking
+from audit_stream.stream import unfolded
 from audit_stream.stream.checkpoint import FOREIGN_SQL
 from audit_stream.triggers import WAKEUP_SEQUENCE, quote_name
 
 __all__ = ["arm", "disarm", "has_work", "tables_with_work"]
 
-# Is any committed event not yet folded? Transactions visible in the
-# checkpoint's snapshot are folded; older than its xmin, they all are. Events
-# up to `floor` came from a restore and are folded (stream.checkpoint).
-_HAS_WORK_SQL = """
-SELECT EXISTS (
-    SELECT 1 FROM {table} AS e
-    WHERE e.pgh_xid >= pg_snapshot_xmin(%(done)s::pg_snapshot)::text::bigint
-      AND NOT pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(done)s::pg_snapshot)
-      AND e.pgh_id > %(floor)s
-)
+# Is any committed event not yet folded (audit_stream.stream.unfolded)? Two
+# probes of the pgh_xid index, each stopping at the first committed row: the
+# cost follows the rows of transactions still in flight, never the table. Each
+# is a scalar subquery ordered by pgh_xid: an EXISTS would let the planner pick
+# a sequential scan that expects to meet a match at once (it estimates a third
+# of the table when the table has no statistics, as without autovacuum), and
+# then reads every folded row first. After a restore, restored events whose
+# old transaction ids look new to this cluster are skipped by the `floor` test
+# (they are folded): until this cluster's ids pass theirs, a probe also reads
+# those.
+_HAS_WORK_SQL = f"""
+SELECT (SELECT true FROM {{table}} AS e WHERE {unfolded.NEW} ORDER BY e.pgh_xid LIMIT 1) IS NOT NULL
+    OR (SELECT true FROM {{table}} AS e WHERE {unfolded.IN_PROGRESS} ORDER BY e.pgh_xid LIMIT 1) IS NOT NULL
 """
 
 ARM_SQL = f"SELECT setval('{WAKEUP_SEQUENCE}', 1, false)"

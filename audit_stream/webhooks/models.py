@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from audit_stream.exact import ExactDecoder
 
-__all__ = ["WebhookAttempt", "WebhookEndpoint", "WebhookMessage"]
+__all__ = ["WebhookAttempt", "WebhookEndpoint", "WebhookHour", "WebhookMessage"]
 
 
 def new_secret() -> str:
@@ -215,6 +215,26 @@ class WebhookAttempt(models.Model):
         db_table = "audit_stream_webhookattempt"
         verbose_name = "webhook attempt"
         ordering = ["attempted_at"]
+
+
+class WebhookHour(models.Model):
+    """Attempts to one endpoint in one hour, counted as they are recorded (audit_stream.webhooks.tally)."""
+
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="+"
+    )
+    hour = models.DateTimeField()
+    attempts = models.BigIntegerField(default=0)
+    succeeded = models.BigIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    last_error_at = models.DateTimeField(null=True)
+
+    class Meta:
+        db_table = "audit_stream_webhookhour"
+        verbose_name = "webhook attempts per hour"
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint", "hour"], name="audit_stream_webhookhour_key")
+        ]
 
 
 __all__ += ["mask", "new_secret"]

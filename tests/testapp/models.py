@@ -269,3 +269,11 @@ class Locker(models.Model):
     code = models.CharField(max_length=20, unique=True)
     place = models.CharField(max_length=100, default="")
     secret = models.CharField(max_length=100, default="")
+
+
+@audit_stream.track()
+class Ticket(models.Model):
+    """Tracked for the partitioning tests alone (tests/test_partitions.py), which partition its events."""
+
+    title = models.CharField(max_length=100)
+    state = models.CharField(max_length=20, default="open")

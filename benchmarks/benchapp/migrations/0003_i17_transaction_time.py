@@ -7,12 +7,17 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('perfapp', '0001_initial'),
+        ('benchapp', '0002_i15_security_definer'),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='itemevent',
+            model_name='asitemevent',
+            name='pgh_created_at',
+            field=models.DateTimeField(db_default=audit_stream.models.TransactionNow(), editable=False),
+        ),
+        migrations.AlterField(
+            model_name='asnonotifyitemevent',
             name='pgh_created_at',
             field=models.DateTimeField(db_default=audit_stream.models.TransactionNow(), editable=False),
         ),

@@ -7,17 +7,12 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('benchapp', '0001_initial'),
+        ('streamapp', '0002_i15_security_definer'),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='asitemevent',
-            name='pgh_created_at',
-            field=models.DateTimeField(db_default=audit_stream.models.TransactionNow(), editable=False),
-        ),
-        migrations.AlterField(
-            model_name='asnonotifyitemevent',
+            model_name='trackedrowevent',
             name='pgh_created_at',
             field=models.DateTimeField(db_default=audit_stream.models.TransactionNow(), editable=False),
         ),

@@ -7,12 +7,12 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('streamapp', '0001_initial'),
+        ('perfapp', '0002_i15_security_definer'),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='trackedrowevent',
+            model_name='itemevent',
             name='pgh_created_at',
             field=models.DateTimeField(db_default=audit_stream.models.TransactionNow(), editable=False),
         ),

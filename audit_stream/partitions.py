@@ -1,0 +1,378 @@
+"""Partitioned history: event tables (and the row log) as native range partitions by ``pgh_id``.
+
+Declared per event model in the ``PARTITIONS`` setting::
+
+    AUDIT_STREAM = {"PARTITIONS": {"shop.ProductEvent": {"size": 1_000_000, "ahead": 2}}}
+
+(``"audit_stream.RowLog"`` for the row log). The partition key is ``pgh_id``,
+which stays the primary key everything else relies on (the fold walks it,
+``Change.event_id`` points at it). Ids are drawn in time order, so ranges of
+``size`` ids follow time: ``<table>_p<first id>`` holds ids ``[first id,
+first id + size)``; ``<table>_default`` catches anything else (the dashboard
+warns when it holds rows).
+
+* :func:`convert` turns an existing table into the first partition of a new
+  partitioned table of the same name in one short transaction: no row is
+  copied (the table is attached, its indexes matched; the attach reads it once
+  to validate the range). ``manage.py partition_history`` runs it, and
+  ``migrate`` runs it for every declared table.
+* :func:`ensure` creates the partitions ahead (``ahead`` empty ranges past the
+  id sequence), so a write never lands in the default partition; beat runs it
+  (task ``audit_stream.ensure_partitions``) and so does ``migrate``. It also
+  records, in a table comment, when the sequence passed a partition's end:
+  every event of the partition was created before that time (an event's
+  ``pgh_created_at`` is its transaction's start, before its id was drawn).
+* Retention (:mod:`audit_stream.retention`) drops the partitions whose events
+  are all past ``max_age`` by that bound and all folded (:func:`droppable`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.apps import apps
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+
+from audit_stream import config
+from audit_stream.stream import unfolded
+
+__all__ = [
+    "Layout",
+    "Partition",
+    "convert",
+    "declared",
+    "default_rows",
+    "droppable",
+    "ensure",
+    "ensure_all",
+    "is_partitioned",
+    "partitions",
+    "sync",
+]
+
+_COMMENT_PREFIX = "audit_stream: full before "
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one table is partitioned: ``size`` ids per partition, ``ahead`` empty ones kept ready."""
+
+    table: str
+    size: int = 1_000_000
+    ahead: int = 2
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition: ids ``[lower, upper)`` (None: unbounded), or the default one."""
+
+    name: str
+    lower: int | None
+    upper: int | None
+    default: bool
+    full_before: datetime | None  # every event in it was created before this time (None: not known)
+
+
+def declared() -> dict[str, Layout]:
+    """The tables the ``PARTITIONS`` setting declares partitioned, by table name."""
+    layouts = {}
+    for label, options in config.partitions().items():
+        try:
+            model = apps.get_model(label)
+        except (LookupError, ValueError):
+            raise ValueError(
+                f"PARTITIONS names {label!r}, which is not a model: use an event model's"
+                ' "app_label.ModelName" (or "audit_stream.RowLog").'
+            ) from None
+        table = model._meta.db_table
+        layouts[table] = Layout(table, int(options.get("size", 1_000_000)), int(options.get("ahead", 2)))
+    return layouts
+
+
+def is_partitioned(cursor, table: str) -> bool:
+    """Whether ``table`` is a partitioned table."""
+    cursor.execute("SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass(quote_ident(%s))", [table])
+    row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+# The partitions of a table with their bounds as PostgreSQL prints them:
+# "FOR VALUES FROM ('1') TO ('1001')", "FOR VALUES FROM (MINVALUE) TO (...)", "DEFAULT".
+_PARTITIONS_SQL = """
+SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), obj_description(c.oid, 'pg_class')
+FROM pg_inherits AS i
+JOIN pg_class AS c ON c.oid = i.inhrelid
+WHERE i.inhparent = to_regclass(quote_ident(%s))
+"""
+_BOUND = re.compile(r"FROM \((?:'(-?\d+)'|MINVALUE)\) TO \((?:'(-?\d+)'|MAXVALUE)\)")
+
+
+def partitions(cursor, table: str) -> list[Partition]:
+    """The partitions of ``table``, lowest ids first, the default one last."""
+    cursor.execute(_PARTITIONS_SQL, [table])
+    found = []
+    for name, bound, comment in cursor.fetchall():
+        full = None
+        if comment and comment.startswith(_COMMENT_PREFIX):
+            full = datetime.fromisoformat(comment[len(_COMMENT_PREFIX) :])
+        if bound == "DEFAULT":
+            found.append(Partition(name, None, None, True, full))
+            continue
+        lower, upper = _BOUND.search(bound).groups()
+        found.append(
+            Partition(
+                name,
+                None if lower is None else int(lower),
+                None if upper is None else int(upper),
+                False,
+                full,
+            )
+        )
+    return sorted(found, key=lambda p: (p.default, -(2**63) if p.lower is None else p.lower))
+
+
+def _next_id(cursor, table: str) -> int:
+    """The id the table's sequence hands out next (not drawing it)."""
+    cursor.execute("SELECT pg_get_serial_sequence(quote_ident(%s), 'pgh_id')", [table])
+    sequence = cursor.fetchone()[0]
+    cursor.execute(f"SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END FROM {sequence}")
+    return cursor.fetchone()[0]
+
+
+def convert(layout: Layout, *, using: str = DEFAULT_DB_ALIAS, progress=None) -> bool:
+    """Make ``layout.table`` partitioned (False if it already is). One transaction; writers wait for it.
+
+    The table becomes its own first partition, ``<table>_p0`` (ids up to the
+    end of the current ``size`` range); a partitioned table with the same
+    name, columns, identity (continuing the sequence), indexes (the existing
+    ones are attached, not rebuilt) and statement triggers takes its place,
+    with a default partition and ``ahead`` partitions after it.
+    """
+    connection = connections[using]
+    table, quote = layout.table, connection.ops.quote_name
+    step = progress or (lambda message: None)
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        if is_partitioned(cursor, table):
+            return False
+        step(f"{table}: locking")
+        cursor.execute(f"LOCK TABLE {quote(table)} IN ACCESS EXCLUSIVE MODE")
+        _refuse_unpartitionable(cursor, table)
+        next_id = _next_id(cursor, table)
+        cursor.execute(
+            "SELECT attidentity <> '', pg_get_serial_sequence(quote_ident(%s), 'pgh_id') FROM pg_attribute"
+            " WHERE attrelid = to_regclass(quote_ident(%s)) AND attname = 'pgh_id'",
+            [table, table],
+        )
+        identity, sequence = cursor.fetchone()  # identity (Django >= 4.1) or serial (an older table)
+        first_end = (next_id // layout.size + 1) * layout.size
+        first = f"{table}_p0"
+        # What the new parent takes over: index and trigger definitions name the table as it is now.
+        cursor.execute(
+            "SELECT i.relname, pg_get_indexdef(i.oid)"
+            " FROM pg_index AS x JOIN pg_class AS i ON i.oid = x.indexrelid"
+            " WHERE x.indrelid = to_regclass(quote_ident(%s)) AND NOT x.indisprimary",
+            [table],
+        )
+        indexes = cursor.fetchall()
+        cursor.execute(
+            "SELECT conname FROM pg_constraint"
+            " WHERE conrelid = to_regclass(quote_ident(%s)) AND contype = 'p'",
+            [table],
+        )
+        primary_key = cursor.fetchone()[0]
+        cursor.execute(
+            "SELECT tgname, pg_get_triggerdef(oid), (tgtype & 1) = 1 FROM pg_trigger"
+            " WHERE tgrelid = to_regclass(quote_ident(%s)) AND NOT tgisinternal",
+            [table],
+        )
+        triggers = cursor.fetchall()
+
+        step(f"{table}: creating the partitioned table")
+        cursor.execute(f"ALTER TABLE {quote(table)} RENAME TO {quote(first)}")
+        cursor.execute(
+            f"ALTER TABLE {quote(first)} RENAME CONSTRAINT {quote(primary_key)} TO {quote(first + '_pkey')}"
+        )
+        for name, _ in indexes:
+            cursor.execute(f"ALTER INDEX {quote(name)} RENAME TO {quote(_suffixed(name, '_p0'))}")
+        cursor.execute(
+            f"CREATE TABLE {quote(table)} (LIKE {quote(first)} INCLUDING DEFAULTS INCLUDING IDENTITY"
+            f" INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMMENTS)"
+            f" PARTITION BY RANGE (pgh_id)"
+        )
+        if identity:
+            cursor.execute(f"ALTER TABLE {quote(table)} ALTER pgh_id RESTART WITH %s", [next_id])
+        else:  # the copied default draws from the same sequence, which now belongs to the new table
+            cursor.execute(f"ALTER SEQUENCE {sequence} OWNED BY {quote(table)}.pgh_id")
+        cursor.execute(f"ALTER TABLE {quote(table)} ADD CONSTRAINT {quote(primary_key)} PRIMARY KEY (pgh_id)")
+        for _, definition in indexes:
+            cursor.execute(definition)  # CREATE INDEX <name> ON <table> ...: now the parent (no rows yet)
+        if identity:
+            cursor.execute(f"ALTER TABLE {quote(first)} ALTER pgh_id DROP IDENTITY")
+        for name, definition, row_level in triggers:
+            if row_level:  # cloned onto every partition by the parent's copy
+                cursor.execute(f"DROP TRIGGER {quote(name)} ON {quote(first)}")
+            cursor.execute(definition)
+
+        step(f"{table}: attaching the existing rows (one validating read)")
+        cursor.execute(
+            f"ALTER TABLE {quote(table)} ATTACH PARTITION {quote(first)} FOR VALUES FROM (MINVALUE) TO (%s)",
+            [first_end],
+        )
+        cursor.execute(f"CREATE TABLE {quote(table + '_default')} PARTITION OF {quote(table)} DEFAULT")
+        _ensure(cursor, layout, quote)
+    step(f"{table}: done")
+    return True
+
+
+def _suffixed(name: str, suffix: str) -> str:
+    return name[: 63 - len(suffix)] + suffix
+
+
+def _refuse_unpartitionable(cursor, table: str) -> None:
+    cursor.execute(
+        "SELECT string_agg(conname, ', ') FROM pg_constraint"
+        " WHERE conrelid = to_regclass(quote_ident(%s)) AND contype IN ('u', 'f', 'x')",
+        [table],
+    )
+    names = cursor.fetchone()[0]
+    if names:
+        raise ValueError(
+            f"{table} has unique, foreign-key or exclusion constraints ({names}), which a table partitioned"
+            " by pgh_id cannot keep as they are: drop them (event models declare foreign keys with"
+            " db_constraint=False), then partition it."
+        )
+
+
+def ensure(layout: Layout, *, using: str = DEFAULT_DB_ALIAS) -> list[str]:
+    """Create ``layout.ahead`` empty partitions past the sequence; returns the names created."""
+    connection = connections[using]
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        if not is_partitioned(cursor, layout.table):
+            return []
+        return _ensure(cursor, layout, connection.ops.quote_name)
+
+
+def _ensure(cursor, layout: Layout, quote) -> list[str]:
+    table = layout.table
+    next_id = _next_id(cursor, table)
+    ranged = [p for p in partitions(cursor, table) if not p.default]
+    created = []
+    end = max(
+        (p.upper for p in ranged if p.upper is not None), default=(next_id // layout.size) * layout.size
+    )
+    default = next((p.name for p in partitions(cursor, table) if p.default), None)
+    while end < next_id + layout.ahead * layout.size:
+        name = f"{table}_p{end}"
+        _create_range(cursor, quote, table, name, default, end, end + layout.size)
+        created.append(name)
+        end += layout.size
+    # Partitions the sequence has passed: each event in one was created before now.
+    cursor.execute("SELECT now()")
+    now = cursor.fetchone()[0]
+    for part in ranged:
+        if part.upper is not None and part.upper <= next_id and part.full_before is None:
+            cursor.execute(f"COMMENT ON TABLE {quote(part.name)} IS %s", [_COMMENT_PREFIX + now.isoformat()])
+    return created
+
+
+def _create_range(cursor, quote, table: str, name: str, default: str | None, lower: int, upper: int) -> None:
+    """Create partition ``name`` for ids ``[lower, upper)``, with the default partition's rows of that range.
+
+    PostgreSQL refuses a new range that rows of the default partition fall in:
+    those rows are moved (the default partition detached, the rows copied
+    into the new partition and deleted, the default attached again). The table is
+    locked meanwhile; with partitions created ahead the default is empty and
+    this costs one empty probe.
+    """
+    range_ = {"lower": lower, "upper": upper}
+    in_range = "pgh_id >= %(lower)s AND pgh_id < %(upper)s"
+    moved = False
+    if default is not None:
+        cursor.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {quote(default)} WHERE {in_range})",
+            range_,
+        )
+        moved = cursor.fetchone()[0]
+    if moved:
+        cursor.execute(f"ALTER TABLE {quote(table)} DETACH PARTITION {quote(default)}")
+    cursor.execute(
+        f"CREATE TABLE {quote(name)} PARTITION OF {quote(table)} FOR VALUES FROM (%(lower)s) TO (%(upper)s)",
+        range_,
+    )
+    if moved:
+        cursor.execute(
+            f"INSERT INTO {quote(name)} SELECT * FROM {quote(default)}"
+            " WHERE pgh_id >= %(lower)s AND pgh_id < %(upper)s",
+            range_,
+        )
+        cursor.execute(
+            f"DELETE FROM {quote(default)} WHERE pgh_id >= %(lower)s AND pgh_id < %(upper)s", range_
+        )
+        cursor.execute(f"ALTER TABLE {quote(table)} ATTACH PARTITION {quote(default)} DEFAULT")
+
+
+def ensure_all(*, using: str = DEFAULT_DB_ALIAS) -> dict[str, list[str]]:
+    """:func:`ensure` for every declared table that is partitioned."""
+    return {table: ensure(layout, using=using) for table, layout in declared().items()}
+
+
+def sync(*, using: str = DEFAULT_DB_ALIAS, progress=None) -> list[str]:
+    """Convert every declared table not yet partitioned, and create partitions ahead (``migrate`` runs it)."""
+    converted = []
+    for table, layout in declared().items():
+        with connections[using].cursor() as cursor:
+            if to_regclass(cursor, table) is None:
+                continue  # not migrated yet
+        if convert(layout, using=using, progress=progress):
+            converted.append(table)
+        else:
+            ensure(layout, using=using)
+    return converted
+
+
+def to_regclass(cursor, table: str):
+    cursor.execute("SELECT to_regclass(quote_ident(%s))::oid", [table])
+    return cursor.fetchone()[0]
+
+
+def default_rows(cursor, table: str) -> bool:
+    """Whether the default partition of ``table`` holds rows (ids outside every range: partitions missing)."""
+    for part in partitions(cursor, table):
+        if part.default:
+            cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {cursor.db.ops.quote_name(part.name)})")
+            return cursor.fetchone()[0]
+    return False
+
+
+# Does a partition hold an unfolded event? Two probes of its pgh_xid index, as
+# audit_stream.stream.wakeup asks of a whole table (ordered, so the planner
+# never reads the partition sequentially hoping to meet one early).
+_HAS_UNFOLDED_SQL = f"""
+SELECT (SELECT true FROM {{table}} AS e WHERE {unfolded.NEW} ORDER BY e.pgh_xid LIMIT 1) IS NOT NULL
+    OR (SELECT true FROM {{table}} AS e WHERE {unfolded.IN_PROGRESS} ORDER BY e.pgh_xid LIMIT 1) IS NOT NULL
+"""
+
+
+def droppable(cursor, table: str, cutoff: datetime, done: str | None, floor: int) -> list[Partition]:
+    """The partitions retention may drop: every event created before ``cutoff``, and folded.
+
+    Created before: the partition was full (the sequence past its end) before
+    ``cutoff``. Folded: none of its events is unfolded (the fold's own
+    definition, audit_stream.stream.unfolded), probed through the pgh_xid index.
+    Only the lowest partitions in a row: a partition is kept, and every later
+    one, once one must stay (retention never leaves a hole below newer history).
+    """
+    if done is None:
+        return []
+    found = []
+    quote = cursor.db.ops.quote_name
+    for part in partitions(cursor, table):
+        if part.default or part.full_before is None or part.full_before >= cutoff:
+            break
+        cursor.execute(_HAS_UNFOLDED_SQL.format(table=quote(part.name)), {"done": done, "floor": floor})
+        if cursor.fetchone()[0]:
+            break
+        found.append(part)
+    return found

@@ -1,0 +1,154 @@
+"""Partitioned event tables: conversion, partitions ahead, the stream on them, retention by partition.
+
+Ticket's event table is partitioned by the first test that needs it (10 ids per
+partition) and stays so for the session: it is used by these tests alone.
+The rest of the suite runs on partitioned tables too when AUDIT_STREAM_SETTINGS
+declares PARTITIONS (README, "Partitioned history").
+"""
+
+from datetime import timedelta
+
+import pytest
+from django.db import DatabaseError, connection, transaction
+
+from audit_stream import partitions, retention
+from audit_stream.dashboard import queries
+from audit_stream.models import Change
+from audit_stream.stream import fold
+from tests.testapp.models import Ticket, TicketEvent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TICKETS = "testapp_ticketevent"
+LAYOUT = partitions.Layout(TICKETS, size=10, ahead=2)
+
+
+@pytest.fixture
+def partitioned(settings):
+    """TicketEvent's table, partitioned by ranges of 10 ids (converted once), with partitions ahead."""
+    settings.AUDIT_STREAM = {**getattr(settings, "AUDIT_STREAM", {}), "FOLD_LINGER": 0}
+    settings.AUDIT_STREAM["PARTITIONS"] = {"testapp.TicketEvent": {"size": 10, "ahead": 2}}
+    partitions.sync()
+    return LAYOUT
+
+
+def _parts():
+    with connection.cursor() as cursor:
+        return partitions.partitions(cursor, TICKETS)
+
+
+def _write(count: int, state: str = "open") -> list[Ticket]:
+    return [Ticket.objects.create(title=f"t{i}", state=state) for i in range(count)]
+
+
+def _age_events() -> None:
+    """Move every ticket event 100 days back (set-up only: bypasses append-only), with its partition's bound.
+
+    The partitions the sequence has passed get their time bound first
+    (:func:`partitions.ensure`), then that bound moves back with the events.
+    """
+    partitions.ensure(LAYOUT)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL session_replication_role = replica")
+        cursor.execute(f"UPDATE {TICKETS} SET pgh_created_at = pgh_created_at - interval '100 days'")
+        for part in partitions.partitions(cursor, TICKETS):
+            if part.full_before is not None:
+                bound = part.full_before - timedelta(days=100)
+                cursor.execute(
+                    f"COMMENT ON TABLE {part.name} IS %s", [f"audit_stream: full before {bound.isoformat()}"]
+                )
+
+
+def test_converting_keeps_every_event_and_id_and_the_append_only_trigger(settings):
+    """An unpartitioned table with events becomes partitioned: same rows, ids go on, DELETE still refused."""
+    with connection.cursor() as cursor:
+        already = partitions.is_partitioned(cursor, TICKETS)
+    before = _write(3)
+    ids = list(TicketEvent.objects.order_by("pgh_id").values_list("pgh_id", flat=True))
+    settings.AUDIT_STREAM = {"PARTITIONS": {"testapp.TicketEvent": {"size": 10, "ahead": 2}}}
+    converted = partitions.sync()
+    assert converted == ([] if already else [TICKETS])
+    with connection.cursor() as cursor:
+        assert partitions.is_partitioned(cursor, TICKETS)
+    assert list(TicketEvent.objects.order_by("pgh_id").values_list("pgh_id", flat=True)) == ids
+    after = _write(1)[0]
+    newest = TicketEvent.objects.order_by("-pgh_id").first()
+    assert newest.pgh_obj_id == after.pk and newest.pgh_id > max(ids)
+    with pytest.raises(DatabaseError, match="history is append-only"), transaction.atomic():
+        TicketEvent.objects.filter(pgh_obj_id=before[0].pk).delete()
+
+
+def test_partitions_are_kept_ahead_of_the_id_sequence(partitioned):
+    """After 25 writes, `ahead` empty ranges of 10 ids wait past the newest id; the default stays empty."""
+    _write(25)
+    partitions.ensure(partitioned)
+    newest = TicketEvent.objects.order_by("-pgh_id").first().pgh_id
+    ranged = [p for p in _parts() if not p.default]
+    assert max(p.upper for p in ranged) >= newest + 1 + 2 * 10
+    with connection.cursor() as cursor:
+        assert not partitions.default_rows(cursor, TICKETS)
+
+
+def test_the_fold_takes_every_event_across_partitions_once_in_order(partitioned):
+    """Events spread over several partitions become one change each, diffed against the previous one."""
+    tickets = _write(12)
+    for ticket in tickets:
+        ticket.state = "closed"
+        ticket.save()
+    assert fold.fold(TICKETS).folded == 24
+    assert fold.fold(TICKETS).folded == 0
+    changes = Change.objects.filter(event_table=TICKETS)
+    assert changes.count() == 24
+    closed = changes.filter(object_id=str(tickets[5].pk)).order_by("event_id").last()
+    assert closed.diff == {"state": ["open", "closed"]}
+
+
+def test_retention_drops_old_folded_partitions_and_deletes_only_in_the_straddling_one(partitioned):
+    """Aged, folded, full partitions are dropped whole; the partition still filling is pruned row by row."""
+    _write(25)
+    fold.fold(TICKETS)
+    newest = TicketEvent.objects.order_by("-pgh_id").first().pgh_id
+    _age_events()
+    full = [p.name for p in _parts() if p.full_before is not None]
+    assert full  # at least two full partitions of 10
+    report = retention.prune(
+        targets=["testapp.TicketEvent"], overrides=retention.Policy(max_age=timedelta(days=90))
+    )
+    assert report.rows[TICKETS] == 25
+    assert TicketEvent.objects.count() == 0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_class WHERE relname = ANY(%s)", [full])
+        assert cursor.fetchone()[0] == 0  # dropped, not merely detached
+    straddling = [p for p in _parts() if not p.default and (p.lower or 0) <= newest < p.upper]
+    assert straddling and straddling[0].name not in full  # kept: its aged events were deleted in batches
+
+
+def test_a_partition_holding_an_unfolded_event_is_never_dropped(partitioned):
+    """An aged, full partition with one unfolded event stays, with every later one; the folded ones go."""
+    _write(10)
+    fold.fold(TICKETS)
+    _write(25)  # unfolded, from the partition the first writes ended in
+    first_unfolded = TicketEvent.objects.order_by("pgh_id")[10].pgh_id
+    _age_events()
+    report = retention.prune(
+        targets=["testapp.TicketEvent"], overrides=retention.Policy(max_age=timedelta(days=90))
+    )
+    assert report.rows[TICKETS] == 10  # the folded ones only
+    assert TicketEvent.objects.count() == 25
+    assert not TicketEvent.objects.filter(pgh_id__lt=first_unfolded).exists()
+    kept = [p for p in _parts() if not p.default]
+    assert kept[0].upper > first_unfolded and (kept[0].lower or 0) <= first_unfolded
+
+
+def test_the_dashboard_warns_when_the_default_partition_holds_events(partitioned):
+    """An id past every range lands in the default partition, and the table's row says so."""
+    ranged = [p for p in _parts() if not p.default]
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {TICKETS} ALTER pgh_id RESTART WITH %s", [max(p.upper for p in ranged)])
+    _write(1)
+    table = next(t for t in queries.stream_tables() if t.event_table == TICKETS)
+    assert table.rows_in_default_partition
+    partitions.ensure(partitioned)  # creates the missing range and moves the event into it
+    table = next(t for t in queries.stream_tables() if t.event_table == TICKETS)
+    assert not table.rows_in_default_partition
+    assert TicketEvent.objects.count() == 1
