@@ -3,9 +3,9 @@
 In the module that creates your Celery app (``mysite/celery.py``)::
 
     app.autodiscover_tasks()          # finds audit_stream.tasks, as any installed app's
-    audit_stream.beat.schedule(app)   # the sweep every 30 s, retention every RETENTION_INTERVAL, partitions ahead every 5 min
+    audit_stream.beat.schedule(app)   # the sweep, retention and partitions ahead
 
-``celery -A mysite beat`` then runs both. The listener
+``celery -A mysite beat`` then runs them. The listener
 (``manage.py audit_stream listen``) does the sweep's work every
 ``POLL_INTERVAL``; the sweep is the safety net for when no listener runs.
 """
