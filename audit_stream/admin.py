@@ -682,14 +682,14 @@ def _entries(model, rows, obj, may_change, opts, object_id):
                 if obj is None and may_change and revertible
                 else None,
                 "as_of_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_as_of", args=[object_id, key])
-                if as_of_ok and row.pgh_label not in _delete_labels(row)
+                if as_of_ok and row.pgh_label not in _row_delete_labels(row)
                 else None,
             }
         )
     return entries
 
 
-def _delete_labels(row) -> set[str]:
+def _row_delete_labels(row) -> set[str]:
     if row.event_model is RowLog:
         return {"delete"}
     return {e.label for e in row.event_model.pgh_events if getattr(e, "operations", None) == ["DELETE"]}
