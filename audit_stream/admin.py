@@ -24,7 +24,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from audit_stream import changelists, rowlog, tracking
+from audit_stream import aggregate_diff, changelists, rowlog, tracking
 from audit_stream import revert as _revert
 from audit_stream.models import (
     AggregateEvent,
@@ -390,7 +390,7 @@ def _deleted_events(event_model, model, limit=500):
     """
     events, tracked, pk = (quote_name(event_model._meta.db_table), quote_name(model._meta.db_table),
                            quote_name(model._meta.pk.column))  # fmt: skip
-    labels = _delete_labels(event_model)
+    labels = aggregate_diff.delete_labels(event_model)
     if labels:
         sql = f"""
             SELECT e.* FROM {events} AS e
@@ -416,14 +416,6 @@ def _deleted_events(event_model, model, limit=500):
         LIMIT %s
     """
     return list(event_model.objects.raw(sql, [limit]))
-
-
-def _delete_labels(event_model) -> list[str]:
-    from audit_stream.events import DatabaseEvent
-
-    return [
-        e.label for e in event_model.pgh_events if isinstance(e, DatabaseEvent) and e.operations == ["DELETE"]
-    ]
 
 
 def _tracked(model) -> bool:

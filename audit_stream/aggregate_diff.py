@@ -17,7 +17,7 @@ for a delete event.
 
 from __future__ import annotations
 
-__all__ = ["diff_expression", "replace_diff_column"]
+__all__ = ["delete_labels", "diff_expression", "replace_diff_column"]
 
 # Columns of an event row that are not the tracked object's state.
 _PGH_COLUMNS = ["pgh_id", "pgh_created_at", "pgh_label", "pgh_xid", "pgh_obj_id", "pgh_context_id"]
@@ -36,7 +36,8 @@ WHEN %s THEN (
     FROM {table} AS c WHERE c.pgh_id = {event_id})"""
 
 
-def _delete_labels(event_model) -> list[str]:
+def delete_labels(event_model) -> list[str]:
+    """The labels of ``event_model``'s events whose only operation is DELETE."""
     from audit_stream.events import DatabaseEvent
 
     return [
@@ -62,7 +63,7 @@ def diff_expression(table: str, event_id: str, event_models, quote) -> tuple[str
                 same_object="p.pgh_obj_id = c.pgh_obj_id AND" if model._pgh_has_obj else "",
             )
         )
-        params += [name, _PGH_COLUMNS, _PGH_COLUMNS, _delete_labels(model)]
+        params += [name, _PGH_COLUMNS, _PGH_COLUMNS, delete_labels(model)]
     return f"(CASE {table} {''.join(whens)} END)", params
 
 
