@@ -389,7 +389,7 @@ def markdown(args: argparse.Namespace, results: dict[str, dict]) -> str:
                 f" | {group[-1]['rss_mb']['listener']:.0f} | {max(s['load'] for s in group):.1f} |"
             )
         drift = [
-            f"{name}: first {v['window_s'] / 60:g} min p99 {_ms(v[key]['first_p99'])} ms, last"
+            f"{name}: first {v['window_s'] / 60:.1f} min p99 {_ms(v[key]['first_p99'])} ms, last"
             f" {_ms(v[key]['last_p99'])} ms ({_ratio(v[key]['ratio'])};"
             f" bound {P99_DRIFT}x: {'met' if (v[key]['ratio'] or 99) <= P99_DRIFT else '**missed**'})"
             for name, key in (("fold", "fold_ms"), ("webhook", "webhook_ms"))
