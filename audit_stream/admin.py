@@ -26,7 +26,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from audit_stream import changelists, rowlog, tracking
+from audit_stream import changelists, events, rowlog, tracking
 from audit_stream import revert as _revert
 from audit_stream.admin_undo import UndoContextMixin
 from audit_stream.exact import dumps as exact_dumps
@@ -492,41 +492,41 @@ def _revertible_event_models(model):
 def _deleted_events(event_model, model, limit=500):
     """The last event of each object that no longer exists (its last recorded state).
 
-    With delete events declared, the newest delete events are walked back
-    along the primary key until ``limit`` are found whose object is gone and
-    has no later event: the cost follows the page (and how rare deletes
-    are), not the table. Without, every object's last event is read.
+    With delete events declared, the newest delete events are looked for in
+    windows of ``pgh_id`` walking back from the newest event (1,000 ids, then
+    twice as many each time), until ``limit`` are found whose object is gone
+    and has no later event: the cost follows the page (and how rare deletes
+    are), not the table, whatever the planner's statistics say. Without,
+    every object's last event is read.
     """
-    events, tracked, pk = (quote_name(event_model._meta.db_table), quote_name(model._meta.db_table),
+    table, tracked, pk = (quote_name(event_model._meta.db_table), quote_name(model._meta.db_table),
                            quote_name(model._meta.pk.column))  # fmt: skip
-    labels = _delete_labels(event_model)
+    labels = events.delete_labels(event_model)
     if labels:
         sql = f"""
-            SELECT e.* FROM {events} AS e
-            WHERE e.pgh_label = ANY(%s)
+            SELECT e.* FROM {table} AS e
+            WHERE e.pgh_id > %s AND e.pgh_id <= %s
+              AND e.pgh_label = ANY(%s)
               AND NOT EXISTS (SELECT 1 FROM {tracked} AS t WHERE t.{pk} = e.pgh_obj_id)
-              AND NOT EXISTS (SELECT 1 FROM {events} AS later
+              AND NOT EXISTS (SELECT 1 FROM {table} AS later
                               WHERE later.pgh_obj_id = e.pgh_obj_id AND later.pgh_id > e.pgh_id)
             ORDER BY e.pgh_id DESC
             LIMIT %s
         """
-        return list(event_model.objects.raw(sql, [labels, limit]))
+        upper = event_model.objects.aggregate(newest=models.Max("pgh_id"))["newest"]
+        found, window = [], 1_000
+        while upper is not None and upper > 0 and len(found) < limit:
+            found += event_model.objects.raw(sql, [upper - window, upper, labels, limit - len(found)])
+            upper, window = upper - window, window * 2
+        return found
     sql = f"""
         SELECT DISTINCT ON (e.pgh_obj_id) e.*
-        FROM {events} AS e
+        FROM {table} AS e
         WHERE NOT EXISTS (SELECT 1 FROM {tracked} AS t WHERE t.{pk} = e.pgh_obj_id)
         ORDER BY e.pgh_obj_id, e.pgh_id DESC
         LIMIT %s
     """
     return list(event_model.objects.raw(sql, [limit]))
-
-
-def _delete_labels(event_model) -> list[str]:
-    from audit_stream.events import DatabaseEvent
-
-    return [
-        e.label for e in event_model.pgh_events if isinstance(e, DatabaseEvent) and e.operations == ["DELETE"]
-    ]
 
 
 def _tracked(model) -> bool:
@@ -692,7 +692,7 @@ def _entries(model, rows, obj, may_change, opts, object_id):
 def _row_delete_labels(row) -> set[str]:
     if row.event_model is RowLog:
         return {"delete"}
-    return {e.label for e in row.event_model.pgh_events if getattr(e, "operations", None) == ["DELETE"]}
+    return set(events.delete_labels(row.event_model))
 
 
 class EventAdmin(ReadOnlyAdmin):

@@ -111,11 +111,9 @@ def _where_sql(fields: list[models.ForeignKey], target: _Target, connection) -> 
 
 
 def _delete_labels(event_model) -> list[str]:
-    from audit_stream.events import DatabaseEvent
+    from audit_stream import events
 
-    return [
-        e.label for e in event_model.pgh_events if isinstance(e, DatabaseEvent) and e.operations == ["DELETE"]
-    ]
+    return events.delete_labels(event_model)
 
 
 def _diff_sql(event_model) -> tuple[str, list]:

@@ -34,6 +34,7 @@ __all__ = [
     "DatabaseEvent",
     "Event",
     "Snapshot",
+    "delete_labels",
 ]
 
 _OPERATIONS = {
@@ -233,3 +234,16 @@ class Snapshot(DatabaseEvent):
             if f.attname in event_model._pgh_tracked_fields
         ]
         return " OR ".join(f'OLD."{c}" IS DISTINCT FROM NEW."{c}"' for c in columns) or "FALSE"
+
+
+def delete_labels(event_model: type[models.Model]) -> list[str]:
+    """The labels of ``event_model``'s events that record deletes (and only deletes).
+
+    The fold, ``AggregateEvent`` and the admin treat such an event as the
+    object's end: its diff is ``{column: [old, null]}``.
+    """
+    return [
+        event.label
+        for event in event_model.pgh_events
+        if isinstance(event, DatabaseEvent) and event.operations == ["DELETE"]
+    ]

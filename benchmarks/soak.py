@@ -269,6 +269,14 @@ def run_one(args: argparse.Namespace) -> dict:
             "unknown_received": len(set(ids) - {f"msg_{u.replace('-', '')}" for u in _message_ids()}),
             "bad_signatures": sum(1 for row in rows if row[6] != "ok"),
             "attempts": count("audit_stream_webhookattempt"),
+            # Why an attempt failed (a request that timed out on the sender's side may still have
+            # arrived: at least once, a duplicate the receiver sees).
+            "failed_attempts": dict(
+                harness.execute(
+                    "SELECT error, count(*) FROM audit_stream_webhookattempt"
+                    " WHERE NOT succeeded GROUP BY error"
+                )
+            ),
             "dead_tuples_events": scalar(
                 "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = %s", [EVENTS]
             ),
@@ -314,7 +322,8 @@ def _slope_mb_per_hour(points: list[tuple[float, float]]) -> float:
 def verdicts(result: dict, minutes: float) -> dict:
     """p99 drift (last window against the first) and memory trend per process."""
     samples = [s for s in result["samples"][:-1] if s["fold_ms"][1] is not None]  # the last: after the drain
-    window = min(600.0, minutes * 60 / 5)
+    # A fifth of the run as it happened (a writer that fell behind runs longer than asked), at most 10 min.
+    window = min(600.0, max((s["t"] for s in samples), default=minutes * 60) / 5)
     found = {"window_s": window}
     for key in ("fold_ms", "webhook_ms"):
         first = [s[key][1] for s in _window(samples, True, window) if s[key][1] is not None]
@@ -380,7 +389,7 @@ def markdown(args: argparse.Namespace, results: dict[str, dict]) -> str:
                 f" | {group[-1]['rss_mb']['listener']:.0f} | {max(s['load'] for s in group):.1f} |"
             )
         drift = [
-            f"{name}: first {v['window_s'] / 60:g} min p99 {_ms(v[key]['first_p99'])} ms, last"
+            f"{name}: first {v['window_s'] / 60:.1f} min p99 {_ms(v[key]['first_p99'])} ms, last"
             f" {_ms(v[key]['last_p99'])} ms ({_ratio(v[key]['ratio'])};"
             f" bound {P99_DRIFT}x: {'met' if (v[key]['ratio'] or 99) <= P99_DRIFT else '**missed**'})"
             for name, key in (("fold", "fold_ms"), ("webhook", "webhook_ms"))
@@ -395,7 +404,9 @@ def markdown(args: argparse.Namespace, results: dict[str, dict]) -> str:
             f" {c['changes']:,} changes, {c['messages']:,} messages, {c['delivered']:,} delivered,"
             f" {c['received']:,} received ({c['received_distinct']:,} distinct,"
             f" {c['unknown_received']} unknown),"
-            f" {c['bad_signatures']} bad signatures, {c['attempts']:,} attempts.",
+            f" {c['bad_signatures']} bad signatures, {c['attempts']:,} attempts"
+            + (f" (failed: {c['failed_attempts']})" if c.get("failed_attempts") else "")
+            + ".",
             "",
         ]
     return "\n".join(lines)

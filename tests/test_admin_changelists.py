@@ -122,4 +122,4 @@ def test_deleted_objects_are_found_newest_first_without_reading_the_history():
         after - b for after, b in zip(_table_reads("testapp_productevent"), before, strict=True)
     )
     assert [event.name for event in found] == ["p30", "p20"]
-    assert seq_read == 0 and fetched < 20
+    assert seq_read == 0 and fetched <= 1_010  # the first window of ids, not the 20,003 events

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, transaction
 
-from audit_stream import config, rowlog, tracking
+from audit_stream import config, events, rowlog, tracking
 from audit_stream.stream import checkpoint, unfolded, wakeup
 from audit_stream.webhooks import messages
 
@@ -374,16 +374,6 @@ def _event_model(event_table: str):
         ) from None
 
 
-def _delete_labels(model) -> list[str]:
-    from audit_stream.events import DatabaseEvent
-
-    return [
-        event.label
-        for event in model.pgh_events
-        if isinstance(event, DatabaseEvent) and event.operations == ["DELETE"]
-    ]
-
-
 def _fold_batch(
     model, using: str, batch_size: int, model_names: rowlog.StreamNames | None
 ) -> tuple[int, bool, bool, set[int], int | None]:
@@ -469,7 +459,7 @@ def _batch_sql(model, connection, names: list[str], in_interval: str, interval: 
             "event_table": table,
             "former_tables": names[1:],
             "model": model.pgh_tracked_model._meta.label_lower,
-            "delete_labels": _delete_labels(model),
+            "delete_labels": events.delete_labels(model),
         },
     )
 
