@@ -46,7 +46,9 @@ def redis_sink():
 def rabbitmq_sink():
     exchange, queue = unique("i20t"), unique("i20t-products-")
     asyncio.run(_amqp_bind(exchange, queue, "testapp.product.*"))
-    sink = Sink.objects.create(name=exchange, kind="rabbitmq", target=AMQP_URL, options={"exchange": exchange})
+    sink = Sink.objects.create(
+        name=exchange, kind="rabbitmq", target=AMQP_URL, options={"exchange": exchange}
+    )
     sink.queue = queue
     yield sink
     asyncio.run(_amqp_cleanup(exchange, queue))

@@ -22,6 +22,10 @@ from audit_stream.sinks.base import AsyncSink, BrokerError, Message, object_toke
 __all__ = ["NatsSink"]
 
 
+async def _ignore(error: Exception) -> None:
+    """nats-py's error callback: errors surface as exceptions of the calls instead."""
+
+
 class NatsSink(AsyncSink):
     """Publishes to a JetStream stream, every message of a batch in flight at once."""
 
@@ -40,8 +44,15 @@ class NatsSink(AsyncSink):
 
     async def _open(self) -> None:
         try:
+            # One attempt (with 0 attempts nats-py retries a refused connection forever);
+            # the errors become BrokerError, not log noise from nats-py's default callback.
             self._nc = await nats.connect(
-                self.target, connect_timeout=5, max_reconnect_attempts=0, allow_reconnect=False
+                self.target,
+                connect_timeout=5,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,
+                allow_reconnect=False,
+                error_cb=_ignore,
             )
         except (TimeoutError, OSError, NatsError) as exc:
             raise BrokerError(f"NATS at {self.target}: {exc or type(exc).__name__}") from exc
