@@ -7,6 +7,7 @@ import aio_pika
 import nats
 import pytest
 import redis
+from django.core.management import CommandError, call_command
 
 import audit_stream
 from audit_stream.models import Sink, SinkMessage, WebhookEndpoint, WebhookMessage
@@ -193,3 +194,48 @@ def test_sink_messages_are_recorded_in_the_folds_transaction(redis_sink):
     assert not SinkMessage.objects.exists()
     fold.fold("testapp_productevent")
     assert SinkMessage.objects.get().change_id is not None
+
+
+def test_the_sinks_command_adds_lists_disables_enables_and_replays(capsys):
+    """`manage.py sinks` manages sinks by name; replay makes dead messages due again."""
+    call_command(
+        "sinks", "add", "bus", "redis", REDIS_URL, "--options", '{"maxlen": 100}', "--model", "testapp.order"
+    )
+    sink = Sink.objects.get(name="bus")
+    assert (sink.kind, sink.options, sink.filter_models) == ("redis", {"maxlen": 100}, ["testapp.order"])
+
+    call_command("sinks", "disable", "bus")
+    assert not Sink.objects.get(name="bus").is_active
+    call_command("sinks", "enable", str(sink.pk))
+    assert Sink.objects.get(name="bus").is_active
+
+    Order.objects.create(customer=Customer.objects.create(email="c@example.com", name="C"))
+    fold.fold_all()
+    SinkMessage.objects.update(status="dead")
+    dead = SinkMessage.objects.count()
+    call_command("sinks", "replay", "bus")
+    assert SinkMessage.objects.filter(status="pending", attempts=0).count() == dead
+    call_command("sinks", "list")
+    assert f"bus\tredis\t{REDIS_URL}\tactive\tpending {dead}" in capsys.readouterr().out
+
+
+def test_the_sinks_command_refuses_unknown_models_and_sinks():
+    """A filter naming no tracked model, or a sink that does not exist, is an error that says what to do."""
+    with pytest.raises(CommandError, match="No tracked or logged model"):
+        call_command("sinks", "add", "bus", "redis", REDIS_URL, "--model", "shop.nothing")
+    with pytest.raises(CommandError, match="sinks list"):
+        call_command("sinks", "replay", "nowhere")
+
+
+def test_the_admin_lists_sinks_and_replays_with_the_change_permission(admin_client):
+    """The admin shows sinks; its replay action makes their dead messages due again."""
+    sink = Sink.objects.create(name="bus", kind="redis", target=REDIS_URL)
+    Product.objects.create(name="lamp")
+    fold.fold_all()
+    SinkMessage.objects.update(status="dead")
+    assert b"bus" in admin_client.get("/admin/audit_stream/sink/").content
+    admin_client.post(
+        "/admin/audit_stream/sink/", {"action": "replay_dead", "_selected_action": [sink.pk]}, follow=True
+    )
+    assert set(SinkMessage.objects.values_list("status", flat=True)) == {"pending"}
+    assert admin_client.get("/admin/audit_stream/sinkmessage/").status_code == 200
