@@ -114,9 +114,10 @@ def deliver(
                     backend.open()
                     opened = True
                 outcomes = backend.publish_batch([message for message, _ in batch])
-            except base.BrokerError as exc:
-                outcomes = [str(exc)] * len(batch)
-                opened = False  # reconnect for the next call
+            except Exception as exc:  # the broker (or the sink's settings): the whole batch failed
+                error = str(exc) if isinstance(exc, base.BrokerError) else f"{type(exc).__name__}: {exc}"
+                outcomes = [error] * len(batch)
+                opened = False  # reconnect for the next batch
                 backend.close()
             _record(batch, outcomes, result)
             if all(outcome is not None for outcome in outcomes):

@@ -59,9 +59,12 @@ class NatsSink(AsyncSink):
         self._js = self._nc.jetstream(timeout=10)
         stream = self.options.get("stream", "AUDIT_STREAM")
         try:
-            await self._js.stream_info(stream)
-        except NotFoundError:
-            await self._js.add_stream(name=stream, subjects=[f"{self.prefix}.>"])
+            try:
+                await self._js.stream_info(stream)
+            except NotFoundError:
+                await self._js.add_stream(name=stream, subjects=[f"{self.prefix}.>"])
+        except (NatsError, asyncio.TimeoutError) as exc:
+            raise BrokerError(f"JetStream stream {stream!r} at {self.target}: {exc!r}") from exc
 
     def publish_batch(self, messages: list[Message]) -> list[str | None]:
         return self._run(self._publish(messages))
