@@ -63,7 +63,7 @@ class NatsSink(AsyncSink):
                 await self._js.stream_info(stream)
             except NotFoundError:
                 await self._js.add_stream(name=stream, subjects=[f"{self.prefix}.>"])
-        except (NatsError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, NatsError) as exc:
             raise BrokerError(f"JetStream stream {stream!r} at {self.target}: {exc!r}") from exc
 
     def publish_batch(self, messages: list[Message]) -> list[str | None]:
