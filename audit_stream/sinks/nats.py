@@ -72,13 +72,23 @@ class NatsSink(AsyncSink):
     async def _publish(self, messages: list[Message]) -> list[str | None]:
         if self._js is None or self._nc.is_closed:
             raise BrokerError("NATS connection is closed")
-        results = await asyncio.gather(
-            *(
-                self._js.publish(self.subject(m), m.body, headers={"Nats-Msg-Id": m.id, **m.headers()})
-                for m in messages
-            ),
-            return_exceptions=True,
-        )
+        # publish_async: every message goes out with a reply inbox, acknowledgements are
+        # collected as they come back (one flush, not a request/reply per message).
+        futures = []
+        for m in messages:
+            futures.append(
+                await self._js.publish_async(
+                    self.subject(m), m.body, headers={"Nats-Msg-Id": m.id, **m.headers()}
+                )
+            )
+        await self._nc.flush(timeout=10)
+        done, _ = await asyncio.wait(futures, timeout=10)
+        results = [
+            (f.exception() or None) if f in done else TimeoutError("no acknowledgement within 10 s")
+            for f in futures
+        ]
+        for f in futures:
+            f.cancel()  # those still waiting: their messages are retried (and de-duplicated)
         if self._nc.is_closed or all(isinstance(r, Exception) for r in results):
             first = next((r for r in results if isinstance(r, Exception)), None)
             raise BrokerError(f"NATS publish failed: {first!r}")
