@@ -9,7 +9,7 @@ It drops and recreates the database ``audit_stream_bench_sinks`` (``--database-u
 migrates it with ``tests.settings``, and for each target in turn: inserts
 ``--messages`` tracked rows and folds them in-process (``fold_all()``, which
 records one message per change for the one active sink or endpoint), then times
-one in-process call of ``audit_stream.sinks.delivery.deliver`` (claims of 500
+one in-process call of ``audit_stream.sinks.delivery.deliver`` (claims of 2,000
 messages, each batch published pipelined, outcomes recorded per batch) or of
 ``audit_stream.webhooks.delivery.deliver`` to a receiver on loopback
 (``benchmarks.perfapp.receiver``). Each run checks that every message is

@@ -10,6 +10,7 @@ import redis
 from django.core.management import CommandError, call_command
 
 import audit_stream
+from audit_stream import tasks
 from audit_stream.models import Sink, SinkMessage, WebhookEndpoint, WebhookMessage
 from audit_stream.sinks import delivery
 from audit_stream.stream import fold
@@ -227,7 +228,7 @@ def test_the_sinks_command_refuses_unknown_models_and_sinks():
         call_command("sinks", "replay", "nowhere")
 
 
-def test_the_admin_lists_sinks_and_replays_with_the_change_permission(admin_client):
+def test_the_admin_lists_sinks_and_replays_their_dead_messages(admin_client):
     """The admin shows sinks; its replay action makes their dead messages due again."""
     sink = Sink.objects.create(name="bus", kind="redis", target=REDIS_URL)
     Product.objects.create(name="lamp")
@@ -239,3 +240,12 @@ def test_the_admin_lists_sinks_and_replays_with_the_change_permission(admin_clie
     )
     assert set(SinkMessage.objects.values_list("status", flat=True)) == {"pending"}
     assert admin_client.get("/admin/audit_stream/sinkmessage/").status_code == 200
+
+
+def test_the_sweep_enqueues_sinks_with_due_messages_and_the_task_publishes_them(redis_sink):
+    """The sweep names the sinks owing due messages; the Celery task publishes them (run in-process)."""
+    Product.objects.create(name="lamp")
+    fold.fold_all()
+    assert tasks.sweep()["sinks"] == [redis_sink.pk]
+    assert tasks.deliver_sink(redis_sink.pk) == {"sink": redis_sink.pk, "delivered": 1, "failed": 0}
+    assert SinkMessage.objects.get().status == "delivered"

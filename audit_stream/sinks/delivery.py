@@ -91,7 +91,7 @@ class DeliveryResult:
 
 
 def deliver(
-    sink_id: int, *, batch_size: int = 500, max_messages: int = 50_000, max_seconds: float = 20.0
+    sink_id: int, *, batch_size: int = 2000, max_messages: int = 50_000, max_seconds: float = 20.0
 ) -> DeliveryResult:
     """Publish the due messages of one sink in pipelined batches, until none is due or the budget is spent."""
     result = DeliveryResult(sink_id)
