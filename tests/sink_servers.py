@@ -9,7 +9,9 @@ temporary directory, started and stopped by the test.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import uuid
@@ -57,6 +59,10 @@ class PrivateServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0" if self.kind == "redis" else f"nats://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def start(self) -> None:
         if self.kind == "redis":
             args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
@@ -69,6 +75,7 @@ class PrivateServer:
 
     def stop(self) -> None:
         if self._proc is not None:
+            os.kill(self._proc.pid, signal.SIGCONT)  # a test may have paused it
             self._proc.terminate()
             self._proc.wait(timeout=15)
             self._proc = None
