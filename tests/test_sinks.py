@@ -8,9 +8,11 @@ import nats
 import pytest
 import redis
 from django.core.management import CommandError, call_command
+from prometheus_client.parser import text_string_to_metric_families
 
 import audit_stream
 from audit_stream import tasks
+from audit_stream.dashboard import metrics
 from audit_stream.models import Sink, SinkMessage, WebhookEndpoint, WebhookMessage
 from audit_stream.sinks import delivery
 from audit_stream.stream import fold
@@ -249,3 +251,18 @@ def test_the_sweep_enqueues_sinks_with_due_messages_and_the_task_publishes_them(
     assert tasks.sweep()["sinks"] == [redis_sink.pk]
     assert tasks.deliver_sink(redis_sink.pk) == {"sink": redis_sink.pk, "delivered": 1, "failed": 0}
     assert SinkMessage.objects.get().status == "delivered"
+
+
+def test_prometheus_shows_each_sinks_owed_and_dead_messages(redis_sink):
+    """audit_stream_sink_messages{sink,status}: pending, sending and dead per sink, delivered not counted."""
+    Product.objects.bulk_create([Product(name=f"p{i}") for i in range(3)])
+    fold.fold_all()
+    SinkMessage.objects.filter(pk=SinkMessage.objects.first().pk).update(status="dead")
+    body, _ = metrics.render()
+    samples = {
+        sample.labels["status"]: sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if sample.name == "audit_stream_sink_messages" and sample.labels["sink"] == redis_sink.name
+    }
+    assert samples == {"pending": 2, "sending": 0, "dead": 1}
