@@ -15,7 +15,15 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   for _ in $(seq 1 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done
 fi
 
-# NATS JetStream and RabbitMQ, for the sinks (audit_stream/sinks) and their tests.
+# NATS JetStream and RabbitMQ, for the sinks (audit_stream/sinks) and their tests
+# (Debian's packages, installed when missing).
+for pkg in nats-server rabbitmq-server; do
+  if ! dpkg -s "$pkg" >/dev/null 2>&1; then
+    echo "services: installing $pkg"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null
+  fi
+done
 if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
   echo "services: starting NATS JetStream"
   mkdir -p /var/lib/nats-server
