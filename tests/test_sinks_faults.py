@@ -4,6 +4,7 @@ Each test runs its own ``redis-server`` or ``nats-server -js`` on a free port
 (:class:`tests.sink_servers.PrivateServer`), so it can stop and start it.
 """
 
+import asyncio
 import json
 import os
 import signal
@@ -19,8 +20,8 @@ from audit_stream.models import Sink, SinkMessage
 from audit_stream.sinks import delivery
 from audit_stream.stream import fold
 from tests.procs import ROOT, child_env, wait_until
-from tests.sink_servers import PrivateServer
-from tests.test_sinks import nats_messages
+from tests.sink_servers import PrivateServer, free_port
+from tests.test_sinks import _amqp_get, nats_messages, rabbitmq_sink  # noqa: F401 (a fixture)
 from tests.testapp.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.faults]
@@ -186,3 +187,21 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_resends_with_the_same_ids(s
     ]
     assert set(ids) == {m.message_id for m in SinkMessage.objects.all()}
     assert len(ids) in (50, 100)  # the killed batch reached Redis or not; a duplicate carries the same id
+
+
+def test_rabbitmq_unreachable_is_retried_then_delivered(rabbitmq_sink):  # noqa: F811 (the fixture)
+    """A refused AMQP connection fails the batch onto its schedule; reachable again, it is delivered."""
+    reachable = rabbitmq_sink.target
+    Sink.objects.filter(pk=rabbitmq_sink.pk).update(target=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
+    product = Product.objects.create(name="lamp")
+    fold.fold_all()
+
+    assert delivery.deliver(rabbitmq_sink.pk).failed == 1
+    message = SinkMessage.objects.get()
+    assert (message.status, message.attempts) == ("pending", 1) and "RabbitMQ" in message.last_error
+
+    Sink.objects.filter(pk=rabbitmq_sink.pk).update(target=reachable)  # the broker is back
+    _deliver_until_delivered(rabbitmq_sink, 1)
+    (received,) = asyncio.run(_amqp_get(rabbitmq_sink.queue))
+    assert received.routing_key == f"testapp.product.{product.pk}"
+    assert received.message_id == message.message_id
