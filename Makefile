@@ -12,7 +12,7 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/audit_stream
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: demo test lint bench-write bench-plan-cache bench-stream bench-retention bench-webhooks bench-dashboard services install clean
+.PHONY: demo test lint bench-write bench-plan-cache bench-stream bench-retention bench-webhooks bench-sinks bench-dashboard services install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,9 @@ bench-retention: install services
 
 bench-webhooks: install services
 	$(PY) -m benchmarks.webhooks
+
+bench-sinks: install services
+	$(PY) -m benchmarks.sinks
 
 bench-dashboard: install services
 	$(PY) -m benchmarks.dashboard

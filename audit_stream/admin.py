@@ -273,6 +273,9 @@ class WebhookMessageAdmin(ReadOnlyAdmin):
         self.message_user(request, f"Replaying {delivery.replay(list(queryset))} message(s).")
 
 
+# Sinks: their own module, registered on import.
+from audit_stream.sinks import admin as _sinks_admin  # noqa: E402, F401
+
 # --- history, revert and restore ----------------------------------------------------------------
 
 

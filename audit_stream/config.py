@@ -22,6 +22,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "REDIS_URL": (str,),
     "LISTEN_DATABASE": (str,),
     "WEBHOOK_RETRY_SCHEDULE": (list, tuple),
+    "SINK_RETRY_SCHEDULE": (list, tuple),
     "WEBHOOK_TIMEOUT": (int, float, list, tuple),
     "WEBHOOK_ALLOWED_NETWORKS": (list, tuple),
     "WEBHOOK_DISABLE_AFTER": (int, float),
@@ -124,6 +125,12 @@ def webhook_retry_schedule() -> tuple[float, ...]:
     10 h, 10 h): seconds to wait before each attempt, ±10% jitter. After the last
     one fails, the message is dead (and can be replayed)."""
     return tuple(_get("WEBHOOK_RETRY_SCHEDULE", DEFAULT_RETRY_SCHEDULE))
+
+
+def sink_retry_schedule() -> tuple[float, ...]:
+    """``SINK_RETRY_SCHEDULE`` (default: the webhook default): seconds to wait before
+    each publish attempt to a sink, ±10% jitter; after the last, the message is dead."""
+    return tuple(_get("SINK_RETRY_SCHEDULE", DEFAULT_RETRY_SCHEDULE))
 
 
 def webhook_timeouts() -> tuple[float, float]:

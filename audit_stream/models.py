@@ -30,6 +30,8 @@ __all__ = [
     "LoggedTable",
     "RetentionRun",
     "RowLog",
+    "Sink",
+    "SinkMessage",
     "WebhookAttempt",
     "WebhookEndpoint",
     "WebhookMessage",
@@ -467,5 +469,6 @@ class DdlLog(Event):
         _append_only(cls)
 
 
+from audit_stream.sinks.models import Sink, SinkMessage  # noqa: E402
 from audit_stream.tracking import create_event_model  # noqa: E402
 from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage  # noqa: E402

@@ -18,7 +18,7 @@ from __future__ import annotations
 from audit_stream import tracking
 from audit_stream.triggers import quote_name
 
-__all__ = ["FROM_SQL", "PAYLOAD_SQL", "TYPE_SQL", "transaction_sizes"]
+__all__ = ["FROM_SQL", "PAYLOAD_SQL", "TYPE_SQL", "matches", "transaction_sizes"]
 
 #: The payload's ``type`` (and the message's event type): "<app_label>.<model>.<label>".
 TYPE_SQL = "c.model || '.' || c.label"
@@ -44,6 +44,21 @@ jsonb_build_object(
                                                'command', c.command_id) END
     )
 )"""
+
+
+def matches(alias: str) -> str:
+    """SQL: the subscriber ``alias`` (a webhook endpoint or a sink) is active and takes change ``c``.
+
+    Backfill changes (``manage.py backfill_history``) go only to subscribers
+    whose label filter names ``"backfill"``: an empty filter means every real change.
+    """
+    return (
+        f"({alias}.is_active"
+        f" AND (cardinality({alias}.filter_models) = 0 OR c.model = ANY({alias}.filter_models))"
+        f" AND ((cardinality({alias}.filter_labels) = 0 AND c.label <> 'backfill')"
+        f" OR c.label = ANY({alias}.filter_labels)))"
+    )
+
 
 #: What PAYLOAD_SQL reads besides ``c``: bind ``xids`` and ``sizes`` from transaction_sizes().
 FROM_SQL = """

@@ -19,6 +19,7 @@ logger = logging.getLogger("audit_stream.stream")
 
 FOLD = "audit_stream.fold"
 DELIVER = "audit_stream.deliver"
+DELIVER_SINK = "audit_stream.deliver_sink"
 
 
 def enqueue(task, key) -> bool:
@@ -49,6 +50,8 @@ def fold(event_table: str) -> dict:
 
     result = _fold.fold(event_table, on_messages=deliver_now)
     _record_fold(event_table, started, result)
+    if result.folded:
+        _enqueue_due_sinks()
     if not result.caught_up:
         enqueue(fold, event_table)  # more to do: yield the worker, come back
     logger.info("folded %s events of %s", result.folded, event_table)
@@ -77,6 +80,29 @@ def deliver(endpoint_id: int) -> dict:
         enqueue(deliver, endpoint_id)
     logger.info("endpoint %s: %s delivered, %s failed", endpoint_id, result.delivered, result.failed)
     return {"endpoint": endpoint_id, "delivered": result.delivered, "failed": result.failed}
+
+
+@shared_task(name=DELIVER_SINK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def deliver_sink(sink_id: int) -> dict:
+    """Publish the due messages of one sink, in pipelined batches."""
+    from audit_stream.sinks import delivery
+
+    pending.release(DELIVER_SINK, sink_id)
+    heartbeat.beat("worker")
+    result = delivery.deliver(sink_id)
+    if result.more:
+        enqueue(deliver_sink, sink_id)
+    logger.info("sink %s: %s delivered, %s failed", sink_id, result.delivered, result.failed)
+    return {"sink": sink_id, "delivered": result.delivered, "failed": result.failed}
+
+
+def _enqueue_due_sinks() -> list[int]:
+    from audit_stream.sinks.delivery import due_sinks
+
+    sinks = due_sinks()
+    for sink_id in sinks:
+        enqueue(deliver_sink, sink_id)
+    return sinks
 
 
 def endpoints_with_due_messages() -> list[int]:
@@ -131,7 +157,8 @@ def sweep(self) -> dict:
     endpoints = endpoints_with_due_messages()
     for endpoint_id in endpoints:
         enqueue(deliver, endpoint_id)
-    return {"tables": tables, "endpoints": endpoints}
+    sinks = _enqueue_due_sinks()
+    return {"tables": tables, "endpoints": endpoints, "sinks": sinks}
 
 
 @shared_task(name=PRUNE, bind=True, ignore_result=True)

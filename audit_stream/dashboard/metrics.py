@@ -9,6 +9,7 @@ else a process registers leaks into ``/audit-stream/metrics``):
 ``audit_stream_folded_events_total{table}`` counter  events folded (``Checkpoint.folded``)
 ``audit_stream_webhook_deliveries_total``   counter  delivery attempts by ``endpoint`` and ``outcome``
 ``audit_stream_webhook_messages{status}``   gauge    messages by status (up to 10,000 per endpoint)
+``audit_stream_sink_messages{sink,status}`` gauge    sink messages owed (pending, sending) or dead, by sink
 ``audit_stream_pruned_rows_total{table}``   counter  rows deleted by retention (dry runs excluded)
 ``audit_stream_processes_alive{kind}``      gauge    stream processes with a recent heartbeat
 ==========================================  =======  ===================================================
@@ -54,6 +55,15 @@ CROSS JOIN LATERAL (
 GROUP BY s.status
 """
 
+# Sink messages not delivered, by sink and status (delivered ones are not counted: they only grow).
+_SINK_MESSAGES_SQL = """
+SELECT s.name, m.status, count(m.id)
+FROM audit_stream_sink AS s
+LEFT JOIN audit_stream_sinkmessage AS m ON m.sink_id = s.id AND m.status IN ('pending', 'sending', 'dead')
+GROUP BY s.name, m.status
+"""
+_SINK_STATUSES = ("pending", "sending", "dead")
+
 # Rows deleted per table over every real (not dry) retention run.
 _PRUNED_SQL = """
 SELECT r.key, sum(r.value::bigint)::bigint
@@ -96,6 +106,11 @@ class StreamCollector:
                 f"Webhook messages, by status (counted up to {queries.QUEUE_CAP} per endpoint and status).",
                 labels=["status"],
             ),
+            "sink_messages": GaugeMetricFamily(
+                "audit_stream_sink_messages",
+                "Sink messages owed (pending, sending) or dead, by sink.",
+                labels=["sink", "status"],
+            ),
             "pruned": CounterMetricFamily(
                 "audit_stream_pruned_rows", "Rows deleted by retention (dry runs excluded).", labels=["table"]
             ),
@@ -136,6 +151,13 @@ class StreamCollector:
         )
         for status, _ in WebhookMessage.STATUSES:
             families["messages"].add_metric([status], statuses.get(status, 0))
+
+        sink_counts = {}
+        for name, status, count in queries._rows(_SINK_MESSAGES_SQL, using=self.using):
+            sink_counts.setdefault(name, {})[status] = count
+        for name in sorted(sink_counts):
+            for status in _SINK_STATUSES:
+                families["sink_messages"].add_metric([name, status], sink_counts[name].get(status, 0))
 
         for table, rows in queries._rows(_PRUNED_SQL, using=self.using):
             families["pruned"].add_metric([table], rows)

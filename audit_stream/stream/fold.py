@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, transaction
 
 from audit_stream import config, events, rowlog, tracking
+from audit_stream.sinks import messages as sink_messages
 from audit_stream.stream import checkpoint, unfolded, wakeup
 from audit_stream.webhooks import messages
 
@@ -419,6 +420,7 @@ def _fold_batch(
         lag_ms = max((lag for _, _, lag in rows), default=None)
         # The messages owed to webhook endpoints commit with their changes.
         endpoints = messages.record(cursor, [change_id for change_id, _, _ in rows])
+        sink_messages.record(cursor, [change_id for change_id, _, _ in rows])  # and those owed to sinks
         caught_up = len(ids) < batch_size
         if caught_up:
             # The whole interval is folded: `target` becomes `done`; the next starts above `floor`.

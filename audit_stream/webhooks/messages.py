@@ -11,9 +11,8 @@ from audit_stream import payload
 
 __all__ = ["record"]
 
-# For the changes just folded, one message per matching active endpoint.
-# Backfill changes (manage.py backfill_history) go only to endpoints whose
-# label filter names "backfill": an empty filter means every real change.
+# For the changes just folded, one message per matching active endpoint
+# (payload.matches: the filters every subscriber kind shares).
 # data.event_id (pgh_id) grows per object in the order changes happened: a
 # receiver re-orders or drops stale deliveries with it.
 _RECORD_SQL = f"""
@@ -23,10 +22,7 @@ INSERT INTO audit_stream_webhookmessage
 SELECT gen_random_uuid(), ep.id, c.id, {payload.TYPE_SQL}, {payload.PAYLOAD_SQL},
        'pending', 0, now(), '', now()
 FROM audit_stream_change AS c
-JOIN audit_stream_webhookendpoint AS ep
-  ON ep.is_active
- AND (cardinality(ep.filter_models) = 0 OR c.model = ANY(ep.filter_models))
- AND ((cardinality(ep.filter_labels) = 0 AND c.label <> 'backfill') OR c.label = ANY(ep.filter_labels))
+JOIN audit_stream_webhookendpoint AS ep ON {payload.matches("ep")}
 {payload.FROM_SQL}
 WHERE c.id = ANY(%(change_ids)s::bigint[])
 ORDER BY c.id, ep.id

@@ -1,0 +1,106 @@
+"""Sinks (message-broker targets of the change feed) and the messages owed to them."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+from django.db.models.functions import Now
+
+from audit_stream.sinks.base import KINDS
+
+__all__ = ["Sink", "SinkMessage"]
+
+
+class Sink(models.Model):
+    """A broker target (NATS JetStream, Redis Streams, RabbitMQ) receiving the matching changes."""
+
+    NATS = "nats"
+    REDIS = "redis"
+    RABBITMQ = "rabbitmq"
+    KIND_CHOICES = [(NATS, "NATS JetStream"), (REDIS, "Redis Streams"), (RABBITMQ, "RabbitMQ")]
+
+    name = models.SlugField(max_length=100, unique=True)
+    kind = models.CharField(max_length=20, choices=KIND_CHOICES)
+    target = models.TextField(
+        help_text="nats://host:4222, redis://host:6379/0 or amqp://user:pass@host:5672/"
+    )
+    options = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Per kind: stream, subject_prefix, stream_prefix, maxlen, exchange, queue.",
+    )
+    is_active = models.BooleanField(default=True)
+    filter_models = ArrayField(
+        models.TextField(),
+        default=list,
+        blank=True,
+        help_text='Only these models ("app_label.model"); empty: all.',
+    )
+    filter_labels = ArrayField(
+        models.TextField(), default=list, blank=True, help_text="Only these event labels; empty: all."
+    )
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+
+    class Meta:
+        db_table = "audit_stream_sink"
+        verbose_name = "sink"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind})"
+
+    def save(self, *args, **kwargs) -> None:
+        self.filter_models = [m.lower() for m in self.filter_models]
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        if self.kind not in KINDS:
+            raise ValidationError({"kind": f"Choose one of: {', '.join(sorted(KINDS))}."})
+        if not isinstance(self.options, dict):
+            raise ValidationError({"options": 'Write a JSON object, e.g. {"stream": "AUDIT"}.'})
+
+
+class SinkMessage(models.Model):
+    """One change owed to one sink; its id (``msg_<hex>``) is stable across retries and replays."""
+
+    PENDING = "pending"
+    SENDING = "sending"  # claimed by a worker until lease_until
+    DELIVERED = "delivered"
+    DEAD = "dead"  # retries exhausted: replay to try again
+    STATUSES = [(s, s) for s in (PENDING, SENDING, DELIVERED, DEAD)]
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    sink = models.ForeignKey(Sink, on_delete=models.CASCADE, related_name="messages")
+    change_id = models.BigIntegerField(null=True, help_text="The Change this message carries.")
+    event_type = models.TextField(help_text='"<app>.<model>.<label>"')
+    payload = models.JSONField(encoder=DjangoJSONEncoder)
+    status = models.CharField(max_length=10, choices=STATUSES, default=PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(db_default=Now())
+    lease_until = models.DateTimeField(null=True)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(db_default=Now())
+    delivered_at = models.DateTimeField(null=True)
+
+    class Meta:
+        db_table = "audit_stream_sinkmessage"
+        verbose_name = "sink message"
+        indexes = [
+            # The claim's "oldest owed messages of a sink" (matches its ORDER BY).
+            models.Index(
+                fields=["sink", "created_at", "id"],
+                name="audit_stream_sinkmsg_owed",
+                condition=models.Q(status__in=["pending", "sending"]),
+            ),
+            models.Index(fields=["sink", "status", "created_at"], name="audit_stream_sinkmsg_status"),
+        ]
+
+    def __str__(self) -> str:
+        return self.message_id
+
+    @property
+    def message_id(self) -> str:
+        return f"msg_{self.id.hex}"

@@ -1,0 +1,166 @@
+"""The sink benchmark: messages/s published from one process to each broker, beside webhook delivery.
+
+Usage::
+
+    python -m benchmarks.sinks                     # 20,000 messages per target
+    python -m benchmarks.sinks --messages 2000     # smoke run
+
+It drops and recreates the database ``audit_stream_bench_sinks`` (``--database-url``),
+migrates it with ``tests.settings``, and for each target in turn: inserts
+``--messages`` tracked rows and folds them in-process (``fold_all()``, which
+records one message per change for the one active sink or endpoint), then times
+one in-process call of ``audit_stream.sinks.delivery.deliver`` (claims of 2,000
+messages, each batch published pipelined, outcomes recorded per batch) or of
+``audit_stream.webhooks.delivery.deliver`` to a receiver on loopback
+(``benchmarks.perfapp.receiver``). Each run checks that every message is
+``delivered`` and that the broker holds (or the receiver got) that many. The
+brokers are the machine's: NATS 4222 (a fresh stream, deleted after), Redis
+6379 database 3 (a fresh key, deleted after), RabbitMQ 5672 (a fresh exchange
+and stream queue, deleted after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _setup(database_url: str) -> None:
+    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+    os.environ["DATABASE_URL"] = database_url
+    os.environ["AUDIT_STREAM_SETTINGS"] = json.dumps({"WEBHOOK_ALLOWED_NETWORKS": ["127.0.0.0/8"]})
+    import django
+    import psycopg
+
+    base, name = database_url.rsplit("/", 1)
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def _messages(n: int, tag: str) -> None:
+    """``n`` changes folded: one message each for the one active sink or endpoint."""
+    from audit_stream.stream import fold
+    from tests.testapp.models import Product
+
+    Product.objects.bulk_create([Product(name=f"{tag}-{i}") for i in range(n)], batch_size=5000)
+    fold.fold_all()
+
+
+def _time(call) -> float:
+    started = time.perf_counter()
+    result = call()
+    elapsed = time.perf_counter() - started
+    assert result.failed == 0, result.errors
+    return elapsed
+
+
+def bench_sink(kind: str, target: str, options: dict, n: int) -> dict:
+    from audit_stream.models import Sink, SinkMessage, WebhookEndpoint
+    from audit_stream.sinks import delivery
+
+    Sink.objects.update(is_active=False)
+    WebhookEndpoint.objects.update(is_active=False)
+    sink = Sink.objects.create(name=f"bench-{kind}", kind=kind, target=target, options=options)
+    _messages(n, kind)
+    elapsed = _time(lambda: delivery.deliver(sink.pk, max_messages=10**9, max_seconds=600))
+    delivered = SinkMessage.objects.filter(sink=sink, status="delivered").count()
+    assert delivered == n, f"{delivered} of {n} delivered"
+    return {"target": kind, "messages": n, "seconds": elapsed, "per_second": n / elapsed}
+
+
+def bench_webhook(n: int) -> dict:
+    from audit_stream.models import Sink, WebhookEndpoint, WebhookMessage
+    from audit_stream.webhooks import delivery
+
+    Sink.objects.update(is_active=False)
+    out = Path(tempfile.mkdtemp(prefix="audit_stream_bench_sinks-")) / "received.tsv"
+    receiver = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.perfapp.receiver", "--out", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        port = int(receiver.stdout.readline().rsplit(" ", 1)[1])
+        endpoint = WebhookEndpoint.objects.create(url=f"http://127.0.0.1:{port}/hook")
+        _messages(n, "webhook")
+        elapsed = _time(lambda: delivery.deliver(endpoint.pk, max_messages=10**9, max_seconds=600))
+        delivered = WebhookMessage.objects.filter(endpoint=endpoint, status="delivered").count()
+        assert delivered == n, f"{delivered} of {n} delivered"
+    finally:
+        receiver.terminate()
+        receiver.wait(timeout=10)
+    return {"target": "webhook", "messages": n, "seconds": elapsed, "per_second": n / elapsed}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument(
+        "--database-url", default="postgres://postgres@127.0.0.1:5432/audit_stream_bench_sinks"
+    )
+    parser.add_argument("--targets", default="nats,redis,rabbitmq,webhook")
+    args = parser.parse_args(argv)
+    _setup(args.database_url)
+
+    import aio_pika
+    import nats
+    import redis
+
+    tag = uuid.uuid4().hex[:8]
+    stream, prefix, exchange = f"BENCH{tag}", f"bench{tag}", f"bench{tag}"
+    results = []
+    try:
+        for target in args.targets.split(","):
+            if target == "nats":
+                options = {"stream": stream, "subject_prefix": prefix}
+                results.append(bench_sink("nats", "nats://127.0.0.1:4222", options, args.messages))
+            elif target == "redis":
+                options = {"stream_prefix": prefix}
+                results.append(bench_sink("redis", "redis://127.0.0.1:6379/3", options, args.messages))
+            elif target == "rabbitmq":
+                options = {"exchange": exchange, "queue": exchange}
+                url = "amqp://guest:guest@127.0.0.1:5672/"
+                results.append(bench_sink("rabbitmq", url, options, args.messages))
+            elif target == "webhook":
+                results.append(bench_webhook(args.messages))
+            print(json.dumps(results[-1]), flush=True)
+    finally:
+
+        async def cleanup():
+            try:
+                nc = await nats.connect("nats://127.0.0.1:4222")
+                await nc.jetstream().delete_stream(stream)
+                await nc.close()
+            except Exception:  # not created by this run
+                pass
+            connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+            async with connection:
+                channel = await connection.channel()
+                await channel.queue_delete(exchange)
+                await channel.exchange_delete(exchange)
+
+        asyncio.run(cleanup())
+        client = redis.Redis.from_url("redis://127.0.0.1:6379/3")
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+    print("| target | messages | seconds | messages/s |\n|---|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['target']} | {r['messages']:,} | {r['seconds']:.2f} | {r['per_second']:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
