@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Start PostgreSQL and Redis on localhost if they are not running, and create
-# the databases the demo and the tests use. Safe to run again.
+# Start PostgreSQL, Redis, NATS JetStream and RabbitMQ on localhost if they are not
+# running, and create the databases the demo and the tests use. Safe to run again.
 set -euo pipefail
 
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
