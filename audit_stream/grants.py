@@ -34,9 +34,15 @@ __all__ = ["history_tables", "statements"]
 # audit_stream's own tables that are history (the rest of audit_stream_* is the stream's).
 _HISTORY = ("audit_stream_context", rowlog.ROW_LOG_TABLE, "audit_stream_ddl_log", "audit_stream_logged_table")
 
-# Tables and sequences of the schema, with the table a sequence belongs to (if any).
+# Tables and sequences of the schema, with the table a sequence belongs to (if any),
+# named by the root of its partition tree: a partition of an event table is history
+# (audit_stream.partitions), and the parent's append-only trigger does not fire for
+# statements that name a partition directly.
 _RELATIONS_SQL = """
-SELECT c.relname, c.relkind, owner.relname
+SELECT c.relname, c.relkind,
+       coalesce((SELECT r.relname FROM pg_class AS r WHERE r.oid = pg_partition_root(owner.oid)),
+                owner.relname),
+       coalesce((SELECT r.relname FROM pg_class AS r WHERE r.oid = pg_partition_root(c.oid)), c.relname)
 FROM pg_class AS c
 JOIN pg_namespace AS n ON n.oid = c.relnamespace
 LEFT JOIN pg_depend AS d
@@ -81,7 +87,7 @@ def statements(role: str, *, pruner: str | None = None, using: str = DEFAULT_DB_
         f"GRANT USAGE ON SCHEMA {quote(schema)} TO {grantee};",
         f"REVOKE CREATE ON SCHEMA {quote(schema)} FROM {grantee};",
     ]
-    for name, kind, owner in relations:
+    for name, kind, owner, root in relations:
         qualified = triggers.qualified(name)
         if kind == "S":
             sql.append(f"REVOKE ALL ON SEQUENCE {qualified} FROM {grantee};")
@@ -91,7 +97,7 @@ def statements(role: str, *, pruner: str | None = None, using: str = DEFAULT_DB_
                 sql.append(f"GRANT USAGE, SELECT ON SEQUENCE {qualified} TO {grantee};")
             continue
         sql.append(f"REVOKE ALL ON TABLE {qualified} FROM {grantee};")
-        if name in history or name == "django_migrations":
+        if root in history or name == "django_migrations":
             sql.append(f"GRANT SELECT ON TABLE {qualified} TO {grantee};")
         else:
             sql.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE {qualified} TO {grantee};")
@@ -99,8 +105,8 @@ def statements(role: str, *, pruner: str | None = None, using: str = DEFAULT_DB_
     if pruner:
         sql.extend(
             f"GRANT SELECT, DELETE ON TABLE {triggers.qualified(name)} TO {quote(pruner)};"
-            for name, kind, _ in relations
-            if kind != "S" and name in history
+            for name, kind, _, root in relations
+            if kind != "S" and root in history
         )
     return sql
 

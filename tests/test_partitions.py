@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from django.db import DatabaseError, connection, transaction
 
-from audit_stream import partitions, retention
+from audit_stream import grants, partitions, retention
 from audit_stream.dashboard import queries
 from audit_stream.models import Change
 from audit_stream.stream import fold
@@ -152,3 +152,15 @@ def test_the_dashboard_warns_when_the_default_partition_holds_events(partitioned
     table = next(t for t in queries.stream_tables() if t.event_table == TICKETS)
     assert not table.rows_in_default_partition
     assert TicketEvent.objects.count() == 1
+
+
+def test_the_grants_keep_the_partitions_of_history_read_only(partitioned):
+    """A partition is history too: the runtime role may read it, never write it (its parent's trigger
+    does not fire for a statement that names the partition)."""
+    _write(3)
+    statements = grants.statements("runtime_role_never_created")
+    for part in _parts():
+        table = f'"public"."{part.name}"'
+        mine = [sql for sql in statements if f" {table} " in sql]
+        assert f'GRANT SELECT ON TABLE {table} TO "runtime_role_never_created";' in mine, mine
+        assert not any("INSERT" in sql or "DELETE" in sql for sql in mine if sql.startswith("GRANT")), mine
