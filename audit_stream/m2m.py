@@ -51,11 +51,7 @@ class M2MTrigger(triggers._Trigger):
         self.event_model = event_model
         op = str(operation)
         self._sides = {"INSERT": [_NEW], "UPDATE": [_OLD, _NEW], "DELETE": [_OLD]}[op]
-        referencing = {
-            "INSERT": pgtrigger.Referencing(new=_NEW),
-            "UPDATE": pgtrigger.Referencing(old=_OLD, new=_NEW),
-            "DELETE": pgtrigger.Referencing(old=_OLD),
-        }[op]
+        referencing = triggers.transition_tables(operation)
         super().__init__(
             name=name,
             operation=operation,

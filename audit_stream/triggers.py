@@ -196,6 +196,15 @@ def references(condition_sql: str) -> set[str]:
     return {m.group(1).upper() for m in _ROW_REFERENCE.finditer(condition_sql)}
 
 
+def transition_tables(operation: pgtrigger.Operation) -> pgtrigger.Referencing:
+    """The transition tables a statement trigger on ``operation`` reads: ``_old``, ``_new`` or both."""
+    return {
+        "INSERT": pgtrigger.Referencing(new=_NEW),
+        "UPDATE": pgtrigger.Referencing(old=_OLD, new=_NEW),
+        "DELETE": pgtrigger.Referencing(old=_OLD),
+    }[str(operation)]
+
+
 class EventTrigger(_Trigger):
     """Writes one event row per affected row, in one statement per statement.
 
@@ -221,12 +230,7 @@ class EventTrigger(_Trigger):
         self.label = label
         self.snapshot = snapshot
         self.condition_sql = condition_sql
-        op = str(operation)
-        referencing = {
-            "INSERT": pgtrigger.Referencing(new=_NEW),
-            "UPDATE": pgtrigger.Referencing(old=_OLD, new=_NEW),
-            "DELETE": pgtrigger.Referencing(old=_OLD),
-        }[op]
+        referencing = transition_tables(operation)
         super().__init__(
             name=name,
             operation=operation,
