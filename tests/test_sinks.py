@@ -266,3 +266,13 @@ def test_prometheus_shows_each_sinks_owed_and_dead_messages(redis_sink):
         if sample.name == "audit_stream_sink_messages" and sample.labels["sink"] == redis_sink.name
     }
     assert samples == {"pending": 2, "sending": 0, "dead": 1}
+
+
+def test_a_sink_messages_payload_reads_back_with_exact_decimals(redis_sink):
+    """The stored payload decodes prices as Decimal (audit_stream.exact), as webhook payloads do."""
+    from decimal import Decimal
+
+    Product.objects.create(name="lamp", price=Decimal("10.10"))
+    fold.fold_all()
+    price = SinkMessage.objects.get().payload["data"]["snapshot"]["price"]
+    assert price == Decimal("10.10") and isinstance(price, Decimal)

@@ -10,6 +10,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models.functions import Now
 
+from audit_stream.exact import ExactDecoder
 from audit_stream.sinks.base import KINDS
 
 __all__ = ["Sink", "SinkMessage"]
@@ -76,7 +77,7 @@ class SinkMessage(models.Model):
     sink = models.ForeignKey(Sink, on_delete=models.CASCADE, related_name="messages")
     change_id = models.BigIntegerField(null=True, help_text="The Change this message carries.")
     event_type = models.TextField(help_text='"<app>.<model>.<label>"')
-    payload = models.JSONField(encoder=DjangoJSONEncoder)
+    payload = models.JSONField(encoder=DjangoJSONEncoder, decoder=ExactDecoder)
     status = models.CharField(max_length=10, choices=STATUSES, default=PENDING)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(db_default=Now())
