@@ -41,14 +41,15 @@ class _State:
     """The active context: its id, metadata, and the metadata as sent to SQL.
 
     ``attached`` remembers, per database alias, the metadata that a committed
-    statement carried and until when the triggers keep its row (see
-    :func:`_inject`).
+    statement carried and until when the triggers keep its row; ``sent``, the
+    aliases that a settings statement already went to (see :func:`_inject`).
     """
 
     id: uuid.UUID
     metadata: dict[str, Any] = field(default_factory=dict)
     serialized: str = "{}"
     attached: dict[str, tuple[str, float]] = field(default_factory=dict)
+    sent: set[str] = field(default_factory=set)
 
     def update(self, metadata: dict[str, Any]) -> None:
         merged = {**self.metadata, **metadata}
@@ -193,14 +194,23 @@ def new_context(**metadata: Any) -> Iterator[_State]:
 # SAVEPOINT, VACUUM, DDL...) is sent untouched.
 _WRITES = ("insert", "update", "delete", "merge", "with", "copy", "call", "do", "truncate")
 
-# The settings statement sent in front of a write. Its third column says
-# whether an earlier, committed statement of this session attached this
-# context with this metadata and the row stays marked for more than
-# _TRUST_SECONDS (the trigger's session marker, see
-# triggers.attach_context_function): only then may later autocommit writes
-# carry the id alone. Columns are evaluated in order, so the third sees the
-# values just set.
+# The settings statement sent in front of a write: the context id and its
+# metadata, as transaction-local settings the triggers read.
 _SET = (
+    f"SELECT set_config('{triggers.CONTEXT_ID_SETTING}', %s, true),"
+    f" set_config('{triggers.CONTEXT_METADATA_SETTING}', %s, true); "
+)
+
+# The same with a probe: its third column says whether an earlier, committed
+# statement of this session attached this context with this metadata and the
+# row stays marked for more than _TRUST_SECONDS (the trigger's session marker,
+# see triggers.attach_context_function): only then may later autocommit writes
+# carry the id alone. Columns are evaluated in order, so the third sees the
+# values just set. The probe costs the server about as much as the rest of the
+# statement, so it is sent only where its answer can be used: in autocommit,
+# from a context's second write on (nothing can have attached a context before
+# its first write).
+_SET_AND_PROBE = (
     f"SELECT set_config('{triggers.CONTEXT_ID_SETTING}', %s, true),"
     f" set_config('{triggers.CONTEXT_METADATA_SETTING}', %s, true),"
     f" left(current_setting('{triggers.ATTACHED_SETTING}', true), 36)"
@@ -286,19 +296,23 @@ def _inject(execute, sql, params, many, ctx):
         attached = state.attached.get(connection.alias)
         if attached is not None and attached[0] == state.serialized and time.monotonic() < attached[1]:
             return execute(triggers.CONTEXT_COMMENT.format(state.id) + sql, params, many, ctx)
+        if connection.alias not in state.sent:  # the context's first write here: nothing to probe
+            state.sent.add(connection.alias)
+            return _inject_settings(execute, sql, params, many, ctx, state)[0]
         sent_at = time.monotonic()
-        result, marked = _inject_settings(execute, sql, params, many, ctx, state)
+        result, marked = _inject_settings(execute, sql, params, many, ctx, state, probe=True)
         if marked:  # the row exists (an earlier, committed statement attached it)
             state.attached[connection.alias] = (state.serialized, sent_at + _TRUST_SECONDS)
         return result
     return _inject_settings(execute, sql, params, many, ctx, state)[0]
 
 
-def _inject_settings(execute, sql, params, many, ctx, state):
+def _inject_settings(execute, sql, params, many, ctx, state, probe=False):
     """Send the context as transaction-local settings in front of the statement.
 
-    Returns the statement's result, and whether the settings statement found
-    the context already attached by this session (see :data:`_SET`).
+    Returns the statement's result, and (with ``probe``) whether the settings
+    statement found the context already attached by this session (see
+    :data:`_SET_AND_PROBE`).
     """
     connection = ctx["connection"]
 
@@ -328,15 +342,15 @@ def _inject_settings(execute, sql, params, many, ctx, state):
         params = values
     else:
         params = _prefix_params(values, params)
-    prefix = _SET
+    prefix = _SET_AND_PROBE if probe else _SET
     if isinstance(params, dict):
-        prefix = _SET.replace("%s", "%(_audit_stream_context_id)s", 1).replace(
+        prefix = prefix.replace("%s", "%(_audit_stream_context_id)s", 1).replace(
             "%s", "%(_audit_stream_context_metadata)s", 1
         )
     result = execute(prefix + sql, params, many, ctx)
     cursor = ctx["cursor"].cursor
     marked = False
-    if state is not None:
+    if probe:
         row = cursor.fetchone()
         marked = bool(row and row[2])
     while cursor.nextset():  # the caller wants the result of its own statement

@@ -323,6 +323,26 @@ def test_later_autocommit_writes_carry_only_the_context_id(sent):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_contexts_first_write_sends_no_probe(sent):
+    """One request, one context: the first write only sets the context (nothing can have attached it yet)."""
+    with audit_stream.context(user="ada"):
+        Product.objects.create(name="a")
+        Product.objects.create(name="b")
+    first, second = (sql for sql, _ in sent.calls)
+    assert "audit_stream.attached" not in first.split(";")[0]
+    assert "audit_stream.attached" in second.split(";")[0]  # from the second write on, it asks
+
+
+@pytest.mark.django_db
+def test_writes_in_a_transaction_send_no_probe(sent):
+    """Inside atomic() the answer could not be used (the block may roll back): no probe."""
+    with audit_stream.context(user="ada"), transaction.atomic():
+        Product.objects.create(name="a")
+        Product.objects.create(name="b")
+    assert all("audit_stream.attached" not in sql.split(";")[0] for sql, _ in sent.calls)
+
+
+@pytest.mark.django_db(transaction=True)
 def test_new_metadata_is_sent_again_then_the_id_alone(sent):
     with audit_stream.context(user="ada") as ctx:
         Product.objects.create(name="a")
