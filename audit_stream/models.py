@@ -78,6 +78,24 @@ class Context(models.Model):
         return str(self.id)
 
 
+def context_field() -> models.ForeignKey:
+    """The ``pgh_context`` field of an event model (and of a many-to-many event model).
+
+    No database constraint (retention prunes contexts on its own schedule, and
+    the triggers write events and their context in one statement) and no
+    index of its own.
+    """
+    return models.ForeignKey(
+        Context,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+
+
 class Event(models.Model):
     """The abstract base of every event model.
 
