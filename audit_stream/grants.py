@@ -106,9 +106,8 @@ def statements(role: str, *, pruner: str | None = None, using: str = DEFAULT_DB_
             sql.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE {qualified} TO {grantee};")
     sql.extend(f"GRANT EXECUTE ON FUNCTION {function} TO {grantee};" for function in functions)
     # Keeping partitions ahead (beat's ensure_partitions): creating one needs the owner.
-    sql.append(
-        f"GRANT EXECUTE ON FUNCTION {triggers.qualified('_audit_stream_ensure_partitions')}(text) TO {grantee};"
-    )
+    ensure_partitions = triggers.qualified("_audit_stream_ensure_partitions")
+    sql.append(f"GRANT EXECUTE ON FUNCTION {ensure_partitions}(text) TO {grantee};")
     if pruner:
         sql.extend(
             f"GRANT SELECT, DELETE ON TABLE {triggers.qualified(name)} TO {quote(pruner)};"
