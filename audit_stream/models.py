@@ -478,6 +478,10 @@ class DdlLog(Event):
         db_table = "audit_stream_ddl_log"
         verbose_name = "DDL log entry"
         verbose_name_plural = "DDL log"
+        indexes = [
+            # The idle check and the fold find unfolded entries through it (audit_stream.stream.unfolded).
+            models.Index(fields=["pgh_xid"], name="audit_stream_ddl_log_xid"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.logged_table}: {self.pgh_label}"
