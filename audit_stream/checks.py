@@ -11,6 +11,7 @@
 ``audit_stream.E008``  ``obj_fk`` given for a model with a composite primary key (leave it out)
 ``audit_stream.E010``  ``AUDIT_STREAM`` is not a dict, has an unknown key or a bad value
 ``audit_stream.E011``  ``AUDIT_STREAM["RETENTION"]`` is invalid (unknown target, bad duration...)
+``audit_stream.E012``  ``AUDIT_STREAM["FOLD_LANES"]`` is invalid (unknown model, not 1 to 64 lanes...)
 ``audit_stream.W020``  (``--deploy``) the application connects as a superuser
 ``audit_stream.W021``  (``--deploy``) the application connects as the owner of the history tables
 ``audit_stream.W022``  (``--deploy``) the application's role may write or delete history
@@ -177,6 +178,17 @@ def check_retention(app_configs=None, **kwargs):
             checks.Error(str(exc), hint="See the retention section of the README.", id="audit_stream.E011")
         ]
     return []
+
+
+@checks.register()
+def check_fold_lanes(app_configs=None, **kwargs):
+    """Fold lanes must name event models and be whole numbers from 1 to 64."""
+    from audit_stream.stream import lanes
+
+    return [
+        checks.Error(problem, hint="See the fold lanes section of the README.", id="audit_stream.E012")
+        for problem in lanes.problems()
+    ]
 
 
 # -- deployment: the role the application connects with ------------------------------------------

@@ -19,6 +19,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "POLL_INTERVAL": (int, float),
     "FOLD_BATCH_SIZE": (int,),
     "FOLD_LINGER": (int, float),
+    "FOLD_LANES": (dict,),
     "REDIS_URL": (str,),
     "LISTEN_DATABASE": (str,),
     "WEBHOOK_RETRY_SCHEDULE": (list, tuple),
@@ -95,6 +96,15 @@ def fold_linger() -> float:
     NOTIFY it. Under steady writes, the fold never goes idle and writers never pay
     NOTIFY's commit lock; ``0`` re-arms after every batch."""
     return float(_get("FOLD_LINGER", 0.1))
+
+
+def fold_lanes() -> dict:
+    """``FOLD_LANES`` (default ``{}``: one lane each): how many lanes, and so how many
+    workers at once, fold each event table, per event model label and ``"default"``,
+    e.g. ``{"shop.OrderEvent": 4, "default": 1}`` (1 to 64). Objects are split by a hash
+    of their id; each object's changes stay in order. Changing a number re-lanes the
+    table at its next fold, exactly. See :mod:`audit_stream.stream.lanes`."""
+    return _get("FOLD_LANES", {})
 
 
 def redis_url() -> str:

@@ -237,14 +237,19 @@ class Change(models.Model):
 
 
 class Checkpoint(models.Model):
-    """How far the fold has read one event table.
+    """How far the fold has read one lane of one event table.
 
     ``snapshot`` is a ``pg_snapshot``: every transaction it shows as committed
-    has been folded. A fold in progress over several batches records its
-    ``target`` snapshot and the last ``pgh_id`` done (``position``).
+    has been folded (for the events of this lane). A fold in progress over
+    several batches records its ``target`` snapshot and the last ``pgh_id``
+    done (``position``). A table folded in ``lanes`` lanes has one row per
+    lane (audit_stream.stream.lanes); most tables have one, lane 0.
     """
 
-    event_table = models.TextField(primary_key=True)
+    pk = models.CompositePrimaryKey("event_table", "lane")
+    event_table = models.TextField()
+    lane = models.SmallIntegerField(default=0, help_text="Which lane of the table (0 to lanes - 1).")
+    lanes = models.SmallIntegerField(default=1, help_text="How many lanes the table is folded in.")
     snapshot = models.TextField(default="1:1:")
     target = models.TextField(null=True)
     position = models.BigIntegerField(default=0)

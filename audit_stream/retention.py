@@ -395,16 +395,14 @@ def prune(
 
 
 def _checkpoint(cursor, table: str) -> tuple[str | None, int, bool]:
-    """The table's folded snapshot, restored floor, and whether it is of another cluster."""
-    from audit_stream.stream.checkpoint import FOREIGN_SQL
+    """The table's folded snapshot, restored floor, and whether it is of another cluster.
 
-    cursor.execute(
-        f"SELECT c.snapshot, c.floor, {FOREIGN_SQL} FROM audit_stream_checkpoint AS c"
-        " WHERE c.event_table = %s",
-        [table],
-    )
-    row = cursor.fetchone()
-    return row if row else (None, 0, False)
+    For a table folded in several lanes: what every lane has folded (the
+    earliest lane's snapshot, the lowest floor), so no lane's unfolded event is pruned.
+    """
+    from audit_stream.stream import checkpoint
+
+    return checkpoint.folded(cursor, table)
 
 
 def _fill(cursor, sql: str, params: dict, *, count_only: bool = False) -> int:

@@ -22,40 +22,48 @@ DELIVER = "audit_stream.deliver"
 DELIVER_SINK = "audit_stream.deliver_sink"
 
 
-def enqueue(task, key) -> bool:
-    """Send ``task`` for ``key`` unless one is already pending."""
+def enqueue(task, *args) -> bool:
+    """Send ``task`` with ``args`` (its unit of work) unless one is already pending."""
+    key = pending.key(*args)
     if not pending.claim(task.name, key):
         return False
     try:
-        task.delay(key)
+        task.delay(*args)
     except Exception:
         pending.release(task.name, key)
         raise
     return True
 
 
-@shared_task(name=FOLD, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def fold(event_table: str) -> dict:
-    """Fold the committed events of one event table into the change feed.
+def _fold_args(event_table: str, lane: int | None) -> list:
+    """A fold task's arguments: the table, and the lane when the table is folded in several."""
+    return [event_table] if lane is None else [event_table, lane]
 
-    Acknowledged only when done: a worker killed mid-fold leaves the task to
-    be delivered again, and the fold's transactions make the redo exact.
+
+@shared_task(name=FOLD, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def fold(event_table: str, lane: int | None = None) -> dict:
+    """Fold the committed events of one event table (or of one of its lanes) into the change feed.
+
+    A table folded in several lanes (``FOLD_LANES``) gets one task per lane,
+    so as many workers fold it at once. Acknowledged only when done: a worker
+    killed mid-fold leaves the task to be delivered again, and the fold's
+    transactions make the redo exact.
     """
-    pending.release(FOLD, event_table)
+    pending.release(FOLD, pending.key(*_fold_args(event_table, lane)))
     started = timezone.now()
 
     def deliver_now(endpoints):  # after each committed batch, not when the fold ends
         for endpoint_id in sorted(endpoints):
             enqueue(deliver, endpoint_id)
 
-    result = _fold.fold(event_table, on_messages=deliver_now)
+    result = _fold.fold(event_table, lane=lane, on_messages=deliver_now)
     _record_fold(event_table, started, result)
     if result.folded:
         _enqueue_due_sinks()
     if not result.caught_up:
-        enqueue(fold, event_table)  # more to do: yield the worker, come back
-    logger.info("folded %s events of %s", result.folded, event_table)
-    return {"event_table": event_table, "folded": result.folded, "caught_up": result.caught_up}
+        enqueue(fold, *_fold_args(event_table, lane))  # more to do: yield the worker, come back
+    logger.info("folded %s events of %s (lane %s)", result.folded, event_table, "*" if lane is None else lane)
+    return {"event_table": event_table, "lane": lane, "folded": result.folded, "caught_up": result.caught_up}
 
 
 def _record_fold(event_table: str, started, result) -> None:
@@ -151,9 +159,10 @@ def sweep(self) -> dict:
     """
     heartbeat.beat_for_scheduler(getattr(self.request, heartbeat.BEAT_HEADER, None))
     heartbeat.forget()
-    tables = wakeup.tables_with_work()
-    for table in tables:
-        enqueue(fold, table)
+    work = wakeup.lanes_with_work()
+    for table, lane in work:
+        enqueue(fold, *_fold_args(table, lane))
+    tables = sorted({table for table, _ in work})
     endpoints = endpoints_with_due_messages()
     for endpoint_id in endpoints:
         enqueue(deliver, endpoint_id)

@@ -73,7 +73,7 @@ def test_each_event_is_folded_once():
     second = fold.fold(PRODUCTS)
     assert (first.folded, second.folded) == (250, 0)
     assert Change.objects.filter(event_table=PRODUCTS).count() == 250
-    assert Checkpoint.objects.get(pk=PRODUCTS).folded == 250
+    assert Checkpoint.objects.get(event_table=PRODUCTS).folded == 250
 
 
 def test_context_is_carried_to_the_change():

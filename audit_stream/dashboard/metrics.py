@@ -72,7 +72,7 @@ WHERE NOT run.dry_run AND r.value ~ '^[0-9]+$'
 GROUP BY r.key
 """
 
-_CHECKPOINTS_SQL = "SELECT event_table, folded FROM audit_stream_checkpoint"
+_CHECKPOINTS_SQL = "SELECT event_table, sum(folded)::bigint FROM audit_stream_checkpoint GROUP BY event_table"
 
 
 class StreamCollector:

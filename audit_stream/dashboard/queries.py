@@ -31,7 +31,7 @@ from django.utils import timezone
 from audit_stream import config, partitions, rowlog, tracking
 from audit_stream.dashboard import formats
 from audit_stream.models import Change, Context, LoggedTable, RetentionRun
-from audit_stream.stream import heartbeat, unfolded
+from audit_stream.stream import heartbeat, lanes, unfolded
 from audit_stream.webhooks import filters, tally
 from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 
@@ -129,8 +129,10 @@ class StreamTable:
         }
 
 
+# Each lane's checkpoint (one per table unless it is folded in lanes: audit_stream.stream.lanes).
 _CHECKPOINTS_SQL = (
-    "SELECT event_table, snapshot, target, position, folded, updated_at, floor FROM audit_stream_checkpoint"
+    "SELECT event_table, snapshot, target, position, folded, updated_at, floor, lane, lanes"
+    " FROM audit_stream_checkpoint ORDER BY event_table, lane"
 )
 
 # The unfolded events of one event table (audit_stream.stream.unfolded, the
@@ -147,11 +149,11 @@ _BACKLOG_SQL = f"""
 SELECT count(*), extract(epoch FROM clock_timestamp() - min(u.pgh_created_at))::float8, min(u.pgh_id)
 FROM (
     (SELECT e.pgh_id, e.pgh_created_at FROM {{table}} AS e
-     WHERE {unfolded.NEW} AND NOT {unfolded.WRITTEN}
+     WHERE {unfolded.NEW} AND NOT {unfolded.WRITTEN} AND {{in_lane}}
      ORDER BY e.pgh_xid LIMIT %(cap)s)
     UNION ALL
     (SELECT e.pgh_id, e.pgh_created_at FROM {{table}} AS e
-     WHERE {unfolded.IN_PROGRESS} AND NOT {unfolded.WRITTEN}
+     WHERE {unfolded.IN_PROGRESS} AND NOT {unfolded.WRITTEN} AND {{in_lane}}
      ORDER BY e.pgh_xid LIMIT %(cap)s)
 ) AS u
 """
@@ -175,7 +177,9 @@ def stream_tables(using: str = DEFAULT_DB_ALIAS, *, exact_up_to: int | None = No
     """Every event table in the registry, with its backlog, lag and folded totals."""
     cap = exact_up_to or BACKLOG_EXACT
     connection = connections[using]
-    checkpoints = {row[0]: row[1:] for row in _rows(_CHECKPOINTS_SQL, using=using)}
+    checkpoints: dict[str, list] = {}
+    for row in _rows(_CHECKPOINTS_SQL, using=using):
+        checkpoints.setdefault(row[0], []).append(row[1:])
     last_hour = {row[0]: row[1:] for row in _rows(_FOLDED_BY_TABLE_SQL, using=using)}
     found = []
     with connection.cursor() as cursor:
@@ -187,16 +191,23 @@ def stream_tables(using: str = DEFAULT_DB_ALIAS, *, exact_up_to: int | None = No
             tables[rowlog.ROW_LOG_TABLE] = "(row log of initlogging)"
         for table, model_label in sorted(tables.items()):
             # A table never folded has no checkpoint: every event is new.
-            done, target, position, folded, updated_at, floor = checkpoints.get(
-                table, ("1:1:", None, 0, 0, None, 0)
-            )
+            lanes_ = checkpoints.get(table, [("1:1:", None, 0, 0, None, 0, 0, 1)])
             quoted = connection.ops.quote_name(table)
-            cursor.execute(
-                _BACKLOG_SQL.format(table=quoted),
-                {"done": done, "target": target, "position": position, "floor": floor, "cap": cap + 1},
-            )
-            backlog, lag, first_id = cursor.fetchone()
-            exact = backlog <= cap
+            sql = _BACKLOG_SQL.format(table=quoted, in_lane=lanes.in_lane(tracking._event_models.get(table)))
+            backlog, lags, firsts, over_cap = 0, [], [], False
+            for done, target, position, _, _, floor, lane, count in lanes_:
+                params = {"done": done, "target": target, "position": position, "floor": floor}
+                cursor.execute(sql, {**params, "lane": lane, "lanes": count, "cap": cap + 1})
+                lane_backlog, lane_lag, lane_first = cursor.fetchone()
+                backlog += lane_backlog
+                over_cap = over_cap or lane_backlog > cap
+                lags += [] if lane_lag is None else [lane_lag]
+                firsts += [] if lane_first is None else [lane_first]
+            lag, first_id = max(lags, default=None), min(firsts, default=None)
+            folded = sum(row[3] for row in lanes_)
+            # The checkpoint is as old as its least recently moved lane.
+            updated_at = min((row[4] for row in lanes_ if row[4] is not None), default=None)
+            exact = backlog <= cap and not over_cap
             if not exact:
                 cursor.execute(_LAST_ID_SQL.format(table=quoted))
                 backlog = max(backlog, cursor.fetchone()[0] - first_id + 1)

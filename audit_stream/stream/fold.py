@@ -25,6 +25,11 @@ a last line of defence.
 The checkpoint follows its table through renames and belongs to one cluster:
 a restore onto another one is recovered, exactly, before anything else is
 folded (:mod:`audit_stream.stream.checkpoint`).
+
+A table may be folded in several lanes (:mod:`audit_stream.stream.lanes`):
+each lane is a share of the table's objects with a checkpoint row of its own,
+folded as above by its own worker; a change of the number of lanes is made
+in one transaction that folds every lane up to one snapshot first (:func:`_relane`).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, transacti
 
 from audit_stream import config, events, rowlog, tracking
 from audit_stream.sinks import messages as sink_messages
-from audit_stream.stream import checkpoint, unfolded, wakeup
+from audit_stream.stream import checkpoint, lanes, unfolded, wakeup
 from audit_stream.webhooks import messages
 
 __all__ = ["FoldResult", "fold", "fold_all"]
@@ -263,6 +268,7 @@ class FoldResult:
 def fold(
     event_table: str,
     *,
+    lane: int | None = None,
     using: str = DEFAULT_DB_ALIAS,
     batch_size: int | None = None,
     max_seconds: float = 30.0,
@@ -282,6 +288,13 @@ def fold(
     A checkpoint restored from another cluster is recovered first (one
     transaction, see :mod:`audit_stream.stream.checkpoint`); its events count
     in ``folded``.
+
+    ``lane``: fold only this lane of a table folded in several
+    (:mod:`audit_stream.stream.lanes`; a worker's share); ``None`` folds every
+    lane in turn. A lane the table does not have (the number of lanes changed
+    since the task was sent) has nothing to fold. When ``FOLD_LANES`` gives the
+    table another number of lanes than its checkpoint records, the table is
+    re-laned first (``busy`` if another fold holds one of its lanes meanwhile).
     """
     model = _event_model(event_table)
     _check_outside_writes(using)
@@ -289,12 +302,28 @@ def fold(
     # The row log names each table's model: looked up once per fold, not per batch.
     model_names = rowlog.stream_names(using=using) if event_table == rowlog.ROW_LOG_TABLE else None
     result = FoldResult(event_table)
-    if _is_foreign(event_table, using) and not _recover(model, using, model_names, result, on_messages):
-        result.busy = True  # another fold is recovering it
+    count = _lay_out(model, using, model_names, result, on_messages)
+    if count is None:
+        result.busy = True  # another fold holds a lane that the change of lanes needs
         return result
     deadline = time.monotonic() + max_seconds
+    for each in range(count) if lane is None else [lane] if lane < count else []:
+        _fold_lane(model, each, using, batch_size, model_names, result, on_messages, deadline)
+    return result
+
+
+def _fold_lane(
+    model, lane: int, using: str, batch_size: int, model_names, result: FoldResult, on_messages, deadline
+) -> None:
+    """The body of :func:`fold` for one lane: batches, then lingering, until idle or out of time."""
+    event_table = model._meta.db_table
+    if _is_foreign(event_table, lane, using) and not _recover(
+        model, using, model_names, result, on_messages, lane
+    ):
+        result.busy = True  # another fold is recovering it
+        return
     while True:
-        folded, caught_up, busy, endpoints, lag_ms = _fold_batch(model, using, batch_size, model_names)
+        folded, caught_up, busy, endpoints, lag_ms = _fold_batch(model, using, batch_size, model_names, lane)
         result.folded += folded
         result.endpoints |= endpoints
         if endpoints and on_messages is not None:
@@ -303,46 +332,112 @@ def fold(
             result.lag_ms = max(result.lag_ms or 0, lag_ms)
         if busy:
             result.busy = True
-            return result
+            return
         if not caught_up:
             if time.monotonic() > deadline:
                 result.caught_up = False
-                return result
+                return
             continue
-        if time.monotonic() > deadline:
-            # Caught up but out of time: let the task end (and be enqueued again)
-            # so other tables get the worker and the run is recorded.
-            result.caught_up = not wakeup.has_work(event_table, using=using)
-            if not result.caught_up:
-                return result
+        # Caught up but out of time: let the task end (and be enqueued again)
+        # so other tables get the worker and the run is recorded.
+        if time.monotonic() > deadline and wakeup.has_work(event_table, lane=lane, using=using):
+            result.caught_up = False
+            return
         # Caught up. While writes keep coming, keep folding without being woken:
         # look for work every few milliseconds for LINGER seconds before going
         # idle. Under steady writes this keeps NOTIFY (and its commit lock) off
         # the write path almost entirely.
-        if _linger(event_table, using, deadline):
+        if _linger(event_table, lane, using, deadline):
             continue
         # Idle: let the next writer wake us, then look again for writers that
         # committed while we were re-arming (their NOTIFY was skipped).
         if config.notify():
             wakeup.arm(using=using)
-        if not wakeup.has_work(event_table, using=using):
-            return result
+        if not wakeup.has_work(event_table, lane=lane, using=using):
+            return
 
 
-def _linger(event_table: str, using: str, deadline: float) -> bool:
+def _linger(event_table: str, lane: int, using: str, deadline: float) -> bool:
     """Whether work arrives within ``FOLD_LINGER`` seconds (checked every 5 ms)."""
     until = min(time.monotonic() + config.fold_linger(), deadline)
     while time.monotonic() < until:
         time.sleep(0.005)
-        if wakeup.has_work(event_table, using=using):
+        if wakeup.has_work(event_table, lane=lane, using=using):
             return True
     return False
+
+
+def _lay_out(model, using: str, model_names, result: FoldResult, on_messages) -> int | None:
+    """The number of lanes to fold ``model``'s table in, after re-laning it if the setting changed.
+
+    A table never folded gets the checkpoint rows of its configured lanes. If
+    its rows record another number, each lane restored from another cluster is
+    recovered first (under the recorded lanes), then the table is re-laned.
+    None: another fold holds a lane meanwhile (try again later).
+    """
+    table = model._meta.db_table
+    wanted = lanes.configured(table)
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        recorded = checkpoint.ensure(cursor, table, wanted)
+    if recorded == wanted:
+        return recorded
+    for lane in range(recorded):
+        foreign = _is_foreign(table, lane, using)
+        if foreign and not _recover(model, using, model_names, result, on_messages, lane):
+            return None
+    return _relane(model, using, model_names, wanted, result, on_messages)
+
+
+def _relane(model, using: str, model_names, wanted: int, result: FoldResult, on_messages) -> int | None:
+    """Fold ``model``'s table in ``wanted`` lanes from now on; None if another fold holds one of its lanes.
+
+    One transaction: every lane's checkpoint is locked; one snapshot is taken,
+    later than every lane's; each lane folds the rest of its half-folded
+    interval (if any) and then every event of its own up to that snapshot, as
+    it always does (hashing with the old number of lanes); then the rows are
+    replaced by ``wanted`` lanes that all start at that snapshot. Whatever each
+    lane had folded, every event is folded once, by its old lane before the
+    change or by its new one after it.
+    """
+    table = model._meta.db_table
+    connection = connections[using]
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        old = checkpoint.claim_all(cursor, table)
+        if old is None or any(claim.foreign for claim in old):
+            return None  # a lane is busy, or was restored from another cluster meanwhile
+        if old[0].lanes == wanted:
+            return wanted  # another fold re-laned it meanwhile
+        target, high = _take_target(cursor, connection, table)
+        rows = []
+        for claim in old:
+            interval = {"floor": claim.floor, "limit": None, "lane": claim.lane, "lanes": claim.lanes}
+            done = claim.done
+            if claim.target is not None:  # the rest of a half-folded interval
+                interval.update(done=done, target=claim.target, position=claim.position)
+                cursor.execute(*_batch_sql(model, connection, claim.names, _IN_BATCH, interval, model_names))
+                rows += cursor.fetchall()
+                done = claim.target
+            position = _first_position(cursor, connection, table, done, target, claim.floor)
+            if position is not None:
+                interval.update(done=done, target=target, position=position)
+                cursor.execute(*_batch_sql(model, connection, claim.names, _IN_BATCH, interval, model_names))
+                rows += cursor.fetchall()
+        changes = [change_id for change_id, _, _ in rows]
+        endpoints = messages.record(cursor, changes)
+        sink_messages.record(cursor, changes)
+        checkpoint.relaned(cursor, table, old, wanted, target, high, len(rows))
+    result.folded += len(rows)
+    result.endpoints |= endpoints
+    if endpoints and on_messages is not None:
+        on_messages(endpoints)
+    return wanted
 
 
 def fold_all(
     *, using: str = DEFAULT_DB_ALIAS, max_seconds: float = float("inf"), **kwargs
 ) -> list[FoldResult]:
-    """Fold every event table until each is caught up (in-process: tests, benchmarks, scripts)."""
+    """Fold every event table, every lane in turn, until each is caught up (in-process: tests,
+    benchmarks, scripts)."""
     return [fold(table, using=using, max_seconds=max_seconds, **kwargs) for table in tracking.stream_tables()]
 
 
@@ -376,34 +471,27 @@ def _event_model(event_table: str):
 
 
 def _fold_batch(
-    model, using: str, batch_size: int, model_names: rowlog.StreamNames | None
+    model, using: str, batch_size: int, model_names: rowlog.StreamNames | None, lane: int = 0
 ) -> tuple[int, bool, bool, set[int], int | None]:
-    """Fold one batch in one transaction. Returns (folded, caught_up, busy, endpoints, lag_ms).
+    """Fold one batch of one lane in one transaction. Returns (folded, caught_up, busy, endpoints, lag_ms).
 
     ``model_names``: how the row log names its tables (None for event tables).
     """
     table = model._meta.db_table
     connection = connections[using]
     with transaction.atomic(using=using), connection.cursor() as cursor:
-        found = checkpoint.claim(cursor, table)
+        found = checkpoint.claim(cursor, table, lane, lanes=lanes.configured(table))
         if found is None or found.foreign:  # busy, or restored meanwhile (the next fold recovers it)
             return 0, False, True, set(), None
         done, target, position, high = found.done, found.target, found.position, found.high
         if target is None:
-            # `high`: every event committed in `target` has an id up to it (for a recovery).
-            # The row log's stream also carries the DDL log, whose ids come from the same sequence.
-            tables = [table, rowlog.DDL_LOG_TABLE] if table == rowlog.ROW_LOG_TABLE else [table]
-            quoted = [connection.ops.quote_name(t) for t in tables]
-            highest = ", ".join(f"(SELECT max(pgh_id) FROM {q})" for q in quoted)
-            cursor.execute(f"SELECT pg_current_snapshot()::text, greatest({highest})")
-            target, high = cursor.fetchone()
-            firsts = [_first_id(cursor, q, done, target, found.floor) for q in quoted]
-            position = min((f for f in firsts if f is not None), default=None)
+            target, high = _take_target(cursor, connection, table)
+            position = _first_position(cursor, connection, table, done, target, found.floor)
             if position is None:  # nothing in the interval: `target` becomes `done`
                 cursor.execute(
                     "UPDATE audit_stream_checkpoint SET snapshot = %s, high = %s, updated_at = now()"
-                    " WHERE event_table = %s",
-                    [target, high, table],
+                    " WHERE event_table = %s AND lane = %s",
+                    [target, high, table, lane],
                 )
                 return 0, True, False, set(), None
 
@@ -413,6 +501,8 @@ def _fold_batch(
             "position": position,
             "floor": found.floor,
             "limit": batch_size,
+            "lane": found.lane,
+            "lanes": found.lanes,  # the recorded number of lanes, whatever the setting says now
         }
         cursor.execute(*_batch_sql(model, connection, found.names, _IN_BATCH, interval, model_names))
         rows = cursor.fetchall()
@@ -426,29 +516,51 @@ def _fold_batch(
             # The whole interval is folded: `target` becomes `done`; the next starts above `floor`.
             cursor.execute(
                 "UPDATE audit_stream_checkpoint SET snapshot = %s, target = NULL, position = floor,"
-                " high = %s, folded = folded + %s, updated_at = now() WHERE event_table = %s",
-                [target, high, len(ids), table],
+                " high = %s, folded = folded + %s, updated_at = now() WHERE event_table = %s AND lane = %s",
+                [target, high, len(ids), table, lane],
             )
         else:
             cursor.execute(
                 "UPDATE audit_stream_checkpoint SET target = %s, position = %s, high = %s,"
-                " folded = folded + %s, updated_at = now() WHERE event_table = %s",
-                [target, max(ids), high, len(ids), table],
+                " folded = folded + %s, updated_at = now() WHERE event_table = %s AND lane = %s",
+                [target, max(ids), high, len(ids), table, lane],
             )
         return len(ids), caught_up, False, endpoints, lag_ms
+
+
+def _stream_tables(table: str) -> list[str]:
+    """The tables one stream reads: the event table; the row log's also carries the DDL log
+    (whose ids come from the same sequence)."""
+    return [table, rowlog.DDL_LOG_TABLE] if table == rowlog.ROW_LOG_TABLE else [table]
+
+
+def _take_target(cursor, connection, table: str) -> tuple[str, int | None]:
+    """A new interval's ``target`` snapshot, and ``high``: every event committed in it has an id
+    up to it (for a recovery)."""
+    quoted = [connection.ops.quote_name(t) for t in _stream_tables(table)]
+    highest = ", ".join(f"(SELECT max(pgh_id) FROM {q})" for q in quoted)
+    cursor.execute(f"SELECT pg_current_snapshot()::text, greatest({highest})")
+    return cursor.fetchone()
+
+
+def _first_position(cursor, connection, table: str, done: str, target: str, floor: int) -> int | None:
+    """Just below the lowest pgh_id of the interval from ``done`` to ``target``, any lane (None: empty)."""
+    quoted = [connection.ops.quote_name(t) for t in _stream_tables(table)]
+    firsts = [_first_id(cursor, q, done, target, floor) for q in quoted]
+    return min((f for f in firsts if f is not None), default=None)
 
 
 def _batch_sql(model, connection, names: list[str], in_interval: str, interval: dict, model_names):
     """The fold query of ``model``'s table for the events ``in_interval`` selects, and its parameters."""
     table = model._meta.db_table
-    if table == rowlog.ROW_LOG_TABLE:
+    if table == rowlog.ROW_LOG_TABLE:  # always one lane
         return (
             _ROW_LOG_FOLD_SQL.replace("{in_interval}", in_interval),
             {**interval, **model_names.params()},
         )
     return (
         _FOLD_SQL.format(
-            in_interval=in_interval,
+            in_interval=f"{in_interval}\n      AND {lanes.in_lane(model)}",
             transaction=_TRANSACTION_COLUMNS,
             table=connection.ops.quote_name(table),
             # Event models may be declared without obj_fk or context_fk.
@@ -466,13 +578,13 @@ def _batch_sql(model, connection, names: list[str], in_interval: str, interval: 
     )
 
 
-def _is_foreign(event_table: str, using: str) -> bool:
+def _is_foreign(event_table: str, lane: int, using: str) -> bool:
     with connections[using].cursor() as cursor:
-        return checkpoint.is_foreign(cursor, event_table)
+        return checkpoint.is_foreign(cursor, event_table, lane)
 
 
-def _recover(model, using: str, model_names, result: FoldResult, on_messages) -> bool:
-    """Recover a checkpoint restored from another cluster; False if another fold holds it.
+def _recover(model, using: str, model_names, result: FoldResult, on_messages, lane: int = 0) -> bool:
+    """Recover a checkpoint's lane restored from another cluster; False if another fold holds it.
 
     One REPEATABLE READ transaction: the events to fold and the new snapshot
     are read in one snapshot, so an event committed meanwhile is left to the
@@ -488,11 +600,16 @@ def _recover(model, using: str, model_names, result: FoldResult, on_messages) ->
     try:
         with transaction.atomic(using=using), connection.cursor() as cursor:
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            found = checkpoint.claim(cursor, table)
+            found = checkpoint.claim(cursor, table, lane)
             if found is None:
                 return False
             if found.foreign:
-                interval = {**checkpoint.recovery_params(cursor, found), "limit": None}
+                interval = {
+                    **checkpoint.recovery_params(cursor, found),
+                    "limit": None,
+                    "lane": found.lane,
+                    "lanes": found.lanes,
+                }
                 cursor.execute(
                     *_batch_sql(
                         model, connection, found.names, checkpoint.RECOVERY_INTERVAL, interval, model_names
@@ -501,7 +618,9 @@ def _recover(model, using: str, model_names, result: FoldResult, on_messages) ->
                 rows = cursor.fetchall()
                 result.endpoints |= messages.record(cursor, [change_id for change_id, _, _ in rows])
                 result.folded += len(rows)
-                checkpoint.recovered(cursor, table, connection.ops.quote_name(table), found.floor, len(rows))
+                checkpoint.recovered(
+                    cursor, table, connection.ops.quote_name(table), found.floor, len(rows), lane
+                )
     except OperationalError as exc:  # the checkpoint moved after our snapshot: another fold has it
         if getattr(exc.__cause__, "sqlstate", None) == "40001":
             return False

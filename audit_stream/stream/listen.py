@@ -42,11 +42,12 @@ class Listener:
 
     Args:
         connect_kwargs: Keyword arguments for :func:`psycopg.connect`.
-        enqueue: Sends a task: ``enqueue("audit_stream.fold", table)`` or
-            ``enqueue("audit_stream.deliver", endpoint_id)``.
+        enqueue: Sends a task with its arguments: ``enqueue("audit_stream.fold", table)``,
+            ``enqueue("audit_stream.fold", table, lane)`` (one lane of a table folded in
+            several, :mod:`audit_stream.stream.lanes`) or ``enqueue("audit_stream.deliver", endpoint_id)``.
     """
 
-    def __init__(self, connect_kwargs: dict[str, Any], enqueue: Callable[[str, Any], Any]) -> None:
+    def __init__(self, connect_kwargs: dict[str, Any], enqueue: Callable[..., Any]) -> None:
         self.connect_kwargs = {k: v for k, v in connect_kwargs.items() if k != "cursor_factory"}
         # Named, so operators (and the dashboard) can find it in pg_stat_activity.
         self.connect_kwargs["application_name"] = APPLICATION_NAME
@@ -107,20 +108,22 @@ class Listener:
         """Enqueue what is due: folds of tables with unfolded events, deliveries of due messages."""
         with conn.cursor() as cursor:
             cursor.execute(heartbeat.BEAT_SQL, heartbeat.params("listener", '{"leader": true}'))
-            busy = [table for table in sorted(self.tables) if wakeup._has_work(cursor, table)]
-            for table in busy:
-                self._enqueue("audit_stream.fold", table)
+            # One task per lane with work (a table folded in one lane: one task for the table).
+            busy = [(t, lane) for t in sorted(self.tables) for lane in wakeup._lanes_with_work(cursor, t)]
+            for table, lane in busy:
+                self._enqueue("audit_stream.fold", table, *([] if lane is None else [lane]))
             if not busy and self.notify:
                 cursor.execute(wakeup.ARM_SQL)  # all caught up: the next writer wakes us
             cursor.execute(DUE_ENDPOINTS_SQL)
             for (endpoint_id,) in cursor.fetchall():
                 self._enqueue("audit_stream.deliver", endpoint_id)
 
-    def _enqueue(self, task: str, key: Any) -> None:
+    def _enqueue(self, task: str, *args: Any) -> None:
+        key = pending.key(*args)
         try:
             if pending.claim(task, key):
                 try:
-                    self.enqueue_task(task, key)
+                    self.enqueue_task(task, *args)
                 except Exception:
                     pending.release(task, key)
                     raise
@@ -133,12 +136,13 @@ def run(send_task: Callable[..., Any]) -> None:
 
     Args:
         send_task: Sends a Celery task by name, e.g. your Celery app's
-            ``app.send_task``; called as ``send_task("audit_stream.fold", args=[table])``.
+            ``app.send_task``; called as ``send_task("audit_stream.fold", args=[table])``
+            (``args=[table, lane]`` for a lane of a table folded in several).
     """
     from django.db import connections
 
     params = connections[config.listen_database()].get_connection_params()
-    listener = Listener(params, enqueue=lambda task, key: send_task(task, args=[key]))
+    listener = Listener(params, enqueue=lambda task, *args: send_task(task, args=list(args)))
     signal.signal(signal.SIGTERM, listener.stop)
     signal.signal(signal.SIGINT, listener.stop)
     listener.run()

@@ -26,6 +26,12 @@ def _ttl() -> int:
     return max(30, int(10 * config.poll_interval()))
 
 
+def key(*args: object) -> str:
+    """The unit of work of a task's arguments: ``"42"``, ``"shop_orderevent"``, or a lane of a table,
+    ``"shop_orderevent:2"``."""
+    return ":".join(str(arg) for arg in args)
+
+
 def claim(task: str, key: object) -> bool:
     """Mark ``task`` for ``key`` as pending; ``False`` if it already is."""
     return bool(_client(config.redis_url()).set(f"{_PREFIX}{task}:{key}", "1", nx=True, ex=_ttl()))

@@ -23,11 +23,11 @@ from django.db import DEFAULT_DB_ALIAS, connections
 
 from audit_stream import tracking
 from audit_stream.rowlog import DDL_LOG_TABLE, ROW_LOG_TABLE
-from audit_stream.stream import unfolded
+from audit_stream.stream import lanes, unfolded
 from audit_stream.stream.checkpoint import FOREIGN_SQL
 from audit_stream.triggers import WAKEUP_SEQUENCE, quote_name
 
-__all__ = ["arm", "disarm", "has_work", "tables_with_work"]
+__all__ = ["arm", "disarm", "has_work", "lanes_with_work", "tables_with_work"]
 
 # Is any committed event not yet folded (audit_stream.stream.unfolded)? Two
 # probes of the pgh_xid index, each stopping at the first committed row: the
@@ -38,10 +38,22 @@ __all__ = ["arm", "disarm", "has_work", "tables_with_work"]
 # then reads every folded row first. After a restore, restored events whose
 # old transaction ids look new to this cluster are skipped by the `floor` test
 # (they are folded): until this cluster's ids pass theirs, a probe also reads
-# those.
+# those. For a lane of a table folded in several (audit_stream.stream.lanes),
+# only the lane's events count: a probe reads on past other lanes' unfolded
+# events (about lanes - 1 of them before each match).
 _HAS_WORK_SQL = f"""
-SELECT (SELECT true FROM {{table}} AS e WHERE {unfolded.NEW} ORDER BY e.pgh_xid LIMIT 1) IS NOT NULL
-    OR (SELECT true FROM {{table}} AS e WHERE {unfolded.IN_PROGRESS} ORDER BY e.pgh_xid LIMIT 1) IS NOT NULL
+SELECT (SELECT true FROM {{table}} AS e WHERE {unfolded.NEW} AND {{in_lane}}
+        ORDER BY e.pgh_xid LIMIT 1) IS NOT NULL
+    OR (SELECT true FROM {{table}} AS e WHERE {unfolded.IN_PROGRESS} AND {{in_lane}}
+        ORDER BY e.pgh_xid LIMIT 1) IS NOT NULL
+"""
+
+# Each lane's checkpoint: where its work starts.
+_LANES_SQL = f"""
+SELECT c.lane, c.lanes, c.snapshot, c.target, c.floor, {FOREIGN_SQL}
+FROM audit_stream_checkpoint AS c
+WHERE c.event_table = %(table)s AND (%(lane)s::int IS NULL OR c.lane = %(lane)s)
+ORDER BY c.lane
 """
 
 ARM_SQL = f"SELECT setval('{WAKEUP_SEQUENCE}', 1, false)"
@@ -67,33 +79,80 @@ def is_armed(*, using: str = DEFAULT_DB_ALIAS) -> bool:
         return cursor.fetchone()[0]
 
 
-def has_work(event_table: str, *, using: str = DEFAULT_DB_ALIAS) -> bool:
-    """Whether ``event_table`` has committed events the fold has not taken yet."""
+def has_work(event_table: str, *, lane: int | None = None, using: str = DEFAULT_DB_ALIAS) -> bool:
+    """Whether ``event_table`` (only its lane ``lane``, if given) has committed events the fold has
+    not taken yet."""
     with connections[using].cursor() as cursor:
-        return _has_work(cursor, event_table)
+        return bool(_lanes_with_work(cursor, event_table, lane))
 
 
 def _has_work(cursor, event_table: str) -> bool:
     """:func:`has_work` on any DB-API cursor (the listener's own connection too)."""
-    cursor.execute(
-        f"SELECT c.snapshot, c.target, c.floor, {FOREIGN_SQL} FROM audit_stream_checkpoint AS c"
-        " WHERE c.event_table = %s",
-        [event_table],
+    return bool(_lanes_with_work(cursor, event_table))
+
+
+def _lanes_with_work(cursor, event_table: str, lane: int | None = None) -> list[int | None]:
+    """The lanes of ``event_table`` with work, as fold tasks take them: ``[None]`` (the whole table)
+    for a table folded in one lane, else the numbers of its lanes with work.
+
+    A table whose checkpoint records another number of lanes than ``FOLD_LANES``
+    gives has work in each configured lane: its first fold re-lanes it.
+    """
+    wanted = lanes.configured(event_table)
+    cursor.execute(_LANES_SQL, {"table": event_table, "lane": lane})
+    rows = cursor.fetchall()
+    if rows and rows[0][1] != wanted:
+        if lane is not None:
+            return [lane]
+        return [None] if wanted == 1 else list(range(wanted))
+    if not rows:  # never folded: every event is new
+        if lane is not None and lane >= wanted:
+            return []
+        each_lane = range(wanted) if lane is None else [lane]
+        rows = [(each, wanted, "1:1:", None, 0, False) for each in each_lane]
+    found = []
+    sql = _HAS_WORK_SQL.format(
+        table=quote_name(event_table), in_lane=lanes.in_lane(tracking._event_models.get(event_table))
     )
-    row = cursor.fetchone()
-    if row is not None and (row[1] is not None or row[3]):
-        return True  # an interval is half folded, or a restore is to be recovered
-    done, floor = (row[0], row[2]) if row is not None else ("1:1:", 0)  # never folded: every event is new
-    # The row log's stream also carries the DDL log (a schema-only transaction writes only there).
-    tables = [event_table, DDL_LOG_TABLE] if event_table == ROW_LOG_TABLE else [event_table]
-    for table in tables:
-        cursor.execute(_HAS_WORK_SQL.format(table=quote_name(table)), {"done": done, "floor": floor})
+    for each, count, done, target, floor, foreign in rows:
+        if target is None and not foreign and not _probe(cursor, event_table, sql, done, floor, each, count):
+            continue
+        # (else an interval is half folded, or a restore is to be recovered)
+        found.append(None if count == 1 else each)
+    return found
+
+
+def _probe(cursor, event_table: str, sql: str, done: str, floor: int, lane: int, count: int) -> bool:
+    """Whether lane ``lane`` of ``count`` has unfolded events past ``done``.
+
+    The row log's stream also carries the DDL log (a schema-only transaction
+    writes only there); the row log always has one lane.
+    """
+    if event_table == ROW_LOG_TABLE:
+        sqls = [sql, _HAS_WORK_SQL.format(table=quote_name(DDL_LOG_TABLE), in_lane=lanes.in_lane(None))]
+    else:
+        sqls = [sql]
+    for each in sqls:
+        cursor.execute(each, {"done": done, "floor": floor, "lane": lane, "lanes": count})
         if cursor.fetchone()[0]:
             return True
     return False
 
 
+def lanes_with_work(*, using: str = DEFAULT_DB_ALIAS) -> list[tuple[str, int | None]]:
+    """The (event table, lane) pairs with committed, unfolded events, one fold task each.
+
+    The lane is None for a table folded in one lane (its task folds the whole table).
+    """
+    with connections[using].cursor() as cursor:
+        return all_lanes_with_work(cursor)
+
+
+def all_lanes_with_work(cursor) -> list[tuple[str, int | None]]:
+    """:func:`lanes_with_work` on any DB-API cursor (the listener's own connection too)."""
+    return [(table, lane) for table in tracking.stream_tables() for lane in _lanes_with_work(cursor, table)]
+
+
 def tables_with_work(*, using: str = DEFAULT_DB_ALIAS) -> list[str]:
     """The event tables that have committed, unfolded events."""
-    with connections[using].cursor() as cursor:
-        return [table for table in tracking.stream_tables() if _has_work(cursor, table)]
+    return sorted({table for table, _ in lanes_with_work(using=using)})
