@@ -1,4 +1,9 @@
-"""The fold under concurrent transactions: nothing skipped, nothing twice, order kept."""
+"""The fold under concurrent transactions: nothing skipped, nothing twice, order kept.
+
+Every test runs twice: the table folded in one lane, and in 4 lanes
+(``FOLD_LANES``, audit_stream.stream.lanes), where each object's events are
+folded by their lane's own checkpoint and worker.
+"""
 
 import threading
 import time
@@ -8,13 +13,20 @@ import pytest
 from django.db import connection, connections
 
 from audit_stream.models import Change
-from audit_stream.stream import fold
+from audit_stream.stream import fold, lanes
 from tests.procs import wait_until
 from tests.testapp.models import Product, ProductEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 PRODUCTS = "testapp_productevent"
+
+
+@pytest.fixture(autouse=True, params=[1, 4], ids=["1-lane", "4-lanes"])
+def lane_count(request, settings):
+    """The number of lanes the products' event table is folded in."""
+    settings.AUDIT_STREAM = {"FOLD_LANES": {"testapp.ProductEvent": request.param}}
+    return request.param
 
 
 @pytest.fixture
@@ -81,19 +93,20 @@ def test_savepoint_rollback_drops_only_its_events(other_connection):
     assert list(Change.objects.values_list("snapshot__name", flat=True)) == ["kept"]
 
 
-def test_concurrent_folds_of_one_table_fold_each_event_once():
+def test_concurrent_folds_of_one_table_fold_each_event_once(lane_count):
+    """Four workers: all on the one lane, or one on each of the 4 lanes."""
     Product.objects.bulk_create([Product(name=f"p{i}") for i in range(3000)])
     results, errors = [], []
 
-    def worker():
+    def worker(lane):
         try:
-            results.append(fold.fold(PRODUCTS, batch_size=200))
+            results.append(fold.fold(PRODUCTS, lane=lane, batch_size=200))
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
         finally:
             connections.close_all()
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
+    threads = [threading.Thread(target=worker, args=(i % lane_count,)) for i in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -106,7 +119,7 @@ def test_concurrent_folds_of_one_table_fold_each_event_once():
 
 def test_a_fold_lingers_through_steady_writes_without_being_woken(settings):
     """Writes arriving while the fold lingers are folded by the same call: no NOTIFY needed."""
-    settings.AUDIT_STREAM = {"FOLD_LINGER": 0.3}
+    settings.AUDIT_STREAM = {**settings.AUDIT_STREAM, "FOLD_LINGER": 0.3}
     Product.objects.create(name="first")
 
     def writer():
@@ -124,7 +137,7 @@ def test_a_fold_lingers_through_steady_writes_without_being_woken(settings):
 
 def test_a_fold_yields_after_max_seconds_even_under_steady_writes(settings):
     """A fold that keeps finding work still ends at its deadline, so the task can yield."""
-    settings.AUDIT_STREAM = {"FOLD_LINGER": 0.3}
+    settings.AUDIT_STREAM = {**settings.AUDIT_STREAM, "FOLD_LINGER": 0.3}
     stop = threading.Event()
 
     def writer():
@@ -151,8 +164,8 @@ def test_a_fold_yields_after_max_seconds_even_under_steady_writes(settings):
     assert result.folded > 0
 
 
-def test_a_fold_that_finds_another_fold_mid_batch_backs_off(other_connection):
-    """Two folds of one table overlap: the second sees the checkpoint locked and folds nothing.
+def test_a_fold_that_finds_another_fold_mid_batch_backs_off(other_connection, lane_count):
+    """Two folds of one table (of one lane) overlap: the second sees the checkpoint locked and folds nothing.
 
     The first fold is held mid-batch, after locking its checkpoint: another
     session holds an uncommitted Change row with the key of the first event,
@@ -161,6 +174,9 @@ def test_a_fold_that_finds_another_fold_mid_batch_backs_off(other_connection):
     fold.fold(PRODUCTS)  # the table's checkpoint row exists, as it does after its first fold
     Product.objects.bulk_create([Product(name=f"p{i}") for i in range(50)])
     first_event = ProductEvent.objects.order_by("pgh_id").values_list("pgh_id", flat=True).first()
+    lane = _lane_of(first_event, lane_count)
+    events = ProductEvent.objects.values_list("pgh_id", flat=True)
+    in_lane = [event for event in events if _lane_of(event, lane_count) == lane]
     other_connection.execute(
         "INSERT INTO audit_stream_change (event_table, event_id, model, label, created_at, diff, snapshot)"
         " VALUES (%s, %s, 'testapp.product', 'blocker', now(), '{}', '{}')",
@@ -173,7 +189,7 @@ def test_a_fold_that_finds_another_fold_mid_batch_backs_off(other_connection):
             cursor.execute("SELECT pg_backend_pid()")
             held["pid"] = cursor.fetchone()[0]
         try:
-            held["result"] = fold.fold(PRODUCTS)
+            held["result"] = fold.fold(PRODUCTS, lane=lane)
         except Exception as exc:  # pragma: no cover - reported below
             held["error"] = exc
         finally:
@@ -190,7 +206,7 @@ def test_a_fold_that_finds_another_fold_mid_batch_backs_off(other_connection):
 
         def second_fold():
             try:
-                second["result"] = fold.fold(PRODUCTS, max_seconds=5)
+                second["result"] = fold.fold(PRODUCTS, lane=lane, max_seconds=5)
             finally:
                 connections.close_all()
 
@@ -203,9 +219,20 @@ def test_a_fold_that_finds_another_fold_mid_batch_backs_off(other_connection):
         other_connection.rollback()  # let the first fold go on
         thread.join(timeout=60)
     assert "error" not in held, held.get("error")
-    assert held["result"].folded == 50
+    assert held["result"].folded == len(in_lane)  # all 50 with one lane
+    fold.fold(PRODUCTS)  # the other lanes' events
     assert Change.objects.filter(event_table=PRODUCTS).count() == 50
     assert Change.objects.filter(event_table=PRODUCTS).values("event_id").distinct().count() == 50
+
+
+def _lane_of(event_id: int, count: int) -> int:
+    """The lane of an event's object, by the fold's own definition (lanes.LANE_OF)."""
+    sql = lanes.LANE_OF.replace("{object_id}", "e.pgh_obj_id::text")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {sql} FROM {PRODUCTS} AS e WHERE e.pgh_id = %(id)s", {"id": event_id, "lanes": count}
+        )
+        return cursor.fetchone()[0]
 
 
 def _query(sql, params):
