@@ -5,6 +5,7 @@ Usage::
     python -m benchmarks.stream            # full run (8-10 min; +2 at most waiting for a quiet machine)
     python -m benchmarks.stream --quick    # smoke run (about 2 minutes): smaller sizes, JSON only
     python -m benchmarks.stream --render benchmarks/results/stream-<date>.json   # rewrite the section only
+    python -m benchmarks.stream --lanes 1,2,4 # fold lanes side by side only (benchmarks/lanes.py)
 
 It drops and recreates the database ``audit_stream_bench_stream`` and flushes
 Redis database 14 (``--database-url``, ``--redis-url``), and starts real
@@ -107,6 +108,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--update-migrations", action="store_true", help="regenerate streamapp's migrations first"
     )
+    parser.add_argument(
+        "--lanes",
+        type=lambda text: [int(n) for n in text.split(",")],
+        metavar="N,N,...",
+        help="measure only the fold throughput of one table folded in N lanes by N workers, for each N"
+        " side by side (benchmarks/lanes.py)",
+    )
+    parser.add_argument("--lanes-repeat", type=int, default=3, help="runs of each N, interleaved (--lanes)")
+    parser.add_argument("--lanes-batch", type=int, default=5_000, help="fold batch size (--lanes)")
     args = parser.parse_args(argv)
     quick = args.quick
     args.backlog = 20_000 if quick else 200_000
@@ -1675,6 +1685,9 @@ def main(argv: list[str] | None = None) -> None:
     recreate_database()
     migrate(args.update_migrations)
     flush_redis(args.redis_url)
+    if args.lanes:
+        _run_lanes(args, started)
+        return
     results = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_info(),
@@ -1685,6 +1698,24 @@ def main(argv: list[str] | None = None) -> None:
     print_tables(results)
     if not args.no_report:
         save(results, args.quick)
+    log(f"done in {results['total_seconds'] / 60:.1f} min")
+
+
+def _run_lanes(args: argparse.Namespace, started: float) -> None:
+    """``--lanes``: the fold lanes measurement alone (benchmarks/lanes.py)."""
+    from benchmarks import lanes
+
+    args.quiet = QuietWaiter(args.quiet_budget)
+    results = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(),
+        "command": " ".join(["python -m benchmarks.stream", *sys.argv[1:]]),
+        **lanes.measure(args),
+    }
+    results["total_seconds"] = time.monotonic() - started
+    print("\nFold lanes\n\n" + lanes.table(results))
+    if not args.no_report:
+        lanes.save(results)
     log(f"done in {results['total_seconds'] / 60:.1f} min")
 
 

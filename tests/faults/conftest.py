@@ -223,12 +223,15 @@ class Writer(threading.Thread):
 class Stack:
     """One test's database, processes, receiver and writer."""
 
-    def __init__(self, cluster: Cluster, redis: RedisServer, db: str, log_dir: Path, name: str) -> None:
+    def __init__(
+        self, cluster: Cluster, redis: RedisServer, db: str, log_dir: Path, name: str, lanes: int = 1
+    ) -> None:
         self.cluster, self.redis, self.db, self.log_dir, self.name = cluster, redis, db, log_dir, name
+        self.lanes = lanes  # the products' event table is folded in this many lanes
         self.procs: list[Proc] = []
         self.receiver: Receiver | None = None
         self.endpoint_id: int | None = None
-        self.figures: dict = {"scenario": name}
+        self.figures: dict = {"scenario": name, "lanes": lanes}
 
     def env(self) -> dict:
         return {
@@ -236,7 +239,9 @@ class Stack:
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "DATABASE_URL": self.cluster.url(self.db),
             "REDIS_URL": self.redis.url,
-            "AUDIT_STREAM_SETTINGS": json.dumps(SETTINGS),
+            "AUDIT_STREAM_SETTINGS": json.dumps(
+                {**SETTINGS, "FOLD_LANES": {"testapp.ProductEvent": self.lanes}}
+            ),
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -394,14 +399,20 @@ def private_redis(tmp_path_factory):
 
 
 @pytest.fixture
-def stack(cluster, private_redis, tmp_path, request):
+def lanes():
+    """How many lanes the products' event table is folded in: 1, unless a test parametrizes it."""
+    return 1
+
+
+@pytest.fixture
+def stack(cluster, private_redis, tmp_path, request, lanes):
     db = "faults_" + request.node.name.lower()[:40].replace("[", "_").replace("]", "")
     with cluster.connect("postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{db}"')
         conn.execute(f'CREATE DATABASE "{db}" TEMPLATE template_faults')
     if private_redis.proc is None or private_redis.proc.poll() is not None:
         private_redis.start()
-    stack = Stack(cluster, private_redis, db, tmp_path, request.node.name)
+    stack = Stack(cluster, private_redis, db, tmp_path, request.node.name, lanes)
     yield stack
     stack.close()
 

@@ -8,6 +8,11 @@ reused. Each fault lands when a condition says the system is where the
 scenario wants it (so many changes folded, a delivery in flight...), never
 after a guessed sleep. Figures go to artifacts/faults.jsonl (summarised in
 RELIABILITY.md).
+
+The tests about the fold (a worker killed mid-fold, a burst with two worker
+processes, a transaction that commits late) also run with the products'
+event table folded in 4 lanes (``FOLD_LANES``): one fold task per lane, and
+two worker processes folding two lanes of the table at once.
 """
 
 import time
@@ -19,7 +24,11 @@ from tests.procs import wait_until
 
 pytestmark = pytest.mark.faults
 
+# One lane (the default), and 4 lanes of the products' event table.
+LANES = pytest.mark.parametrize("lanes", [1, 4], ids=["1-lane", "4-lanes"])
 
+
+@LANES
 def test_worker_killed_mid_fold_and_mid_delivery(stack):
     stack.webhook()
     worker = stack.worker()
@@ -40,6 +49,7 @@ def test_worker_killed_mid_fold_and_mid_delivery(stack):
     stack.figures["worker_kills"] = 2
 
 
+@LANES
 def test_redis_restart_loses_queued_tasks_but_no_change(stack):
     stack.webhook()
     stack.worker()
@@ -118,6 +128,7 @@ def test_receiver_down_then_slow_then_flaky(stack):
     )
 
 
+@LANES
 def test_burst_of_50000_events_while_the_worker_is_stopped(stack):
     stack.listener()
     with stack.cluster.connect(stack.db) as conn:
@@ -138,6 +149,7 @@ def test_burst_of_50000_events_while_the_worker_is_stopped(stack):
     stack.figures["catch_up_s"] = round(time.monotonic() - started, 2)
 
 
+@LANES
 def test_a_transaction_held_open_for_30_s_skips_nothing(stack):
     stack.worker()
     stack.listener()
