@@ -7,18 +7,21 @@ places that read a table's checkpoint (retention, dispatch, the settings check).
 """
 
 import itertools
+import os
+import re
 import threading
 from datetime import timedelta
 
 import psycopg
 import pytest
+import redis
 from django.db import connection, connections
 
 from audit_stream import retention
 from audit_stream.checks import check_fold_lanes
 from audit_stream.models import Change, Checkpoint
 from audit_stream.stream import fold, lanes, wakeup
-from tests.procs import wait_until
+from tests.procs import start_listener, start_worker, wait_until
 from tests.testapp.models import Product, ProductEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -265,6 +268,32 @@ def test_the_dispatch_names_each_lane_with_work(settings):
     assert wakeup.has_work(PRODUCTS, lane=0) and not wakeup.has_work(PRODUCTS, lane=1)
     fold.fold(PRODUCTS)
     assert PRODUCTS not in wakeup.tables_with_work()
+
+
+def test_the_listener_sends_a_fold_task_per_lane_and_two_worker_processes_fold_them(settings, tmp_path):
+    """End to end: the real listener and a worker with two processes fold a table of 4 lanes, lane by lane."""
+    redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")).flushdb()
+    stream_settings = {"FOLD_LANES": {LABEL: 4}, "POLL_INTERVAL": 0.5}
+    _lanes(settings, 4)
+    procs = [start_worker(tmp_path, settings=stream_settings, concurrency=2)]
+    try:
+        procs.append(start_listener(tmp_path, settings=stream_settings))
+        _write(objects=40, updates=2)
+        events = ProductEvent.objects.count()
+        wait_until(lambda: Change.objects.filter(event_table=PRODUCTS).count() >= events, timeout=60)
+        # Each finished fold task logs its result: tasks of this table named each of its 4 lanes.
+        wait_until(
+            lambda: (
+                {int(lane) for lane in re.findall(rf"'{PRODUCTS}', 'lane': (\d)", procs[0].output())}
+                == {0, 1, 2, 3}
+            ),
+            timeout=30,
+            message="a fold task of each lane",
+        )
+    finally:
+        for proc in procs:
+            proc.stop()
+    _assert_each_event_once_and_in_order()
 
 
 def test_retention_keeps_the_unfolded_events_of_a_lane_that_lags(settings):
