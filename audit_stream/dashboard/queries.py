@@ -197,7 +197,7 @@ def stream_tables(using: str = DEFAULT_DB_ALIAS, *, exact_up_to: int | None = No
             backlog, lags, firsts, over_cap = 0, [], [], False
             for done, target, position, _, _, floor, lane, count in lanes_:
                 params = {"done": done, "target": target, "position": position, "floor": floor}
-                cursor.execute(sql, {**params, "lane": lane, "lanes": count, "cap": cap + 1})
+                cursor.execute(sql, {**params, **lanes.params(lane, count), "cap": cap + 1})
                 lane_backlog, lane_lag, lane_first = cursor.fetchone()
                 backlog += lane_backlog
                 over_cap = over_cap or lane_backlog > cap

@@ -410,7 +410,7 @@ def _relane(model, using: str, model_names, wanted: int, result: FoldResult, on_
         target, high = _take_target(cursor, connection, table)
         rows = []
         for claim in old:
-            interval = {"floor": claim.floor, "limit": None, "lane": claim.lane, "lanes": claim.lanes}
+            interval = {"floor": claim.floor, "limit": None, **lanes.params(claim.lane, claim.lanes)}
             done = claim.done
             if claim.target is not None:  # the rest of a half-folded interval
                 interval.update(done=done, target=claim.target, position=claim.position)
@@ -501,8 +501,8 @@ def _fold_batch(
             "position": position,
             "floor": found.floor,
             "limit": batch_size,
-            "lane": found.lane,
-            "lanes": found.lanes,  # the recorded number of lanes, whatever the setting says now
+            # The recorded number of lanes, whatever the setting says now.
+            **lanes.params(found.lane, found.lanes),
         }
         cursor.execute(*_batch_sql(model, connection, found.names, _IN_BATCH, interval, model_names))
         rows = cursor.fetchall()
@@ -607,8 +607,7 @@ def _recover(model, using: str, model_names, result: FoldResult, on_messages, la
                 interval = {
                     **checkpoint.recovery_params(cursor, found),
                     "limit": None,
-                    "lane": found.lane,
-                    "lanes": found.lanes,
+                    **lanes.params(found.lane, found.lanes),
                 }
                 cursor.execute(
                     *_batch_sql(

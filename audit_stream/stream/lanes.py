@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from audit_stream import config, rowlog
 
-__all__ = ["IN_LANE", "LANE_OF", "MAX_LANES", "configured", "in_lane", "problems"]
+__all__ = ["IN_LANE", "LANE_OF", "MAX_LANES", "configured", "in_lane", "params", "problems"]
 
 #: The most lanes a table may have (a lane is a worker's job; more than this is a typo).
 MAX_LANES = 64
@@ -38,16 +38,27 @@ MAX_LANES = 64
 # (event models declared without obj_fk) are in lane 0.
 LANE_OF = "coalesce(mod(abs(hashtext({object_id})::bigint), %(lanes)s), 0)"
 
-# Whether event row `e` belongs to lane %(lane)s of %(lanes)s. With one lane the
-# bound value makes the test constant: the planner drops it and the fold's
-# queries are those of a table without lanes.
-IN_LANE = f"(%(lanes)s = 1 OR {LANE_OF} = %(lane)s)"
+# Whether event row `e` belongs to lane %(lane)s of %(lanes)s, written as "in
+# none of the other lanes" (%(other_lanes)s, see params()). PostgreSQL has no
+# statistics on the expression: it would estimate "= lane" at 0.5% of the rows,
+# so a batch's LIMIT would look far away and the planner would scan the whole
+# table and sort it, for every batch (measured: 5x the CPU per event with
+# 200,000 events). "<> each other lane" is estimated at 99.5% per other lane,
+# which keeps the plan of a table without lanes: the primary key walked from
+# the interval's first event, reading about N rows for each one of the lane.
+# With one lane the bound value makes the test constant: the planner drops it.
+IN_LANE = f"(%(lanes)s = 1 OR {LANE_OF} <> ALL(%(other_lanes)s::int[]))"
 
 
 def in_lane(model) -> str:
     """:data:`IN_LANE` for the event rows ``e`` of ``model``'s table."""
     has_object = getattr(model, "_pgh_has_obj", False) and model._meta.db_table != rowlog.ROW_LOG_TABLE
     return IN_LANE.replace("{object_id}", "e.pgh_obj_id::text" if has_object else "NULL::text")
+
+
+def params(lane: int, lanes: int) -> dict:
+    """The parameters of :data:`IN_LANE` for lane ``lane`` of ``lanes``."""
+    return {"lane": lane, "lanes": lanes, "other_lanes": [other for other in range(lanes) if other != lane]}
 
 
 def configured(event_table: str) -> int:

@@ -133,7 +133,7 @@ def _probe(cursor, event_table: str, sql: str, done: str, floor: int, lane: int,
     else:
         sqls = [sql]
     for each in sqls:
-        cursor.execute(each, {"done": done, "floor": floor, "lane": lane, "lanes": count})
+        cursor.execute(each, {"done": done, "floor": floor, **lanes.params(lane, count)})
         if cursor.fetchone()[0]:
             return True
     return False
