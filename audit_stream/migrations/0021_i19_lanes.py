@@ -1,5 +1,6 @@
 # Fold lanes (audit_stream.stream.lanes): a checkpoint row per lane of a table, keyed by (event_table, lane).
 # Existing checkpoints become lane 0 of 1: nothing to fold again, nothing skipped.
+# (Numbered 0021 as assigned; it follows 0028, the leaf of main when this branch was rebased.)
 
 from django.db import migrations, models
 
@@ -7,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('audit_stream', '0020_sink_payload_exact'),
+        ('audit_stream', '0028_ddl_log_wakeup'),
     ]
 
     operations = [
