@@ -5,6 +5,7 @@ Usage::
     python -m benchmarks.stream            # full run (8-10 min; +2 at most waiting for a quiet machine)
     python -m benchmarks.stream --quick    # smoke run (about 2 minutes): smaller sizes, JSON only
     python -m benchmarks.stream --render benchmarks/results/stream-<date>.json   # rewrite the section only
+    python -m benchmarks.stream --burst    # a burst folded without and with statistics (benchmarks/burst.py)
 
 It drops and recreates the database ``audit_stream_bench_stream`` and flushes
 Redis database 14 (``--database-url``, ``--redis-url``), and starts real
@@ -1656,6 +1657,13 @@ def run(args: argparse.Namespace, log_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark, print the tables, write the JSON and the BENCHMARKS.md section."""
+    if "--burst" in (
+        sys.argv[1:] if argv is None else argv
+    ):  # a measurement of its own (benchmarks/burst.py)
+        from benchmarks import burst
+
+        burst.main(argv)
+        return
     args = parse_args(argv)
     if args.render:
         results = json.loads(Path(args.render).read_text())

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "othe
 DB = "other"
 CHANGES = "audit_stream_change"
 TICKETS = "testapp_ticketevent"
-LAYOUT = partitions.Layout(CHANGES, size=10, ahead=2, column="id", local_unique=(("event_table", "event_id"),))
+LAYOUT = partitions.Layout(
+    CHANGES, size=10, ahead=2, column="id", local_unique=(("event_table", "event_id"),)
+)
 
 
 def _sql(statement: str, params=None):

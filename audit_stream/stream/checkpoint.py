@@ -74,13 +74,17 @@ WHERE c.relid = {_RELID_SQL}
 # (no checkpoint in the dump): events with transaction ids ahead of this
 # cluster's say so, and then the checkpoint is born foreign (cluster unknown,
 # nothing folded up to id 0), so the fold recovers it before anything else.
+# One probe of the pgh_xid index, ordered (as wakeup's): an EXISTS lets the
+# planner of a table never analysed (a first fold after a burst) read it all
+# sequentially, hoping to meet a match at once.
 _CREATE_SQL = """
 INSERT INTO audit_stream_checkpoint
     (event_table, snapshot, position, folded, updated_at, relid, former_names, cluster, floor, high)
 SELECT %(table)s, '1:1:', 0, 0, now(), {relid}, '{{}}',
        CASE WHEN restored.ahead THEN 'unknown' ELSE {cluster} END, 0, CASE WHEN restored.ahead THEN 0 END
-FROM (SELECT EXISTS (SELECT 1 FROM {table} AS e
-                     WHERE e.pgh_xid >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint) AS ahead)
+FROM (SELECT (SELECT true FROM {table} AS e
+               WHERE e.pgh_xid >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+               ORDER BY e.pgh_xid LIMIT 1) IS NOT NULL AS ahead)
     AS restored
 ON CONFLICT (event_table) DO NOTHING
 """
