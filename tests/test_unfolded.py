@@ -171,3 +171,24 @@ def _partition_slack() -> int:
             return 0
         cursor.execute(f"SELECT count(*) FROM {NOTES}")
         return cursor.fetchone()[0]
+
+
+def test_an_interval_with_a_late_transaction_skips_the_folded_events_between_its_ids(statistics):
+    """A transaction open while 2,000 events were written and folded commits: its event, far below the
+    5 new ones, and those 5 are folded in batches of 10 ids without walking the 2,000 ids between."""
+    late = psycopg.connect(**connection.get_connection_params())
+    try:
+        late.execute("INSERT INTO testapp_note (title, note) VALUES ('late', '')")  # the lowest id
+        _write_notes(2_000)
+        assert fold.fold(NOTES).folded == 2_000
+        late.commit()
+    finally:
+        late.close()
+    _write_notes(5)
+    slack = _partition_slack()
+    with _rows_read() as read:
+        assert fold.fold(NOTES, batch_size=10).folded == 6
+    seq_read, fetched = read
+    assert seq_read <= slack
+    assert seq_read + fetched <= 100 + slack
+    assert Change.objects.filter(event_table=NOTES).count() == HISTORY + 2_006
