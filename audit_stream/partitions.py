@@ -493,9 +493,8 @@ def replace_lowest(
     connection = connections[using]
     quote, table, column = connection.ops.quote_name, layout.table, layout.column
     upper = parts[-1].upper
-    kept = _suffixed(f"{table}_k{upper}", "")
     with connection.cursor() as cursor:
-        cursor.execute(f"DROP TABLE IF EXISTS {quote(kept)}")  # an earlier attempt's
+        kept = _free_name(cursor, quote, f"{table}_k{upper}")
         cursor.execute(
             f"CREATE TABLE {quote(kept)} (LIKE {quote(table)} INCLUDING DEFAULTS INCLUDING STORAGE,"
             f" CHECK ({quote(column)} IS NOT NULL AND {quote(column)} < {int(upper)}))"
@@ -533,6 +532,20 @@ def replace_lowest(
         f"Could not swap the oldest partitions of {table}: writers held it for {attempts} attempts."
         " Prune again later; nothing was lost."
     )
+
+
+def _free_name(cursor, quote, base: str) -> str:
+    """A name for the copy: ``base``, unless a partition has it (the copy of an earlier prune)."""
+    for attempt in range(100):
+        name = _suffixed(base, f"_{attempt}" if attempt else "")
+        cursor.execute("SELECT relispartition FROM pg_class WHERE oid = to_regclass(quote_ident(%s))", [name])
+        row = cursor.fetchone()
+        if row is None:
+            return name
+        if not row[0]:  # an earlier attempt's copy, never attached
+            cursor.execute(f"DROP TABLE {quote(name)}")
+            return name
+    raise RuntimeError(f"No free name for a partition like {base}: drop the unattached tables named so.")
 
 
 def _swap(connection, layout: Layout, parts: list[Partition], kept: str, lock_timeout: str) -> None:

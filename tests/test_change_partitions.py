@@ -179,3 +179,25 @@ def test_the_dashboard_estimates_a_partitioned_feed_from_its_partitions(partitio
     for part in _parts():  # as autovacuum does: the partitions, never the partitioned table
         _sql(f'ANALYZE "{part.name}"')
     assert queries.estimate_rows(CHANGES, using=DB) == 25
+
+
+def test_a_second_prune_replaces_the_partition_the_first_one_kept(partitioned):
+    """The partition holding the kept changes ages like any other: a later change of one of its objects
+    lets the next prune drop the kept one, in a new partition of the same range."""
+    tickets = _write(12)
+    _write(15)
+    _fold()
+    _age_changes()
+    _prune()
+    kept = next(p for p in _parts() if not p.default)
+    tickets[0].state = "closed"
+    tickets[0].save(using=DB)
+    _fold()
+    report = _prune()  # only the kept partition is aged now
+    assert report.rows[CHANGES] == 1
+    assert list(
+        Change.objects.using(DB).filter(object_id=str(tickets[0].pk)).values_list("diff", flat=True)
+    ) == [{"state": ["open", "closed"]}]
+    first = next(p for p in _parts() if not p.default)
+    assert first.name != kept.name and (first.lower, first.upper) == (kept.lower, kept.upper)
+    assert Change.objects.using(DB).count() == 27
