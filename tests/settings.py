@@ -61,7 +61,7 @@ AUDIT_STREAM = json.loads(os.environ.get("AUDIT_STREAM_SETTINGS", "{}"))
 # (README, "Partitioned history"); tests/conftest.py keeps partitions ahead of the ids.
 PARTITIONED = os.environ.get("AUDIT_STREAM_TEST_PARTITIONED", "") not in ("", "0")
 if PARTITIONED:
-    _layout = {"size": 1000, "ahead": 2}
+    _layout = {"size": 20_000, "ahead": 2}
     AUDIT_STREAM.setdefault(
         "PARTITIONS",
         {
