@@ -88,17 +88,22 @@ def statistics(request, folded_history):
 
 def test_idle_check_reads_no_folded_row(statistics):
     """With everything folded, "is there work?" fetches no row of the 20,000 and scans none."""
+    slack = _partition_slack()
     with _rows_read() as read:
         assert not wakeup.has_work(NOTES)
-    assert read == [0, 0]
+    seq_read, fetched = read
+    assert seq_read <= slack and fetched == 0
 
 
 def test_idle_check_finds_a_new_event_by_reading_it_alone(statistics):
     """One new committed event is found by fetching that one row."""
     _write_notes(1)
+    slack = _partition_slack()
     with _rows_read() as read:
         assert wakeup.has_work(NOTES)
-    assert read == [0, 1]
+    seq_read, fetched = read
+    assert seq_read <= slack and fetched <= 1
+    assert seq_read + fetched >= 1
 
 
 def test_idle_check_finds_a_transaction_that_was_in_progress_at_the_checkpoint(folded_history):
@@ -151,20 +156,22 @@ def test_a_tables_first_fold_after_a_burst_reads_no_row_sequentially(settings):
     _write_notes(HISTORY)
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM pg_statistic WHERE starelid = %s::regclass", [NOTES])
+    slack = _partition_slack()
     with _rows_read() as read:
         assert fold.fold(NOTES).folded == HISTORY
     seq_read, fetched = read
-    assert seq_read == 0
-    assert fetched <= 2.1 * HISTORY  # the interval's first id, then each batch its window
+    assert seq_read <= slack
+    assert seq_read + fetched <= 2.1 * HISTORY + slack  # the interval's first id, then each batch its window
 
 
 def _partition_slack() -> int:
     """What the partitioned layout (AUDIT_STREAM_TEST_PARTITIONED=1) may read on top, else 0.
 
-    On a table split into many small partitions the planner may read a
-    partition of folded events whole rather than probe its index (README,
-    "Partitioned history"): at most once each, so at most the table's rows
-    (counted here, before the measured fold), never once per batch.
+    The planner may read a small partition whole rather than probe its index
+    (README, "Partitioned history"; the newest partitions hold a few rows):
+    at most once each, so at most the table's rows (counted here, before the
+    measured probe), never once per batch. On the plain layout every bound
+    below is exact.
     """
     with connection.cursor() as cursor:
         if not partitions.is_partitioned(cursor, NOTES):
