@@ -242,7 +242,7 @@ def convert(layout: Layout, *, using: str = DEFAULT_DB_ALIAS, progress=None) -> 
         constraints = cursor.fetchall()
         primary_key = next(name for name, kind in constraints if kind == "p")
         cursor.execute(
-            "SELECT tgname, pg_get_triggerdef(oid), (tgtype & 1) = 1 FROM pg_trigger"
+            "SELECT tgname, pg_get_triggerdef(oid), obj_description(oid, 'pg_trigger') FROM pg_trigger"
             " WHERE tgrelid = to_regclass(quote_ident(%s)) AND NOT tgisinternal",
             [table],
         )
@@ -277,10 +277,16 @@ def convert(layout: Layout, *, using: str = DEFAULT_DB_ALIAS, progress=None) -> 
             cursor.execute(definition)  # CREATE INDEX <name> ON <table> ...: now the parent (no rows yet)
         if identity:
             cursor.execute(f"ALTER TABLE {quote(first)} ALTER {quote(column)} DROP IDENTITY")
-        for name, definition, row_level in triggers:
-            if row_level:  # cloned onto every partition by the parent's copy
-                cursor.execute(f"DROP TRIGGER {quote(name)} ON {quote(first)}")
+        # Each trigger moves to the parent: a row-level one is cloned onto every partition by
+        # PostgreSQL; a statement-level one (append-only) fires for statements on the parent,
+        # as on any later partition (statements naming a partition are the grants' to refuse), and
+        # left on the first partition it would be a trigger no model declares (pgtrigger's prune).
+        # The comment is pgtrigger's hash of the trigger (it tells installed from outdated).
+        for name, definition, comment in triggers:
+            cursor.execute(f"DROP TRIGGER {quote(name)} ON {quote(first)}")
             cursor.execute(definition)
+            if comment is not None:
+                cursor.execute(f"COMMENT ON TRIGGER {quote(name)} ON {quote(table)} IS %s", [comment])
 
         step(f"{table}: attaching the existing rows (one validating read)")
         cursor.execute(
