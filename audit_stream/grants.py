@@ -15,7 +15,10 @@ gets exactly this:
   ``SELECT, INSERT, UPDATE, DELETE``, for the worker, the listener, the
   dashboard and the webhook admin;
 * the wake-up sequence: ``SELECT, UPDATE`` (the worker re-arms it);
-* ``EXECUTE`` on the manual-event functions (``create_event``);
+* ``EXECUTE`` on the manual-event functions (``create_event``) and on the
+  partition function (beat's ``ensure_partitions``: creating a partition
+  needs the owner, and the function acts as it, within the layout the owner
+  recorded);
 * ``USAGE`` on the schema, and no ``CREATE`` in it.
 
 ``pruner`` names a role that may delete history (retention of event tables,
@@ -102,6 +105,9 @@ def statements(role: str, *, pruner: str | None = None, using: str = DEFAULT_DB_
         else:
             sql.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE {qualified} TO {grantee};")
     sql.extend(f"GRANT EXECUTE ON FUNCTION {function} TO {grantee};" for function in functions)
+    # Keeping partitions ahead (beat's ensure_partitions): creating one needs the owner.
+    ensure_partitions = triggers.qualified("_audit_stream_ensure_partitions")
+    sql.append(f"GRANT EXECUTE ON FUNCTION {ensure_partitions}(text) TO {grantee};")
     if pruner:
         sql.extend(
             f"GRANT SELECT, DELETE ON TABLE {triggers.qualified(name)} TO {quote(pruner)};"

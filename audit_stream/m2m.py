@@ -137,7 +137,7 @@ def _members_field(target_pk: models.Field) -> ArrayField:
 def _create(
     model: type[models.Model], field: models.ManyToManyField, target: type[models.Model], app_label: str
 ) -> type[EventModel]:
-    from audit_stream.models import Context, Event
+    from audit_stream.models import Event, context_field
 
     name = f"{model._meta.object_name}{''.join(p.title() for p in field.name.split('_'))}Event"
     module = model.__module__ if model._meta.app_label == app_label else f"{app_label}.models"
@@ -151,15 +151,7 @@ def _create(
             db_index=False,
             related_name=f"{field.name}_events",
         ),
-        "pgh_context": models.ForeignKey(
-            Context,
-            null=True,
-            blank=True,
-            on_delete=models.DO_NOTHING,
-            db_constraint=False,
-            db_index=False,
-            related_name="+",
-        ),
+        "pgh_context": context_field(),
         field.name: _members_field(target._meta.pk),
         "pgh_tracked_model": model,
         "pgh_events": (M2MEvent(field.name),),

@@ -78,6 +78,24 @@ class Context(models.Model):
         return str(self.id)
 
 
+def context_field() -> models.ForeignKey:
+    """The ``pgh_context`` field of an event model (and of a many-to-many event model).
+
+    No database constraint (retention prunes contexts on its own schedule, and
+    the triggers write events and their context in one statement) and no
+    index of its own.
+    """
+    return models.ForeignKey(
+        Context,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+
+
 class Event(models.Model):
     """The abstract base of every event model.
 
@@ -460,6 +478,10 @@ class DdlLog(Event):
         db_table = "audit_stream_ddl_log"
         verbose_name = "DDL log entry"
         verbose_name_plural = "DDL log"
+        indexes = [
+            # The idle check and the fold find unfolded entries through it (audit_stream.stream.unfolded).
+            models.Index(fields=["pgh_xid"], name="audit_stream_ddl_log_xid"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.logged_table}: {self.pgh_label}"

@@ -46,7 +46,7 @@ from datetime import datetime
 from django.apps import apps
 from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, transaction
 
-from audit_stream import config
+from audit_stream import config, triggers
 from audit_stream.stream import unfolded
 
 __all__ = [
@@ -331,6 +331,148 @@ def _unique_indexes(cursor, quote, layout: Layout, partition: str) -> None:
         )
 
 
+# The layout of a partitioned table, recorded on it by the owner (migrate,
+# partition_history): the partition function reads it there, so a caller can
+# choose neither the size nor how many partitions are made.
+_LAYOUT_COMMENT = "audit_stream: partitions of {size} ids, {ahead} ahead"
+
+
+def ensure_function() -> str:
+    """The SQL that (re)creates ``_audit_stream_ensure_partitions(table)`` (migrations install it).
+
+    It does what :func:`ensure` promises for one partitioned table, as the
+    table's owner (``SECURITY DEFINER``, pinned ``search_path``), so that the
+    beat schedule can keep partitions ahead when it runs as a runtime role
+    that owns nothing: creating a partition needs the parent's owner.
+
+    * Only a table of audit_stream's schema partitioned by a range of one
+      column and carrying the layout the owner recorded on it
+      (:data:`_LAYOUT_COMMENT`) is served; anything else is refused.
+    * It creates the missing ranges up to ``ahead`` past the column's
+      sequence, moving any rows of that range out of the default partition
+      first (PostgreSQL refuses a range that default rows fall in);
+    * it records on each partition the sequence has passed that every row
+      in it was created before now, and only then (retention trusts that
+      bound: an early mark would let it drop rows younger than ``max_age``).
+
+    Returns the names of the partitions created. ``EXECUTE`` is revoked from
+    ``PUBLIC``; ``manage.py audit_stream_grants`` grants it to the runtime role.
+    """
+    schema = config.schema()
+    literal = "'" + schema.replace("'", "''") + "'"
+    function = triggers.qualified("_audit_stream_ensure_partitions")
+    layout = _LAYOUT_COMMENT.format(size=r"(\d+)", ahead=r"(\d+)")
+    return rf"""
+CREATE OR REPLACE FUNCTION {function}(_table text)
+RETURNS text[] LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = {triggers.search_path()}
+AS $$
+DECLARE
+    _parent regclass := to_regclass(format('%I.%I', {literal}, _table));
+    _column text;
+    _layout text[];
+    _size bigint;
+    _ahead int;
+    _next bigint;
+    _end bigint;
+    _default text;
+    _name text;
+    _moved boolean;
+    _created text[] := '{{}}';
+    _passed text;
+    _unique record;
+    _suffix text;
+BEGIN
+    -- A range-partitioned table of this schema, on one column, with a recorded layout.
+    SELECT a.attname INTO _column
+    FROM pg_catalog.pg_partitioned_table AS pt
+    JOIN pg_catalog.pg_attribute AS a ON a.attrelid = pt.partrelid AND a.attnum = pt.partattrs[0]
+    WHERE pt.partrelid = _parent AND pt.partstrat = 'r' AND pt.partnatts = 1;
+    _layout := regexp_match(obj_description(_parent, 'pg_class'), '^{layout}((; unique \([^)]*\))*)$');
+    IF _column IS NULL OR _layout IS NULL THEN
+        RAISE EXCEPTION 'audit_stream: "%" is not a partitioned history table', _table
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Declare it in AUDIT_STREAM["PARTITIONS"] and run migrate as the owner.';
+    END IF;
+    _size := _layout[1]::bigint;
+    _ahead := _layout[2]::int;
+
+    -- The id the column's sequence hands out next (not drawing it).
+    EXECUTE format('SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END FROM %s',
+                   pg_get_serial_sequence(_parent::text, _column))
+        INTO _next;
+
+    -- The end of the highest range, and the default partition. Bounds are read
+    -- from PostgreSQL's own text: FOR VALUES FROM ('1') TO ('1001').
+    SELECT max(substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \(''(-?\d+)''\)')::bigint)
+    INTO _end
+    FROM pg_catalog.pg_inherits AS i JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
+    WHERE i.inhparent = _parent;
+    _end := coalesce(_end, (_next / _size) * _size);
+    SELECT c.relname INTO _default
+    FROM pg_catalog.pg_inherits AS i JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
+    WHERE i.inhparent = _parent AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT';
+
+    WHILE _end < _next + _ahead * _size LOOP
+        _name := _table || '_p' || _end;
+        _moved := false;
+        IF _default IS NOT NULL THEN
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I WHERE %I >= $1 AND %I < $2)',
+                           {literal}, _default, _column, _column)
+                INTO _moved USING _end, _end + _size;
+        END IF;
+        IF _moved THEN
+            EXECUTE format('ALTER TABLE %s DETACH PARTITION %I.%I', _parent, {literal}, _default);
+        END IF;
+        EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%s) TO (%s)',
+                       {literal}, _name, _parent, _end, _end + _size);
+        -- Unique keys that a partitioned table cannot hold (they lack the partition
+        -- key) are kept as a unique index of each partition (Layout.local_unique).
+        FOR _unique IN
+            SELECT u.m[1] AS columns, u.n FROM regexp_matches(_layout[3], 'unique \(([^)]*)\)', 'g')
+                WITH ORDINALITY AS u (m, n)
+        LOOP
+            _suffix := '_unique' || CASE WHEN _unique.n = 1 THEN '' ELSE (_unique.n - 1)::text END;
+            EXECUTE format('CREATE UNIQUE INDEX %I ON %I.%I (%s)',
+                           left(_name, 63 - length(_suffix)) || _suffix, {literal}, _name,
+                           (SELECT string_agg(quote_ident(btrim(c)), ', ')
+                            FROM unnest(string_to_array(_unique.columns, ',')) AS c));
+        END LOOP;
+        IF _moved THEN
+            EXECUTE format('INSERT INTO %I.%I SELECT * FROM %I.%I WHERE %I >= $1 AND %I < $2',
+                           {literal}, _name, {literal}, _default, _column, _column)
+                USING _end, _end + _size;
+            EXECUTE format('DELETE FROM %I.%I WHERE %I >= $1 AND %I < $2',
+                           {literal}, _default, _column, _column)
+                USING _end, _end + _size;
+            EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I DEFAULT', _parent, {literal}, _default);
+        END IF;
+        _created := _created || _name;
+        _end := _end + _size;
+    END LOOP;
+
+    -- Partitions the sequence has passed, not yet marked: every row in one was
+    -- created before now (a row's time is its transaction's start, before its id).
+    FOR _passed IN
+        SELECT c.relname
+        FROM pg_catalog.pg_inherits AS i JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
+        WHERE i.inhparent = _parent
+          AND substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \(''(-?\d+)''\)')::bigint <= _next
+          AND coalesce(obj_description(c.oid, 'pg_class'), '') NOT LIKE '{_COMMENT_PREFIX}%'
+    LOOP
+        EXECUTE format('COMMENT ON TABLE %I.%I IS %L', {literal}, _passed,
+                       '{_COMMENT_PREFIX}' || (to_json(now()) #>> '{{}}'));
+    END LOOP;
+    RETURN _created;
+END;
+$$;
+REVOKE EXECUTE ON FUNCTION {function}(text) FROM PUBLIC;
+"""
+
+
+DROP_ENSURE_FUNCTION = "DROP FUNCTION IF EXISTS _audit_stream_ensure_partitions(text);"
+
+
 def ensure(layout: Layout, *, using: str = DEFAULT_DB_ALIAS) -> list[str]:
     """Create ``layout.ahead`` empty partitions past the sequence; returns the names created."""
     connection = connections[using]
@@ -341,60 +483,25 @@ def ensure(layout: Layout, *, using: str = DEFAULT_DB_ALIAS) -> list[str]:
 
 
 def _ensure(cursor, layout: Layout, quote) -> list[str]:
-    table = layout.table
-    next_id = _next_id(cursor, table, layout.column)
-    ranged = [p for p in partitions(cursor, table) if not p.default]
-    created = []
-    end = max(
-        (p.upper for p in ranged if p.upper is not None), default=(next_id // layout.size) * layout.size
-    )
-    default = next((p.name for p in partitions(cursor, table) if p.default), None)
-    while end < next_id + layout.ahead * layout.size:
-        name = f"{table}_p{end}"
-        _create_range(cursor, quote, layout, name, default, end, end + layout.size)
-        created.append(name)
-        end += layout.size
-    # Partitions the sequence has passed: each event in one was created before now.
-    cursor.execute("SELECT now()")
-    now = cursor.fetchone()[0]
-    for part in ranged:
-        if part.upper is not None and part.upper <= next_id and part.full_before is None:
-            cursor.execute(f"COMMENT ON TABLE {quote(part.name)} IS %s", [_COMMENT_PREFIX + now.isoformat()])
-    return created
-
-
-def _create_range(
-    cursor, quote, layout: Layout, name: str, default: str | None, lower: int, upper: int
-) -> None:
-    """Create partition ``name`` for ids ``[lower, upper)``, with the default partition's rows of that range.
-
-    PostgreSQL refuses a new range that rows of the default partition fall in:
-    those rows are moved (the default partition detached, the rows copied
-    into the new partition and deleted, the default attached again). The table is
-    locked meanwhile; with partitions created ahead the default is empty and
-    this costs one empty probe.
-    """
-    table = layout.table
-    range_ = {"lower": lower, "upper": upper}
-    in_range = f"{quote(layout.column)} >= %(lower)s AND {quote(layout.column)} < %(upper)s"
-    moved = False
-    if default is not None:
-        cursor.execute(
-            f"SELECT EXISTS (SELECT 1 FROM {quote(default)} WHERE {in_range})",
-            range_,
-        )
-        moved = cursor.fetchone()[0]
-    if moved:
-        cursor.execute(f"ALTER TABLE {quote(table)} DETACH PARTITION {quote(default)}")
+    """Record ``layout`` on the table when it changed (the owner only), then run the partition function."""
+    wanted = _layout_comment(layout)
     cursor.execute(
-        f"CREATE TABLE {quote(name)} PARTITION OF {quote(table)} FOR VALUES FROM (%(lower)s) TO (%(upper)s)",
-        range_,
+        "SELECT obj_description(c.oid, 'pg_class'), pg_has_role(current_user, c.relowner, 'USAGE')"
+        " FROM pg_class AS c WHERE c.oid = to_regclass(quote_ident(%s))",
+        [layout.table],
     )
-    _unique_indexes(cursor, quote, layout, name)
-    if moved:
-        cursor.execute(f"INSERT INTO {quote(name)} SELECT * FROM {quote(default)} WHERE {in_range}", range_)
-        cursor.execute(f"DELETE FROM {quote(default)} WHERE {in_range}", range_)
-        cursor.execute(f"ALTER TABLE {quote(table)} ATTACH PARTITION {quote(default)} DEFAULT")
+    recorded, owner = cursor.fetchone()
+    if recorded != wanted and owner:
+        # A runtime role keeps the recorded layout: a new one takes effect at the next migrate.
+        cursor.execute(f"COMMENT ON TABLE {quote(layout.table)} IS %s", [wanted])
+    cursor.execute(f"SELECT {triggers.qualified('_audit_stream_ensure_partitions')}(%s)", [layout.table])
+    return list(cursor.fetchone()[0])
+
+
+def _layout_comment(layout: Layout) -> str:
+    """The layout as recorded on the table: size, ahead, and each ``local_unique`` key."""
+    unique = "".join(f"; unique ({', '.join(columns)})" for columns in layout.local_unique)
+    return _LAYOUT_COMMENT.format(size=layout.size, ahead=layout.ahead) + unique
 
 
 def ensure_all(*, using: str = DEFAULT_DB_ALIAS) -> dict[str, list[str]]:

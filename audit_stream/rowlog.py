@@ -305,6 +305,7 @@ DECLARE
     _known @schema@.audit_stream_logged_table;
     _name text;
     _columns jsonb;
+    _logged boolean := false;
 BEGIN
     IF to_regclass('@schema@.audit_stream_logged_table') IS NULL THEN
         RETURN;  -- audit_stream's tables are not there (being migrated away)
@@ -329,9 +330,13 @@ BEGIN
             nullif(_known.schema_name || '.' || _known.table_name, _name),
             current_query(), _known.columns, _columns
         );
+        _logged := true;
         -- Refreshes the registry; moves the triggers if the key column changed.
         PERFORM @schema@._audit_stream_start_logging(_command.objid::regclass);
     END LOOP;
+    IF _logged THEN  -- a schema-only transaction wakes the worker too
+        {wake_up}
+    END IF;
 END;
 $$;
 """
@@ -342,6 +347,7 @@ RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = @searc
 DECLARE
     _dropped record;
     _known @schema@.audit_stream_logged_table;
+    _logged boolean := false;
 BEGIN
     IF to_regclass('@schema@.audit_stream_logged_table') IS NULL THEN
         RETURN;
@@ -353,7 +359,11 @@ BEGIN
             (pgh_id, pgh_label, logged_table, command, columns_before, columns_after)
         VALUES ({ddl_id}, 'drop', _known.schema_name || '.' || _known.table_name, current_query(),
                 _known.columns, '[]');
+        _logged := true;
     END LOOP;
+    IF _logged THEN
+        {wake_up}
+    END IF;
 END;
 $$;
 """
@@ -459,7 +469,21 @@ def _render(sql: str) -> str:
 
 def ddl_functions() -> list[str]:
     """The SQL of the DDL log's functions (reinstalled by migration 0017 where they exist)."""
-    return [_render(sql.replace("{ddl_id}", DDL_ID_SQL)) for sql in (LOG_DDL_FUNCTION, LOG_DROP_FUNCTION)]
+    wake_up = triggers.wake_up(ROW_LOG_TABLE)  # the row log's stream carries the DDL log
+    return [
+        _render(sql.replace("{ddl_id}", DDL_ID_SQL).replace("{wake_up}", wake_up))
+        for sql in (LOG_DDL_FUNCTION, LOG_DROP_FUNCTION)
+    ]
+
+
+def refresh_ddl_functions(using: str = DEFAULT_DB_ALIAS) -> None:
+    """Recreate the DDL log's functions where ``initlogging`` installed them (migrations run it)."""
+    with connections[using].cursor() as cursor:
+        function = _render("@schema@._audit_stream_log_ddl()")
+        cursor.execute("SELECT to_regprocedure(%s) IS NOT NULL", [function])
+        if cursor.fetchone()[0]:
+            for sql in ddl_functions():
+                cursor.execute(sql)
 
 
 def install_functions(using: str = DEFAULT_DB_ALIAS) -> bool:

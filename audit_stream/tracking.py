@@ -166,7 +166,7 @@ def create_event_model(
     Returns:
         The event model class.
     """
-    from audit_stream.models import Context, Event
+    from audit_stream.models import Event, context_field
 
     if not (isinstance(base_class, type) and issubclass(base_class, Event)):
         raise TypeError("base_class must be audit_stream.models.Event or a subclass of it.")
@@ -258,15 +258,7 @@ def create_event_model(
     if obj_fk is not None:
         class_attrs["pgh_obj"] = obj_fk
     if context_fk is UNSET:
-        context_fk = models.ForeignKey(
-            Context,
-            null=True,
-            blank=True,
-            on_delete=models.DO_NOTHING,
-            db_constraint=False,
-            db_index=False,
-            related_name="+",
-        )
+        context_fk = context_field()
     if context_fk is not None:
         class_attrs["pgh_context"] = context_fk
 

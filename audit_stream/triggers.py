@@ -344,6 +344,17 @@ def after_events(event_table: str, nothing_written: str = "NOT FOUND") -> str:
                 END IF;
             END IF;
 
+            {wake_up(event_table)}
+            RETURN NULL;
+    """
+
+
+def wake_up(event_table: str) -> str:
+    """The statements that wake the stream worker for ``event_table``, only if it is idle.
+
+    Run by every trigger that writes events, and by the DDL log's functions.
+    """
+    return f"""
             -- Wake the stream worker, only if it is idle. The worker arms the
             -- wake-up sequence (setval to 1) when it has caught up; the first
             -- writer after that draws 1 and notifies, the others draw more and
@@ -353,7 +364,6 @@ def after_events(event_table: str, nothing_written: str = "NOT FOUND") -> str:
             IF nextval({_literal(qualified(WAKEUP_SEQUENCE))}) = 1 THEN
                 PERFORM pg_notify({_literal(config.channel())}, {_literal(event_table)});
             END IF;
-            RETURN NULL;
     """
 
 

@@ -11,8 +11,9 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
+from audit_stream import config
 from audit_stream.models import Change, WebhookEndpoint, WebhookMessage
-from audit_stream.stream import fold
+from audit_stream.stream import fold, wakeup
 from tests.testapp.models import Supplier
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -58,6 +59,36 @@ def test_a_schema_change_arrives_between_the_row_changes_before_and_after_it(log
     assert "ADD COLUMN region" in schema.snapshot["statement"]
     assert {"name": "region", "type": "text"} in schema.snapshot["columns"]
     assert "region" not in feed[0].snapshot and feed[2].snapshot["region"] == "north"
+
+
+def test_a_schema_only_transaction_is_work_for_the_idle_check(logged):
+    """An ALTER with no row change is seen by the idle check, so the worker folds it without waiting."""
+    Supplier.objects.create(name="Acme")
+    fold.fold(ROW_LOG)
+    assert not wakeup.has_work(ROW_LOG)
+    _sql("ALTER TABLE testapp_supplier ADD COLUMN region text")
+    assert wakeup.has_work(ROW_LOG)
+    fold.fold(ROW_LOG)
+    assert not wakeup.has_work(ROW_LOG)
+    assert [c.label for c in _feed()] == ["insert", "schema.altered"]
+
+
+def test_a_schema_only_transaction_wakes_an_idle_worker(logged):
+    """The DDL log's functions wake an idle worker as the row triggers do: a NOTIFY for the row log."""
+    fold.fold(ROW_LOG)
+    settings = connection.settings_dict
+    with psycopg.connect(
+        host=settings["HOST"],
+        port=settings["PORT"],
+        dbname=settings["NAME"],
+        user=settings["USER"],
+        autocommit=True,
+    ) as listener:
+        listener.execute(f"LISTEN {config.channel()}")
+        wakeup.arm()
+        _sql("ALTER TABLE testapp_supplier ADD COLUMN region text")
+        received = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
+    assert received == [ROW_LOG]
 
 
 def test_rows_written_concurrently_with_the_schema_change_fall_on_the_right_side_of_it(logged):

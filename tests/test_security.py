@@ -25,9 +25,18 @@ from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 
 import audit_stream
-from audit_stream import checks, grants, retention, rowlog
+from audit_stream import checks, grants, partitions, retention, rowlog
 from audit_stream.models import Context, RowLog
-from tests.testapp.models import Customer, Order, OrderEvent, Product, ProductEvent, Supplier
+from tests.testapp.models import (
+    Customer,
+    Order,
+    OrderEvent,
+    Product,
+    ProductEvent,
+    Supplier,
+    Ticket,
+    TicketEvent,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -349,6 +358,55 @@ def test_retention_as_the_runtime_role_deletes_no_history_and_says_why(deploymen
     report = retention.prune(overrides=policy, force=True, targets=["testapp.ProductEvent"])
     assert report.errors == []
     assert list(ProductEvent.objects.values_list("price", flat=True)) == [Decimal("2.00")]
+
+
+# --- partitions ahead, kept by the runtime role through the owner's function ----------------------------
+
+
+@pytest.fixture
+def partitioned_tickets(deployment, settings):
+    """TicketEvent's table partitioned (10 ids a partition, 2 ahead), owned as the deployment has it."""
+    settings.AUDIT_STREAM = {
+        **getattr(settings, "AUDIT_STREAM", {}),
+        "PARTITIONS": {"testapp.TicketEvent": {"size": 10, "ahead": 2}},
+    }
+    if deployment.name == "two roles":
+        _admin(f'GRANT CREATE ON SCHEMA public TO "{deployment.owner}"')  # it ran the migrations
+    with _django_as(deployment.owner):  # migrate's part: convert if needed, record the layout
+        partitions.sync()
+    call_command("audit_stream_grants", deployment.runtime, "--apply", stdout=io.StringIO())
+    return partitions.Layout("testapp_ticketevent", size=10, ahead=2)
+
+
+def test_the_runtime_role_keeps_partitions_ahead(deployment, partitioned_tickets):
+    """Beat runs as the runtime role: the partition function creates the ranges it cannot create itself."""
+    with _django_as(deployment.runtime):
+        for i in range(25):  # past the partitions made ahead: the last ones land in the default one
+            Ticket.objects.create(title=f"t{i}")
+        created = partitions.ensure(partitioned_tickets)
+    assert created, "no partition was created"
+    with connection.cursor() as cursor:
+        parts = partitions.partitions(cursor, "testapp_ticketevent")
+        assert not partitions.default_rows(cursor, "testapp_ticketevent")  # moved into their ranges
+        cursor.execute("SELECT max(pgh_id) FROM testapp_ticketevent")
+        newest = cursor.fetchone()[0]
+    assert max(p.upper for p in parts if not p.default) >= newest + 2 * 10
+    assert TicketEvent.objects.count() >= 25
+
+
+def test_the_partition_function_serves_partitioned_history_alone(deployment):
+    """Called by hand on any other table, the owner's function refuses: it creates nothing."""
+    function = audit_stream.triggers.qualified("_audit_stream_ensure_partitions")
+    with _connect(deployment.runtime) as conn, pytest.raises(psycopg.errors.InvalidParameterValue):
+        conn.execute(f"SELECT {function}('testapp_product')")
+
+
+def test_the_runtime_role_cannot_choose_the_partition_layout(deployment, partitioned_tickets):
+    """The layout is the owner's, recorded on the table: the runtime role cannot rewrite it."""
+    with _connect(deployment.runtime) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute(
+            "COMMENT ON TABLE testapp_ticketevent IS 'audit_stream: partitions of 1 ids, 100000 ahead'"
+        )
 
 
 # --- deployment checks and the grants command ------------------------------------------------------

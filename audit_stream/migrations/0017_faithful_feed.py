@@ -9,11 +9,7 @@ from audit_stream import rowlog
 
 def reinstall_ddl_functions(apps, schema_editor):
     # Where initlogging installed them: DDL log entries now share the row log's ids.
-    with schema_editor.connection.cursor() as cursor:
-        cursor.execute("SELECT to_regprocedure('_audit_stream_log_ddl()') IS NOT NULL")
-        if cursor.fetchone()[0]:
-            for sql in rowlog.ddl_functions():
-                cursor.execute(sql)
+    rowlog.refresh_ddl_functions(schema_editor.connection.alias)
 
 
 class Migration(migrations.Migration):

@@ -22,6 +22,7 @@ from __future__ import annotations
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from audit_stream import tracking
+from audit_stream.rowlog import DDL_LOG_TABLE, ROW_LOG_TABLE
 from audit_stream.stream import unfolded
 from audit_stream.stream.checkpoint import FOREIGN_SQL
 from audit_stream.triggers import WAKEUP_SEQUENCE, quote_name
@@ -83,8 +84,13 @@ def _has_work(cursor, event_table: str) -> bool:
     if row is not None and (row[1] is not None or row[3]):
         return True  # an interval is half folded, or a restore is to be recovered
     done, floor = (row[0], row[2]) if row is not None else ("1:1:", 0)  # never folded: every event is new
-    cursor.execute(_HAS_WORK_SQL.format(table=quote_name(event_table)), {"done": done, "floor": floor})
-    return cursor.fetchone()[0]
+    # The row log's stream also carries the DDL log (a schema-only transaction writes only there).
+    tables = [event_table, DDL_LOG_TABLE] if event_table == ROW_LOG_TABLE else [event_table]
+    for table in tables:
+        cursor.execute(_HAS_WORK_SQL.format(table=quote_name(table)), {"done": done, "floor": floor})
+        if cursor.fetchone()[0]:
+            return True
+    return False
 
 
 def tables_with_work(*, using: str = DEFAULT_DB_ALIAS) -> list[str]:

@@ -1,0 +1,17 @@
+# The partition function (audit_stream.partitions.ensure_function): the beat schedule,
+# running as a runtime role that owns nothing, keeps partitions ahead through it.
+# (Layouts of tables already partitioned are recorded by post_migrate's partitions.sync.)
+
+from django.db import migrations
+
+from audit_stream import partitions
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("audit_stream", "0020_sink_payload_exact"),
+    ]
+
+    operations = [
+        migrations.RunSQL(partitions.ensure_function(), partitions.DROP_ENSURE_FUNCTION),
+    ]
