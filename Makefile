@@ -12,7 +12,7 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/audit_stream
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: demo test lint bench-write bench-plan-cache bench-stream bench-retention bench-webhooks bench-sinks bench-dashboard services install clean
+.PHONY: demo test test-partitioned lint bench-write bench-plan-cache bench-stream bench-retention bench-webhooks bench-sinks bench-dashboard services install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ demo: install services
 test: install
 	./scripts/services.sh
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
+
+# The suite's modules CI also runs on the partitioned layout (README, "Partitioned history"):
+# every event table, the row log and the change feed partitioned; a database of its own.
+PARTITIONED_TESTS ?= tests/test_partitions.py tests/test_change_partitions.py tests/test_change_retention.py \
+	tests/test_unfolded.py tests/test_aggregate.py tests/test_fold_concurrency.py
+test-partitioned: install
+	./scripts/services.sh
+	AUDIT_STREAM_TEST_PARTITIONED=1 DATABASE_URL=$(TEST_DATABASE_URL)_partitioned REDIS_URL=$(TEST_REDIS_URL) \
+		$(PY) -m pytest $(PYTEST_ARGS) $(PARTITIONED_TESTS)
 
 lint: install
 	$(VENV)/bin/ruff check .

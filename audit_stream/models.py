@@ -280,7 +280,7 @@ class BaseAggregateEvent(models.Model):
             user = models.ForeignKey(User, null=True, on_delete=models.DO_NOTHING,
                                      db_constraint=False, related_name="+")
 
-            class Meta:
+            class Meta(BaseAggregateEvent.Meta):  # a Meta of its own would drop the ordering
                 managed = False
 
         UserAggregateEvent.objects.target(order).filter(user__username="ada")

@@ -1,15 +1,25 @@
-"""Partitioned history: event tables (and the row log) as native range partitions by ``pgh_id``.
+"""Partitioned history: event tables, the row log and the change feed as native range partitions.
 
-Declared per event model in the ``PARTITIONS`` setting::
+Declared per model in the ``PARTITIONS`` setting::
 
     AUDIT_STREAM = {"PARTITIONS": {"shop.ProductEvent": {"size": 1_000_000, "ahead": 2}}}
 
-(``"audit_stream.RowLog"`` for the row log). The partition key is ``pgh_id``,
-which stays the primary key everything else relies on (the fold walks it,
-``Change.event_id`` points at it). Ids are drawn in time order, so ranges of
-``size`` ids follow time: ``<table>_p<first id>`` holds ids ``[first id,
+(``"audit_stream.RowLog"`` for the row log, ``"audit_stream.Change"`` for the
+change feed, ``"default"`` for every event model not named). The partition key
+is the table's primary key, which stays the key everything else relies on:
+``pgh_id`` for events (the fold walks it, ``Change.event_id`` points at it),
+``id`` for changes (the feed's cursor). Ids are drawn in time order, so ranges
+of ``size`` ids follow time: ``<table>_p<first id>`` holds ids ``[first id,
 first id + size)``; ``<table>_default`` catches anything else (the dashboard
 warns when it holds rows).
+
+A unique key that does not contain the partition key cannot be declared on a
+partitioned table. The change feed's ``(event_table, event_id)`` key (a
+second fold of one event fails there) becomes a unique index of each
+partition (:attr:`Layout.local_unique`): it still refuses a second fold into
+the same partition, which a concurrent double fold would write to (its ids
+are drawn next to the first's); the fold's checkpoint lock is what makes
+each event folded once (invariant 1's tests run on both layouts).
 
 * :func:`convert` turns an existing table into the first partition of a new
   partitioned table of the same name in one short transaction: no row is
@@ -29,11 +39,12 @@ warns when it holds rows).
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.apps import apps
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, transaction
 
 from audit_stream import config, triggers
 from audit_stream.stream import unfolded
@@ -41,6 +52,7 @@ from audit_stream.stream import unfolded
 __all__ = [
     "Layout",
     "Partition",
+    "aged",
     "convert",
     "declared",
     "default_rows",
@@ -48,7 +60,9 @@ __all__ = [
     "ensure",
     "ensure_all",
     "is_partitioned",
+    "layout_of",
     "partitions",
+    "replace_lowest",
     "sync",
 ]
 
@@ -57,11 +71,18 @@ _COMMENT_PREFIX = "audit_stream: full before "
 
 @dataclass(frozen=True)
 class Layout:
-    """How one table is partitioned: ``size`` ids per partition, ``ahead`` empty ones kept ready."""
+    """How one table is partitioned: ``size`` ids per partition, ``ahead`` empty ones kept ready.
+
+    ``column`` is the partition key, the table's primary key. ``local_unique``:
+    column lists of unique keys kept as a unique index on each partition
+    (the table's unique constraints on those columns are kept, not refused).
+    """
 
     table: str
     size: int = 1_000_000
     ahead: int = 2
+    column: str = "pgh_id"
+    local_unique: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,19 +97,50 @@ class Partition:
 
 
 def declared() -> dict[str, Layout]:
-    """The tables the ``PARTITIONS`` setting declares partitioned, by table name."""
-    layouts = {}
-    for label, options in config.partitions().items():
+    """The tables the ``PARTITIONS`` setting declares partitioned, by table name.
+
+    ``"default"`` declares every event model the setting does not name
+    (not the row log nor the change feed, which are named on their own).
+    """
+    from audit_stream import tracking
+
+    raw = dict(config.partitions())
+    default = raw.pop("default", None)
+    models = {}
+    for label in raw:
         try:
-            model = apps.get_model(label)
+            models[label] = apps.get_model(label)
         except (LookupError, ValueError):
             raise ValueError(
                 f"PARTITIONS names {label!r}, which is not a model: use an event model's"
-                ' "app_label.ModelName" (or "audit_stream.RowLog").'
+                ' "app_label.ModelName", "audit_stream.RowLog", "audit_stream.Change" or "default".'
             ) from None
-        table = model._meta.db_table
-        layouts[table] = Layout(table, int(options.get("size", 1_000_000)), int(options.get("ahead", 2)))
-    return layouts
+    options_of = {model: raw[label] for label, model in models.items()}
+    if default is not None:
+        for model in tracking._event_models.values():
+            options_of.setdefault(model, default)
+    return {model._meta.db_table: layout_of(model, options) for model, options in options_of.items()}
+
+
+def layout_of(model, options: dict | None = None) -> Layout:
+    """The layout of ``model``'s table: its primary key as the partition key, ``options`` (size, ahead)."""
+    from audit_stream.models import Change
+
+    options = options or {}
+    local_unique = ()
+    if model is Change:  # its (event_table, event_id) key, per partition (see the module's docstring)
+        local_unique = tuple(
+            tuple(model._meta.get_field(name).column for name in constraint.fields)
+            for constraint in model._meta.constraints
+            if getattr(constraint, "fields", None)
+        )
+    return Layout(
+        model._meta.db_table,
+        int(options.get("size", 1_000_000)),
+        int(options.get("ahead", 2)),
+        model._meta.pk.column,
+        local_unique,
+    )
 
 
 def is_partitioned(cursor, table: str) -> bool:
@@ -133,9 +185,9 @@ def partitions(cursor, table: str) -> list[Partition]:
     return sorted(found, key=lambda p: (p.default, -(2**63) if p.lower is None else p.lower))
 
 
-def _next_id(cursor, table: str) -> int:
+def _next_id(cursor, table: str, column: str = "pgh_id") -> int:
     """The id the table's sequence hands out next (not drawing it)."""
-    cursor.execute("SELECT pg_get_serial_sequence(quote_ident(%s), 'pgh_id')", [table])
+    cursor.execute("SELECT pg_get_serial_sequence(quote_ident(%s), %s)", [table, column])
     sequence = cursor.fetchone()[0]
     cursor.execute(f"SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END FROM {sequence}")
     return cursor.fetchone()[0]
@@ -148,42 +200,49 @@ def convert(layout: Layout, *, using: str = DEFAULT_DB_ALIAS, progress=None) -> 
     end of the current ``size`` range); a partitioned table with the same
     name, columns, identity (continuing the sequence), indexes (the existing
     ones are attached, not rebuilt) and statement triggers takes its place,
-    with a default partition and ``ahead`` partitions after it.
+    with a default partition and ``ahead`` partitions after it. Unique
+    constraints on ``layout.local_unique`` columns stay on ``<table>_p0``;
+    each new partition gets its own unique index on them.
     """
     connection = connections[using]
-    table, quote = layout.table, connection.ops.quote_name
+    table, column, quote = layout.table, layout.column, connection.ops.quote_name
     step = progress or (lambda message: None)
     with transaction.atomic(using=using), connection.cursor() as cursor:
         if is_partitioned(cursor, table):
             return False
         step(f"{table}: locking")
         cursor.execute(f"LOCK TABLE {quote(table)} IN ACCESS EXCLUSIVE MODE")
-        _refuse_unpartitionable(cursor, table)
-        next_id = _next_id(cursor, table)
+        _refuse_unpartitionable(cursor, layout)
+        next_id = _next_id(cursor, table, column)
         cursor.execute(
-            "SELECT attidentity <> '', pg_get_serial_sequence(quote_ident(%s), 'pgh_id') FROM pg_attribute"
-            " WHERE attrelid = to_regclass(quote_ident(%s)) AND attname = 'pgh_id'",
-            [table, table],
+            "SELECT attidentity <> '', pg_get_serial_sequence(quote_ident(%s), %s) FROM pg_attribute"
+            " WHERE attrelid = to_regclass(quote_ident(%s)) AND attname = %s",
+            [table, column, table, column],
         )
         identity, sequence = cursor.fetchone()  # identity (Django >= 4.1) or serial (an older table)
         first_end = (next_id // layout.size + 1) * layout.size
         first = f"{table}_p0"
         # What the new parent takes over: index and trigger definitions name the table as it is now.
+        # Indexes of constraints are not taken over: the primary key is declared again, and the
+        # unique keys left (local_unique) stay with the first partition.
         cursor.execute(
             "SELECT i.relname, pg_get_indexdef(i.oid)"
             " FROM pg_index AS x JOIN pg_class AS i ON i.oid = x.indexrelid"
-            " WHERE x.indrelid = to_regclass(quote_ident(%s)) AND NOT x.indisprimary",
+            " WHERE x.indrelid = to_regclass(quote_ident(%s))"
+            " AND NOT EXISTS (SELECT 1 FROM pg_constraint AS k WHERE k.conindid = x.indexrelid"
+            "                 AND k.conrelid = x.indrelid AND k.contype IN ('p', 'u'))",
             [table],
         )
         indexes = cursor.fetchall()
         cursor.execute(
-            "SELECT conname FROM pg_constraint"
-            " WHERE conrelid = to_regclass(quote_ident(%s)) AND contype = 'p'",
+            "SELECT conname, contype FROM pg_constraint"
+            " WHERE conrelid = to_regclass(quote_ident(%s)) AND contype IN ('p', 'u')",
             [table],
         )
-        primary_key = cursor.fetchone()[0]
+        constraints = cursor.fetchall()
+        primary_key = next(name for name, kind in constraints if kind == "p")
         cursor.execute(
-            "SELECT tgname, pg_get_triggerdef(oid), (tgtype & 1) = 1 FROM pg_trigger"
+            "SELECT tgname, pg_get_triggerdef(oid), obj_description(oid, 'pg_trigger') FROM pg_trigger"
             " WHERE tgrelid = to_regclass(quote_ident(%s)) AND NOT tgisinternal",
             [table],
         )
@@ -194,26 +253,40 @@ def convert(layout: Layout, *, using: str = DEFAULT_DB_ALIAS, progress=None) -> 
         cursor.execute(
             f"ALTER TABLE {quote(first)} RENAME CONSTRAINT {quote(primary_key)} TO {quote(first + '_pkey')}"
         )
+        for name, kind in constraints:
+            if kind == "u":  # the first partition's unique index of a local_unique key
+                cursor.execute(
+                    f"ALTER TABLE {quote(first)} RENAME CONSTRAINT {quote(name)}"
+                    f" TO {quote(_suffixed(name, '_p0'))}"
+                )
         for name, _ in indexes:
             cursor.execute(f"ALTER INDEX {quote(name)} RENAME TO {quote(_suffixed(name, '_p0'))}")
         cursor.execute(
             f"CREATE TABLE {quote(table)} (LIKE {quote(first)} INCLUDING DEFAULTS INCLUDING IDENTITY"
             f" INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMMENTS)"
-            f" PARTITION BY RANGE (pgh_id)"
+            f" PARTITION BY RANGE ({quote(column)})"
         )
         if identity:
-            cursor.execute(f"ALTER TABLE {quote(table)} ALTER pgh_id RESTART WITH %s", [next_id])
+            cursor.execute(f"ALTER TABLE {quote(table)} ALTER {quote(column)} RESTART WITH %s", [next_id])
         else:  # the copied default draws from the same sequence, which now belongs to the new table
-            cursor.execute(f"ALTER SEQUENCE {sequence} OWNED BY {quote(table)}.pgh_id")
-        cursor.execute(f"ALTER TABLE {quote(table)} ADD CONSTRAINT {quote(primary_key)} PRIMARY KEY (pgh_id)")
+            cursor.execute(f"ALTER SEQUENCE {sequence} OWNED BY {quote(table)}.{quote(column)}")
+        cursor.execute(
+            f"ALTER TABLE {quote(table)} ADD CONSTRAINT {quote(primary_key)} PRIMARY KEY ({quote(column)})"
+        )
         for _, definition in indexes:
             cursor.execute(definition)  # CREATE INDEX <name> ON <table> ...: now the parent (no rows yet)
         if identity:
-            cursor.execute(f"ALTER TABLE {quote(first)} ALTER pgh_id DROP IDENTITY")
-        for name, definition, row_level in triggers:
-            if row_level:  # cloned onto every partition by the parent's copy
-                cursor.execute(f"DROP TRIGGER {quote(name)} ON {quote(first)}")
+            cursor.execute(f"ALTER TABLE {quote(first)} ALTER {quote(column)} DROP IDENTITY")
+        # Each trigger moves to the parent: a row-level one is cloned onto every partition by
+        # PostgreSQL; a statement-level one (append-only) fires for statements on the parent,
+        # as on any later partition (statements naming a partition are the grants' to refuse), and
+        # left on the first partition it would be a trigger no model declares (pgtrigger's prune).
+        # The comment is pgtrigger's hash of the trigger (it tells installed from outdated).
+        for name, definition, comment in triggers:
+            cursor.execute(f"DROP TRIGGER {quote(name)} ON {quote(first)}")
             cursor.execute(definition)
+            if comment is not None:
+                cursor.execute(f"COMMENT ON TRIGGER {quote(name)} ON {quote(table)} IS %s", [comment])
 
         step(f"{table}: attaching the existing rows (one validating read)")
         cursor.execute(
@@ -221,6 +294,7 @@ def convert(layout: Layout, *, using: str = DEFAULT_DB_ALIAS, progress=None) -> 
             [first_end],
         )
         cursor.execute(f"CREATE TABLE {quote(table + '_default')} PARTITION OF {quote(table)} DEFAULT")
+        _unique_indexes(cursor, quote, layout, table + "_default")
         _ensure(cursor, layout, quote)
     step(f"{table}: done")
     return True
@@ -230,18 +304,30 @@ def _suffixed(name: str, suffix: str) -> str:
     return name[: 63 - len(suffix)] + suffix
 
 
-def _refuse_unpartitionable(cursor, table: str) -> None:
+def _refuse_unpartitionable(cursor, layout: Layout) -> None:
     cursor.execute(
-        "SELECT string_agg(conname, ', ') FROM pg_constraint"
+        "SELECT conname, array(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY AS c (attnum, n)"
+        "                      JOIN pg_attribute AS a ON a.attrelid = k.conrelid AND a.attnum = c.attnum"
+        "                      ORDER BY c.n)"
+        " FROM pg_constraint AS k"
         " WHERE conrelid = to_regclass(quote_ident(%s)) AND contype IN ('u', 'f', 'x')",
-        [table],
+        [layout.table],
     )
-    names = cursor.fetchone()[0]
+    names = [name for name, columns in cursor.fetchall() if tuple(columns) not in layout.local_unique]
     if names:
         raise ValueError(
-            f"{table} has unique, foreign-key or exclusion constraints ({names}), which a table partitioned"
-            " by pgh_id cannot keep as they are: drop them (event models declare foreign keys with"
-            " db_constraint=False), then partition it."
+            f"{layout.table} has unique, foreign-key or exclusion constraints ({', '.join(names)}), which a"
+            f" table partitioned by {layout.column} cannot keep as they are: drop them (event models declare"
+            " foreign keys with db_constraint=False), then partition it."
+        )
+
+
+def _unique_indexes(cursor, quote, layout: Layout, partition: str) -> None:
+    """The ``local_unique`` keys of ``layout``, as unique indexes of one partition."""
+    for number, columns in enumerate(layout.local_unique):
+        name = _suffixed(partition, f"_unique{number or ''}")
+        cursor.execute(
+            f"CREATE UNIQUE INDEX {quote(name)} ON {quote(partition)} ({', '.join(map(quote, columns))})"
         )
 
 
@@ -294,13 +380,15 @@ DECLARE
     _moved boolean;
     _created text[] := '{{}}';
     _passed text;
+    _unique record;
+    _suffix text;
 BEGIN
     -- A range-partitioned table of this schema, on one column, with a recorded layout.
     SELECT a.attname INTO _column
     FROM pg_catalog.pg_partitioned_table AS pt
     JOIN pg_catalog.pg_attribute AS a ON a.attrelid = pt.partrelid AND a.attnum = pt.partattrs[0]
     WHERE pt.partrelid = _parent AND pt.partstrat = 'r' AND pt.partnatts = 1;
-    _layout := regexp_match(obj_description(_parent, 'pg_class'), '^{layout}$');
+    _layout := regexp_match(obj_description(_parent, 'pg_class'), '^{layout}((; unique \([^)]*\))*)$');
     IF _column IS NULL OR _layout IS NULL THEN
         RAISE EXCEPTION 'audit_stream: "%" is not a partitioned history table', _table
             USING ERRCODE = 'invalid_parameter_value',
@@ -338,6 +426,18 @@ BEGIN
         END IF;
         EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%s) TO (%s)',
                        {literal}, _name, _parent, _end, _end + _size);
+        -- Unique keys that a partitioned table cannot hold (they lack the partition
+        -- key) are kept as a unique index of each partition (Layout.local_unique).
+        FOR _unique IN
+            SELECT u.m[1] AS columns, u.n FROM regexp_matches(_layout[3], 'unique \(([^)]*)\)', 'g')
+                WITH ORDINALITY AS u (m, n)
+        LOOP
+            _suffix := '_unique' || CASE WHEN _unique.n = 1 THEN '' ELSE (_unique.n - 1)::text END;
+            EXECUTE format('CREATE UNIQUE INDEX %I ON %I.%I (%s)',
+                           left(_name, 63 - length(_suffix)) || _suffix, {literal}, _name,
+                           (SELECT string_agg(quote_ident(btrim(c)), ', ')
+                            FROM unnest(string_to_array(_unique.columns, ',')) AS c));
+        END LOOP;
         IF _moved THEN
             EXECUTE format('INSERT INTO %I.%I SELECT * FROM %I.%I WHERE %I >= $1 AND %I < $2',
                            {literal}, _name, {literal}, _default, _column, _column)
@@ -384,7 +484,7 @@ def ensure(layout: Layout, *, using: str = DEFAULT_DB_ALIAS) -> list[str]:
 
 def _ensure(cursor, layout: Layout, quote) -> list[str]:
     """Record ``layout`` on the table when it changed (the owner only), then run the partition function."""
-    wanted = _LAYOUT_COMMENT.format(size=layout.size, ahead=layout.ahead)
+    wanted = _layout_comment(layout)
     cursor.execute(
         "SELECT obj_description(c.oid, 'pg_class'), pg_has_role(current_user, c.relowner, 'USAGE')"
         " FROM pg_class AS c WHERE c.oid = to_regclass(quote_ident(%s))",
@@ -396,6 +496,12 @@ def _ensure(cursor, layout: Layout, quote) -> list[str]:
         cursor.execute(f"COMMENT ON TABLE {quote(layout.table)} IS %s", [wanted])
     cursor.execute(f"SELECT {triggers.qualified('_audit_stream_ensure_partitions')}(%s)", [layout.table])
     return list(cursor.fetchone()[0])
+
+
+def _layout_comment(layout: Layout) -> str:
+    """The layout as recorded on the table: size, ahead, and each ``local_unique`` key."""
+    unique = "".join(f"; unique ({', '.join(columns)})" for columns in layout.local_unique)
+    return _LAYOUT_COMMENT.format(size=layout.size, ahead=layout.ahead) + unique
 
 
 def ensure_all(*, using: str = DEFAULT_DB_ALIAS) -> dict[str, list[str]]:
@@ -440,24 +546,134 @@ SELECT (SELECT true FROM {{table}} AS e WHERE {unfolded.NEW} ORDER BY e.pgh_xid 
 """
 
 
+def aged(cursor, table: str, cutoff: datetime) -> list[Partition]:
+    """The lowest partitions, in a row, whose rows were all written before ``cutoff``.
+
+    Written before: the partition was full (the sequence past its end) before
+    ``cutoff``. Only the lowest in a row: retention never leaves a hole below
+    newer history.
+    """
+    found = []
+    for part in partitions(cursor, table):
+        if part.default or part.full_before is None or part.full_before >= cutoff:
+            break
+        found.append(part)
+    return found
+
+
 def droppable(cursor, table: str, cutoff: datetime, done: str | None, floor: int) -> list[Partition]:
     """The partitions retention may drop: every event created before ``cutoff``, and folded.
 
-    Created before: the partition was full (the sequence past its end) before
-    ``cutoff``. Folded: none of its events is unfolded (the fold's own
-    definition, audit_stream.stream.unfolded), probed through the pgh_xid index.
-    Only the lowest partitions in a row: a partition is kept, and every later
-    one, once one must stay (retention never leaves a hole below newer history).
+    Created before: :func:`aged`. Folded: none of its events is unfolded (the
+    fold's own definition, audit_stream.stream.unfolded), probed through the
+    pgh_xid index. Only the lowest partitions in a row: a partition is kept,
+    and every later one, once one must stay.
     """
     if done is None:
         return []
     found = []
     quote = cursor.db.ops.quote_name
-    for part in partitions(cursor, table):
-        if part.default or part.full_before is None or part.full_before >= cutoff:
-            break
+    for part in aged(cursor, table, cutoff):
         cursor.execute(_HAS_UNFOLDED_SQL.format(table=quote(part.name)), {"done": done, "floor": floor})
         if cursor.fetchone()[0]:
             break
         found.append(part)
     return found
+
+
+def replace_lowest(
+    layout: Layout,
+    parts: list[Partition],
+    keep: str,
+    *,
+    using: str = DEFAULT_DB_ALIAS,
+    lock_timeout: str = "100ms",
+    attempts: int = 50,
+) -> tuple[int, int]:
+    """Drop the lowest partitions ``parts``, keeping their rows that ``keep`` selects; (dropped, kept) rows.
+
+    ``keep`` is a condition on a row ``c`` of the whole table (it may look at
+    later partitions). The kept rows are copied first, without a lock on the
+    table, into a new table with the table's indexes and a check of the range
+    (so attaching it reads nothing); then one short transaction, which gives
+    up after ``lock_timeout`` (the caller retries: ``LockNotAvailable``),
+    (retried ``attempts`` times) detaches and drops ``parts`` and attaches the new table in their place:
+    ids from the lowest up to the end of the last of ``parts``, with the last
+    one's time bound. Readers see the rows before or after, never without the
+    kept ones. The caller keeps other deleters of ``parts`` away meanwhile (a
+    row deleted after the copy would come back with it).
+    """
+    connection = connections[using]
+    quote, table, column = connection.ops.quote_name, layout.table, layout.column
+    upper = parts[-1].upper
+    with connection.cursor() as cursor:
+        kept = _free_name(cursor, quote, f"{table}_k{upper}")
+        cursor.execute(
+            f"CREATE TABLE {quote(kept)} (LIKE {quote(table)} INCLUDING DEFAULTS INCLUDING STORAGE,"
+            f" CHECK ({quote(column)} IS NOT NULL AND {quote(column)} < {int(upper)}))"
+        )
+        cursor.execute(
+            f"INSERT INTO {quote(kept)} SELECT * FROM {quote(table)} AS c"
+            f" WHERE c.{quote(column)} < %s AND ({keep})",
+            [upper],
+        )
+        kept_rows = cursor.rowcount
+        cursor.execute(f"ALTER TABLE {quote(kept)} ADD PRIMARY KEY ({quote(column)})")
+        # The table's indexes (attached, not rebuilt, by ATTACH PARTITION below).
+        cursor.execute(
+            "SELECT substr(pg_get_indexdef(x.indexrelid), strpos(pg_get_indexdef(x.indexrelid), ' USING '))"
+            " FROM pg_index AS x WHERE x.indrelid = to_regclass(quote_ident(%s)) AND NOT x.indisprimary",
+            [table],
+        )
+        for number, (definition,) in enumerate(cursor.fetchall()):
+            cursor.execute(
+                f"CREATE INDEX {quote(_suffixed(kept, f'_{number}'))} ON {quote(kept)}{definition}"
+            )
+        _unique_indexes(cursor, quote, layout, kept)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT " + " + ".join(f"(SELECT count(*) FROM {quote(part.name)})" for part in parts))
+        rows = cursor.fetchone()[0]
+    for attempt in range(attempts):
+        try:
+            _swap(connection, layout, parts, kept, lock_timeout)
+            return rows - kept_rows, kept_rows
+        except OperationalError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) != "55P03":  # lock_not_available
+                raise
+            time.sleep(0.01 * (attempt + 1))  # let the writers that queued meanwhile through
+    raise RuntimeError(
+        f"Could not swap the oldest partitions of {table}: writers held it for {attempts} attempts."
+        " Prune again later; nothing was lost."
+    )
+
+
+def _free_name(cursor, quote, base: str) -> str:
+    """A name for the copy: ``base``, unless a partition has it (the copy of an earlier prune)."""
+    for attempt in range(100):
+        name = _suffixed(base, f"_{attempt}" if attempt else "")
+        cursor.execute("SELECT relispartition FROM pg_class WHERE oid = to_regclass(quote_ident(%s))", [name])
+        row = cursor.fetchone()
+        if row is None:
+            return name
+        if not row[0]:  # an earlier attempt's copy, never attached
+            cursor.execute(f"DROP TABLE {quote(name)}")
+            return name
+    raise RuntimeError(f"No free name for a partition like {base}: drop the unattached tables named so.")
+
+
+def _swap(connection, layout: Layout, parts: list[Partition], kept: str, lock_timeout: str) -> None:
+    quote, table, upper = connection.ops.quote_name, layout.table, parts[-1].upper
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        cursor.execute(f"SET LOCAL lock_timeout = '{lock_timeout}'")
+        cursor.execute(f"LOCK TABLE {quote(table)} IN ACCESS EXCLUSIVE MODE")
+        for part in parts:
+            cursor.execute(f"ALTER TABLE {quote(table)} DETACH PARTITION {quote(part.name)}")
+            cursor.execute(f"DROP TABLE {quote(part.name)}")
+        cursor.execute(
+            f"ALTER TABLE {quote(table)} ATTACH PARTITION {quote(kept)} FOR VALUES FROM (MINVALUE) TO (%s)",
+            [upper],
+        )
+        if parts[-1].full_before is not None:
+            cursor.execute(
+                f"COMMENT ON TABLE {quote(kept)} IS %s", [_COMMENT_PREFIX + parts[-1].full_before.isoformat()]
+            )

@@ -245,6 +245,7 @@ SELECT pgh_id FROM (
 WHERE (%(cutoff)s::timestamptz IS NULL OR pgh_created_at < %(cutoff)s)
   AND (%(keep_last)s::int IS NULL OR newest > %(keep_last)s)
   AND (%(force)s OR (%(done)s::pg_snapshot IS NOT NULL AND NOT {unfolded}))
+  AND (%(above)s::bigint IS NULL OR pgh_id >= %(above)s)
 """.replace("{unfolded}", unfolded.UNFOLDED)
 
 # An object is one row of one table: for the row log, of one model (or
@@ -262,6 +263,7 @@ SELECT id FROM (
 WHERE newest > 1
   AND (%(cutoff)s::timestamptz IS NULL OR created_at < %(cutoff)s)
   AND (%(keep_last)s::int IS NULL OR newest > %(keep_last)s)
+  AND (%(above)s::bigint IS NULL OR id >= %(above)s)
 """
 
 # Messages still owed (pending, sending) are never pruned.
@@ -366,10 +368,12 @@ def prune(
                     )
                     pruned_events = pruned_events or count > 0
                 elif target == CHANGES:
+                    dropped, above = _drop_change_partitions(connection, policy, cutoff, dry_run, progress)
                     table, count = _prune_simple(
                         connection, "audit_stream_change", _CHANGE_CANDIDATES, policy, cutoff, batch_size,
-                        dry_run, progress,
+                        dry_run, progress, above,
                     )  # fmt: skip
+                    count += dropped
                 elif target == ATTEMPTS:
                     table, count = _prune_simple(
                         connection, "audit_stream_webhookattempt", _ATTEMPT_CANDIDATES, policy, cutoff,
@@ -453,10 +457,11 @@ def _prune_events(connection, model, policy, cutoff, batch_size, dry_run, force,
                 " is folded is unknown: nothing pruned. Let the worker fold (it recovers the checkpoint),"
                 " or run fold_all(), then prune again."
             )
-        dropped = 0
+        dropped, above = 0, None
         if cutoff is not None and policy.keep_last is None and partitions.is_partitioned(cursor, table):
             parts = partitions.droppable(cursor, table, cutoff, done, floor)
             dropped = _drop_partitions(connection, table, parts, dry_run, progress)
+            above = parts[-1].upper if parts else None  # counted above (a dry run leaves them in place)
         sql = _EVENT_CANDIDATES.format(
             table=connection.ops.quote_name(table),
             object=_object_key(model),
@@ -464,7 +469,14 @@ def _prune_events(connection, model, policy, cutoff, batch_size, dry_run, force,
         total = _fill(
             cursor,
             sql,
-            {"cutoff": cutoff, "keep_last": policy.keep_last, "force": force, "done": done, "floor": floor},
+            {
+                "cutoff": cutoff,
+                "keep_last": policy.keep_last,
+                "force": force,
+                "done": done,
+                "floor": floor,
+                "above": above,
+            },
             count_only=dry_run,
         )
     if dry_run:
@@ -515,6 +527,65 @@ def _detach(connection, table: str, name: str) -> None:
     )
 
 
+# Each object's latest change, which retention keeps whatever the policy
+# (_CHANGE_CANDIDATES' `newest > 1`): no later change of the same object.
+# Served by the audit_stream_change_prev index (event_table, object_id, event_id).
+_LATEST_OF_ITS_OBJECT = """NOT EXISTS (
+    SELECT 1 FROM audit_stream_change AS n
+    WHERE n.event_table = c.event_table AND n.object_id = c.object_id AND n.model = c.model
+      AND n.event_id > c.event_id
+)"""
+
+# Taken (for the session) while the oldest partitions of the change feed are
+# replaced, and (for its transaction) by erasure: a change erased between the
+# copy of the kept changes and the swap would come back.
+_CHANGE_PARTITIONS_LOCK = 0x61756469745F63  # "audit_c"
+
+
+def _drop_change_partitions(
+    connection, policy: Policy, cutoff, dry_run: bool, progress
+) -> tuple[int, int | None]:
+    """Retention by partition for a partitioned change feed: (changes dropped, first id above them).
+
+    The lowest partitions whose changes were all written before ``cutoff``
+    (:func:`partitions.aged`) are replaced by one partition holding the
+    changes among them that are still the latest of their object
+    (:func:`partitions.replace_lowest`): the fold diffs each object's next
+    event against it. With ``keep_last`` above 1, nothing is dropped here
+    (the batched delete keeps the last N of each object).
+    """
+    from audit_stream.models import Change
+
+    table = Change._meta.db_table
+    if cutoff is None or (policy.keep_last or 1) > 1:
+        return 0, None
+    with connection.cursor() as cursor:
+        if not partitions.is_partitioned(cursor, table):
+            return 0, None
+        parts = partitions.aged(cursor, table, cutoff)
+        if not parts:
+            return 0, None
+        if dry_run:
+            names = [connection.ops.quote_name(part.name) for part in parts]
+            counts = " + ".join(
+                f"(SELECT count(*) FILTER (WHERE NOT {_LATEST_OF_ITS_OBJECT}) FROM {name} AS c)"
+                for name in names
+            )
+            cursor.execute(f"SELECT {counts}")
+            return cursor.fetchone()[0], parts[-1].upper
+        layout = partitions.layout_of(Change)
+        cursor.execute("SELECT pg_advisory_lock(%s)", [_CHANGE_PARTITIONS_LOCK])
+        try:
+            dropped, _ = partitions.replace_lowest(
+                layout, parts, _LATEST_OF_ITS_OBJECT, using=connection.alias, lock_timeout="100ms"
+            )
+        finally:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [_CHANGE_PARTITIONS_LOCK])
+    if progress:
+        progress(table, dropped, dropped)
+    return dropped, parts[-1].upper
+
+
 def _row_log_model():
     from audit_stream.models import RowLog
 
@@ -529,10 +600,10 @@ def _object_key(model) -> str:
 
 
 def _prune_simple(
-    connection, table, candidates, policy, cutoff, batch_size, dry_run, progress
+    connection, table, candidates, policy, cutoff, batch_size, dry_run, progress, above=None
 ) -> tuple[str, int]:
     with connection.cursor() as cursor:
-        params = {"cutoff": cutoff, "keep_last": policy.keep_last}
+        params = {"cutoff": cutoff, "keep_last": policy.keep_last, "above": above}
         total = _fill(cursor, candidates, params, count_only=dry_run)
     if dry_run:
         return table, total
@@ -639,6 +710,7 @@ def erase(
     quote = connection.ops.quote_name
     started = timezone.now()
     with transaction.atomic(using=using), allow_prune(using), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHANGE_PARTITIONS_LOCK])
         cursor.execute(_ERASE_MESSAGES, {"model": tracked._meta.label_lower, "pk": str(pk_value)})
         counts["audit_stream_webhookmessage"] = cursor.rowcount
         cursor.execute(

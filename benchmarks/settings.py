@@ -28,4 +28,5 @@ INSTALLED_APPS = [
 ]
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-AUDIT_STREAM = {}
+# The "audit_stream partitioned" variant's event table: range partitions of pgh_id.
+AUDIT_STREAM = {"PARTITIONS": {"benchapp.AsPartItemEvent": {"size": 100_000, "ahead": 2}}}

@@ -6,6 +6,7 @@ Usage::
     python -m benchmarks.stream --quick    # smoke run (about 2 minutes): smaller sizes, JSON only
     python -m benchmarks.stream --render benchmarks/results/stream-<date>.json   # rewrite the section only
     python -m benchmarks.stream --lanes 1,2,4 # fold lanes side by side only (benchmarks/lanes.py)
+    python -m benchmarks.stream --burst    # a burst folded without and with statistics (benchmarks/burst.py)
 
 It drops and recreates the database ``audit_stream_bench_stream`` and flushes
 Redis database 14 (``--database-url``, ``--redis-url``), and starts real
@@ -1666,6 +1667,13 @@ def run(args: argparse.Namespace, log_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark, print the tables, write the JSON and the BENCHMARKS.md section."""
+    if "--burst" in (
+        sys.argv[1:] if argv is None else argv
+    ):  # a measurement of its own (benchmarks/burst.py)
+        from benchmarks import burst
+
+        burst.main(argv)
+        return
     args = parse_args(argv)
     if args.render:
         results = json.loads(Path(args.render).read_text())

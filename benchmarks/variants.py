@@ -99,6 +99,13 @@ VARIANTS: list[Variant] = [
         " security model, by difference with `audit_stream`",
     ),
     Variant(
+        "audit_stream partitioned",
+        "AsPartItem",
+        AUDIT_STREAM,
+        "`@audit_stream.track()` into an event table partitioned by `pgh_id` (`PARTITIONS`, ranges of"
+        " 100,000 ids, converted by migrate): each event row routed to its partition",
+    ),
+    Variant(
         "audit_stream initlogging",
         "LogItem",
         AUDIT_STREAM,

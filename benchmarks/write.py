@@ -5,7 +5,7 @@ Usage::
     python -m benchmarks.write              # full run, updates BENCHMARKS.md
     python -m benchmarks.write --quick      # smoke run: sizes / 10, 3 repetitions, no BENCHMARKS.md
 
-The database named by ``BENCH_DATABASE_URL`` (default
+The database named by ``--database-url`` or ``BENCH_DATABASE_URL`` (default
 ``postgres://postgres@127.0.0.1:5432/audit_stream_bench``) is dropped and
 recreated. See BENCHMARKS.md for what is measured and how.
 """
@@ -57,6 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="regenerate benchapp's migrations first (after audit_stream's trigger SQL changed)",
     )
     parser.add_argument("--no-report", action="store_true", help="print only: no BENCHMARKS.md, no JSON")
+    parser.add_argument(
+        "--database-url",
+        help="the benchmark database, dropped and recreated (default: BENCH_DATABASE_URL, else"
+        " postgres://postgres@127.0.0.1:5432/audit_stream_bench); its name must contain 'bench'",
+    )
     return parser.parse_args(argv)
 
 
@@ -185,6 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     repeat = args.repeat or (3 if args.quick else 5)
     duration = args.duration / 10 if args.quick else args.duration
+    if args.database_url:
+        if "bench" not in args.database_url.rsplit("/", 1)[-1]:
+            raise SystemExit("refusing to drop a database whose name does not contain 'bench'")
+        os.environ["BENCH_DATABASE_URL"] = args.database_url  # the writer processes inherit it
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
     django.setup()
 

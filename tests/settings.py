@@ -56,5 +56,20 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STATIC_URL = "static/"
 # Subprocesses started by the tests (worker, listener) get their settings here.
 AUDIT_STREAM = json.loads(os.environ.get("AUDIT_STREAM_SETTINGS", "{}"))
+# AUDIT_STREAM_TEST_PARTITIONED=1: the whole suite on the partitioned layout. migrate
+# converts every event table, the row log and the change feed into range partitions
+# (README, "Partitioned history"); tests/conftest.py keeps partitions ahead of the ids.
+PARTITIONED = os.environ.get("AUDIT_STREAM_TEST_PARTITIONED", "") not in ("", "0")
+if PARTITIONED:
+    _layout = {"size": 20_000, "ahead": 2}
+    AUDIT_STREAM.setdefault(
+        "PARTITIONS",
+        {
+            "default": _layout,
+            "audit_stream.RowLog": _layout,
+            "audit_stream.Change": _layout,
+            "testapp.TicketEvent": {"size": 10, "ahead": 2},  # tests/test_partitions.py's layout
+        },
+    )
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
 CELERY_BROKER_URL = REDIS_URL

@@ -1,11 +1,13 @@
 """AggregateEvent: one object's history across event tables, with diffs, as a QuerySet."""
 
+import re
 from decimal import Decimal
 
 import pytest
 from django.contrib.auth.models import User
 
 import audit_stream
+from audit_stream import partitions
 from audit_stream.models import AggregateEvent, Change
 from audit_stream.stream import fold
 from tests.testapp.models import (
@@ -212,8 +214,21 @@ def test_one_objects_history_is_an_index_scan_per_table(product):
         sql, params = AggregateEvent.objects.target(product).query.sql_with_params()
         cursor.execute("EXPLAIN " + sql, params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
-    assert "Seq Scan on testapp_productevent" not in plan, plan
+        # On the partitioned layout (AUDIT_STREAM_TEST_PARTITIONED=1) the planner may scan an empty
+        # partition (the default one, those created ahead): no partition holding events is scanned.
+        holding = [
+            part.name
+            for part in partitions.partitions(cursor, "testapp_productevent")
+            if _has_rows(cursor, part.name)
+        ] or ["testapp_productevent"]
+    scanned = re.findall(r"Seq Scan on (\w+)", plan)
+    assert not set(scanned) & set(holding), plan
     assert "productevent_" in plan and "_obj" in plan, plan
+
+
+def _has_rows(cursor, table: str) -> bool:
+    cursor.execute(f'SELECT EXISTS (SELECT 1 FROM "{table}")')
+    return cursor.fetchone()[0]
 
 
 @pytest.mark.parametrize("aggregate", [AggregateEvent, UserAggregateEvent])

@@ -164,3 +164,14 @@ def test_the_grants_keep_the_partitions_of_history_read_only(partitioned):
         mine = [sql for sql in statements if f" {table} " in sql]
         assert f'GRANT SELECT ON TABLE {table} TO "runtime_role_never_created";' in mine, mine
         assert not any("INSERT" in sql or "DELETE" in sql for sql in mine if sql.startswith("GRANT")), mine
+
+
+def test_converting_leaves_pgtrigger_every_trigger_installed_and_none_to_prune(partitioned):
+    """The append-only trigger moves to the partitioned table with pgtrigger's hash (installed, not
+    outdated), and no partition keeps a trigger that no model declares (`pgtrigger prune` would drop it)."""
+    from pgtrigger import installation, registry
+
+    assert not [row for row in installation.prunable() if row[0].startswith(TICKETS)]
+    for uri, (model, trigger) in registry._registry.items():
+        if model is TicketEvent:
+            assert trigger.get_installation_status(model)[0] == "INSTALLED", uri

@@ -43,7 +43,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 _INSERT_PRODUCT = "INSERT INTO testapp_product (name, price, stock, updated_at) VALUES (%s, 1, 0, now())"
 
 # Every object of the schema owned by the current role, handed to another role
-# (sequences that belong to a table follow it).
+# (sequences that belong to a table follow it). Partitions (the partitioned
+# layout, AUDIT_STREAM_TEST_PARTITIONED=1) are handed over too, as the owner
+# that ran migrate would own them; a partitioned table's dependencies on its
+# own columns are not another table's.
 _TRANSFER_OWNERSHIP = """
 DO $$
 DECLARE
@@ -53,9 +56,10 @@ BEGIN
         SELECT c.oid::regclass AS rel FROM pg_class AS c
         WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'S', 'v')
           AND c.relowner = current_user::regrole
-          AND NOT EXISTS (SELECT FROM pg_depend AS d
-                          WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                            AND d.deptype IN ('a', 'i') AND d.refclassid = 'pg_class'::regclass)
+          AND (c.relispartition OR NOT EXISTS (
+                  SELECT FROM pg_depend AS d
+                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.refobjid <> c.oid
+                    AND d.deptype IN ('a', 'i') AND d.refclassid = 'pg_class'::regclass))
     LOOP
         EXECUTE format('ALTER TABLE %s OWNER TO %I', _object.rel, '{owner}');
     END LOOP;

@@ -80,9 +80,21 @@ def _rows(sql: str, params=None, using: str = DEFAULT_DB_ALIAS) -> list[tuple]:
         return cursor.fetchall() if cursor.description else []
 
 
+# A partitioned table has no estimate of its own (autovacuum analyses its
+# partitions, never the parent): the sum of its analysed partitions'.
+_ESTIMATE_ROWS_SQL = """
+SELECT CASE WHEN t.relkind <> 'p' THEN t.reltuples
+            ELSE (SELECT sum(p.reltuples) FILTER (WHERE p.reltuples >= 0)
+                  FROM pg_inherits AS i JOIN pg_class AS p ON p.oid = i.inhrelid
+                  WHERE i.inhparent = t.oid)
+       END::bigint
+FROM pg_class AS t WHERE t.oid = to_regclass(%s)
+"""
+
+
 def estimate_rows(table: str, using: str = DEFAULT_DB_ALIAS) -> int | None:
     """The planner's estimate of a table's rows (``pg_class.reltuples``); ``None`` if never analysed."""
-    rows = _rows("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)", [table], using)
+    rows = _rows(_ESTIMATE_ROWS_SQL, [table], using)
     return rows[0][0] if rows and rows[0][0] is not None and rows[0][0] >= 0 else None
 
 

@@ -103,15 +103,19 @@ WHERE c.relid = {_RELID_SQL}
 # unknown, nothing folded up to id 0), so the fold recovers it before anything
 # else. Only a table without any row gets rows (_CREATE_LOCK_SQL serialises
 # the creators): a lane missing beside others is never created from scratch,
-# which would fold its events a second time.
+# which would fold its events a second time. One probe of the pgh_xid index,
+# ordered (as wakeup's): an EXISTS lets the planner of a table never analysed
+# (a first fold after a burst) read it all sequentially, hoping to meet a
+# match at once.
 _CREATE_SQL = """
 INSERT INTO audit_stream_checkpoint
     (event_table, lane, lanes, snapshot, position, folded, updated_at, relid, former_names, cluster,
      floor, high)
 SELECT %(table)s, lane, %(lanes)s, '1:1:', 0, 0, now(), {relid}, '{{}}',
        CASE WHEN restored.ahead THEN 'unknown' ELSE {cluster} END, 0, CASE WHEN restored.ahead THEN 0 END
-FROM (SELECT EXISTS (SELECT 1 FROM {table} AS e
-                     WHERE e.pgh_xid >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint) AS ahead)
+FROM (SELECT (SELECT true FROM {table} AS e
+               WHERE e.pgh_xid >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+               ORDER BY e.pgh_xid LIMIT 1) IS NOT NULL AS ahead)
     AS restored,
     generate_series(0, %(lanes)s - 1) AS lane
 WHERE NOT EXISTS (SELECT 1 FROM audit_stream_checkpoint AS c WHERE c.event_table = %(table)s)

@@ -54,9 +54,16 @@ _PGH_COLUMNS = ["pgh_id", "pgh_created_at", "pgh_label", "pgh_xid", "pgh_obj_id"
 # `position`: the last pgh_id of the previous batch of the interval, or, for
 # its first batch, just below the interval's lowest pgh_id (_FIRST_ID_SQL).
 # The primary key walks from there; nothing older is read, whatever vacuum
-# has or has not done.
-_IN_BATCH = f"""WHERE {unfolded.IN_INTERVAL}
-      AND e.pgh_id > %(position)s"""
+# has or has not done. It walks at most to `window_end`, a batch's worth of ids
+# further (or the interval's highest id), and the interval's tests are row
+# filters (unfolded.filter_only), so
+# the primary key is the only way in: a batch reads at most `limit` rows
+# whatever the planner's statistics say (a table never analysed included).
+# A window with fewer events (other transactions', other lanes') leaves the
+# rest to the next batch; past an empty one, the next starts just below the
+# interval's next id (_FIRST_ID_SQL's `above`), so gaps cost no reading.
+_IN_BATCH = f"""WHERE e.pgh_id > %(position)s AND e.pgh_id <= %(window_end)s
+      AND {unfolded.filter_only(unfolded.IN_INTERVAL)}"""
 
 # The transaction of an event, kept on its Change: its id (pgh_xid) and the
 # command that wrote the event inside it (the row's cmin, a system column
@@ -68,16 +75,19 @@ _TRANSACTION_COLUMNS = "e.pgh_xid AS transaction_id, e.cmin::text::bigint AS com
 # The lowest pgh_id of an interval, found through the pgh_xid index: one
 # range for the transactions that started after `done`, one list for those
 # in progress then. `+ 0` keeps the planner from answering min() by walking
-# the primary key from the table's first row and testing each.
+# the primary key from the table's first row and testing each. `above`: past
+# an empty window of a batch, the interval's next id after it.
 _FIRST_ID_SQL = f"""
 SELECT least(
     (SELECT min(e.pgh_id + 0) FROM {{table}} AS e
      WHERE {unfolded.NEW}
        AND e.pgh_xid < pg_snapshot_xmax(%(target)s::pg_snapshot)::text::bigint
-       AND pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(target)s::pg_snapshot)),
+       AND pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(target)s::pg_snapshot)
+       AND e.pgh_id + 0 > %(above)s),
     (SELECT min(e.pgh_id + 0) FROM {{table}} AS e
      WHERE {unfolded.IN_PROGRESS}
-       AND pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(target)s::pg_snapshot))
+       AND pg_visible_in_snapshot(e.pgh_xid::text::xid8, %(target)s::pg_snapshot)
+       AND e.pgh_id + 0 > %(above)s)
 )
 """
 
@@ -410,7 +420,12 @@ def _relane(model, using: str, model_names, wanted: int, result: FoldResult, on_
         target, high = _take_target(cursor, connection, table)
         rows = []
         for claim in old:
-            interval = {"floor": claim.floor, "limit": None, **lanes.params(claim.lane, claim.lanes)}
+            interval = {
+                "floor": claim.floor,
+                "limit": None,
+                "window_end": 2**63 - 1,  # the whole interval at once
+                **lanes.params(claim.lane, claim.lanes),
+            }
             done = claim.done
             if claim.target is not None:  # the rest of a half-folded interval
                 interval.update(done=done, target=claim.target, position=claim.position)
@@ -495,10 +510,13 @@ def _fold_batch(
                 )
                 return 0, True, False, set(), None
 
+        # Every event of the interval has an id up to `high` (unknown for a checkpoint of before 0011).
+        window_end = min(position + batch_size, high) if high is not None else 2**63 - 1
         interval = {
             "done": done,
             "target": target,
             "position": position,
+            "window_end": window_end,
             "floor": found.floor,
             "limit": batch_size,
             # The recorded number of lanes, whatever the setting says now.
@@ -512,6 +530,10 @@ def _fold_batch(
         endpoints = messages.record(cursor, [change_id for change_id, _, _ in rows])
         sink_messages.record(cursor, [change_id for change_id, _, _ in rows])  # and those owed to sinks
         caught_up = len(ids) < batch_size
+        next_position = max(ids, default=position)
+        if caught_up and high is not None and window_end < high:  # the window ended before the interval
+            next_position = window_end if ids else _next_position(cursor, connection, table, interval)
+            caught_up = next_position is None
         if caught_up:
             # The whole interval is folded: `target` becomes `done`; the next starts above `floor`.
             cursor.execute(
@@ -523,7 +545,7 @@ def _fold_batch(
             cursor.execute(
                 "UPDATE audit_stream_checkpoint SET target = %s, position = %s, high = %s,"
                 " folded = folded + %s, updated_at = now() WHERE event_table = %s AND lane = %s",
-                [target, max(ids), high, len(ids), table, lane],
+                [target, next_position, high, len(ids), table, lane],
             )
         return len(ids), caught_up, False, endpoints, lag_ms
 
@@ -547,6 +569,14 @@ def _first_position(cursor, connection, table: str, done: str, target: str, floo
     """Just below the lowest pgh_id of the interval from ``done`` to ``target``, any lane (None: empty)."""
     quoted = [connection.ops.quote_name(t) for t in _stream_tables(table)]
     firsts = [_first_id(cursor, q, done, target, floor) for q in quoted]
+    return min((f for f in firsts if f is not None), default=None)
+
+
+def _next_position(cursor, connection, table: str, interval: dict) -> int | None:
+    """Past an empty window: just below the interval's next id after it, any lane (None: the interval is done)."""
+    quoted = [connection.ops.quote_name(t) for t in _stream_tables(table)]
+    params = (interval["done"], interval["target"], interval["floor"], interval["window_end"])
+    firsts = [_first_id(cursor, q, *params) for q in quoted]
     return min((f for f in firsts if f is not None), default=None)
 
 
@@ -629,8 +659,12 @@ def _recover(model, using: str, model_names, result: FoldResult, on_messages, la
     return True
 
 
-def _first_id(cursor, quoted_table: str, done: str, target: str, floor: int) -> int | None:
-    """Just below the lowest pgh_id of the interval from ``done`` to ``target`` (None: it is empty)."""
-    cursor.execute(_FIRST_ID_SQL.format(table=quoted_table), {"done": done, "target": target, "floor": floor})
+def _first_id(cursor, quoted_table: str, done: str, target: str, floor: int, above: int = 0) -> int | None:
+    """Just below the lowest pgh_id (above ``above``) of the interval from ``done`` to ``target``.
+
+    None: the interval has no event there.
+    """
+    params = {"done": done, "target": target, "floor": floor, "above": above}
+    cursor.execute(_FIRST_ID_SQL.format(table=quoted_table), params)
     first = cursor.fetchone()[0]
     return None if first is None else first - 1

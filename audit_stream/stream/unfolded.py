@@ -31,7 +31,7 @@ adds the ``%(target)s`` bounds, :data:`WRITTEN` also ``%(position)s``.
 
 from __future__ import annotations
 
-__all__ = ["ABOVE_FLOOR", "IN_INTERVAL", "IN_PROGRESS", "NEW", "UNFOLDED", "WRITTEN"]
+__all__ = ["ABOVE_FLOOR", "IN_INTERVAL", "IN_PROGRESS", "NEW", "UNFOLDED", "WRITTEN", "filter_only"]
 
 # Not one of the restored events a recovery left folded (stream.checkpoint).
 # Without a restore `floor` is 0 and the bound value makes the test constant:
@@ -65,3 +65,15 @@ IN_INTERVAL = f"""{UNFOLDED}
 WRITTEN = """(e.pgh_id <= %(position)s
                AND pg_visible_in_snapshot(e.pgh_xid::text::xid8,
                                           coalesce(%(target)s, %(done)s)::pg_snapshot))"""
+
+
+def filter_only(fragment: str) -> str:
+    """``fragment`` with its tests of ``pgh_xid`` written so no index can answer them: row filters only.
+
+    For a query that must walk the primary key whatever the planner believes
+    (the fold's batch, audit_stream.stream.fold): without statistics, on a
+    table never analysed, the planner takes an interval's ``pgh_xid`` range
+    for a few hundred rows and reads all of it through that index, for every
+    batch.
+    """
+    return fragment.replace("e.pgh_xid", "(e.pgh_xid + 0)")

@@ -56,6 +56,12 @@ class AsInvokerItem(Item):
     off its trigger functions after migrate (``db.strip_security_definer``): what they cost."""
 
 
+@audit_stream.track()
+class AsPartItem(Item):
+    """audit_stream's default events into an event table partitioned by ``pgh_id``
+    (``PARTITIONS`` in benchmarks/settings.py; ``migrate`` converts it)."""
+
+
 class LogItem(Item):
     """Not tracked: the benchmark logs its table with ``initlogging`` (the row log)."""
 

@@ -106,7 +106,7 @@ class UserAggregateEvent(BaseAggregateEvent):
         User, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
     )
 
-    class Meta:
+    class Meta(BaseAggregateEvent.Meta):  # keeps its ordering (by time, table, id)
         managed = False
 
     def who(self) -> str:
