@@ -26,7 +26,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from audit_stream import changelists, events, rowlog, tracking
+from audit_stream import changelists, events, masking, rowlog, tracking
 from audit_stream import revert as _revert
 from audit_stream.admin_undo import UndoContextMixin
 from audit_stream.exact import dumps as exact_dumps
@@ -92,7 +92,7 @@ class ContextAdmin(UndoContextMixin, ReadOnlyAdmin):
 @admin.register(Change)
 class ChangeAdmin(ReadOnlyAdmin):
     list_display = ["id", "created_at", "model", "object_id", "label", "diff_json", "context_link"]
-    exclude = ["diff", "snapshot"]
+    exclude = ["diff", "snapshot", "mask_digests"]
     readonly_fields = ["diff_json", "snapshot_json"]
     diff_json = _exact_json("diff")
     snapshot_json = _exact_json("snapshot")
@@ -595,11 +595,24 @@ class _Display:
         return value
 
 
-def _diff(row) -> dict:
-    """The row's diff; for an object's first event (``pgh_diff`` is None) every value it recorded."""
+def _diff(row, masked: set[str]) -> dict:
+    """The row's diff; for an object's first event (``pgh_diff`` is None) every value it recorded.
+
+    Masked columns show the mask: ``AggregateEvent`` masks them in SQL, the row
+    log's entries (read from the log itself) are masked here.
+    """
+    if row.event_model is RowLog:
+        return masking.mask_pairs(row.pgh_diff, masked)
     if row.pgh_diff is not None:
         return row.pgh_diff
     return {column: [None, value] for column, value in (row.pgh_data or {}).items()}
+
+
+def _masked_columns(model, row) -> set[str]:
+    """The columns a history row of ``model`` shows masked (their values are the mask, not the field's)."""
+    if row.event_model is RowLog:
+        return set(masking.table_columns(model))
+    return set(masking.columns_of(row.event_model))
 
 
 def _as_of_fields(past):
@@ -643,9 +656,12 @@ def _entries(model, rows, obj, may_change, opts, object_id):
     m2m = {f.name: f for f in model._meta.many_to_many}
     as_of_ok = _can_show_as_of(model)
     value_maps = []
+    masked = {id(row): _masked_columns(model, row) for row in rows}
+    diffs = {id(row): _diff(row, masked[id(row)]) for row in rows}
     for row in rows:
-        value_maps.append({by_column[c].attname: v[0] for c, v in _diff(row).items() if c in by_column})
-        value_maps.append({by_column[c].attname: v[1] for c, v in _diff(row).items() if c in by_column})
+        shown = {c: v for c, v in diffs[id(row)].items() if c in by_column and c not in masked[id(row)]}
+        value_maps.append({by_column[c].attname: v[0] for c, v in shown.items()})
+        value_maps.append({by_column[c].attname: v[1] for c, v in shown.items()})
     display = _Display(model, value_maps)
     user_ids = {r.pgh_context.metadata.get("user") for r in rows if r.pgh_context} - {None}
     users = get_user_model()._default_manager.in_bulk([u for u in user_ids if isinstance(u, int)])
@@ -654,8 +670,11 @@ def _entries(model, rows, obj, may_change, opts, object_id):
         metadata = dict(row.pgh_context.metadata) if row.pgh_context else {}
         user = metadata.pop("user", None)
         diff = []
-        for column, (old, new) in _diff(row).items():
+        for column, (old, new) in diffs[id(row)].items():
             field = by_column.get(column)
+            if field is not None and column in masked[id(row)]:
+                diff.append((field.verbose_name, "—" if old is None else old, "—" if new is None else new))
+                continue
             if field is None and column in m2m and getattr(row.event_model, "_pgh_m2m_field", None) == column:
                 diff.append((m2m[column].verbose_name, *_m2m_diff(m2m[column], old, new)))
                 continue

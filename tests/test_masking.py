@@ -1,0 +1,221 @@
+"""Masked fields: clear in the event tables, masked everywhere else (audit_stream.masking)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+
+import pytest
+import redis
+from django.contrib.auth.models import Permission
+from django.core.management import call_command
+from django.test import Client
+from django.urls import reverse
+from standardwebhooks.webhooks import Webhook
+
+from audit_stream import checks
+from audit_stream.models import AggregateEvent, Change, Sink, WebhookEndpoint
+from audit_stream.sinks import delivery as sink_delivery
+from audit_stream.stream import fold
+from audit_stream.webhooks import delivery
+from tests.sink_servers import REDIS_URL, unique
+from tests.testapp.models import Patient, PatientEvent, Supplier
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SSN = "123-45-6789"
+KEY = "a-mask-key-for-the-tests"
+
+
+@pytest.fixture(autouse=True)
+def _settings(settings):
+    settings.AUDIT_STREAM = {
+        "WEBHOOK_ALLOWED_NETWORKS": ["127.0.0.0/8"],
+        "WEBHOOK_RETRY_SCHEDULE": [0, 0.05],
+        "SINK_RETRY_SCHEDULE": [0, 0.05],
+        "WEBHOOK_TIMEOUT": [1, 0.5],
+    }
+
+
+def _changes(obj):
+    return list(Change.objects.filter(model="testapp.patient", object_id=str(obj.pk)).order_by("event_id"))
+
+
+def _keyed(value: str) -> str:
+    return "hmac:" + hmac.new(KEY.encode(), value.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def test_the_change_shows_a_masked_field_as_the_mask():
+    """track(mask=["ssn"]): Change.diff and Change.snapshot hold "***", never the value."""
+    patient = Patient.objects.create(name="Ada", ssn=SSN)
+    fold.fold_all()
+    (change,) = _changes(patient)
+    assert change.diff["ssn"] == [None, "***"]
+    assert change.snapshot["ssn"] == "***"
+    assert change.snapshot["name"] == "Ada"
+    assert SSN not in json.dumps([change.diff, change.snapshot, change.mask_digests])
+
+
+def test_the_event_table_keeps_the_clear_value():
+    """Undo, revert and as_of read the event tables: they hold the value itself."""
+    patient = Patient.objects.create(name="Ada", ssn=SSN)
+    assert PatientEvent.objects.get(pgh_obj=patient).ssn == SSN
+
+
+def test_a_change_of_a_masked_field_alone_is_delivered_with_a_masked_diff():
+    """The diff says the field changed (both sides masked), also when the previous state was folded before."""
+    patient = Patient.objects.create(name="Ada", ssn=SSN)
+    fold.fold_all()
+    Patient.objects.filter(pk=patient.pk).update(ssn="987-65-4321")
+    fold.fold_all()
+    assert _changes(patient)[1].diff == {"ssn": ["***", "***"]}
+
+
+def test_an_unchanged_masked_field_is_not_in_the_diff():
+    """The fold compares keyed digests, not masks: a change of another field leaves the masked one out."""
+    patient = Patient.objects.create(name="Ada", ssn=SSN)
+    fold.fold_all()
+    Patient.objects.filter(pk=patient.pk).update(visits=1)
+    fold.fold_all()
+    assert _changes(patient)[1].diff == {"visits": [0, 1]}
+
+
+def test_the_setting_masks_a_field_of_a_model(settings):
+    """AUDIT_STREAM["MASK"] = {"testapp.Patient": ["email"]} masks email as well as track()'s ssn."""
+    settings.AUDIT_STREAM = {"MASK": {"testapp.Patient": ["email"]}}
+    patient = Patient.objects.create(name="Ada", ssn=SSN, email="ada@example.com")
+    fold.fold_all()
+    (change,) = _changes(patient)
+    assert (change.snapshot["email"], change.snapshot["ssn"]) == ("***", "***")
+
+
+def test_a_keyed_mask_is_equal_for_equal_values_and_differs_for_different_ones(settings):
+    """MASK_KEY: "hmac:" + 16 hex digits of HMAC-SHA256(key, value); old and new differ in a diff."""
+    settings.AUDIT_STREAM = {"MASK_KEY": KEY}
+    ada = Patient.objects.create(name="Ada", ssn=SSN)
+    bob = Patient.objects.create(name="Bob", ssn=SSN)
+    fold.fold_all()
+    Patient.objects.filter(pk=ada.pk).update(ssn="987-65-4321")
+    fold.fold_all()
+    ada_insert, ada_update = _changes(ada)
+    (bob_insert,) = _changes(bob)
+    assert ada_insert.snapshot["ssn"] == bob_insert.snapshot["ssn"] == _keyed(SSN)
+    assert ada_update.diff == {"ssn": [_keyed(SSN), _keyed("987-65-4321")]}
+
+
+def test_the_webhook_payload_is_masked(httpserver):
+    """What a subscriber receives carries the mask, never the value."""
+    httpserver.expect_request("/hook", method="POST").respond_with_data("ok")
+    endpoint = WebhookEndpoint.objects.create(url=httpserver.url_for("/hook"))
+    Patient.objects.create(name="Ada", ssn=SSN)
+    fold.fold_all()
+    assert delivery.deliver(endpoint.pk).delivered == 1
+    ((request, _),) = httpserver.log
+    payload = Webhook(endpoint.secret).verify(request.get_data(), dict(request.headers))
+    assert payload["data"]["diff"]["ssn"] == [None, "***"]
+    assert payload["data"]["snapshot"]["ssn"] == "***"
+    assert SSN not in request.get_data(as_text=True)
+
+
+def test_the_redis_stream_entry_is_masked():
+    """A sink gets the webhook payload: masked too."""
+    prefix = unique("i20mask")
+    sink = Sink.objects.create(name=prefix, kind="redis", target=REDIS_URL, options={"stream_prefix": prefix})
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        Patient.objects.create(name="Ada", ssn=SSN)
+        fold.fold_all()
+        assert sink_delivery.deliver(sink.pk).delivered == 1
+        ((_, fields),) = client.xrange(f"{prefix}:testapp.patient")
+        payload = json.loads(fields[b"payload"])
+        assert payload["data"]["snapshot"]["ssn"] == "***"
+        assert SSN.encode() not in fields[b"payload"]
+    finally:
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+
+
+def test_aggregate_event_shows_the_mask():
+    """AggregateEvent reads the event tables: its pgh_data and pgh_diff are masked as the feed is."""
+    patient = Patient.objects.create(name="Ada", ssn=SSN)
+    Patient.objects.filter(pk=patient.pk).update(ssn="987-65-4321")
+    Patient.objects.filter(pk=patient.pk).update(visits=1)
+    first, ssn_changed, visited = AggregateEvent.objects.target(patient).order_by("pgh_id")
+    assert first.pgh_data["ssn"] == "***"
+    assert ssn_changed.pgh_diff == {"ssn": ["***", "***"]}
+    assert visited.pgh_diff == {"visits": [0, 1]}
+
+
+def test_the_admin_history_shows_the_mask(admin_client):
+    """The history page of a tracked model (VersionModelAdmin) shows "***" for the masked field."""
+    patient = Patient.objects.create(name="Ada", ssn=SSN)
+    Patient.objects.filter(pk=patient.pk).update(ssn="987-65-4321")
+    html = admin_client.get(reverse("admin:testapp_patient_history", args=[patient.pk])).content.decode()
+    assert "***" in html and "Ada" in html
+    assert SSN not in html and "987-65-4321" not in html
+
+
+def test_the_dashboard_change_feed_shows_the_mask(django_user_model):
+    """The dashboard reads Change: the mask, never the value."""
+    operator = django_user_model.objects.create_user("operator", is_staff=True)
+    for codename in ("view_dashboard", "view_patient"):
+        operator.user_permissions.add(Permission.objects.get(codename=codename))
+    client = Client()
+    client.force_login(operator)
+    Patient.objects.create(name="Ada", ssn=SSN)
+    fold.fold_all()
+    html = client.get(reverse("audit_stream:changes")).content.decode()
+    assert "Ada" in html and "***" in html
+    assert SSN not in html
+
+
+@pytest.fixture
+def logged():
+    call_command("initlogging", stdout=io.StringIO(), stderr=io.StringIO())
+    yield
+    call_command("droplogging", stdout=io.StringIO())
+
+
+def test_a_column_of_a_table_logged_by_initlogging_is_masked_per_table(logged, settings):
+    """AUDIT_STREAM["MASK"] = {"testapp_supplier": ["name"]}: the row log's changes show "***"."""
+    settings.AUDIT_STREAM = {"MASK": {"testapp_supplier": ["name"]}}
+    supplier = Supplier.objects.create(name="Acme")
+    Supplier.objects.filter(pk=supplier.pk).update(name="Acme Ltd")
+    fold.fold_all()
+    insert, update = Change.objects.filter(model="testapp.supplier", object_id=str(supplier.pk)).order_by(
+        "event_id"
+    )
+    assert insert.diff["name"] == [None, "***"] and insert.snapshot["active"] is True
+    assert update.diff == {"name": ["***", "***"]}
+    assert update.snapshot["name"] == "***"
+    assert "Acme" not in json.dumps([insert.diff, insert.snapshot, update.diff, update.snapshot], default=str)
+
+
+def test_the_admin_history_of_a_logged_table_shows_the_mask(logged, settings, admin_client):
+    """The history page of a model logged by initlogging masks the row log's entries."""
+    settings.AUDIT_STREAM = {"MASK": {"testapp.Supplier": ["name"]}}
+    supplier = Supplier.objects.create(name="Acme")
+    Supplier.objects.filter(pk=supplier.pk).update(name="Acme Ltd", active=False)
+    html = admin_client.get(reverse("admin:testapp_supplier_history", args=[supplier.pk])).content.decode()
+    assert "<ins>***</ins>" in html and "<del>***</del>" in html
+    assert "<ins>Acme Ltd</ins>" not in html and "<ins>Acme</ins>" not in html
+
+
+def test_a_mask_setting_naming_an_unknown_field_is_a_system_check_error(settings):
+    """audit_stream.E012 names the model and the field, and lists the model's fields."""
+    settings.AUDIT_STREAM = {"MASK": {"testapp.Patient": ["sssn"]}}
+    (error,) = checks.check_mask()
+    assert error.id == "audit_stream.E012"
+    assert "'sssn'" in error.msg and "testapp.Patient" in error.msg and "ssn" in error.msg
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"MASK": {"testapp.Patient": "ssn"}}, {"MASK": {"auth_user": ["nope"]}}, {"MASK_KEY": "short"}],
+    ids=["not-a-list", "unknown-column-of-a-table", "short-key"],
+)
+def test_other_bad_mask_settings_are_system_check_errors(settings, setting):
+    settings.AUDIT_STREAM = setting
+    assert [e.id for e in checks.check_mask()] == ["audit_stream.E012"]
