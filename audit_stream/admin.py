@@ -125,9 +125,30 @@ def _context_link(context_id):
     return format_html('<a href="{}">{}</a>', url, str(context_id)[:8])
 
 
+def _masked_json(field_name: str):
+    """A row log entry's ``old_data`` or ``new_data``, with its table's masked columns masked."""
+
+    @admin.display(description=field_name)
+    def show(self, obj) -> str:
+        model = rowlog.model_of(obj)
+        name = model._meta.label_lower if model is not None else obj.logged_table
+        masked = masking.row_log_columns({obj.logged_table: name}).get(name, ())
+        value = getattr(obj, field_name)
+        if value is None:
+            return exact_dumps(value)
+        return exact_dumps({k: masking.mask_value(v) if k in masked else v for k, v in value.items()})
+
+    return show
+
+
 @admin.register(RowLog)
 class RowLogAdmin(ReadOnlyAdmin):
     list_display = ["pgh_id", "pgh_created_at", "logged_table", "pgh_obj_id", "pgh_label", "pgh_context"]
+    # The entry's values, masked (audit_stream.masking): the log itself holds them in clear.
+    exclude = ["old_data", "new_data"]
+    readonly_fields = ["old_values", "new_values"]
+    old_values = _masked_json("old_data")
+    new_values = _masked_json("new_data")
     list_filter = [changelists.row_log_label_filter(), changelists.row_log_table_filter()]
     list_select_related = ["pgh_context"]
     search_fields = ["=pgh_obj_id"]
@@ -731,6 +752,12 @@ class EventAdmin(ReadOnlyAdmin):
 
     def get_changelist(self, request, **kwargs):
         return changelists.EventChangeList
+
+    def get_exclude(self, request, obj=None):
+        """Masked fields are left out (:mod:`audit_stream.masking`): the event table holds their value."""
+        masked = set(masking.columns_of(self.model))
+        hidden = [f.name for f in self.model._meta.concrete_fields if f.column in masked]
+        return [*(super().get_exclude(request, obj) or ()), *hidden] or None
 
     @admin.display(description="object")
     def pgh_object(self, event):

@@ -16,7 +16,7 @@ from django.urls import reverse
 from standardwebhooks.webhooks import Webhook
 
 from audit_stream import checks
-from audit_stream.models import AggregateEvent, Change, Sink, WebhookEndpoint
+from audit_stream.models import AggregateEvent, Change, RowLog, Sink, WebhookEndpoint
 from audit_stream.sinks import delivery as sink_delivery
 from audit_stream.stream import fold
 from audit_stream.webhooks import delivery
@@ -171,6 +171,14 @@ def test_the_dashboard_change_feed_shows_the_mask(django_user_model):
     assert SSN not in html
 
 
+def test_the_event_admin_page_leaves_a_masked_field_out(admin_client):
+    """The event model's own admin page reads the event table: the masked field is not on it."""
+    patient = Patient.objects.create(name="Ada", ssn=SSN)
+    event = PatientEvent.objects.get(pgh_obj=patient)
+    html = admin_client.get(reverse("admin:testapp_patientevent_change", args=[event.pk])).content.decode()
+    assert "Ada" in html and SSN not in html
+
+
 @pytest.fixture
 def logged():
     call_command("initlogging", stdout=io.StringIO(), stderr=io.StringIO())
@@ -201,6 +209,15 @@ def test_the_admin_history_of_a_logged_table_shows_the_mask(logged, settings, ad
     html = admin_client.get(reverse("admin:testapp_supplier_history", args=[supplier.pk])).content.decode()
     assert "<ins>***</ins>" in html and "<del>***</del>" in html
     assert "<ins>Acme Ltd</ins>" not in html and "<ins>Acme</ins>" not in html
+
+
+def test_the_row_log_admin_page_shows_the_mask(logged, settings, admin_client):
+    """A row log entry's page shows its masked columns masked."""
+    settings.AUDIT_STREAM = {"MASK": {"testapp_supplier": ["name"]}}
+    Supplier.objects.create(name="Acme")
+    entry = RowLog.objects.get(logged_table="public.testapp_supplier")
+    html = admin_client.get(reverse("admin:audit_stream_rowlog_change", args=[entry.pk])).content.decode()
+    assert "&quot;name&quot;: &quot;***&quot;" in html and "Acme" not in html
 
 
 def test_a_mask_setting_naming_an_unknown_field_is_a_system_check_error(settings):
