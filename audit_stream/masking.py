@@ -257,24 +257,32 @@ _DIGEST = (
 )
 
 # The object {state} with the value of each key listed in {columns} (a JSONB
-# array) replaced by {replace} of it; JSON nulls stay null. NULL stays NULL.
-# {state}, {columns} and {pads} appear once each, in this order (for positional
+# array) replaced by {replace} of it (s.value); JSON nulls stay null, NULL stays
+# NULL. Only the listed keys are visited, not the whole object. `OFFSET 0` keeps
+# the planner from pulling `t` up, which would copy {state} (a diff, a row's
+# JSON) into each reference and compute it several times per row. {state},
+# {columns} and {pads} appear once each, in this order (for positional
 # parameters); t.pads is unused when {replace} needs no key.
 _REPLACE = """(SELECT t.v || coalesce((SELECT jsonb_object_agg(s.key, {replace})
-                            FROM jsonb_each(t.v) AS s
-                            WHERE t.columns ? s.key AND s.value <> 'null'::jsonb), '{{}}')
- FROM (SELECT {state} AS v, {columns} AS columns, {pads}::bytea AS pads) AS t)"""
+                            FROM (SELECT c.key, t.v -> c.key AS value
+                                  FROM jsonb_array_elements_text(t.columns) AS c (key)) AS s
+                            WHERE s.value <> 'null'::jsonb), '{{}}')
+ FROM (SELECT {state} AS v, {columns} AS columns, {pads}::bytea AS pads OFFSET 0) AS t)"""
 
-# The same for a diff {column: [old, new]}: both sides of each listed key.
+# The same for a diff {column: [old, new]}: both sides of each listed key present.
 _REPLACE_PAIRS = """(SELECT t.v || coalesce((SELECT jsonb_object_agg(s.key, jsonb_build_array(
                                 CASE WHEN s.value -> 0 = 'null'::jsonb THEN s.value -> 0 ELSE {old} END,
                                 CASE WHEN s.value -> 1 = 'null'::jsonb THEN s.value -> 1 ELSE {new} END))
-                            FROM jsonb_each(t.v) AS s
-                            WHERE t.columns ? s.key), '{{}}')
- FROM (SELECT {state} AS v, {columns} AS columns, {pads}::bytea AS pads) AS t)"""
+                            FROM (SELECT c.key, t.v -> c.key AS value
+                                  FROM jsonb_array_elements_text(t.columns) AS c (key)) AS s
+                            WHERE s.value IS NOT NULL), '{{}}')
+ FROM (SELECT {state} AS v, {columns} AS columns, {pads}::bytea AS pads OFFSET 0) AS t)"""
 
 # Only the listed keys of {state}: the digests the fold keeps (NULL if none).
-_PICK = """(SELECT jsonb_object_agg(s.key, s.value) FROM jsonb_each({state}) AS s WHERE {columns} ? s.key)"""
+_PICK = """(SELECT jsonb_object_agg(c.key, t.v -> c.key)
+ FROM (SELECT {state} AS v, {columns} AS columns OFFSET 0) AS t,
+      jsonb_array_elements_text(t.columns) AS c (key)
+ WHERE t.v ? c.key)"""
 
 
 @dataclass(frozen=True)

@@ -148,12 +148,22 @@ def test_aggregate_event_shows_the_mask():
     assert visited.pgh_diff == {"visits": [0, 1]}
 
 
+def test_aggregate_event_shows_the_same_keyed_mask_as_the_feed(settings):
+    """With MASK_KEY, AggregateEvent's masked values are the feed's: one SQL builder for both."""
+    settings.AUDIT_STREAM = {"MASK_KEY": KEY}
+    patient = Patient.objects.create(name="Ada", ssn=SSN)
+    Patient.objects.filter(pk=patient.pk).update(ssn="987-65-4321")
+    fold.fold_all()
+    _, changed = AggregateEvent.objects.target(patient).order_by("pgh_id")
+    assert changed.pgh_diff == _changes(patient)[1].diff == {"ssn": [_keyed(SSN), _keyed("987-65-4321")]}
+
+
 def test_the_admin_history_shows_the_mask(admin_client):
     """The history page of a tracked model (VersionModelAdmin) shows "***" for the masked field."""
     patient = Patient.objects.create(name="Ada", ssn=SSN)
     Patient.objects.filter(pk=patient.pk).update(ssn="987-65-4321")
     html = admin_client.get(reverse("admin:testapp_patient_history", args=[patient.pk])).content.decode()
-    assert "***" in html and "Ada" in html
+    assert "<del>***</del>" in html and "<ins>***</ins>" in html and "Ada" in html
     assert SSN not in html and "987-65-4321" not in html
 
 
