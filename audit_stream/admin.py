@@ -418,8 +418,13 @@ class VersionAdminMixin:
                 request, f"Reverted {obj} to the version of {event.pgh_created_at:%Y-%m-%d %H:%M:%S}."
             )
             return HttpResponseRedirect(history_url)
+        masked = _masked_fields(self.model)  # the revert writes the values; the page shows the mask
         display = _Display(
-            self.model, [{f.attname: cur for f, cur, _ in changes}, {f.attname: new for f, _, new in changes}]
+            self.model,
+            [
+                {f.attname: cur for f, cur, _ in changes if f.column not in masked},
+                {f.attname: new for f, _, new in changes if f.column not in masked},
+            ],
         )
         context = {
             **self.admin_site.each_context(request),
@@ -427,7 +432,10 @@ class VersionAdminMixin:
             "opts": self.opts,
             "object": obj,
             "event": event,
-            "rows": [(f.verbose_name, display.show(f, cur), display.show(f, new)) for f, cur, new in changes],
+            "rows": [
+                (f.verbose_name, *(_shown(display, f, value, masked) for value in (cur, new)))
+                for f, cur, new in changes
+            ],
             "history_url": history_url,
         }
         return TemplateResponse(request, self.revert_confirmation_template, context)
@@ -636,10 +644,29 @@ def _masked_columns(model, row) -> set[str]:
     return set(masking.columns_of(row.event_model))
 
 
+def _masked_fields(model) -> set[str]:
+    """The columns of ``model`` shown masked (:mod:`audit_stream.masking`): event models' and table's."""
+    masked = set(masking.table_columns(model))
+    for event_model in tracking.event_models_for(model):
+        masked |= set(masking.columns_of(event_model))
+    return masked
+
+
+def _shown(display, field, value, masked: set[str]):
+    if field.column in masked:
+        return "—" if value is None else masking.mask_value(value)
+    return display.show(field, value)
+
+
 def _as_of_fields(past):
     """(field name, value) of an as-of instance: relations as of the same moment, sets as lists."""
     fields = []
+    masked = _masked_fields(type(past))
     for field in past._meta.concrete_fields:
+        if field.column in masked:
+            value = getattr(past, field.attname)
+            fields.append((field.verbose_name, "—" if value is None else masking.mask_value(value)))
+            continue
         value = getattr(past, field.name) if field.is_relation else getattr(past, field.attname)
         if field.choices and not field.is_relation:
             value = dict(field.flatchoices).get(value, value)

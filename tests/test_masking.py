@@ -181,6 +181,28 @@ def test_the_dashboard_change_feed_shows_the_mask(django_user_model):
     assert SSN not in html
 
 
+def test_the_revert_confirmation_shows_the_mask_and_the_revert_puts_the_value_back(admin_client):
+    """Revert reads the event table: the page shows "***", the row gets the recorded value."""
+    patient = Patient.objects.create(name="Ada", ssn=SSN)
+    Patient.objects.filter(pk=patient.pk).update(ssn="987-65-4321")
+    first = PatientEvent.objects.filter(pgh_obj=patient).earliest("pgh_id")
+    url = reverse("admin:testapp_patient_revert", args=[patient.pk, f"{first._meta.db_table}:{first.pgh_id}"])
+    html = admin_client.get(url).content.decode()
+    assert "<ins>***</ins>" in html and SSN not in html and "987-65-4321" not in html
+    assert admin_client.post(url).status_code == 302
+    patient.refresh_from_db()
+    assert patient.ssn == SSN
+
+
+def test_the_as_of_page_shows_the_mask(admin_client):
+    """ "View as of this version" rebuilds the object from the event table: its masked field shows "***"."""
+    patient = Patient.objects.create(name="Ada", ssn=SSN)
+    first = PatientEvent.objects.get(pgh_obj=patient)
+    url = reverse("admin:testapp_patient_as_of", args=[patient.pk, f"{first._meta.db_table}:{first.pgh_id}"])
+    html = admin_client.get(url).content.decode()
+    assert "***" in html and "Ada" in html and SSN not in html
+
+
 def test_the_event_admin_page_leaves_a_masked_field_out(admin_client):
     """The event model's own admin page reads the event table: the masked field is not on it."""
     patient = Patient.objects.create(name="Ada", ssn=SSN)
