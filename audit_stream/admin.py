@@ -645,11 +645,8 @@ def _masked_columns(model, row) -> set[str]:
 
 
 def _masked_fields(model) -> set[str]:
-    """The columns of ``model`` shown masked (:mod:`audit_stream.masking`): event models' and table's."""
-    masked = set(masking.table_columns(model))
-    for event_model in tracking.event_models_for(model):
-        masked |= set(masking.columns_of(event_model))
-    return masked
+    """The columns of ``model`` shown masked (:mod:`audit_stream.masking`)."""
+    return masking.model_columns(model)
 
 
 def _shown(display, field, value, masked: set[str]):

@@ -56,8 +56,11 @@ __all__ = [
     "columns_of",
     "configured",
     "digest",
+    "label_columns",
+    "mask_changes",
     "mask_pairs",
     "mask_value",
+    "model_columns",
     "pads",
     "row_log_columns",
     "table_columns",
@@ -171,6 +174,32 @@ def _tracked_columns(model: type[models.Model]) -> set[str]:
 def table_columns(model: type[models.Model]) -> list[str]:
     """The masked columns of ``model``'s table in the row log of ``initlogging``."""
     return sorted(_tracked_columns(model))
+
+
+def model_columns(model: type[models.Model]) -> set[str]:
+    """Every masked column of ``model``: its event models' (``track(mask=...)``, setting) and table's."""
+    from audit_stream import tracking
+
+    masked = set(table_columns(model))
+    for event_model in tracking.event_models_for(model):
+        masked |= set(columns_of(event_model))
+    return masked
+
+
+def label_columns(label: str) -> set[str]:
+    """The masked columns of what a change names: a model label, or a logged table's ``"schema.table"``."""
+    model = _model(label)
+    if model is not None:
+        return model_columns(model)
+    return set(row_log_columns({label: label}).get(label, ()))
+
+
+def mask_changes(changes: Iterable[tuple], columns: Iterable[str]) -> list[tuple]:
+    """``(column, value, value, ...)`` rows with the values of the masked ``columns`` masked."""
+    masked = set(columns)
+    return [
+        (row[0], *(mask_value(v) for v in row[1:])) if row[0] in masked else tuple(row) for row in changes
+    ]
 
 
 def columns_of(event_model: type[models.Model]) -> list[str]:

@@ -15,6 +15,7 @@ from django.test import Client
 from django.urls import reverse
 from standardwebhooks.webhooks import Webhook
 
+import audit_stream
 from audit_stream import checks
 from audit_stream.models import AggregateEvent, Change, RowLog, Sink, WebhookEndpoint
 from audit_stream.sinks import delivery as sink_delivery
@@ -201,6 +202,32 @@ def test_the_as_of_page_shows_the_mask(admin_client):
     url = reverse("admin:testapp_patient_as_of", args=[patient.pk, f"{first._meta.db_table}:{first.pgh_id}"])
     html = admin_client.get(url).content.decode()
     assert "***" in html and "Ada" in html and SSN not in html
+
+
+@pytest.fixture
+def undone_request():
+    """A request that changed a patient's ssn: undoing it puts the first ssn back."""
+    patient = Patient.objects.create(name="Ada", ssn=SSN)
+    with audit_stream.context(url="/edit/") as ctx:
+        Patient.objects.filter(pk=patient.pk).update(ssn="987-65-4321")
+    return patient, ctx.id
+
+
+def test_the_undo_confirmation_page_shows_the_mask(admin_client, undone_request):
+    """Undo reads the event tables; its confirmation page shows masked fields masked."""
+    _, context_id = undone_request
+    html = admin_client.get(reverse("admin:audit_stream_context_undo", args=[context_id])).content.decode()
+    assert "<ins>***</ins>" in html and SSN not in html and "987-65-4321" not in html
+
+
+def test_the_undo_command_prints_the_mask_and_puts_the_value_back(undone_request):
+    """manage.py undo lists masked fields masked, and writes the recorded value."""
+    patient, context_id = undone_request
+    out = io.StringIO()
+    call_command("undo", str(context_id), "--no-input", stdout=out, stderr=io.StringIO())
+    assert "ssn: *** -> ***" in out.getvalue() and SSN not in out.getvalue()
+    patient.refresh_from_db()
+    assert patient.ssn == SSN
 
 
 def test_the_event_admin_page_leaves_a_masked_field_out(admin_client):
