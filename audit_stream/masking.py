@@ -295,7 +295,7 @@ _DIGEST = (
 _REPLACE = """(SELECT t.v || coalesce((SELECT jsonb_object_agg(s.key, {replace})
                             FROM (SELECT c.key, t.v -> c.key AS value
                                   FROM jsonb_array_elements_text(t.columns) AS c (key)) AS s
-                            WHERE s.value <> 'null'::jsonb), '{{}}')
+                            WHERE s.value <> 'null'::jsonb{keep}), '{{}}')
  FROM (SELECT {state} AS v, {columns} AS columns, {pads}::bytea AS pads OFFSET 0) AS t)"""
 
 # The same for a diff {column: [old, new]}: both sides of each listed key present.
@@ -334,6 +334,7 @@ class MaskSql:
     hashed: bool
 
     def _render(self, template: str, state: str, **values: str) -> str:
+        values.setdefault("keep", "")
         return template.format(state=state, columns=self.columns, pads=self.key, **values)
 
     def _shown(self, digest_sql: str) -> str:
@@ -348,6 +349,34 @@ class MaskSql:
     def shown(self, state: str) -> str:
         """A digested ``state`` as faces show it."""
         return self._render(_REPLACE, state, replace=self._shown("(s.value #>> '{}')"))
+
+    def remasked(self, state: str) -> str:
+        """A shown ``state`` whose masked keys may hold values folded before they were masked: those masked.
+
+        A value already in the mask's form stays as it is (masking it again would
+        change a keyed mask).
+        """
+        form = (
+            f"(s.value #>> '{{}}') ~ '^{HASH_PREFIX}[0-9a-f]{{{HASH_DIGITS}}}$'"
+            if self.hashed
+            else f"s.value = '\"{FIXED}\"'::jsonb"
+        )
+        return self._render(
+            _REPLACE, state, replace=self._shown(_DIGEST.format(value="s.value")), keep=f" AND NOT {form}"
+        )
+
+    def before(self, change: str) -> str:
+        """The state a folded change ``change`` (an alias of ``audit_stream_change``) left, digested.
+
+        Its masked keys come from its digests alone (a change folded before a key
+        was masked has no digest for it: the key is then unknown, never its clear
+        value); digests of keys no longer masked are left out.
+        """
+        return (
+            f"(({change}.snapshot - ARRAY(SELECT jsonb_array_elements_text({self.columns})))"
+            f" || coalesce((SELECT jsonb_object_agg(d.key, d.value)"
+            f" FROM jsonb_each({change}.mask_digests) AS d WHERE {self.columns} ? d.key), '{{}}'))"
+        )
 
     def masked(self, state: str) -> str:
         """A clear ``state`` as faces show it."""

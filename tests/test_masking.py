@@ -106,6 +106,19 @@ def test_a_keyed_mask_is_equal_for_equal_values_and_differs_for_different_ones(s
     assert ada_update.diff == {"ssn": [_keyed(SSN), _keyed("987-65-4321")]}
 
 
+def test_a_field_masked_after_changes_were_folded_never_shows_its_earlier_value(settings):
+    """The first change folded after masking lists the field once, as unknown before: never the old value."""
+    settings.AUDIT_STREAM = {"MASK_KEY": KEY}
+    patient = Patient.objects.create(name="Ada", email="ada@example.com")
+    fold.fold_all()
+    settings.AUDIT_STREAM = {"MASK": {"testapp.Patient": ["email"]}, "MASK_KEY": KEY}
+    Patient.objects.filter(pk=patient.pk).update(visits=1)
+    fold.fold_all()
+    later = _changes(patient)[1]
+    assert later.diff == {"visits": [0, 1], "email": [None, _keyed("ada@example.com")]}
+    assert later.snapshot["email"] == _keyed("ada@example.com")
+
+
 def test_the_webhook_payload_is_masked(httpserver):
     """What a subscriber receives carries the mask, never the value."""
     httpserver.expect_request("/hook", method="POST").respond_with_data("ok")
@@ -258,6 +271,18 @@ def test_a_column_of_a_table_logged_by_initlogging_is_masked_per_table(logged, s
     assert update.diff == {"name": ["***", "***"]}
     assert update.snapshot["name"] == "***"
     assert "Acme" not in json.dumps([insert.diff, insert.snapshot, update.diff, update.snapshot], default=str)
+
+
+def test_a_logged_column_masked_after_changes_were_folded_is_masked_in_later_snapshots(logged, settings):
+    """The row log's state carries columns an update did not touch: masked, also if folded clear before."""
+    supplier = Supplier.objects.create(name="Acme")
+    fold.fold_all()
+    settings.AUDIT_STREAM = {"MASK": {"testapp_supplier": ["name"]}, "MASK_KEY": KEY}
+    Supplier.objects.filter(pk=supplier.pk).update(active=False)
+    Supplier.objects.filter(pk=supplier.pk).update(active=True)
+    fold.fold_all()
+    first, second = Change.objects.filter(model="testapp.supplier", label="update").order_by("event_id")
+    assert first.snapshot["name"] == second.snapshot["name"] == _keyed("Acme")
 
 
 def test_the_admin_history_of_a_logged_table_shows_the_mask(logged, settings, admin_client):

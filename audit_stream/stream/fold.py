@@ -85,7 +85,8 @@ SELECT least(
 #
 # Masked fields (audit_stream.masking) are compared as keyed digests: `snapshot`
 # and `before` carry them in place of the values (a folded change keeps them in
-# mask_digests), and the diff and snapshot written show the mask instead.
+# mask_digests; a change folded before a field was masked has none, and its
+# clear value is never read), and the diff and snapshot written show the mask.
 _FOLD_SQL = """
 WITH batch AS (
     SELECT e.pgh_id, {object_id} AS object_id, e.pgh_label, {context_id} AS pgh_context_id,
@@ -100,11 +101,11 @@ with_before AS (
     SELECT b.*,
            CASE WHEN b.object_id IS NOT NULL THEN coalesce(
                lag(b.snapshot) OVER (PARTITION BY b.object_id ORDER BY b.pgh_id),
-               (SELECT c.snapshot || coalesce(c.mask_digests, '{{}}') FROM audit_stream_change AS c
+               (SELECT {before} FROM audit_stream_change AS c
                 WHERE c.event_table = %(event_table)s AND c.object_id = b.object_id
                 ORDER BY c.event_id DESC LIMIT 1),
                -- Folded before the table was renamed: under a former name.
-               (SELECT c.snapshot || coalesce(c.mask_digests, '{{}}') FROM audit_stream_change AS c
+               (SELECT {before} FROM audit_stream_change AS c
                 WHERE c.event_table = ANY(%(former_tables)s::text[]) AND c.object_id = b.object_id
                 ORDER BY c.event_id DESC LIMIT 1)
            ) END AS before
@@ -143,7 +144,8 @@ RETURNING id, event_id, (extract(epoch FROM clock_timestamp() - created_at) * 10
 #
 # Masked columns (audit_stream.masking) are masked as the batch reads the
 # entries (`mask_tables`: {model or table: [column, ...]}), so every diff and
-# state below is built from masked values.
+# state below is built from masked values; so is the last known state (`known`),
+# which may come from before a column was masked.
 _LOG_ENTRIES = """
 SELECT r.pgh_id, r.pgh_xid, r.cmin::text::bigint AS command_id, r.pgh_obj_id, r.pgh_label,
        r.pgh_context_id, r.pgh_created_at, r.logged_table, r.old_data, r.new_data,
@@ -198,7 +200,7 @@ known AS (
 ),
 with_state AS (
     SELECT b.*,
-           coalesce(k.snapshot, '{}') || _audit_stream_merge(coalesce(b.new_data, b.old_data)) OVER (
+           {known} || _audit_stream_merge(coalesce(b.new_data, b.old_data)) OVER (
                PARTITION BY b.model, b.object_id ORDER BY b.pgh_id
            ) AS state
     FROM batch AS b
@@ -456,9 +458,15 @@ def _batch_sql(model, connection, names: list[str], in_interval: str, interval: 
             key="%(mask_pads)s",
             hashed=masking.hashed(),
         )
+        known = masking.MaskSql(
+            columns="(%(mask_tables)s::jsonb -> b.model)", key="%(mask_pads)s", hashed=masking.hashed()
+        )
         sql = _ROW_LOG_FOLD_SQL.replace("{in_interval}", in_interval)
         for column in ("old_data", "new_data"):
             sql = sql.replace(f"{{{column}}}", entry.masked(f"e.{column}") if mask_tables else f"e.{column}")
+        # The last known state may hold values folded before their column was masked.
+        state = "coalesce(k.snapshot, '{}')"
+        sql = sql.replace("{known}", known.remasked(state) if mask_tables else state)
         return (
             sql,
             {
@@ -475,6 +483,7 @@ def _batch_sql(model, connection, names: list[str], in_interval: str, interval: 
     return (
         _FOLD_SQL.format(
             snapshot=mask.digested(snapshot) if masked else snapshot,
+            before=mask.before("c") if masked else "c.snapshot",
             diff=mask.shown_pairs(diff) if masked else diff,
             shown_snapshot=mask.shown("w.snapshot") if masked else "w.snapshot",
             digests=mask.digests("w.snapshot") if masked else "NULL::jsonb",
