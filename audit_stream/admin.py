@@ -26,7 +26,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from audit_stream import changelists, events, rowlog, tracking
+from audit_stream import changelists, events, masking, rowlog, tracking
 from audit_stream import revert as _revert
 from audit_stream.admin_undo import UndoContextMixin
 from audit_stream.exact import dumps as exact_dumps
@@ -92,7 +92,7 @@ class ContextAdmin(UndoContextMixin, ReadOnlyAdmin):
 @admin.register(Change)
 class ChangeAdmin(ReadOnlyAdmin):
     list_display = ["id", "created_at", "model", "object_id", "label", "diff_json", "context_link"]
-    exclude = ["diff", "snapshot"]
+    exclude = ["diff", "snapshot", "mask_digests"]
     readonly_fields = ["diff_json", "snapshot_json"]
     diff_json = _exact_json("diff")
     snapshot_json = _exact_json("snapshot")
@@ -125,9 +125,30 @@ def _context_link(context_id):
     return format_html('<a href="{}">{}</a>', url, str(context_id)[:8])
 
 
+def _masked_json(field_name: str):
+    """A row log entry's ``old_data`` or ``new_data``, with its table's masked columns masked."""
+
+    @admin.display(description=field_name)
+    def show(self, obj) -> str:
+        model = rowlog.model_of(obj)
+        name = model._meta.label_lower if model is not None else obj.logged_table
+        masked = masking.row_log_columns({obj.logged_table: name}).get(name, ())
+        value = getattr(obj, field_name)
+        if value is None:
+            return exact_dumps(value)
+        return exact_dumps({k: masking.mask_value(v) if k in masked else v for k, v in value.items()})
+
+    return show
+
+
 @admin.register(RowLog)
 class RowLogAdmin(ReadOnlyAdmin):
     list_display = ["pgh_id", "pgh_created_at", "logged_table", "pgh_obj_id", "pgh_label", "pgh_context"]
+    # The entry's values, masked (audit_stream.masking): the log itself holds them in clear.
+    exclude = ["old_data", "new_data"]
+    readonly_fields = ["old_values", "new_values"]
+    old_values = _masked_json("old_data")
+    new_values = _masked_json("new_data")
     list_filter = [changelists.row_log_label_filter(), changelists.row_log_table_filter()]
     list_select_related = ["pgh_context"]
     search_fields = ["=pgh_obj_id"]
@@ -397,8 +418,13 @@ class VersionAdminMixin:
                 request, f"Reverted {obj} to the version of {event.pgh_created_at:%Y-%m-%d %H:%M:%S}."
             )
             return HttpResponseRedirect(history_url)
+        masked = _masked_fields(self.model)  # the revert writes the values; the page shows the mask
         display = _Display(
-            self.model, [{f.attname: cur for f, cur, _ in changes}, {f.attname: new for f, _, new in changes}]
+            self.model,
+            [
+                {f.attname: cur for f, cur, _ in changes if f.column not in masked},
+                {f.attname: new for f, _, new in changes if f.column not in masked},
+            ],
         )
         context = {
             **self.admin_site.each_context(request),
@@ -406,7 +432,10 @@ class VersionAdminMixin:
             "opts": self.opts,
             "object": obj,
             "event": event,
-            "rows": [(f.verbose_name, display.show(f, cur), display.show(f, new)) for f, cur, new in changes],
+            "rows": [
+                (f.verbose_name, *(_shown(display, f, value, masked) for value in (cur, new)))
+                for f, cur, new in changes
+            ],
             "history_url": history_url,
         }
         return TemplateResponse(request, self.revert_confirmation_template, context)
@@ -595,17 +624,46 @@ class _Display:
         return value
 
 
-def _diff(row) -> dict:
-    """The row's diff; for an object's first event (``pgh_diff`` is None) every value it recorded."""
+def _diff(row, masked: set[str]) -> dict:
+    """The row's diff; for an object's first event (``pgh_diff`` is None) every value it recorded.
+
+    Masked columns show the mask: ``AggregateEvent`` masks them in SQL, the row
+    log's entries (read from the log itself) are masked here.
+    """
+    if row.event_model is RowLog:
+        return masking.mask_pairs(row.pgh_diff, masked)
     if row.pgh_diff is not None:
         return row.pgh_diff
     return {column: [None, value] for column, value in (row.pgh_data or {}).items()}
 
 
+def _masked_columns(model, row) -> set[str]:
+    """The columns a history row of ``model`` shows masked (their values are the mask, not the field's)."""
+    if row.event_model is RowLog:
+        return set(masking.table_columns(model))
+    return set(masking.columns_of(row.event_model))
+
+
+def _masked_fields(model) -> set[str]:
+    """The columns of ``model`` shown masked (:mod:`audit_stream.masking`)."""
+    return masking.model_columns(model)
+
+
+def _shown(display, field, value, masked: set[str]):
+    if field.column in masked:
+        return "—" if value is None else masking.mask_value(value)
+    return display.show(field, value)
+
+
 def _as_of_fields(past):
     """(field name, value) of an as-of instance: relations as of the same moment, sets as lists."""
     fields = []
+    masked = _masked_fields(type(past))
     for field in past._meta.concrete_fields:
+        if field.column in masked:
+            value = getattr(past, field.attname)
+            fields.append((field.verbose_name, "—" if value is None else masking.mask_value(value)))
+            continue
         value = getattr(past, field.name) if field.is_relation else getattr(past, field.attname)
         if field.choices and not field.is_relation:
             value = dict(field.flatchoices).get(value, value)
@@ -643,9 +701,12 @@ def _entries(model, rows, obj, may_change, opts, object_id):
     m2m = {f.name: f for f in model._meta.many_to_many}
     as_of_ok = _can_show_as_of(model)
     value_maps = []
+    masked = {id(row): _masked_columns(model, row) for row in rows}
+    diffs = {id(row): _diff(row, masked[id(row)]) for row in rows}
     for row in rows:
-        value_maps.append({by_column[c].attname: v[0] for c, v in _diff(row).items() if c in by_column})
-        value_maps.append({by_column[c].attname: v[1] for c, v in _diff(row).items() if c in by_column})
+        shown = {c: v for c, v in diffs[id(row)].items() if c in by_column and c not in masked[id(row)]}
+        value_maps.append({by_column[c].attname: v[0] for c, v in shown.items()})
+        value_maps.append({by_column[c].attname: v[1] for c, v in shown.items()})
     display = _Display(model, value_maps)
     user_ids = {r.pgh_context.metadata.get("user") for r in rows if r.pgh_context} - {None}
     users = get_user_model()._default_manager.in_bulk([u for u in user_ids if isinstance(u, int)])
@@ -654,8 +715,11 @@ def _entries(model, rows, obj, may_change, opts, object_id):
         metadata = dict(row.pgh_context.metadata) if row.pgh_context else {}
         user = metadata.pop("user", None)
         diff = []
-        for column, (old, new) in _diff(row).items():
+        for column, (old, new) in diffs[id(row)].items():
             field = by_column.get(column)
+            if field is not None and column in masked[id(row)]:
+                diff.append((field.verbose_name, "—" if old is None else old, "—" if new is None else new))
+                continue
             if field is None and column in m2m and getattr(row.event_model, "_pgh_m2m_field", None) == column:
                 diff.append((m2m[column].verbose_name, *_m2m_diff(m2m[column], old, new)))
                 continue
@@ -712,6 +776,12 @@ class EventAdmin(ReadOnlyAdmin):
 
     def get_changelist(self, request, **kwargs):
         return changelists.EventChangeList
+
+    def get_exclude(self, request, obj=None):
+        """Masked fields are left out (:mod:`audit_stream.masking`): the event table holds their value."""
+        masked = set(masking.columns_of(self.model))
+        hidden = [f.name for f in self.model._meta.concrete_fields if f.column in masked]
+        return [*(super().get_exclude(request, obj) or ()), *hidden] or None
 
     @admin.display(description="object")
     def pgh_object(self, event):

@@ -23,6 +23,7 @@ from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 
+from audit_stream import masking
 from audit_stream.history.undo import UndoError, UndoPlan, undo
 
 __all__ = ["UndoContextMixin", "missing_permissions"]
@@ -140,7 +141,9 @@ def _rows(plan: UndoPlan) -> list[dict]:
         prefix = prefixes[step.model]
         exists = step.action in ("update", "nothing", "delete")
         url = f"{prefix}{quote(step.object_id)}/change/" if prefix and exists else None
-        rows.append({"step": step, "url": url})
+        # The undo writes the recorded values; the page shows masked ones masked (audit_stream.masking).
+        changes = masking.mask_changes(step.changes, masking.label_columns(step.model))
+        rows.append({"step": step, "url": url, "changes": changes})
     return rows
 
 

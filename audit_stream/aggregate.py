@@ -38,7 +38,7 @@ from django.db import connections, models
 from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
 
-from audit_stream import keys
+from audit_stream import keys, masking
 
 # Kept here for migrations written before audit_stream.exact existed.
 from audit_stream.exact import ExactDecoder
@@ -116,6 +116,21 @@ def _delete_labels(event_model) -> list[str]:
     return events.delete_labels(event_model)
 
 
+def _mask_sql(sql: str, params: list, event_model, how: str) -> tuple[str, list]:
+    """``sql`` wrapped in the masking expression ``how`` for ``event_model``'s masked columns, if any.
+
+    The event tables hold clear values; every row read from them here shows the
+    mask instead (:mod:`audit_stream.masking`, the same SQL as the fold's). The
+    branch's ``pgh_data`` is read *digested* (masked values as keyed digests),
+    so the diff still tells whether a masked value changed.
+    """
+    masked = masking.columns_of(event_model)
+    if not masked:
+        return sql, params
+    mask = masking.MaskSql.positional()
+    return getattr(mask, how)(sql), [*params, *mask.params(masked)]
+
+
 def _diff_sql(event_model) -> tuple[str, list]:
     """The SQL of ``pgh_diff`` for one event table's branch: the one place it is computed.
 
@@ -128,11 +143,13 @@ def _diff_sql(event_model) -> tuple[str, list]:
     """
     if not event_model._pgh_has_obj:
         return "NULL::jsonb", []
-    before = "lag(e.pgh_data) OVER (PARTITION BY e.pgh_obj_id ORDER BY e.pgh_id)"
-    return (
+    before = "e.pgh_before"  # the previous event's pgh_data (see _BRANCH_SQL)
+    return _mask_sql(
         f"CASE WHEN {before} IS NULL THEN NULL"
         f" ELSE _audit_stream_diff({before}, e.pgh_data, e.pgh_label = ANY(%s::text[])) END",
         [_delete_labels(event_model)],
+        event_model,
+        "shown_pairs",
     )
 
 
@@ -162,7 +179,7 @@ def _columns(aggregate_model, event_model, connection) -> list[tuple[str, str, l
         "pgh_model": ("%s::text", [event_model.pgh_tracked_model._meta.label_lower]),
         "pgh_obj_id": ("e.pgh_obj_id::text" if event_model._pgh_has_obj else "NULL::text", []),
         "pgh_context_id": ("e.pgh_context_id" if event_model._pgh_has_context else "NULL::uuid", []),
-        "pgh_data": ("e.pgh_data", []),
+        "pgh_data": _mask_sql("e.pgh_data", [], event_model, "shown"),
         "pgh_diff": _diff_sql(event_model),
     }
     columns = []
@@ -258,12 +275,20 @@ class AggregateEventQuery(Query):
             context_join = (
                 " LEFT JOIN audit_stream_context AS ctx ON ctx.id = e.pgh_context_id" if needs_context else ""
             )
-            branches.append(
-                f"SELECT {select} FROM (SELECT x.*, to_jsonb(x) - %s::text[] AS pgh_data"
-                f" FROM {quote(event_model._meta.db_table)} AS x WHERE {where}) AS e{context_join}"
+            data, data_params = _mask_sql("to_jsonb(x) - %s::text[]", [_PGH_COLUMNS], event_model, "digested")
+            rows = (
+                f"SELECT x.*, {data} AS pgh_data FROM {quote(event_model._meta.db_table)} AS x WHERE {where}"
             )
+            if event_model._pgh_has_obj:
+                # The previous state, computed here: a window function in the (masked)
+                # diff's expression would be evaluated inside its sub-select.
+                rows = (
+                    "SELECT y.*, lag(y.pgh_data) OVER (PARTITION BY y.pgh_obj_id ORDER BY y.pgh_id)"
+                    f" AS pgh_before FROM ({rows}) AS y"
+                )
+            branches.append(f"SELECT {select} FROM ({rows}) AS e{context_join}")
             params += [p for _, _, column_params in columns for p in column_params]
-            params += [_PGH_COLUMNS, *where_params]
+            params += [*data_params, *where_params]
         return " UNION ALL ".join(branches), params
 
 

@@ -9,9 +9,11 @@
 ``audit_stream.E006``  an event model's foreign key cascades or sets null: deletes would fail
 ``audit_stream.E007``  ``pgtrigger`` is not in ``INSTALLED_APPS``: no trigger would be migrated
 ``audit_stream.E008``  ``obj_fk`` given for a model with a composite primary key (leave it out)
+``audit_stream.E009``  ``track(mask=...)`` names a field the model does not have
 ``audit_stream.E010``  ``AUDIT_STREAM`` is not a dict, has an unknown key or a bad value
 ``audit_stream.E011``  ``AUDIT_STREAM["RETENTION"]`` is invalid (unknown target, bad duration...)
 ``audit_stream.E012``  ``AUDIT_STREAM["FOLD_LANES"]`` is invalid (unknown model, not 1 to 64 lanes...)
+``audit_stream.E013``  ``AUDIT_STREAM["MASK"]`` or ``MASK_KEY`` is invalid (e.g. an unknown field)
 ``audit_stream.W020``  (``--deploy``) the application connects as a superuser
 ``audit_stream.W021``  (``--deploy``) the application connects as the owner of the history tables
 ``audit_stream.W022``  (``--deploy``) the application's role may write or delete history
@@ -188,6 +190,24 @@ def check_fold_lanes(app_configs=None, **kwargs):
     return [
         checks.Error(problem, hint="See the fold lanes section of the README.", id="audit_stream.E012")
         for problem in lanes.problems()
+    ]
+
+
+@checks.register()
+def check_mask(app_configs=None, **kwargs):
+    """``AUDIT_STREAM["MASK"]`` must name installed models' fields (or tables' columns)."""
+    from audit_stream import masking
+
+    if not isinstance(getattr(settings, "AUDIT_STREAM", {}), dict):
+        return []  # reported by check_settings
+    return [
+        checks.Error(
+            problem,
+            hint='Fix AUDIT_STREAM["MASK"]: {"app_label.Model": ["field", ...], "table": ["column", ...]};'
+            " see Masking in the README.",
+            id="audit_stream.E013",
+        )
+        for problem in masking.validate()
     ]
 
 

@@ -36,6 +36,8 @@ KEYS: dict[str, tuple[type, ...]] = {
     "JSON_ENCODER": (str, type),
     "IGNORE_TABLES": (list, tuple),
     "SCHEMA": (str,),
+    "MASK": (dict,),
+    "MASK_KEY": (str,),
 }
 
 
@@ -223,3 +225,21 @@ def schema() -> str:
     runs with ``search_path = pg_catalog, <SCHEMA>, pg_temp``; it is compiled into
     the triggers, so run ``makemigrations`` after changing it."""
     return _get("SCHEMA", "public")
+
+
+def mask() -> dict:
+    """``MASK`` (default ``{"auth_user": ["password"]}``): fields shown masked everywhere
+    outside the event tables (``Change``, webhook and sink payloads, dashboard, admin
+    history), per model label (``{"shop.Customer": ["email", "ssn"]}``) or, for tables
+    logged by ``initlogging``, per table (``{"auth_user": ["password"]}``, columns). Added
+    to ``track(..., mask=[...])``; the default stays unless you set ``"auth_user": []``.
+    See :mod:`audit_stream.masking`."""
+    return _get("MASK", {})
+
+
+def mask_key() -> str | None:
+    """``MASK_KEY`` (default ``None``: masked values are ``"***"``): a secret (16+
+    characters) that makes masked values a keyed hash, ``"hmac:"`` and 16 hex digits of
+    HMAC-SHA256(key, value), equal for equal values, so a consumer sees a value change
+    without learning it."""
+    return _get("MASK_KEY", None)

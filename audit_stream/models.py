@@ -123,6 +123,7 @@ class Event(models.Model):
     # Set by the factory on concrete event models.
     pgh_tracked_model: type[models.Model] | None = None
     pgh_events: tuple = ()
+    pgh_mask: tuple = ()  # track(mask=...): fields shown masked outside the event table
 
     class Meta:
         abstract = True
@@ -212,6 +213,11 @@ class Change(models.Model):
     )
     command_id = models.BigIntegerField(
         null=True, help_text="The command inside the transaction that wrote the event (its order there)."
+    )
+    mask_digests = models.JSONField(
+        null=True,
+        help_text="Keyed digests of the masked fields' values, which the fold compares to tell whether"
+        " they changed (audit_stream.masking); never shown nor sent.",
     )
 
     objects = ChangeQuerySet.as_manager()

@@ -284,6 +284,7 @@ def get_event_model(
     name: str | None = None,
     app_label: str | None = None,
     abstract: bool = True,
+    mask: list[str] | None = None,
 ) -> type[EventModel]:
     """An event model for ``model`` to subclass (abstract by default).
 
@@ -298,7 +299,7 @@ def get_event_model(
     """
     from audit_stream.models import Event
 
-    return create_event_model(
+    event_model = create_event_model(
         Event,
         model,
         fields=fields,
@@ -309,8 +310,18 @@ def get_event_model(
         related_name=related_name,
         name=name,
         app_label=app_label,
-        attrs={"pgh_events": events or _default_events()},
+        attrs={"pgh_events": events or _default_events(), "pgh_mask": tuple(mask or ())},
     )
+    concrete = model._meta.concrete_model._meta.local_concrete_fields
+    for field_name in mask or ():
+        if not any(field_name in (f.name, f.attname) for f in concrete):
+            _problem(
+                event_model._meta.label,
+                f"{model._meta.label} has no field {field_name!r} (in mask= of its history model).",
+                "Choose among: " + ", ".join(sorted(f.name for f in concrete)) + ".",
+                "audit_stream.E009",
+            )
+    return event_model
 
 
 def _default_events() -> tuple[events.Event, ...]:
@@ -327,6 +338,7 @@ def track(
     model_name: str | None = None,
     app_label: str | None = None,
     m2m_fields: list[str] | None = None,
+    mask: list[str] | None = None,
 ):
     """Record the history of a model in a generated event model.
 
@@ -354,6 +366,9 @@ def track(
         m2m_fields: Many-to-many fields whose set is recorded at every change
             (``add``, ``remove``, ``clear``, ``set``, raw SQL on the through
             table), in one more event model per field (:mod:`audit_stream.m2m`).
+        mask: Fields recorded in clear in the event table but shown masked
+            everywhere else: ``Change``, webhook and sink payloads, dashboard,
+            admin history (:mod:`audit_stream.masking`).
     """
 
     def _wrap(model: M) -> M:
@@ -368,6 +383,7 @@ def track(
             name=model_name,
             app_label=app_label,
             abstract=False,
+            mask=mask,
         )
         if m2m_fields:
             from audit_stream.m2m import track_m2m

@@ -27,6 +27,10 @@ def _check(case):
         ("unknown_exclude", ["audit_stream.E001", "broken.Widget has no field 'weight'"]),
         ("fields_and_exclude", ["audit_stream.E002", "got both fields and exclude"]),
         (
+            "unknown_mask",
+            ["audit_stream.E009", "broken.Widget has no field 'secret' (in mask=", "Choose among: id, name"],
+        ),
+        (
             "unknown_m2m_field",
             ["audit_stream.E001", "broken.Widget has no many-to-many field 'name'", "Remove m2m_fields"],
         ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -98,3 +99,25 @@ def test_demo_traffic_raw_sql_on_suppliers_is_captured_with_its_context(demo_db)
     new_data, metadata = updates[0]
     assert set(new_data) <= {"rating", "lead_time_days"}
     assert metadata["url"].startswith("/admin/shop/supplier/")
+
+
+def test_the_demo_users_password_reaches_the_feed_masked_by_default(demo_db):
+    """auth_user is logged by initlogging in the demo: auth_user.password is masked without any setting."""
+    url, env, _ = demo_db
+    manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; from audit_stream.stream import fold;"
+        " user = User.objects.create_user('i20mask', password='first secret');"
+        " user.set_password('second secret'); user.save(update_fields=['password']);"
+        " fold.fold('audit_stream_row_log')",
+        env=env,
+    )
+    (insert, update) = query(
+        url,
+        "SELECT c.diff, c.snapshot FROM audit_stream_change AS c"
+        " WHERE c.model = 'auth.user' AND c.snapshot ->> 'username' = 'i20mask' ORDER BY c.event_id",
+    )
+    assert insert[1]["password"] == "***" and insert[0]["password"] == [None, "***"]
+    assert update[0] == {"password": ["***", "***"]}
+    assert "pbkdf2" not in json.dumps([insert, update])

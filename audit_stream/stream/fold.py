@@ -34,13 +34,14 @@ in one transaction that folds every lane up to one snapshot first (:func:`_relan
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, transaction
 
-from audit_stream import config, events, rowlog, tracking
+from audit_stream import config, events, masking, rowlog, tracking
 from audit_stream.sinks import messages as sink_messages
 from audit_stream.stream import checkpoint, lanes, unfolded, wakeup
 from audit_stream.webhooks import messages
@@ -96,10 +97,15 @@ SELECT least(
 # already folded for it. _audit_stream_diff (audit_stream.triggers.DIFF_FUNCTION)
 # gives {column: [old, new]} for the columns that differ (all of them for an
 # object's first event), and {column: [old, null]} for delete events.
+#
+# Masked fields (audit_stream.masking) are compared as keyed digests: `snapshot`
+# and `before` carry them in place of the values (a folded change keeps them in
+# mask_digests; a change folded before a field was masked has none, and its
+# clear value is never read), and the diff and snapshot written show the mask.
 _FOLD_SQL = """
 WITH batch AS (
     SELECT e.pgh_id, {object_id} AS object_id, e.pgh_label, {context_id} AS pgh_context_id,
-           e.pgh_created_at, to_jsonb(e) - %(pgh_columns)s::text[] AS snapshot,
+           e.pgh_created_at, {snapshot} AS snapshot,
            {transaction}
     FROM {table} AS e
     {in_interval}
@@ -110,11 +116,11 @@ with_before AS (
     SELECT b.*,
            CASE WHEN b.object_id IS NOT NULL THEN coalesce(
                lag(b.snapshot) OVER (PARTITION BY b.object_id ORDER BY b.pgh_id),
-               (SELECT c.snapshot FROM audit_stream_change AS c
+               (SELECT {before} FROM audit_stream_change AS c
                 WHERE c.event_table = %(event_table)s AND c.object_id = b.object_id
                 ORDER BY c.event_id DESC LIMIT 1),
                -- Folded before the table was renamed: under a former name.
-               (SELECT c.snapshot FROM audit_stream_change AS c
+               (SELECT {before} FROM audit_stream_change AS c
                 WHERE c.event_table = ANY(%(former_tables)s::text[]) AND c.object_id = b.object_id
                 ORDER BY c.event_id DESC LIMIT 1)
            ) END AS before
@@ -122,11 +128,9 @@ with_before AS (
 )
 INSERT INTO audit_stream_change
     (event_table, event_id, model, object_id, label, context_id, created_at, diff, snapshot,
-     transaction_id, command_id)
+     transaction_id, command_id, mask_digests)
 SELECT %(event_table)s, w.pgh_id, %(model)s, w.object_id, w.pgh_label, w.pgh_context_id,
-       w.pgh_created_at,
-       _audit_stream_diff(w.before, w.snapshot, w.pgh_label = ANY(%(delete_labels)s::text[])),
-       w.snapshot, w.transaction_id, w.command_id
+       w.pgh_created_at, {diff}, {shown_snapshot}, w.transaction_id, w.command_id, {digests}
 FROM with_before AS w
 ORDER BY w.pgh_id
 RETURNING id, event_id, (extract(epoch FROM clock_timestamp() - created_at) * 1000)::bigint
@@ -152,6 +156,11 @@ RETURNING id, event_id, (extract(epoch FROM clock_timestamp() - created_at) * 10
 # it. It becomes a "schema.altered" change of its table: no object id, the
 # snapshot describes the table and the command, the diff is
 # {column: [type before, type after]} for every column added, dropped or retyped.
+#
+# Masked columns (audit_stream.masking) are masked as the batch reads the
+# entries (`mask_tables`: {model or table: [column, ...]}), so every diff and
+# state below is built from masked values; so is the last known state (`known`),
+# which may come from before a column was masked.
 _LOG_ENTRIES = """
 SELECT r.pgh_id, r.pgh_xid, r.cmin::text::bigint AS command_id, r.pgh_obj_id, r.pgh_label,
        r.pgh_context_id, r.pgh_created_at, r.logged_table, r.old_data, r.new_data,
@@ -174,7 +183,8 @@ FROM audit_stream_ddl_log AS d
 _ROW_LOG_FOLD_SQL = """
 WITH batch AS (
     SELECT e.pgh_id, e.pgh_xid, e.pgh_obj_id AS object_id, e.pgh_label, e.pgh_context_id,
-           e.pgh_created_at, e.old_data, e.new_data, e.pgh_xid AS transaction_id, e.command_id,
+           e.pgh_created_at, {old_data} AS old_data, {new_data} AS new_data,
+           e.pgh_xid AS transaction_id, e.command_id,
            e.schema, e.schema_diff,
            coalesce(m.model, e.logged_table) AS model,
            coalesce(m.current_table, e.logged_table) AS current_table
@@ -205,7 +215,7 @@ known AS (
 ),
 with_state AS (
     SELECT b.*,
-           coalesce(k.snapshot, '{}') || _audit_stream_merge(coalesce(b.new_data, b.old_data)) OVER (
+           {known} || _audit_stream_merge(coalesce(b.new_data, b.old_data)) OVER (
                PARTITION BY b.model, b.object_id ORDER BY b.pgh_id
            ) AS state
     FROM batch AS b
@@ -584,12 +594,41 @@ def _batch_sql(model, connection, names: list[str], in_interval: str, interval: 
     """The fold query of ``model``'s table for the events ``in_interval`` selects, and its parameters."""
     table = model._meta.db_table
     if table == rowlog.ROW_LOG_TABLE:  # always one lane
-        return (
-            _ROW_LOG_FOLD_SQL.replace("{in_interval}", in_interval),
-            {**interval, **model_names.params()},
+        mask_tables = masking.row_log_columns(model_names.models)
+        entry = masking.MaskSql(
+            columns="(%(mask_tables)s::jsonb -> coalesce(m.model, e.logged_table))",
+            key="%(mask_pads)s",
+            hashed=masking.hashed(),
         )
+        known = masking.MaskSql(
+            columns="(%(mask_tables)s::jsonb -> b.model)", key="%(mask_pads)s", hashed=masking.hashed()
+        )
+        sql = _ROW_LOG_FOLD_SQL.replace("{in_interval}", in_interval)
+        for column in ("old_data", "new_data"):
+            sql = sql.replace(f"{{{column}}}", entry.masked(f"e.{column}") if mask_tables else f"e.{column}")
+        # The last known state may hold values folded before their column was masked.
+        state = "coalesce(k.snapshot, '{}')"
+        sql = sql.replace("{known}", known.remasked(state) if mask_tables else state)
+        return (
+            sql,
+            {
+                **interval,
+                **model_names.params(),
+                "mask_tables": json.dumps(mask_tables),
+                "mask_pads": masking.pads() if mask_tables else None,
+            },
+        )
+    masked = masking.columns_of(model)
+    mask = masking.MaskSql(columns="%(mask_columns)s::jsonb", key="%(mask_pads)s", hashed=masking.hashed())
+    snapshot = "to_jsonb(e) - %(pgh_columns)s::text[]"
+    diff = "_audit_stream_diff(w.before, w.snapshot, w.pgh_label = ANY(%(delete_labels)s::text[]))"
     return (
         _FOLD_SQL.format(
+            snapshot=mask.digested(snapshot) if masked else snapshot,
+            before=mask.before("c") if masked else "c.snapshot",
+            diff=mask.shown_pairs(diff) if masked else diff,
+            shown_snapshot=mask.shown("w.snapshot") if masked else "w.snapshot",
+            digests=mask.digests("w.snapshot") if masked else "NULL::jsonb",
             in_interval=f"{in_interval}\n      AND {lanes.in_lane(model)}",
             transaction=_TRANSACTION_COLUMNS,
             table=connection.ops.quote_name(table),
@@ -604,6 +643,8 @@ def _batch_sql(model, connection, names: list[str], in_interval: str, interval: 
             "former_tables": names[1:],
             "model": model.pgh_tracked_model._meta.label_lower,
             "delete_labels": events.delete_labels(model),
+            "mask_columns": json.dumps(masked),
+            "mask_pads": masking.pads() if masked else None,
         },
     )
 

@@ -39,6 +39,8 @@ elif case == "uninstallable_condition":
             "renamed", condition=pgtrigger.Q(old__name__df=pgtrigger.F("new__name"))
         )
     )(Widget)
+elif case == "unknown_mask":
+    audit_stream.track(mask=["secret"])(Widget)
 elif case == "unknown_m2m_field":
     audit_stream.track(m2m_fields=["name"])(Widget)
 elif case in ("not_postgresql", "bad_settings", "valid"):

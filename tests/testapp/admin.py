@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from audit_stream.admin import VersionModelAdmin
-from tests.testapp.models import Book, Customer, Order, Product, Supplier
+from tests.testapp.models import Book, Customer, Order, Patient, Product, Supplier
 
 
 @admin.register(Product)
@@ -25,3 +25,8 @@ class SupplierAdmin(VersionModelAdmin):
 @admin.register(Book)
 class BookAdmin(VersionModelAdmin):
     """Tracked with its tags (m2m_fields): history, "view as of this version"."""
+
+
+@admin.register(Patient)
+class PatientAdmin(VersionModelAdmin):
+    """Masked fields: the history shows the mask (tests/test_masking.py)."""

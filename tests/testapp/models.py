@@ -277,3 +277,13 @@ class Ticket(models.Model):
 
     title = models.CharField(max_length=100)
     state = models.CharField(max_length=20, default="open")
+
+
+@audit_stream.track(mask=["ssn"])
+class Patient(models.Model):
+    """Masked fields (tests/test_masking.py): ``ssn`` by ``track(mask=...)``, ``email`` by a setting."""
+
+    name = models.CharField(max_length=100)
+    ssn = models.CharField(max_length=11, default="")
+    email = models.CharField(max_length=100, default="")
+    visits = models.IntegerField(default=0)

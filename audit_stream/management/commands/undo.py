@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from audit_stream import masking
 from audit_stream.history.undo import UndoError, UndoPlan, undo, undo_transaction
 
 
@@ -115,7 +116,8 @@ class Command(BaseCommand):
             return
         table = Table("object", "undo", "fields (now -> after)", "conflicts")
         for step in steps[:show]:
-            fields = ", ".join(f"{c}: {now!s} -> {then!s}" for c, now, then in step.changes[:6])
+            changes = masking.mask_changes(step.changes[:6], masking.label_columns(step.model))
+            fields = ", ".join(f"{c}: {now!s} -> {then!s}" for c, now, then in changes)
             if len(step.changes) > 6:
                 fields += f", ... ({len(step.changes)} fields)"
             table.add_row(f"{step.model} {step.object_id}", step.action, fields, str(len(step.conflicts)))
