@@ -31,16 +31,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
-import httpx
 from django.db import connection, transaction
 from django.db.models import F
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from audit_stream import config
-from audit_stream.webhooks import safety, signing
+from audit_stream.webhooks import safety, signing, transport
 from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 
 __all__ = ["DeliveryResult", "delete_endpoint", "deliver", "replay", "replay_failed", "send_test"]
@@ -146,10 +145,8 @@ def deliver(endpoint_id: int, *, max_messages: int = 1000, max_seconds: float = 
     result = DeliveryResult(endpoint_id)
     deadline = time.monotonic() + max_seconds
     connect, read = config.webhook_timeouts()
-    timeout = httpx.Timeout(connect=connect, read=read, write=read, pool=connect)
-    limits = httpx.Limits(max_connections=_PARALLEL, max_keepalive_connections=_PARALLEL)
     with (
-        httpx.Client(timeout=timeout, limits=limits, follow_redirects=False, trust_env=False) as client,
+        transport.Pool(connect, read) as client,
         ThreadPoolExecutor(_PARALLEL, thread_name_prefix="audit_stream-deliver") as pool,
         ThreadPoolExecutor(1, thread_name_prefix="audit_stream-batch") as sender,
     ):
@@ -181,7 +178,7 @@ def deliver(endpoint_id: int, *, max_messages: int = 1000, max_seconds: float = 
 
 
 def _send_batch(
-    client: httpx.Client, pool: ThreadPoolExecutor, endpoint: WebhookEndpoint, batch: list[WebhookMessage]
+    client: transport.Pool, pool: ThreadPoolExecutor, endpoint: WebhookEndpoint, batch: list[WebhookMessage]
 ) -> list[Outcome]:
     """Send one batch: the URL checked (and resolved) once, every request to the address that passed."""
     try:
@@ -194,7 +191,7 @@ def _send_batch(
 
 
 def _send_paced(
-    client: httpx.Client, endpoint: WebhookEndpoint, batch: list[WebhookMessage], resolved=None
+    client: transport.Pool, endpoint: WebhookEndpoint, batch: list[WebhookMessage], resolved=None
 ) -> list[Outcome]:
     pause = 1.0 / endpoint.rate_limit
     outcomes = []
@@ -236,7 +233,7 @@ def _body(message: WebhookMessage) -> str:
     return body if body is not None else json.dumps(message.payload, ensure_ascii=False)
 
 
-def _send(client: httpx.Client, endpoint: WebhookEndpoint, message: WebhookMessage, resolved=None) -> Outcome:
+def _send(client: transport.Pool, endpoint: WebhookEndpoint, message: WebhookMessage, resolved=None) -> Outcome:
     """One signed POST to the address that passed the safety check.
 
     ``resolved``: the batch's ``safety.resolve(endpoint.url)`` (or the
@@ -252,19 +249,18 @@ def _send(client: httpx.Client, endpoint: WebhookEndpoint, message: WebhookMessa
     except safety.UnsafeURL as exc:
         return Outcome(error=f"refused: {exc}")
     parts = urlsplit(endpoint.url)
-    literal = f"[{address}]" if ":" in address else address
-    target = urlunsplit((parts.scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
+    # Non-ASCII characters and spaces percent-encoded; every other character as written.
+    path = quote(urlunsplit(("", "", parts.path or "/", parts.query, "")), safe="!#$%&'()*+,/:;=?@[]~")
     default_port = 443 if parts.scheme == "https" else 80
     body = _body(message)
     headers = signing.headers(message.webhook_id, timezone.now(), body, endpoint.signing_secrets())
     headers["host"] = host if port == default_port else f"{host}:{port}"
     headers["user-agent"] = "audit_stream-webhooks/1"
-    extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
     try:
-        response = client.post(target, content=body.encode(), headers=headers, extensions=extensions)
-    except httpx.TimeoutException as exc:
+        response = client.post(parts.scheme, address, port, host, path, body.encode(), headers)
+    except (transport.ConnectTimeout, transport.ReadTimeout) as exc:
         return Outcome(duration_ms=_ms(started), error=f"timeout: {type(exc).__name__}")
-    except httpx.HTTPError as exc:
+    except transport.TransportError as exc:
         return Outcome(duration_ms=_ms(started), error=f"{type(exc).__name__}: {exc}"[:_EXCERPT])
     outcome = Outcome(
         status_code=response.status_code,
