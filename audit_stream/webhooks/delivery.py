@@ -233,7 +233,9 @@ def _body(message: WebhookMessage) -> str:
     return body if body is not None else json.dumps(message.payload, ensure_ascii=False)
 
 
-def _send(client: transport.Pool, endpoint: WebhookEndpoint, message: WebhookMessage, resolved=None) -> Outcome:
+def _send(
+    client: transport.Pool, endpoint: WebhookEndpoint, message: WebhookMessage, resolved=None
+) -> Outcome:
     """One signed POST to the address that passed the safety check.
 
     ``resolved``: the batch's ``safety.resolve(endpoint.url)`` (or the

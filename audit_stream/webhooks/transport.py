@@ -96,7 +96,7 @@ class _TLSConnection(_Connection):
         except TimeoutError as exc:
             sock.close()
             raise ConnectTimeout(f"TLS handshake with {self._server_name} timed out") from exc
-        except (ssl.SSLError, OSError) as exc:
+        except (ssl.SSLError, OSError, ValueError) as exc:
             sock.close()
             raise ConnectError(f"TLS with {self._server_name}: {exc}") from exc
 
@@ -118,7 +118,7 @@ class Pool:
     def post(
         self, scheme: str, address: str, port: int, host: str, path: str, body: bytes, headers: dict[str, str]
     ) -> Response:
-        """POST ``body`` to ``address:port`` for ``host`` (``Host`` header and TLS name); never redirects.
+        """POST ``body`` to ``address:port``; ``host``: the TLS name (``Host`` is in ``headers``).
 
         Raises :class:`TransportError` (or a subclass) when no answer could be read.
         """
