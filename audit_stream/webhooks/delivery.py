@@ -16,10 +16,15 @@ attempt the message is ``dead``: visible, and replayable. An endpoint that
 answers 410 Gone is disabled at once; one that has failed every attempt for
 ``WEBHOOK_DISABLE_AFTER`` (5 days) is disabled, with the reason.
 
-Ordering: none is guaranteed across messages (retries overtake). Each payload
-carries ``data.event_id``, which grows per object in the order the changes
-happened, and ``data.event_table``: a receiver keeps the highest event id seen
-per object and ignores older deliveries, and de-duplicates on ``webhook-id``.
+Ordering: by default none is guaranteed across messages (retries overtake).
+Each payload carries ``data.event_id``, which grows per object in the order
+the changes happened, and ``data.event_table``: a receiver keeps the highest
+event id seen per object and ignores older deliveries, and de-duplicates on
+``webhook-id``. An endpoint declared ``ordered`` gets an object's next message
+only once the previous one was delivered or went dead (:mod:`audit_stream.ordering`).
+
+Requests go through :mod:`audit_stream.webhooks.transport` (``http.client``,
+one kept-alive connection per sending thread).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from django.db.models import F
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
-from audit_stream import config
+from audit_stream import config, ordering
 from audit_stream.webhooks import safety, signing, transport
 from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 
@@ -49,12 +54,10 @@ _PARALLEL = 16  # requests in flight per endpoint, over as many keep-alive conne
 _EXCERPT = 500
 
 # A message is due when it is pending and its time has come, or when it was
-# claimed and its lease expired (its worker died). Shared by every query below
+# claimed and its lease expired (its worker died); never while it is parked
+# behind its object's head (ordered endpoints). Shared by every query below
 # and by the listener.
-DUE = (
-    "((m.status = 'pending' AND m.next_attempt_at <= now())"
-    " OR (m.status = 'sending' AND m.lease_until < now()))"
-)
+DUE = ordering.DUE
 
 # Active endpoints with a due message: the listener and the sweep enqueue their deliveries.
 DUE_ENDPOINTS_SQL = f"""
@@ -69,27 +72,17 @@ _HAS_DUE_SQL = (
 )
 
 # Claim up to `limit` due messages of one endpoint, oldest first (the
-# audit_stream_msg_owed index: owed messages in this order), and return them
-# with their bodies in the same statement. The body is PostgreSQL's own text
-# of the JSONB payload: numbers stay exact, and every attempt sends the same
-# bytes; the payload itself is not decoded.
-_CLAIM_SQL = f"""
-WITH claimed AS (
-    UPDATE audit_stream_webhookmessage SET status = 'sending', lease_until = now() + %(lease)s
-    WHERE id IN (
-        SELECT m.id FROM audit_stream_webhookmessage AS m
-        WHERE m.endpoint_id = %(endpoint)s AND {DUE}
-        ORDER BY m.created_at, m.id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    )
-    RETURNING *
+# audit_stream_msg_claimable index: due candidates in this order), sending
+# only the heads of their objects' queues (audit_stream.ordering; every
+# message of an unordered endpoint is a head). The body is PostgreSQL's own
+# text of the JSONB payload: numbers stay exact, and every attempt sends the
+# same bytes; the payload itself is not decoded.
+_LOCK_SQL, _CLAIM_SQL = ordering.claim_sql(
+    "audit_stream_webhookmessage",
+    "endpoint_id",
+    returning="m.id, m.endpoint_id, m.change_id, m.event_type, m.status, m.attempts, m.next_attempt_at,"
+    " m.lease_until, m.last_error, m.created_at, m.delivered_at, m.payload::text AS body",
 )
-SELECT id, endpoint_id, change_id, event_type, status, attempts, next_attempt_at, lease_until,
-       last_error, created_at, delivered_at, payload::text AS body
-FROM claimed
-ORDER BY created_at, id
-"""
 
 # A batch's outcomes, one statement: each message's new status, attempts,
 # error and next attempt (NULL: unchanged), as parallel arrays.
@@ -213,11 +206,20 @@ def _lease(endpoint: WebhookEndpoint) -> timedelta:
 
 
 def _claim(endpoint_id: int, limit: int, lease: timedelta) -> list[WebhookMessage]:
-    """Lease up to ``limit`` due messages, with their bodies (``payload`` itself is left deferred)."""
-    with transaction.atomic():
-        return list(
-            WebhookMessage.objects.raw(_CLAIM_SQL, {"lease": lease, "endpoint": endpoint_id, "limit": limit})
-        )
+    """Lease up to ``limit`` due messages, with their bodies (``payload`` itself is left deferred).
+
+    Due messages that are not the heads of their objects' queues are parked,
+    not returned: when a claim found only those, it claims again.
+    """
+    while True:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_LOCK_SQL, {"subscriber": endpoint_id, "limit": limit})
+            ids = [row[0] for row in cursor.fetchall()]
+            if not ids:
+                return []
+            claimed = list(WebhookMessage.objects.raw(_CLAIM_SQL, {"ids": ids, "lease": lease}))
+        if claimed:
+            return sorted(claimed, key=lambda m: (m.created_at, m.id))
 
 
 def _has_due(endpoint_id: int) -> bool:
