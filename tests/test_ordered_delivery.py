@@ -1,6 +1,7 @@
 """Ordered delivery per object (audit_stream.ordering): webhook endpoints against a real HTTP receiver,
 sinks against the real Redis; one object failing while the others flow."""
 
+import io
 import json
 
 import pytest
@@ -256,3 +257,32 @@ def test_an_ordered_sink_publishes_an_objects_next_change_only_after_the_previou
     products = SinkMessage.objects.filter(event_type__startswith="testapp.product")
     expected = sorted(m.payload["data"]["event_id"] for m in products)
     assert published == [(str(product.pk), event_id) for event_id in expected]
+
+
+# --------------------------------------------------------------------------- declaring it
+
+
+def test_the_commands_add_ordered_endpoints_and_sinks():
+    """`webhooks add --ordered` and `sinks add --ordered` declare them ordered; unordered is the default."""
+    from django.core.management import call_command
+
+    call_command("webhooks", "add", "http://127.0.0.1:9/ordered", "--ordered", stdout=io.StringIO())
+    call_command("webhooks", "add", "http://127.0.0.1:9/plain", stdout=io.StringIO())
+    call_command("sinks", "add", "ordered-feed", "redis", REDIS_URL, "--ordered", stdout=io.StringIO())
+    call_command("sinks", "add", "plain-feed", "redis", REDIS_URL, stdout=io.StringIO())
+    assert dict(WebhookEndpoint.objects.values_list("url", "ordered")) == {
+        "http://127.0.0.1:9/ordered": True,
+        "http://127.0.0.1:9/plain": False,
+    }
+    assert dict(Sink.objects.values_list("name", "ordered")) == {"ordered-feed": True, "plain-feed": False}
+    listed = io.StringIO()
+    call_command("sinks", "list", stdout=listed)
+    assert "active, ordered" in listed.getvalue()
+
+
+def test_the_admin_forms_offer_ordered():
+    """The endpoint and sink forms of the admin set `ordered`."""
+    from audit_stream.admin import WebhookEndpointForm
+    from audit_stream.sinks.admin import SinkForm
+
+    assert "ordered" in WebhookEndpointForm.base_fields and "ordered" in SinkForm.base_fields
