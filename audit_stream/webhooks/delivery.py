@@ -33,6 +33,7 @@ import email.utils
 import json
 import random
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -45,7 +46,7 @@ from django.utils import timezone
 
 from audit_stream import config, ordering
 from audit_stream.webhooks import safety, signing, transport
-from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
+from audit_stream.webhooks.models import WebhookEndpoint, WebhookMessage
 
 __all__ = ["DeliveryResult", "delete_endpoint", "deliver", "replay", "replay_failed", "send_test"]
 
@@ -78,23 +79,46 @@ _HAS_DUE_SQL = (
 # text of the JSONB payload: numbers stay exact, and every attempt sends the
 # same bytes; the payload itself is not decoded.
 _LOCK_SQL, _CLAIM_SQL = ordering.claim_sql(
-    "audit_stream_webhookmessage",
-    "endpoint_id",
-    returning="m.id, m.endpoint_id, m.change_id, m.event_type, m.status, m.attempts, m.next_attempt_at,"
-    " m.lease_until, m.last_error, m.created_at, m.delivered_at, m.payload::text AS body",
+    "audit_stream_webhookmessage", "endpoint_id", returning="m.id, m.attempts, m.created_at, m.payload::text"
 )
 
-# A batch's outcomes, one statement: each message's new status, attempts,
-# error and next attempt (NULL: unchanged), as parallel arrays.
+# A batch's outcomes, one statement: each message's attempt row, and its new status,
+# attempts, error and next attempt (NULL: unchanged), as parallel arrays.
 _RECORD_SQL = """
+WITH o AS (
+    SELECT * FROM unnest(
+        %(ids)s::uuid[], %(statuses)s::text[], %(attempts)s::int[], %(errors)s::text[],
+        %(next)s::timestamptz[], %(codes)s::int[], %(durations)s::int[], %(excerpts)s::text[],
+        %(succeeded)s::bool[]
+    ) AS o (id, status, attempts, last_error, next_attempt_at, status_code, duration_ms,
+            response_excerpt, succeeded)
+), logged AS (
+    INSERT INTO audit_stream_webhookattempt
+        (message_id, attempted_at, status_code, duration_ms, response_excerpt, error, succeeded)
+    SELECT o.id, now(), o.status_code, o.duration_ms, o.response_excerpt, o.last_error, o.succeeded
+    FROM o
+)
 UPDATE audit_stream_webhookmessage AS m
 SET status = o.status, attempts = o.attempts, lease_until = NULL, last_error = o.last_error,
     next_attempt_at = coalesce(o.next_attempt_at, m.next_attempt_at),
     delivered_at = CASE WHEN o.status = 'delivered' THEN %(now)s ELSE m.delivered_at END
-FROM unnest(%(ids)s::uuid[], %(statuses)s::text[], %(attempts)s::int[], %(errors)s::text[],
-            %(next)s::timestamptz[]) AS o (id, status, attempts, last_error, next_attempt_at)
+FROM o
 WHERE m.id = o.id
 """
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """A message leased for one attempt: what sending and recording it need, nothing decoded."""
+
+    pk: uuid.UUID
+    attempts: int
+    created_at: datetime
+    body: str
+
+    @property
+    def webhook_id(self) -> str:
+        return f"msg_{self.pk.hex}"
 
 
 @dataclass
@@ -146,7 +170,7 @@ def deliver(endpoint_id: int, *, max_messages: int = 1000, max_seconds: float = 
         in_flight = None  # (endpoint, batch, future outcomes) of the batch being sent
         while True:
             endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id, is_active=True).first()
-            batch: list[WebhookMessage] = []
+            batch: list[_Claimed] = []
             sent = result.delivered + result.failed + (len(in_flight[1]) if in_flight else 0)
             if endpoint is not None:
                 if sent >= max_messages or time.monotonic() > deadline:
@@ -171,7 +195,7 @@ def deliver(endpoint_id: int, *, max_messages: int = 1000, max_seconds: float = 
 
 
 def _send_batch(
-    client: transport.Pool, pool: ThreadPoolExecutor, endpoint: WebhookEndpoint, batch: list[WebhookMessage]
+    client: transport.Pool, pool: ThreadPoolExecutor, endpoint: WebhookEndpoint, batch: list[_Claimed]
 ) -> list[Outcome]:
     """Send one batch: the URL checked (and resolved) once, every request to the address that passed."""
     try:
@@ -184,7 +208,7 @@ def _send_batch(
 
 
 def _send_paced(
-    client: transport.Pool, endpoint: WebhookEndpoint, batch: list[WebhookMessage], resolved=None
+    client: transport.Pool, endpoint: WebhookEndpoint, batch: list[_Claimed], resolved=None
 ) -> list[Outcome]:
     pause = 1.0 / endpoint.rate_limit
     outcomes = []
@@ -205,8 +229,8 @@ def _lease(endpoint: WebhookEndpoint) -> timedelta:
     return timedelta(seconds=rounds * (connect + read) + 5)
 
 
-def _claim(endpoint_id: int, limit: int, lease: timedelta) -> list[WebhookMessage]:
-    """Lease up to ``limit`` due messages, with their bodies (``payload`` itself is left deferred).
+def _claim(endpoint_id: int, limit: int, lease: timedelta) -> list[_Claimed]:
+    """Lease up to ``limit`` due messages, oldest first, with their bodies (the payload is not decoded).
 
     Due messages that are not the heads of their objects' queues are parked,
     not returned: when a claim found only those, it claims again.
@@ -217,9 +241,10 @@ def _claim(endpoint_id: int, limit: int, lease: timedelta) -> list[WebhookMessag
             ids = [row[0] for row in cursor.fetchall()]
             if not ids:
                 return []
-            claimed = list(WebhookMessage.objects.raw(_CLAIM_SQL, {"ids": ids, "lease": lease}))
+            cursor.execute(_CLAIM_SQL, {"ids": ids, "lease": lease})
+            claimed = [_Claimed(*row) for row in cursor.fetchall()]
         if claimed:
-            return sorted(claimed, key=lambda m: (m.created_at, m.id))
+            return sorted(claimed, key=lambda m: (m.created_at, m.pk))
 
 
 def _has_due(endpoint_id: int) -> bool:
@@ -230,14 +255,12 @@ def _has_due(endpoint_id: int) -> bool:
         return cursor.fetchone()[0]
 
 
-def _body(message: WebhookMessage) -> str:
+def _body(message: _Claimed | WebhookMessage) -> str:
     body = getattr(message, "body", None)
     return body if body is not None else json.dumps(message.payload, ensure_ascii=False)
 
 
-def _send(
-    client: transport.Pool, endpoint: WebhookEndpoint, message: WebhookMessage, resolved=None
-) -> Outcome:
+def _send(client: transport.Pool, endpoint: WebhookEndpoint, message: _Claimed, resolved=None) -> Outcome:
     """One signed POST to the address that passed the safety check.
 
     ``resolved``: the batch's ``safety.resolve(endpoint.url)`` (or the
@@ -310,19 +333,16 @@ def _next_delay(attempts: int, outcome: Outcome) -> float | None:
 
 
 def _record(
-    endpoint: WebhookEndpoint, batch: list[WebhookMessage], outcomes: list[Outcome], result: DeliveryResult
+    endpoint: WebhookEndpoint, batch: list[_Claimed], outcomes: list[Outcome], result: DeliveryResult
 ) -> WebhookEndpoint:
     """Store a batch's attempts and their consequences in one transaction (one commit per batch)."""
     now = timezone.now()
     with transaction.atomic():
-        WebhookAttempt.objects.bulk_create(
-            WebhookAttempt(
-                message=message, status_code=o.status_code, duration_ms=o.duration_ms,
-                response_excerpt=o.response_excerpt, error=o.error, succeeded=o.succeeded,
-            )
-            for message, o in zip(batch, outcomes, strict=True)
-        )  # fmt: skip
-        changes = {"ids": [], "statuses": [], "attempts": [], "errors": [], "next": []}
+        changes = {
+            "ids": [], "statuses": [], "attempts": [], "errors": [], "next": [],
+            "codes": [o.status_code for o in outcomes], "durations": [o.duration_ms for o in outcomes],
+            "excerpts": [o.response_excerpt for o in outcomes], "succeeded": [o.succeeded for o in outcomes],
+        }  # fmt: skip
         for message, outcome in zip(batch, outcomes, strict=True):
             attempts = message.attempts + 1
             status, next_at = WebhookMessage.DELIVERED, None
@@ -340,7 +360,7 @@ def _record(
             changes["ids"].append(message.pk)
             changes["statuses"].append(status)
             changes["attempts"].append(attempts)
-            changes["errors"].append("" if outcome.succeeded else outcome.error)
+            changes["errors"].append(outcome.error)
             changes["next"].append(next_at)
         with connection.cursor() as cursor:
             cursor.execute(_RECORD_SQL, {**changes, "now": now})
