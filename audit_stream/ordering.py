@@ -44,17 +44,19 @@ from pgtrigger import compiler
 
 from audit_stream import triggers
 
-__all__ = ["DUE", "OBJECT_KEY_SQL", "OWED", "UnparkNext", "claim_sql", "head", "indexes"]
+__all__ = ["DUE", "DUE_AT", "OBJECT_KEY_SQL", "OWED", "UnparkNext", "claim_sql", "head", "indexes"]
 
 #: Owed: a message not yet delivered and not dead.
 OWED = "('pending', 'sending')"
 
-#: A message ``m`` is due when it is not parked and is pending with its time come,
-#: or claimed with its lease expired (its worker died).
-DUE = (
-    f"(m.status IN {OWED} AND NOT m.held AND ((m.status = 'pending' AND m.next_attempt_at <= now())"
-    " OR (m.status = 'sending' AND m.lease_until < now())))"
-)
+#: When an owed message ``m`` is due: a pending one at its next attempt, a claimed
+#: one when its lease expires (its worker died). The ``..._claimable`` index is on
+#: this expression, so that claims read only due messages, in the order they fell
+#: due, however many wait for a later retry.
+DUE_AT = "(CASE WHEN m.status = 'pending' THEN m.next_attempt_at ELSE m.lease_until END)"
+
+#: A message ``m`` is due: owed, not parked, and its time has come.
+DUE = f"(m.status IN {OWED} AND NOT m.held AND {DUE_AT} <= now())"
 
 #: The object key the fold gives a message of change ``c`` for subscriber ``alias``:
 #: NULL (unordered) unless the subscriber is ordered.
@@ -78,8 +80,10 @@ def head(table: str, subscriber: str) -> str:
 def claim_sql(table: str, subscriber: str, returning: str) -> tuple[str, str]:
     """The two statements of a claim on ``table`` for one subscriber (``%(subscriber)s``).
 
-    1. Lock up to ``%(limit)s`` due messages, oldest first (``FOR UPDATE SKIP
-       LOCKED``; served by the ``..._claimable`` partial index); returns their ids.
+    1. Lock up to ``%(limit)s`` due messages, in the order they fell due
+       (``FOR UPDATE SKIP LOCKED``; a range of the ``..._claimable`` partial
+       index: O(limit) whatever the backlog waiting for later retries); returns
+       their ids. For new messages that order is the order they were recorded.
     2. Given those ids (``%(ids)s``), with a fresh snapshot: lease the heads
        (``status = 'sending'``, ``lease_until = now() + %(lease)s``) and return
        ``returning`` (columns of ``m``) for each; park the others.
@@ -87,7 +91,7 @@ def claim_sql(table: str, subscriber: str, returning: str) -> tuple[str, str]:
     lock = f"""
 SELECT m.id FROM {table} AS m
 WHERE m.{subscriber} = %(subscriber)s AND {DUE}
-ORDER BY m.created_at, m.id
+ORDER BY {DUE_AT}
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 """
@@ -111,14 +115,18 @@ RETURNING {returning}
 def indexes(prefix: str, subscriber: str) -> list[models.Index]:
     """The two partial indexes a message model needs (``subscriber``: its foreign key's field name).
 
-    ``<prefix>_claimable``: the due candidates in the claim's order, parked
-    messages left out. ``<prefix>_object``: the owed messages of one
+    ``<prefix>_claimable``: owed messages by the time they fall due
+    (:data:`DUE_AT`), parked messages left out. ``<prefix>_object``: the owed messages of one
     object, in order, for the head condition and the unparking trigger.
     """
     owed = models.Q(status__in=["pending", "sending"])
     return [
         models.Index(
-            fields=[subscriber, "created_at", "id"],
+            models.F(subscriber),
+            models.Case(
+                models.When(status="pending", then=models.F("next_attempt_at")),
+                default=models.F("lease_until"),
+            ),
             name=f"{prefix}_claimable",
             condition=owed & models.Q(held=False),
         ),

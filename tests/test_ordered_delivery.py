@@ -3,6 +3,7 @@ sinks against the real Redis; one object failing while the others flow."""
 
 import io
 import json
+from datetime import timedelta
 
 import pytest
 import redis
@@ -189,6 +190,25 @@ def test_a_failing_objects_queue_is_parked_so_a_claim_reads_only_heads(httpserve
         plan = cursor.fetchone()[0][0]["Plan"]
     scanned = _rows_read(plan, "audit_stream_webhookmessage")
     assert scanned <= 2, plan
+
+
+def test_a_claim_reads_only_due_messages_however_many_wait_for_a_retry(httpserver):
+    """Messages waiting for a later retry (an endpoint back from an outage) cost a claim nothing:
+    it reads a range of the index of owed messages by due time, not every older message."""
+    endpoint = WebhookEndpoint.objects.create(url=httpserver.url_for("/hook"))
+    Product.objects.bulk_create([Product(name=f"p{i}") for i in range(400)])
+    fold.fold_all()
+    waiting = WebhookMessage.objects.order_by("created_at", "id").values_list("pk", flat=True)[:300]
+    later = timezone.now() + timedelta(hours=1)
+    WebhookMessage.objects.filter(pk__in=list(waiting)).update(next_attempt_at=later, attempts=1)
+    WebhookMessage.objects.exclude(pk__in=list(waiting)).update(created_at=later)  # recorded after them
+
+    lock_sql, _ = ordering.claim_sql("audit_stream_webhookmessage", "endpoint_id", "m.id")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE audit_stream_webhookmessage")
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + lock_sql, {"subscriber": endpoint.pk, "limit": 50})
+        plan = cursor.fetchone()[0][0]["Plan"]
+    assert _rows_read(plan, "audit_stream_webhookmessage") <= 50, plan
 
 
 def _rows_read(plan: dict, table: str) -> int:

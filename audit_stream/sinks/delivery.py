@@ -187,7 +187,7 @@ def _has_due(sink_id: int) -> bool:
 def replay(sink_id: int) -> int:
     """Make every dead message of ``sink_id`` due again, with a fresh schedule. Returns how many."""
     return SinkMessage.objects.filter(sink_id=sink_id, status=SinkMessage.DEAD).update(
-        status=SinkMessage.PENDING, attempts=0, next_attempt_at=Now(), last_error=""
+        status=SinkMessage.PENDING, attempts=0, next_attempt_at=Now(), last_error="", held=False
     )
 
 

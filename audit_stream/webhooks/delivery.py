@@ -402,7 +402,11 @@ def _record(
 def replay(messages) -> int:
     """Deliver these messages again from a fresh retry schedule (delivered ones too). Returns how many."""
     return WebhookMessage.objects.filter(pk__in=[getattr(m, "pk", m) for m in messages]).update(
-        status=WebhookMessage.PENDING, attempts=0, next_attempt_at=timezone.now(), lease_until=None
+        status=WebhookMessage.PENDING,
+        attempts=0,
+        next_attempt_at=timezone.now(),
+        lease_until=None,
+        held=False,
     )
 
 
@@ -414,7 +418,11 @@ def replay_failed(endpoint: WebhookEndpoint | int, since: datetime | None = None
     if since is not None:
         dead = dead.filter(created_at__gte=since)
     return dead.update(
-        status=WebhookMessage.PENDING, attempts=0, next_attempt_at=timezone.now(), lease_until=None
+        status=WebhookMessage.PENDING,
+        attempts=0,
+        next_attempt_at=timezone.now(),
+        lease_until=None,
+        held=False,
     )
 
 
