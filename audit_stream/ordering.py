@@ -13,15 +13,16 @@ of the same subscriber and object with a smaller ``change_id`` is still owed
 longer holds the next one back, so a failing object waits for its retry
 schedule while every other object keeps flowing.
 
-Staying O(batch) at any backlog. A claim walks the subscriber's claimable
-messages oldest first, in an index that leaves out the messages **parked**
-(``held``) behind their object's head; the first time a claim meets a message
-that is not a head, it parks it, so a failing object's queue is walked once,
-not by every claim. When a message stops being owed, a trigger
+Staying O(batch) at any backlog. A claim reads the subscriber's due messages
+in the order they fell due, a range of an index on the due time (so messages
+waiting for a later retry are not read) that leaves out the messages
+**parked** (``held``) behind their object's head. The first claim that meets
+a message that is not a head parks it, so a failing object's queue is walked
+once, not by every claim. When a message stops being owed, a trigger
 (:class:`UnparkNext`) unparks the next owed message of its object, which the
-next claim sends if it is now the head. ``held`` is only a hint for the scan:
-the head condition is checked on every claim, so a wrong hint can delay a
-message by a claim, never send it out of order.
+next claim sends if it is now the head. ``held`` only keeps a message out of
+the scan: the head condition is checked by every claim, so nothing is sent out
+of order whatever ``held`` says.
 
 The claim is two statements in one transaction: the first locks the due
 candidates (``FOR UPDATE SKIP LOCKED``), the second, with a snapshot taken

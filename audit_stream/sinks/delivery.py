@@ -41,7 +41,7 @@ JOIN audit_stream_sink AS s ON s.id = m.sink_id AND s.is_active
 WHERE {_DUE}
 """
 
-# Claim up to `limit` due messages of one sink, oldest first, sending only the heads
+# Claim up to `limit` due messages of one sink, in the order they fell due, sending only the heads
 # of their objects' queues (audit_stream.ordering; every message of an unordered
 # sink is a head); the body is PostgreSQL's own text of the JSONB payload, exactly
 # what a webhook receives.

@@ -72,8 +72,8 @@ _HAS_DUE_SQL = (
     f"SELECT EXISTS (SELECT 1 FROM audit_stream_webhookmessage AS m WHERE m.endpoint_id = %s AND {DUE})"
 )
 
-# Claim up to `limit` due messages of one endpoint, oldest first (the
-# audit_stream_msg_claimable index: due candidates in this order), sending
+# Claim up to `limit` due messages of one endpoint, in the order they fell due
+# (a range of the audit_stream_msg_claimable index), sending
 # only the heads of their objects' queues (audit_stream.ordering; every
 # message of an unordered endpoint is a head). The body is PostgreSQL's own
 # text of the JSONB payload: numbers stay exact, and every attempt sends the
