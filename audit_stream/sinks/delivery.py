@@ -34,11 +34,12 @@ _LEASE_SECONDS = 60
 _DUE = ordering.DUE
 
 # Active sinks with a due message: the sweep and the fold task enqueue their deliveries.
+# One probe of the claim's index per sink, however many messages are due.
 DUE_SINKS_SQL = f"""
-SELECT DISTINCT m.sink_id
-FROM audit_stream_sinkmessage AS m
-JOIN audit_stream_sink AS s ON s.id = m.sink_id AND s.is_active
-WHERE {_DUE}
+SELECT s.id
+FROM audit_stream_sink AS s
+WHERE s.is_active
+  AND EXISTS (SELECT 1 FROM audit_stream_sinkmessage AS m WHERE m.sink_id = s.id AND {_DUE})
 """
 
 # Claim up to `limit` due messages of one sink, in the order they fell due, sending only the heads

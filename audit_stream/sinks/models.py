@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import pgtrigger
 from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
@@ -105,9 +106,6 @@ class SinkMessage(models.Model):
             *ordering.indexes("audit_stream_sinkmsg", "sink"),
             models.Index(fields=["sink", "status", "created_at"], name="audit_stream_sinkmsg_status"),
         ]
-        triggers = [
-            ordering.UnparkNext(name="unpark_next", table="audit_stream_sinkmessage", subscriber="sink_id")
-        ]
 
     def __str__(self) -> str:
         return self.message_id
@@ -115,3 +113,9 @@ class SinkMessage(models.Model):
     @property
     def message_id(self) -> str:
         return f"msg_{self.id.hex}"
+
+
+# Registered rather than declared in Meta (see audit_stream.webhooks.models).
+pgtrigger.register(
+    ordering.UnparkNext(name="unpark_next", table="audit_stream_sinkmessage", subscriber="sink_id")
+)(SinkMessage)

@@ -61,11 +61,12 @@ _EXCERPT = 500
 DUE = ordering.DUE
 
 # Active endpoints with a due message: the listener and the sweep enqueue their deliveries.
+# One probe of the claim's index per endpoint, however many messages are due.
 DUE_ENDPOINTS_SQL = f"""
-SELECT DISTINCT m.endpoint_id
-FROM audit_stream_webhookmessage AS m
-JOIN audit_stream_webhookendpoint AS ep ON ep.id = m.endpoint_id AND ep.is_active
-WHERE {DUE}
+SELECT ep.id
+FROM audit_stream_webhookendpoint AS ep
+WHERE ep.is_active
+  AND EXISTS (SELECT 1 FROM audit_stream_webhookmessage AS m WHERE m.endpoint_id = ep.id AND {DUE})
 """
 
 _HAS_DUE_SQL = (

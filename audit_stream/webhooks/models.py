@@ -7,6 +7,7 @@ import secrets
 import uuid
 from datetime import timedelta
 
+import pgtrigger
 from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
@@ -196,11 +197,6 @@ class WebhookMessage(models.Model):
             # The admin's list of every message, newest first.
             models.Index(fields=["created_at", "id"], name="audit_stream_msg_created"),
         ]
-        triggers = [
-            ordering.UnparkNext(
-                name="unpark_next", table="audit_stream_webhookmessage", subscriber="endpoint_id"
-            )
-        ]
 
     def __str__(self) -> str:
         return self.webhook_id
@@ -208,6 +204,13 @@ class WebhookMessage(models.Model):
     @property
     def webhook_id(self) -> str:
         return f"msg_{self.id.hex}"
+
+
+# Registered rather than declared in Meta: Meta.triggers exists only once pgtrigger is
+# installed, and its absence must reach the system check (audit_stream.E007), not crash.
+pgtrigger.register(
+    ordering.UnparkNext(name="unpark_next", table="audit_stream_webhookmessage", subscriber="endpoint_id")
+)(WebhookMessage)
 
 
 class WebhookAttempt(models.Model):
