@@ -108,6 +108,42 @@ def test_an_ordered_endpoint_holds_an_objects_next_change_until_the_previous_is_
     assert receiver.delivered(flowing) == flowing_ids
 
 
+def test_two_workers_delivering_one_ordered_endpoint_keep_each_objects_order(httpserver):
+    """Two deliver() loops at once (two worker processes on one endpoint): every change arrives
+    once, and each object's changes arrive in the order they happened."""
+    import threading
+
+    from django.db import connections
+
+    receiver = _Receiver(httpserver)
+    endpoint = WebhookEndpoint.objects.create(url=receiver.url, ordered=True)
+    products = Product.objects.bulk_create([Product(name=f"p{i}") for i in range(10)])
+    for i in range(5):
+        Product.objects.filter(pk__in=[p.pk for p in products]).update(stock=i + 1)
+    fold.fold_all()
+    expected = {str(p.pk): _event_ids(endpoint, p) for p in products}
+    failures = []
+
+    def work():
+        try:
+            for _ in range(200):
+                delivery.deliver(endpoint.pk)
+                if not WebhookMessage.objects.filter(status__in=OWED).exists():
+                    return
+        except Exception as exc:  # reported by the main thread
+            failures.append(exc)
+        finally:
+            connections.close_all()
+
+    workers = [threading.Thread(target=work) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert not failures
+    assert {str(p.pk): receiver.delivered(p) for p in products} == expected
+
+
 def test_an_objects_next_change_is_sent_once_the_previous_went_dead(httpserver, settings):
     """A message that exhausts its retries goes dead and no longer holds back the next one."""
     settings.AUDIT_STREAM = {**settings.AUDIT_STREAM, "WEBHOOK_RETRY_SCHEDULE": [0, 0.05]}
