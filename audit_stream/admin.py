@@ -167,7 +167,15 @@ class WebhookEndpointForm(forms.ModelForm):
 
     class Meta:
         model = WebhookEndpoint
-        fields = ["url", "description", "is_active", "filter_models", "filter_labels", "rate_limit"]
+        fields = [
+            "url",
+            "description",
+            "is_active",
+            "filter_models",
+            "filter_labels",
+            "rate_limit",
+            "ordered",
+        ]
 
     def clean(self):
         cleaned = super().clean()
@@ -188,10 +196,12 @@ class WebhookEndpointForm(forms.ModelForm):
 class WebhookEndpointAdmin(admin.ModelAdmin):
     form = WebhookEndpointForm
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
-    list_display = ["id", "url", "is_active", "masked_secret", "consecutive_failures", "disabled_reason"]
-    list_filter = ["is_active"]
+    list_display = [
+        "id", "url", "is_active", "ordered", "masked_secret", "consecutive_failures", "disabled_reason",
+    ]  # fmt: skip
+    list_filter = ["is_active", "ordered"]
     fields = [
-        "url", "description", "is_active", "filter_models", "filter_labels", "rate_limit",
+        "url", "description", "is_active", "filter_models", "filter_labels", "rate_limit", "ordered",
         "masked_secret", "consecutive_failures", "disabled_reason", "disabled_at", "created_at",
     ]  # fmt: skip
     readonly_fields = [

@@ -20,12 +20,15 @@ the listener (``python -m worker.listen``) and a paced writer.
    active endpoint. 20,000 messages for 1 endpoint delivered in-process by
    ``audit_stream.webhooks.delivery.deliver(endpoint, max_messages=10**9,
    max_seconds=600)`` (with its time split between claiming, signing,
-   HTTP and recording), and again with ``synchronous_commit = off`` for the
-   session (a diagnosis, on 2,500); then through the worker,
+   HTTP and recording, and the process's CPU per message); again with the
+   HTTP client used before (``httpx``, the "before" side of the same run),
+   again for an endpoint declared ``ordered`` (per object), and with
+   ``synchronous_commit = off`` for the session (a diagnosis, on 2,500);
+   then through the worker,
    ``audit_stream.deliver`` enqueued for 4 endpoints (5,000 messages each),
    timed from the enqueue to the last message received.
 2. Latency. With the listener and the worker running (NOTIFY on), a writer
-   inserts one row per transaction at 100/s and 200/s for 15 s each; for each
+   inserts one row per transaction at 100/s, 200/s and 300/s for 15 s each; for each
    row, from its commit (``clock_timestamp()`` in the committing statement)
    to the receiver's arrival time of the message whose ``data.object_id`` is
    the row's pk, split at the fold's start (``Change.folded_at``), with the
@@ -113,7 +116,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.messages = 2_000 if args.quick else 20_000
     args.concurrency = 2
-    args.latency_rates = [100, 200]
+    args.latency_rates = [100, 200, 300]
     args.latency_seconds = 5.0 if args.quick else 15.0
     return args
 
@@ -160,13 +163,18 @@ def reset(redis_url: str) -> None:
     flush_redis(redis_url)
 
 
-def make_messages(args: argparse.Namespace, port: int, endpoints: int, messages: int) -> list:
+def make_messages(
+    args: argparse.Namespace, port: int, endpoints: int, messages: int, ordered: bool = False
+) -> list:
     """A fresh database with ``endpoints`` endpoints and ``messages`` real messages, split evenly."""
     from audit_stream.stream.fold import fold_all
     from audit_stream.webhooks.models import WebhookEndpoint
 
     reset(args.redis_url)
-    created = [WebhookEndpoint.objects.create(url=f"http://127.0.0.1:{port}/e{i}") for i in range(endpoints)]
+    created = [
+        WebhookEndpoint.objects.create(url=f"http://127.0.0.1:{port}/e{i}", ordered=ordered)
+        for i in range(endpoints)
+    ]
     rows = messages // endpoints
     insert_items(rows, 5_000)
     folded = sum(r.folded for r in fold_all(max_seconds=600))
@@ -313,14 +321,43 @@ def explain_claim(endpoint_id: int) -> dict | None:
 
     limit = getattr(delivery, "_CLAIM", 50)
     due = count(MESSAGES, "endpoint_id = %s AND status = 'pending'", [endpoint_id])
-    params = {"lease": timedelta(seconds=60), "endpoint": endpoint_id, "limit": limit}
+    params = {"lease": timedelta(seconds=60), "subscriber": endpoint_id, "limit": limit}
     try:
-        plan = _explain(delivery._CLAIM_SQL, params)
-        indexed = _explain(delivery._CLAIM_SQL, params, before=_CLAIM_INDEX)
+        plan = _explain(delivery._LOCK_SQL, params)
+        indexed = _explain(delivery._LOCK_SQL, params, before=_CLAIM_INDEX)
     except Exception as exc:  # the claim's internals changed: report without it
         log(f"EXPLAIN of the claim skipped: {type(exc).__name__}: {exc}")
         return None
     return {"due": due, "limit": limit, **plan, "with_index": indexed}
+
+
+class HttpxPool:
+    """The HTTP client webhook delivery used before ``audit_stream.webhooks.transport`` (``httpx``,
+    kept-alive connections), behind the same interface: the benchmark's "before" side."""
+
+    def __init__(self, connect_timeout: float, read_timeout: float) -> None:
+        import httpx
+
+        timeout = httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout)
+        limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+        self._client = httpx.Client(timeout=timeout, limits=limits, follow_redirects=False, trust_env=False)
+
+    def post(self, scheme, address, port, host, path, body, headers):
+        from audit_stream.webhooks import transport
+
+        extensions = {"sni_hostname": host} if scheme == "https" else {}
+        try:
+            r = self._client.post(f"{scheme}://{address}:{port}{path}", content=body, headers=headers,
+                                  extensions=extensions)  # fmt: skip
+        except Exception as exc:
+            raise transport.TransportError(f"{type(exc).__name__}: {exc}") from exc
+        return transport.Response(r.status_code, dict(r.headers), r.content)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._client.close()
 
 
 def deliver_in_process(
@@ -330,19 +367,28 @@ def deliver_in_process(
     messages: int,
     synchronous_commit: str = "on",
     samples: Path | None = None,
+    ordered: bool = False,
+    client: str = "http.client",
 ) -> dict:
     """``deliver()`` in this process for one endpoint with ``messages`` due; split by step.
 
     ``synchronous_commit="off"`` (for this session only) is a diagnosis: how much
-    of the time is waiting for the WAL flush of each commit.
+    of the time is waiting for the WAL flush of each commit. ``ordered``: the
+    endpoint is ordered per object (every message is a different object's).
+    ``client="httpx"``: the HTTP client used before (:class:`HttpxPool`).
     """
+    import resource
+
     from django.db import connection
 
-    from audit_stream.webhooks import delivery, safety, signing
+    from audit_stream.webhooks import delivery, safety, signing, transport
 
-    (endpoint,) = make_messages(args, port, 1, messages)
+    (endpoint,) = make_messages(args, port, 1, messages, ordered=ordered)
     offset = receipts.count()
-    log(f"in-process deliver() of {messages:,} messages, 1 endpoint, synchronous_commit {synchronous_commit}")
+    log(
+        f"in-process deliver() of {messages:,} messages, 1 endpoint, synchronous_commit {synchronous_commit}"
+        f"{', ordered' if ordered else ''}, client {client}"
+    )
     targets = [
         (delivery, "_claim", CLAIM),
         (delivery, "_record", RECORD),
@@ -365,14 +411,21 @@ def deliver_in_process(
     claim_plan = explain_claim(endpoint.pk)
     execute("SET synchronous_commit = " + {"on": "on", "off": "off"}[synchronous_commit])
     connection.commit = count_commits  # the commits of atomic blocks
+    pool_class = transport.Pool
+    if client == "httpx":
+        transport.Pool = HttpxPool
     try:
         with Timers(targets) as timers, connection.execute_wrapper(count_statements):
+            cpu = resource.getrusage(resource.RUSAGE_SELF)
             started = time.perf_counter()
             result = delivery.deliver(endpoint.pk, max_messages=10**9, max_seconds=600)
             seconds = time.perf_counter() - started
+            used = resource.getrusage(resource.RUSAGE_SELF)
     finally:
+        transport.Pool = pool_class
         del connection.commit
         execute("RESET synchronous_commit")
+    cpu_s = (used.ru_utime - cpu.ru_utime) + (used.ru_stime - cpu.ru_stime)
     if result.delivered != messages or result.failed:
         raise RuntimeError(f"deliver(): {result}")
     check = verify_delivered(receipts.since(offset), messages)
@@ -392,6 +445,9 @@ def deliver_in_process(
     return {
         "endpoints": 1,
         "messages": messages,
+        "ordered": ordered,
+        "client": client,
+        "cpu_us_per_message": cpu_s * 1e6 / messages,
         "synchronous_commit": synchronous_commit,
         "seconds": seconds,
         "per_s": rate,
@@ -646,9 +702,18 @@ def latency(args: argparse.Namespace, port: int, children: Children, receipts: R
 
 def throughput_table(results: dict) -> str:
     rows = []
-    for key in ("in_process", "in_process_async_commit"):
-        r = results[key]
-        note = "diagnosis: `SET synchronous_commit = off` for the session" if key.endswith("commit") else "—"
+    notes = {
+        "in_process": "—",
+        "in_process_httpx": "before: the former HTTP client (`httpx`), same code otherwise",
+        "in_process_ordered": "endpoint `ordered` (every message a different object)",
+        "in_process_async_commit": "diagnosis: `SET synchronous_commit = off` for the session",
+    }
+    for key, note in notes.items():
+        r = results.get(key)
+        if r is None:
+            continue
+        cpu = r.get("cpu_us_per_message")
+        note = note + (f"; this process's CPU {cpu:,.0f} µs per message" if cpu else "")
         row = ["`deliver()` in-process", "1", f"{r['messages']:,}", f"{r['seconds']:.1f}"]
         rows.append([*row, f"**{r['per_s']:,.0f}**", str(r["check"]["duplicates"]), note])
     for r in results["celery"]:
@@ -1074,6 +1139,8 @@ def main(argv: list[str] | None = None) -> None:
         receipts = Receipts(out)
         samples = Path(f"{out}.samples.jsonl")
         results["in_process"] = deliver_in_process(args, port, receipts, args.messages, samples=samples)
+        results["in_process_httpx"] = deliver_in_process(args, port, receipts, args.messages, client="httpx")
+        results["in_process_ordered"] = deliver_in_process(args, port, receipts, args.messages, ordered=True)
         results["in_process_async_commit"] = deliver_in_process(
             args, port, receipts, args.messages // 8, "off"
         )

@@ -13,7 +13,16 @@ from audit_stream.webhooks import filters
 class SinkForm(forms.ModelForm):
     class Meta:
         model = Sink
-        fields = ["name", "kind", "target", "options", "is_active", "filter_models", "filter_labels"]
+        fields = [
+            "name",
+            "kind",
+            "target",
+            "options",
+            "is_active",
+            "filter_models",
+            "filter_labels",
+            "ordered",
+        ]
 
     def clean(self):
         cleaned = super().clean()
@@ -26,8 +35,8 @@ class SinkForm(forms.ModelForm):
 @admin.register(Sink)
 class SinkAdmin(admin.ModelAdmin):
     form = SinkForm
-    list_display = ["id", "name", "kind", "target", "is_active"]
-    list_filter = ["kind", "is_active"]
+    list_display = ["id", "name", "kind", "target", "is_active", "ordered"]
+    list_filter = ["kind", "is_active", "ordered"]
     fields = [
         "name",
         "kind",
@@ -36,6 +45,7 @@ class SinkAdmin(admin.ModelAdmin):
         "is_active",
         "filter_models",
         "filter_labels",
+        "ordered",
         "created_at",
     ]
     readonly_fields = ["created_at"]

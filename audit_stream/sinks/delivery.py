@@ -16,11 +16,12 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from django.db import connection, transaction
 from django.db.models.functions import Now
 
-from audit_stream import config
+from audit_stream import config, ordering
 from audit_stream.sinks import base
 from audit_stream.sinks.models import Sink, SinkMessage
 
@@ -28,36 +29,29 @@ __all__ = ["DUE_SINKS_SQL", "DeliveryResult", "deliver", "due_sinks", "replay"]
 
 _LEASE_SECONDS = 60
 
-# Due: pending and its time has come, or claimed and its lease expired (its worker died).
-_DUE = (
-    "((m.status = 'pending' AND m.next_attempt_at <= now())"
-    " OR (m.status = 'sending' AND m.lease_until < now()))"
-)
+# Due: pending and its time has come, or claimed and its lease expired (its worker
+# died); never while parked behind its object's head (ordered sinks).
+_DUE = ordering.DUE
 
 # Active sinks with a due message: the sweep and the fold task enqueue their deliveries.
+# One probe of the claim's index per sink, however many messages are due.
 DUE_SINKS_SQL = f"""
-SELECT DISTINCT m.sink_id
-FROM audit_stream_sinkmessage AS m
-JOIN audit_stream_sink AS s ON s.id = m.sink_id AND s.is_active
-WHERE {_DUE}
+SELECT s.id
+FROM audit_stream_sink AS s
+WHERE s.is_active
+  AND EXISTS (SELECT 1 FROM audit_stream_sinkmessage AS m WHERE m.sink_id = s.id AND {_DUE})
 """
 
-# Claim up to `limit` due messages of one sink, oldest first; the body is
-# PostgreSQL's own text of the JSONB payload, exactly what a webhook receives.
-_CLAIM_SQL = f"""
-UPDATE audit_stream_sinkmessage AS m
-   SET status = 'sending', lease_until = now() + make_interval(secs => %(lease)s)
-  FROM (
-    SELECT m.id FROM audit_stream_sinkmessage AS m
-    WHERE m.sink_id = %(sink)s AND {_DUE}
-    ORDER BY m.created_at, m.id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-  ) AS due
- WHERE m.id = due.id
-RETURNING m.id, m.attempts, m.event_type, m.payload->'data'->>'model', m.payload->'data'->>'object_id',
-          (m.payload->'data'->>'event_id')::bigint, m.payload::text
-"""
+# Claim up to `limit` due messages of one sink, in the order they fell due, sending only the heads
+# of their objects' queues (audit_stream.ordering; every message of an unordered
+# sink is a head); the body is PostgreSQL's own text of the JSONB payload, exactly
+# what a webhook receives.
+_LOCK_SQL, _CLAIM_SQL = ordering.claim_sql(
+    "audit_stream_sinkmessage",
+    "sink_id",
+    returning="m.id, m.attempts, m.event_type, m.payload->'data'->>'model', m.payload->'data'->>'object_id',"
+    " (m.payload->'data'->>'event_id')::bigint, m.payload::text",
+)
 
 _DELIVERED_SQL = """
 UPDATE audit_stream_sinkmessage
@@ -128,9 +122,15 @@ def deliver(
 
 
 def _claim(sink_id: int, limit: int) -> list[tuple[base.Message, int]]:
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(_CLAIM_SQL, {"sink": sink_id, "limit": limit, "lease": _LEASE_SECONDS})
-        rows = cursor.fetchall()
+    rows = []
+    while not rows:  # a claim that found only messages to park claims again
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_LOCK_SQL, {"subscriber": sink_id, "limit": limit})
+            ids = [row[0] for row in cursor.fetchall()]
+            if not ids:
+                return []
+            cursor.execute(_CLAIM_SQL, {"ids": ids, "lease": timedelta(seconds=_LEASE_SECONDS)})
+            rows = cursor.fetchall()
     rows.sort(key=lambda row: row[5])  # oldest event first within the batch
     return [
         (
@@ -188,7 +188,7 @@ def _has_due(sink_id: int) -> bool:
 def replay(sink_id: int) -> int:
     """Make every dead message of ``sink_id`` due again, with a fresh schedule. Returns how many."""
     return SinkMessage.objects.filter(sink_id=sink_id, status=SinkMessage.DEAD).update(
-        status=SinkMessage.PENDING, attempts=0, next_attempt_at=Now(), last_error=""
+        status=SinkMessage.PENDING, attempts=0, next_attempt_at=Now(), last_error="", held=False
     )
 
 

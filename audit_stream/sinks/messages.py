@@ -6,17 +6,18 @@ The sibling of :mod:`audit_stream.webhooks.messages`, with the same payload
 
 from __future__ import annotations
 
-from audit_stream import payload
+from audit_stream import ordering, payload
 
 __all__ = ["record"]
 
-# For the changes just folded, one message per matching active sink.
+# For the changes just folded, one message per matching active sink (an ordered
+# sink's messages carry their object's key: audit_stream.ordering).
 _RECORD_SQL = f"""
 INSERT INTO audit_stream_sinkmessage
     (id, sink_id, change_id, event_type, payload, status, attempts, next_attempt_at,
-     last_error, created_at)
+     last_error, created_at, object_key)
 SELECT gen_random_uuid(), s.id, c.id, {payload.TYPE_SQL}, {payload.PAYLOAD_SQL},
-       'pending', 0, now(), '', now()
+       'pending', 0, now(), '', now(), {ordering.OBJECT_KEY_SQL.format(alias="s")}
 FROM audit_stream_change AS c
 JOIN audit_stream_sink AS s ON {payload.matches("s")}
 {payload.FROM_SQL}

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 
+import pgtrigger
 from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models.functions import Now
 
+from audit_stream import ordering
 from audit_stream.exact import ExactDecoder
 from audit_stream.sinks.base import KINDS
 
@@ -43,6 +45,12 @@ class Sink(models.Model):
     )
     filter_labels = ArrayField(
         models.TextField(), default=list, blank=True, help_text="Only these event labels; empty: all."
+    )
+    ordered = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Per object, in order: an object's next change is published once the previous one was"
+        " acknowledged or went dead (other objects keep flowing). Applies to changes recorded from now on.",
     )
     created_at = models.DateTimeField(db_default=Now(), editable=False)
 
@@ -85,17 +93,17 @@ class SinkMessage(models.Model):
     last_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(db_default=Now())
     delivered_at = models.DateTimeField(null=True)
+    # Ordered sinks (audit_stream.ordering): the message's object, and whether a claim found it
+    # waiting behind an earlier message of that object (left out of the claim's scan).
+    object_key = models.TextField(null=True, blank=True, editable=False)
+    held = models.BooleanField(default=False, db_default=False, editable=False)
 
     class Meta:
         db_table = "audit_stream_sinkmessage"
         verbose_name = "sink message"
         indexes = [
-            # The claim's "oldest owed messages of a sink" (matches its ORDER BY).
-            models.Index(
-                fields=["sink", "created_at", "id"],
-                name="audit_stream_sinkmsg_owed",
-                condition=models.Q(status__in=["pending", "sending"]),
-            ),
+            # The claim's "oldest due messages of a sink" (its ORDER BY), and an object's queue.
+            *ordering.indexes("audit_stream_sinkmsg", "sink"),
             models.Index(fields=["sink", "status", "created_at"], name="audit_stream_sinkmsg_status"),
         ]
 
@@ -105,3 +113,9 @@ class SinkMessage(models.Model):
     @property
     def message_id(self) -> str:
         return f"msg_{self.id.hex}"
+
+
+# Registered rather than declared in Meta (see audit_stream.webhooks.models).
+pgtrigger.register(
+    ordering.UnparkNext(name="unpark_next", table="audit_stream_sinkmessage", subscriber="sink_id")
+)(SinkMessage)

@@ -16,10 +16,15 @@ attempt the message is ``dead``: visible, and replayable. An endpoint that
 answers 410 Gone is disabled at once; one that has failed every attempt for
 ``WEBHOOK_DISABLE_AFTER`` (5 days) is disabled, with the reason.
 
-Ordering: none is guaranteed across messages (retries overtake). Each payload
-carries ``data.event_id``, which grows per object in the order the changes
-happened, and ``data.event_table``: a receiver keeps the highest event id seen
-per object and ignores older deliveries, and de-duplicates on ``webhook-id``.
+Ordering: by default none is guaranteed across messages (retries overtake).
+Each payload carries ``data.event_id``, which grows per object in the order
+the changes happened, and ``data.event_table``: a receiver keeps the highest
+event id seen per object and ignores older deliveries, and de-duplicates on
+``webhook-id``. An endpoint declared ``ordered`` gets an object's next message
+only once the previous one was delivered or went dead (:mod:`audit_stream.ordering`).
+
+Requests go through :mod:`audit_stream.webhooks.transport` (``http.client``,
+one kept-alive connection per sending thread).
 """
 
 from __future__ import annotations
@@ -28,20 +33,20 @@ import email.utils
 import json
 import random
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
-import httpx
 from django.db import connection, transaction
 from django.db.models import F
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
-from audit_stream import config
-from audit_stream.webhooks import safety, signing
-from audit_stream.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
+from audit_stream import config, ordering
+from audit_stream.webhooks import safety, signing, transport
+from audit_stream.webhooks.models import WebhookEndpoint, WebhookMessage
 
 __all__ = ["DeliveryResult", "delete_endpoint", "deliver", "replay", "replay_failed", "send_test"]
 
@@ -50,59 +55,71 @@ _PARALLEL = 16  # requests in flight per endpoint, over as many keep-alive conne
 _EXCERPT = 500
 
 # A message is due when it is pending and its time has come, or when it was
-# claimed and its lease expired (its worker died). Shared by every query below
+# claimed and its lease expired (its worker died); never while it is parked
+# behind its object's head (ordered endpoints). Shared by every query below
 # and by the listener.
-DUE = (
-    "((m.status = 'pending' AND m.next_attempt_at <= now())"
-    " OR (m.status = 'sending' AND m.lease_until < now()))"
-)
+DUE = ordering.DUE
 
 # Active endpoints with a due message: the listener and the sweep enqueue their deliveries.
+# One probe of the claim's index per endpoint, however many messages are due.
 DUE_ENDPOINTS_SQL = f"""
-SELECT DISTINCT m.endpoint_id
-FROM audit_stream_webhookmessage AS m
-JOIN audit_stream_webhookendpoint AS ep ON ep.id = m.endpoint_id AND ep.is_active
-WHERE {DUE}
+SELECT ep.id
+FROM audit_stream_webhookendpoint AS ep
+WHERE ep.is_active
+  AND EXISTS (SELECT 1 FROM audit_stream_webhookmessage AS m WHERE m.endpoint_id = ep.id AND {DUE})
 """
 
 _HAS_DUE_SQL = (
     f"SELECT EXISTS (SELECT 1 FROM audit_stream_webhookmessage AS m WHERE m.endpoint_id = %s AND {DUE})"
 )
 
-# Claim up to `limit` due messages of one endpoint, oldest first (the
-# audit_stream_msg_owed index: owed messages in this order), and return them
-# with their bodies in the same statement. The body is PostgreSQL's own text
-# of the JSONB payload: numbers stay exact, and every attempt sends the same
-# bytes; the payload itself is not decoded.
-_CLAIM_SQL = f"""
-WITH claimed AS (
-    UPDATE audit_stream_webhookmessage SET status = 'sending', lease_until = now() + %(lease)s
-    WHERE id IN (
-        SELECT m.id FROM audit_stream_webhookmessage AS m
-        WHERE m.endpoint_id = %(endpoint)s AND {DUE}
-        ORDER BY m.created_at, m.id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    )
-    RETURNING *
+# Claim up to `limit` due messages of one endpoint, in the order they fell due
+# (a range of the audit_stream_msg_claimable index), sending
+# only the heads of their objects' queues (audit_stream.ordering; every
+# message of an unordered endpoint is a head). The body is PostgreSQL's own
+# text of the JSONB payload: numbers stay exact, and every attempt sends the
+# same bytes; the payload itself is not decoded.
+_LOCK_SQL, _CLAIM_SQL = ordering.claim_sql(
+    "audit_stream_webhookmessage", "endpoint_id", returning="m.id, m.attempts, m.created_at, m.payload::text"
 )
-SELECT id, endpoint_id, change_id, event_type, status, attempts, next_attempt_at, lease_until,
-       last_error, created_at, delivered_at, payload::text AS body
-FROM claimed
-ORDER BY created_at, id
-"""
 
-# A batch's outcomes, one statement: each message's new status, attempts,
-# error and next attempt (NULL: unchanged), as parallel arrays.
+# A batch's outcomes, one statement: each message's attempt row, and its new status,
+# attempts, error and next attempt (NULL: unchanged), as parallel arrays.
 _RECORD_SQL = """
+WITH o AS (
+    SELECT * FROM unnest(
+        %(ids)s::uuid[], %(statuses)s::text[], %(attempts)s::int[], %(errors)s::text[],
+        %(next)s::timestamptz[], %(codes)s::int[], %(durations)s::int[], %(excerpts)s::text[],
+        %(succeeded)s::bool[]
+    ) AS o (id, status, attempts, last_error, next_attempt_at, status_code, duration_ms,
+            response_excerpt, succeeded)
+), logged AS (
+    INSERT INTO audit_stream_webhookattempt
+        (message_id, attempted_at, status_code, duration_ms, response_excerpt, error, succeeded)
+    SELECT o.id, now(), o.status_code, o.duration_ms, o.response_excerpt, o.last_error, o.succeeded
+    FROM o
+)
 UPDATE audit_stream_webhookmessage AS m
 SET status = o.status, attempts = o.attempts, lease_until = NULL, last_error = o.last_error,
     next_attempt_at = coalesce(o.next_attempt_at, m.next_attempt_at),
     delivered_at = CASE WHEN o.status = 'delivered' THEN %(now)s ELSE m.delivered_at END
-FROM unnest(%(ids)s::uuid[], %(statuses)s::text[], %(attempts)s::int[], %(errors)s::text[],
-            %(next)s::timestamptz[]) AS o (id, status, attempts, last_error, next_attempt_at)
+FROM o
 WHERE m.id = o.id
 """
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """A message leased for one attempt: what sending and recording it need, nothing decoded."""
+
+    pk: uuid.UUID
+    attempts: int
+    created_at: datetime
+    body: str
+
+    @property
+    def webhook_id(self) -> str:
+        return f"msg_{self.pk.hex}"
 
 
 @dataclass
@@ -146,17 +163,15 @@ def deliver(endpoint_id: int, *, max_messages: int = 1000, max_seconds: float = 
     result = DeliveryResult(endpoint_id)
     deadline = time.monotonic() + max_seconds
     connect, read = config.webhook_timeouts()
-    timeout = httpx.Timeout(connect=connect, read=read, write=read, pool=connect)
-    limits = httpx.Limits(max_connections=_PARALLEL, max_keepalive_connections=_PARALLEL)
     with (
-        httpx.Client(timeout=timeout, limits=limits, follow_redirects=False, trust_env=False) as client,
+        transport.Pool(connect, read) as client,
         ThreadPoolExecutor(_PARALLEL, thread_name_prefix="audit_stream-deliver") as pool,
         ThreadPoolExecutor(1, thread_name_prefix="audit_stream-batch") as sender,
     ):
         in_flight = None  # (endpoint, batch, future outcomes) of the batch being sent
         while True:
             endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id, is_active=True).first()
-            batch: list[WebhookMessage] = []
+            batch: list[_Claimed] = []
             sent = result.delivered + result.failed + (len(in_flight[1]) if in_flight else 0)
             if endpoint is not None:
                 if sent >= max_messages or time.monotonic() > deadline:
@@ -181,7 +196,7 @@ def deliver(endpoint_id: int, *, max_messages: int = 1000, max_seconds: float = 
 
 
 def _send_batch(
-    client: httpx.Client, pool: ThreadPoolExecutor, endpoint: WebhookEndpoint, batch: list[WebhookMessage]
+    client: transport.Pool, pool: ThreadPoolExecutor, endpoint: WebhookEndpoint, batch: list[_Claimed]
 ) -> list[Outcome]:
     """Send one batch: the URL checked (and resolved) once, every request to the address that passed."""
     try:
@@ -194,7 +209,7 @@ def _send_batch(
 
 
 def _send_paced(
-    client: httpx.Client, endpoint: WebhookEndpoint, batch: list[WebhookMessage], resolved=None
+    client: transport.Pool, endpoint: WebhookEndpoint, batch: list[_Claimed], resolved=None
 ) -> list[Outcome]:
     pause = 1.0 / endpoint.rate_limit
     outcomes = []
@@ -215,12 +230,22 @@ def _lease(endpoint: WebhookEndpoint) -> timedelta:
     return timedelta(seconds=rounds * (connect + read) + 5)
 
 
-def _claim(endpoint_id: int, limit: int, lease: timedelta) -> list[WebhookMessage]:
-    """Lease up to ``limit`` due messages, with their bodies (``payload`` itself is left deferred)."""
-    with transaction.atomic():
-        return list(
-            WebhookMessage.objects.raw(_CLAIM_SQL, {"lease": lease, "endpoint": endpoint_id, "limit": limit})
-        )
+def _claim(endpoint_id: int, limit: int, lease: timedelta) -> list[_Claimed]:
+    """Lease up to ``limit`` due messages, oldest first, with their bodies (the payload is not decoded).
+
+    Due messages that are not the heads of their objects' queues are parked,
+    not returned: when a claim found only those, it claims again.
+    """
+    while True:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_LOCK_SQL, {"subscriber": endpoint_id, "limit": limit})
+            ids = [row[0] for row in cursor.fetchall()]
+            if not ids:
+                return []
+            cursor.execute(_CLAIM_SQL, {"ids": ids, "lease": lease})
+            claimed = [_Claimed(*row) for row in cursor.fetchall()]
+        if claimed:
+            return sorted(claimed, key=lambda m: (m.created_at, m.pk))
 
 
 def _has_due(endpoint_id: int) -> bool:
@@ -231,12 +256,12 @@ def _has_due(endpoint_id: int) -> bool:
         return cursor.fetchone()[0]
 
 
-def _body(message: WebhookMessage) -> str:
+def _body(message: _Claimed | WebhookMessage) -> str:
     body = getattr(message, "body", None)
     return body if body is not None else json.dumps(message.payload, ensure_ascii=False)
 
 
-def _send(client: httpx.Client, endpoint: WebhookEndpoint, message: WebhookMessage, resolved=None) -> Outcome:
+def _send(client: transport.Pool, endpoint: WebhookEndpoint, message: _Claimed, resolved=None) -> Outcome:
     """One signed POST to the address that passed the safety check.
 
     ``resolved``: the batch's ``safety.resolve(endpoint.url)`` (or the
@@ -252,19 +277,18 @@ def _send(client: httpx.Client, endpoint: WebhookEndpoint, message: WebhookMessa
     except safety.UnsafeURL as exc:
         return Outcome(error=f"refused: {exc}")
     parts = urlsplit(endpoint.url)
-    literal = f"[{address}]" if ":" in address else address
-    target = urlunsplit((parts.scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
+    # Non-ASCII characters and spaces percent-encoded; every other character as written.
+    path = quote(urlunsplit(("", "", parts.path or "/", parts.query, "")), safe="!#$%&'()*+,/:;=?@[]~")
     default_port = 443 if parts.scheme == "https" else 80
     body = _body(message)
     headers = signing.headers(message.webhook_id, timezone.now(), body, endpoint.signing_secrets())
     headers["host"] = host if port == default_port else f"{host}:{port}"
     headers["user-agent"] = "audit_stream-webhooks/1"
-    extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
     try:
-        response = client.post(target, content=body.encode(), headers=headers, extensions=extensions)
-    except httpx.TimeoutException as exc:
+        response = client.post(parts.scheme, address, port, host, path, body.encode(), headers)
+    except (transport.ConnectTimeout, transport.ReadTimeout) as exc:
         return Outcome(duration_ms=_ms(started), error=f"timeout: {type(exc).__name__}")
-    except httpx.HTTPError as exc:
+    except transport.TransportError as exc:
         return Outcome(duration_ms=_ms(started), error=f"{type(exc).__name__}: {exc}"[:_EXCERPT])
     outcome = Outcome(
         status_code=response.status_code,
@@ -310,19 +334,16 @@ def _next_delay(attempts: int, outcome: Outcome) -> float | None:
 
 
 def _record(
-    endpoint: WebhookEndpoint, batch: list[WebhookMessage], outcomes: list[Outcome], result: DeliveryResult
+    endpoint: WebhookEndpoint, batch: list[_Claimed], outcomes: list[Outcome], result: DeliveryResult
 ) -> WebhookEndpoint:
     """Store a batch's attempts and their consequences in one transaction (one commit per batch)."""
     now = timezone.now()
     with transaction.atomic():
-        WebhookAttempt.objects.bulk_create(
-            WebhookAttempt(
-                message=message, status_code=o.status_code, duration_ms=o.duration_ms,
-                response_excerpt=o.response_excerpt, error=o.error, succeeded=o.succeeded,
-            )
-            for message, o in zip(batch, outcomes, strict=True)
-        )  # fmt: skip
-        changes = {"ids": [], "statuses": [], "attempts": [], "errors": [], "next": []}
+        changes = {
+            "ids": [], "statuses": [], "attempts": [], "errors": [], "next": [],
+            "codes": [o.status_code for o in outcomes], "durations": [o.duration_ms for o in outcomes],
+            "excerpts": [o.response_excerpt for o in outcomes], "succeeded": [o.succeeded for o in outcomes],
+        }  # fmt: skip
         for message, outcome in zip(batch, outcomes, strict=True):
             attempts = message.attempts + 1
             status, next_at = WebhookMessage.DELIVERED, None
@@ -340,7 +361,7 @@ def _record(
             changes["ids"].append(message.pk)
             changes["statuses"].append(status)
             changes["attempts"].append(attempts)
-            changes["errors"].append("" if outcome.succeeded else outcome.error)
+            changes["errors"].append(outcome.error)
             changes["next"].append(next_at)
         with connection.cursor() as cursor:
             cursor.execute(_RECORD_SQL, {**changes, "now": now})
@@ -382,7 +403,11 @@ def _record(
 def replay(messages) -> int:
     """Deliver these messages again from a fresh retry schedule (delivered ones too). Returns how many."""
     return WebhookMessage.objects.filter(pk__in=[getattr(m, "pk", m) for m in messages]).update(
-        status=WebhookMessage.PENDING, attempts=0, next_attempt_at=timezone.now(), lease_until=None
+        status=WebhookMessage.PENDING,
+        attempts=0,
+        next_attempt_at=timezone.now(),
+        lease_until=None,
+        held=False,
     )
 
 
@@ -394,7 +419,11 @@ def replay_failed(endpoint: WebhookEndpoint | int, since: datetime | None = None
     if since is not None:
         dead = dead.filter(created_at__gte=since)
     return dead.update(
-        status=WebhookMessage.PENDING, attempts=0, next_attempt_at=timezone.now(), lease_until=None
+        status=WebhookMessage.PENDING,
+        attempts=0,
+        next_attempt_at=timezone.now(),
+        lease_until=None,
+        held=False,
     )
 
 

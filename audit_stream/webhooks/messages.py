@@ -7,20 +7,21 @@ message. The payload is the feed format (:mod:`audit_stream.payload`).
 
 from __future__ import annotations
 
-from audit_stream import payload
+from audit_stream import ordering, payload
 
 __all__ = ["record"]
 
 # For the changes just folded, one message per matching active endpoint
 # (payload.matches: the filters every subscriber kind shares).
 # data.event_id (pgh_id) grows per object in the order changes happened: a
-# receiver re-orders or drops stale deliveries with it.
+# receiver re-orders or drops stale deliveries with it. An ordered endpoint's
+# messages carry their object's key (audit_stream.ordering).
 _RECORD_SQL = f"""
 INSERT INTO audit_stream_webhookmessage
     (id, endpoint_id, change_id, event_type, payload, status, attempts, next_attempt_at,
-     last_error, created_at)
+     last_error, created_at, object_key)
 SELECT gen_random_uuid(), ep.id, c.id, {payload.TYPE_SQL}, {payload.PAYLOAD_SQL},
-       'pending', 0, now(), '', now()
+       'pending', 0, now(), '', now(), {ordering.OBJECT_KEY_SQL.format(alias="ep")}
 FROM audit_stream_change AS c
 JOIN audit_stream_webhookendpoint AS ep ON {payload.matches("ep")}
 {payload.FROM_SQL}

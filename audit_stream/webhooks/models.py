@@ -7,6 +7,7 @@ import secrets
 import uuid
 from datetime import timedelta
 
+import pgtrigger
 from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
@@ -14,6 +15,7 @@ from django.db import models
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from audit_stream import ordering
 from audit_stream.exact import ExactDecoder
 
 __all__ = ["WebhookAttempt", "WebhookEndpoint", "WebhookHour", "WebhookMessage"]
@@ -51,6 +53,12 @@ class WebhookEndpoint(models.Model):
     )
     rate_limit = models.PositiveIntegerField(
         null=True, blank=True, help_text="At most this many messages per second."
+    )
+    ordered = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Per object, in order: an object's next change is sent once the previous one was"
+        " delivered or went dead (other objects keep flowing). Applies to changes recorded from now on.",
     )
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
     # Delivery attempts ever made, by outcome: monotonic counters (retention prunes the
@@ -174,19 +182,17 @@ class WebhookMessage(models.Model):
     last_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(db_default=Now())
     delivered_at = models.DateTimeField(null=True)
+    # Ordered endpoints (audit_stream.ordering): the message's object, and whether a claim
+    # found it waiting behind an earlier message of that object (left out of the claim's scan).
+    object_key = models.TextField(null=True, blank=True, editable=False)
+    held = models.BooleanField(default=False, db_default=False, editable=False)
 
     class Meta:
         db_table = "audit_stream_webhookmessage"
         verbose_name = "webhook message"
         indexes = [
-            # Due messages of an endpoint, in order: the delivery loop's query.
-            # The claim's "oldest owed messages of an endpoint": matches its ORDER BY,
-            # so a claim reads 20 rows, not every due message (benchmarks/webhooks.py).
-            models.Index(
-                fields=["endpoint", "created_at", "id"],
-                name="audit_stream_msg_owed",
-                condition=models.Q(status__in=["pending", "sending"]),
-            ),
+            # The claim's "oldest due messages of an endpoint" (its ORDER BY), and an object's queue.
+            *ordering.indexes("audit_stream_msg", "endpoint"),
             models.Index(fields=["endpoint", "status", "created_at"], name="audit_stream_msg_status"),
             # The admin's list of every message, newest first.
             models.Index(fields=["created_at", "id"], name="audit_stream_msg_created"),
@@ -198,6 +204,13 @@ class WebhookMessage(models.Model):
     @property
     def webhook_id(self) -> str:
         return f"msg_{self.id.hex}"
+
+
+# Registered rather than declared in Meta: Meta.triggers exists only once pgtrigger is
+# installed, and its absence must reach the system check (audit_stream.E007), not crash.
+pgtrigger.register(
+    ordering.UnparkNext(name="unpark_next", table="audit_stream_webhookmessage", subscriber="endpoint_id")
+)(WebhookMessage)
 
 
 class WebhookAttempt(models.Model):

@@ -29,6 +29,12 @@ class Command(BaseCommand):
             "--model", action="append", default=[], help='Only this model ("app_label.model"); repeatable.'
         )
         add.add_argument("--label", action="append", default=[], help="Only this event label; repeatable.")
+        add.add_argument(
+            "--ordered",
+            action="store_true",
+            help="Per object, in order: an object's next change waits until the previous one was"
+            " acknowledged or went dead (other objects keep flowing).",
+        )
 
         sub.add_parser("list", help="List sinks with their messages by status.")
         for action, text in [
@@ -68,8 +74,10 @@ class Command(BaseCommand):
             options=sink_options,
             filter_models=options["model"],
             filter_labels=options["label"],
+            ordered=options["ordered"],
         )
-        self.stdout.write(f"Added sink {sink.pk} {sink.name} ({sink.kind} {sink.target}).")
+        ordered = ", ordered per object" if sink.ordered else ""
+        self.stdout.write(f"Added sink {sink.pk} {sink.name} ({sink.kind} {sink.target}{ordered}).")
 
     def handle_list(self, options):
         counts = {
@@ -82,7 +90,7 @@ class Command(BaseCommand):
                 for status in ("pending", "sending", "delivered", "dead")
                 if (sink.pk, status) in counts
             )
-            state = "active" if sink.is_active else "disabled"
+            state = ("active" if sink.is_active else "disabled") + (", ordered" if sink.ordered else "")
             self.stdout.write(
                 f"{sink.pk}\t{sink.name}\t{sink.kind}\t{sink.target}\t{state}\t{by_status or '-'}"
             )

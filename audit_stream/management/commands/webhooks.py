@@ -39,6 +39,12 @@ class Command(BaseCommand):
         add.add_argument(
             "--rate-limit", type=int, default=None, help="At most this many messages per second."
         )
+        add.add_argument(
+            "--ordered",
+            action="store_true",
+            help="Per object, in order: an object's next change waits until the previous one was"
+            " delivered or went dead (other objects keep flowing).",
+        )
 
         sub.add_parser("list", help="List endpoints with their health.")
 
@@ -95,6 +101,7 @@ class Command(BaseCommand):
             filter_models=options["model"],
             filter_labels=options["label"],
             rate_limit=options["rate_limit"],
+            ordered=options["ordered"],
         )
         try:
             endpoint.full_clean()
@@ -114,6 +121,7 @@ class Command(BaseCommand):
             counts = {s: ep.messages.filter(status=s).count() for s in ("pending", "delivered", "dead")}
             state = "active" if ep.is_active else f"disabled ({ep.disabled_reason})"
             filters = ", ".join(ep.filter_models + ep.filter_labels) or "all changes"
+            state += ", ordered per object" if ep.ordered else ""
             self.stdout.write(
                 f"{ep.pk:>4}  {ep.url}  [{state}]  secret {ep.masked_secret}  filters: {filters}  "
                 f"pending {counts['pending']}, delivered {counts['delivered']}, dead {counts['dead']}, "

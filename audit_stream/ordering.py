@@ -1,0 +1,185 @@
+"""What a subscriber may send now: due messages, and for ordered subscribers only each object's head.
+
+Shared by webhook endpoints (``audit_stream_webhookmessage``, keyed by
+``endpoint_id``) and sinks (``audit_stream_sinkmessage``, ``sink_id``): both
+claim queries are built here, so "due" and "head of its object's queue" are
+each written once.
+
+Ordered delivery per object. A subscriber declared ``ordered`` gets messages
+with an ``object_key`` (``"<app_label.model>:<pk>"``, set by the fold). Such a
+message is sent only when it is the **head** of its object's queue: no message
+of the same subscriber and object with a smaller ``change_id`` is still owed
+(``pending`` or ``sending``). A message that was delivered or went dead no
+longer holds the next one back, so a failing object waits for its retry
+schedule while every other object keeps flowing.
+
+Staying O(batch) at any backlog. A claim reads the subscriber's due messages
+in the order they fell due, a range of an index on the due time (so messages
+waiting for a later retry are not read) that leaves out the messages
+**parked** (``held``) behind their object's head. The first claim that meets
+a message that is not a head parks it, so a failing object's queue is walked
+once, not by every claim. When a message stops being owed, a trigger
+(:class:`UnparkNext`) unparks the next owed message of its object, which the
+next claim sends if it is now the head. ``held`` only keeps a message out of
+the scan: the head condition is checked by every claim, so nothing is sent out
+of order whatever ``held`` says.
+
+The claim is two statements in one transaction: the first locks the due
+candidates (``FOR UPDATE SKIP LOCKED``), the second, with a snapshot taken
+after those locks, sends the heads and parks the rest. Were both in one
+statement, a message whose predecessor was delivered (and whose unparking
+committed) between the statement's snapshot and its lock would be parked on
+stale information, and nothing would unpark it.
+
+Replaying a dead message of an ordered subscriber makes it owed again: the
+messages of its object that are still owed and not yet in flight wait behind
+it again (they are no longer heads); those already delivered are not sent
+again.
+"""
+
+from __future__ import annotations
+
+import pgtrigger
+from django.db import models
+from pgtrigger import compiler
+
+from audit_stream import triggers
+
+__all__ = ["DUE", "DUE_AT", "OBJECT_KEY_SQL", "OWED", "UnparkNext", "claim_sql", "head", "indexes"]
+
+#: Owed: a message not yet delivered and not dead.
+OWED = "('pending', 'sending')"
+
+#: When an owed message ``m`` is due: a pending one at its next attempt, a claimed
+#: one when its lease expires (its worker died). The ``..._claimable`` index is on
+#: this expression, so that claims read only due messages, in the order they fell
+#: due, however many wait for a later retry.
+DUE_AT = "(CASE WHEN m.status = 'pending' THEN m.next_attempt_at ELSE m.lease_until END)"
+
+#: A message ``m`` is due: owed, not parked, and its time has come.
+DUE = f"(m.status IN {OWED} AND NOT m.held AND {DUE_AT} <= now())"
+
+#: The object key the fold gives a message of change ``c`` for subscriber ``alias``:
+#: NULL (unordered) unless the subscriber is ordered.
+OBJECT_KEY_SQL = "CASE WHEN {alias}.ordered THEN c.model || ':' || c.object_id END"
+
+
+def head(table: str, subscriber: str) -> str:
+    """SQL: message ``m`` of ``table`` is the head of its object's queue for its subscriber.
+
+    True for an unordered message (no ``object_key``); otherwise true when no
+    message of the same subscriber and object with a smaller ``change_id`` is
+    owed. One probe of the ``..._object`` index per message.
+    """
+    return (
+        f"(m.object_key IS NULL OR NOT EXISTS (SELECT 1 FROM {table} AS p"
+        f" WHERE p.{subscriber} = m.{subscriber} AND p.object_key IS NOT NULL AND p.object_key = m.object_key"
+        f" AND p.status IN {OWED} AND p.change_id < m.change_id))"
+    )
+
+
+def claim_sql(table: str, subscriber: str, returning: str) -> tuple[str, str]:
+    """The two statements of a claim on ``table`` for one subscriber (``%(subscriber)s``).
+
+    1. Lock up to ``%(limit)s`` due messages, in the order they fell due
+       (``FOR UPDATE SKIP LOCKED``; a range of the ``..._claimable`` partial
+       index: O(limit) whatever the backlog waiting for later retries); returns
+       their ids. For new messages that order is the order they were recorded.
+    2. Given those ids (``%(ids)s``), with a fresh snapshot: lease the heads
+       (``status = 'sending'``, ``lease_until = now() + %(lease)s``) and return
+       ``returning`` (columns of ``m``) for each; park the others.
+    """
+    lock = f"""
+SELECT m.id FROM {table} AS m
+WHERE m.{subscriber} = %(subscriber)s AND {DUE}
+ORDER BY {DUE_AT}
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+    take = f"""
+WITH locked AS (
+    SELECT m.id, {head(table, subscriber)} AS is_head
+    FROM {table} AS m
+    WHERE m.id = ANY(%(ids)s::uuid[])
+), parked AS (
+    UPDATE {table} AS m SET held = true
+    FROM locked WHERE m.id = locked.id AND NOT locked.is_head
+)
+UPDATE {table} AS m SET status = 'sending', lease_until = now() + %(lease)s::interval
+FROM locked
+WHERE m.id = locked.id AND locked.is_head
+RETURNING {returning}
+"""
+    return lock, take
+
+
+def indexes(prefix: str, subscriber: str) -> list[models.Index]:
+    """The two partial indexes a message model needs (``subscriber``: its foreign key's field name).
+
+    ``<prefix>_claimable``: owed messages by the time they fall due
+    (:data:`DUE_AT`), parked messages left out. ``<prefix>_object``: the owed messages of one
+    object, in order, for the head condition and the unparking trigger.
+    """
+    owed = models.Q(status__in=["pending", "sending"])
+    return [
+        models.Index(
+            models.F(subscriber),
+            models.Case(
+                models.When(status="pending", then=models.F("next_attempt_at")),
+                default=models.F("lease_until"),
+            ),
+            name=f"{prefix}_claimable",
+            condition=owed & models.Q(held=False),
+        ),
+        models.Index(
+            fields=[subscriber, "object_key", "change_id"],
+            name=f"{prefix}_object",
+            condition=owed & models.Q(object_key__isnull=False),
+        ),
+    ]
+
+
+class UnparkNext(pgtrigger.Trigger):
+    """When an ordered message stops being owed, unpark the next owed message of its object.
+
+    Declared on both message models. It writes the next message even when it
+    is not parked: a claim that is parking it at that moment holds its row
+    lock, so this update waits for that claim and then clears ``held`` on the
+    row's latest version; otherwise the parking could win, and the message
+    would wait for an unparking that already happened.
+    """
+
+    when = pgtrigger.After
+    operation = pgtrigger.Update
+    level = pgtrigger.Row
+
+    def __init__(self, *, name: str, table: str, subscriber: str) -> None:
+        self.table, self.subscriber = table, subscriber
+        super().__init__(
+            name=name,
+            condition=pgtrigger.Condition(
+                f"OLD.status IN {OWED} AND NEW.status IN ('delivered', 'dead') AND NEW.object_key IS NOT NULL"
+            ),
+        )
+
+    def get_func(self, model) -> str:
+        table = triggers.qualified(self.table)
+        return (
+            f"UPDATE {table} AS n SET held = false\n"
+            "WHERE n.id = (\n"
+            f"    SELECT q.id FROM {table} AS q\n"
+            f"    WHERE q.{self.subscriber} = NEW.{self.subscriber}\n"
+            "      AND q.object_key IS NOT NULL AND q.object_key = NEW.object_key\n"
+            f"      AND q.status IN {OWED} AND q.change_id > NEW.change_id\n"
+            "    ORDER BY q.change_id\n"
+            "    LIMIT 1\n"
+            f") AND n.status IN {OWED};\n"
+            "RETURN NULL;"
+        )
+
+    def compile(self, model) -> compiler.Trigger:
+        # audit_stream's template: SECURITY DEFINER, pinned search_path, no EXCEPTION block.
+        compiled = super().compile(model)
+        kwargs = dict(compiled.sql.kwargs)
+        kwargs.pop("ignore_func_name", None)
+        return compiler.Trigger(name=self.name, sql=triggers.TriggerSql(**kwargs))
