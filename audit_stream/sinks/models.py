@@ -74,7 +74,8 @@ class SinkMessage(models.Model):
     STATUSES = [(s, s) for s in (PENDING, SENDING, DELIVERED, DEAD)]
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    sink = models.ForeignKey(Sink, on_delete=models.CASCADE, related_name="messages")
+    # No index of its own: the two below lead with sink (each message update writes every index).
+    sink = models.ForeignKey(Sink, on_delete=models.CASCADE, related_name="messages", db_index=False)
     change_id = models.BigIntegerField(null=True, help_text="The Change this message carries.")
     event_type = models.TextField(help_text='"<app>.<model>.<label>"')
     payload = models.JSONField(encoder=DjangoJSONEncoder, decoder=ExactDecoder)
