@@ -28,7 +28,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--model", action="append", default=[], metavar="TARGET",
-            help='Only this event model ("shop.OrderEvent"), or "changes", "webhook_messages",'
+            help='Only this event model ("shop.OrderEvent"), or "changes", "webhook_messages", "sink_messages",'
             ' "webhook_attempts"; repeatable.',
         )  # fmt: skip
         parser.add_argument(
