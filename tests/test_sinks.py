@@ -78,8 +78,8 @@ def nats_messages(stream: str, url: str = NATS_URL) -> list:
     return asyncio.run(_nats(read, url))
 
 
-async def _amqp_bind(exchange: str, queue: str, key: str) -> None:
-    connection = await aio_pika.connect(AMQP_URL)
+async def _amqp_bind(exchange: str, queue: str, key: str, url: str = AMQP_URL) -> None:
+    connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
         ex = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
@@ -87,8 +87,8 @@ async def _amqp_bind(exchange: str, queue: str, key: str) -> None:
         await q.bind(ex, routing_key=key)
 
 
-async def _amqp_get(queue: str) -> list:
-    connection = await aio_pika.connect(AMQP_URL)
+async def _amqp_get(queue: str, url: str = AMQP_URL) -> list:
+    connection = await aio_pika.connect(url)
     async with connection:
         q = await (await connection.channel()).declare_queue(queue, durable=True)
         found = []
@@ -97,8 +97,8 @@ async def _amqp_get(queue: str) -> list:
         return found
 
 
-async def _amqp_cleanup(exchange: str, queue: str) -> None:
-    connection = await aio_pika.connect(AMQP_URL)
+async def _amqp_cleanup(exchange: str, queue: str, url: str = AMQP_URL) -> None:
+    connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
         await channel.queue_delete(queue)
