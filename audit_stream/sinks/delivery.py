@@ -67,6 +67,18 @@ UPDATE audit_stream_sinkmessage
  WHERE id = ANY(%(ids)s::uuid[])
 """
 
+# A batch's outcomes added to its sink's lifetime counts (the dashboard's and
+# Prometheus's), with the time of its last delivery and its newest error.
+_TALLY_SQL = """
+UPDATE audit_stream_sink
+   SET messages_delivered = messages_delivered + %(delivered)s,
+       attempts_failed = attempts_failed + %(failed)s,
+       last_delivered_at = CASE WHEN %(delivered)s > 0 THEN now() ELSE last_delivered_at END,
+       last_error = CASE WHEN %(failed)s > 0 THEN %(error)s ELSE last_error END,
+       last_error_at = CASE WHEN %(failed)s > 0 THEN now() ELSE last_error_at END
+ WHERE id = %(sink)s
+"""
+
 # A claimed batch given back unpublished (the delivery's budget ran out): due again, no attempt counted.
 _RELEASE_SQL = """
 UPDATE audit_stream_sinkmessage SET status = 'pending', lease_until = NULL
@@ -174,8 +186,9 @@ def _claim(sink_id: int, limit: int) -> list[tuple[base.Message, int]]:
 
 @dataclass
 class _Outcomes:
-    """A batch's outcomes, as the arrays its two UPDATE statements bind."""
+    """A batch's outcomes, as the arrays its UPDATE statements bind."""
 
+    sink_id: int
     delivered: list[str] = field(default_factory=list)
     failed_ids: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -188,7 +201,7 @@ def _outcomes(
 ) -> _Outcomes:
     """Sort a batch's outcomes into delivered and failed (with the next attempt's delay), counting them."""
     schedule = config.sink_retry_schedule()
-    out = _Outcomes()
+    out = _Outcomes(result.sink_id)
     for (message, attempts), error in zip(batch, outcomes, strict=True):
         uid = message.id.removeprefix("msg_")
         if error is None:
@@ -209,8 +222,17 @@ def _outcomes(
 
 
 def _write(out: _Outcomes) -> None:
-    """Record a batch's outcomes: two statements, whatever the batch's size."""
+    """Record a batch's outcomes: three statements at most, whatever the batch's size."""
     with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            _TALLY_SQL,
+            {
+                "sink": out.sink_id,
+                "delivered": len(out.delivered),
+                "failed": len(out.failed_ids),
+                "error": out.errors[-1] if out.errors else "",
+            },
+        )
         if out.delivered:
             cursor.execute(_DELIVERED_SQL, {"ids": out.delivered})
         if out.failed_ids:

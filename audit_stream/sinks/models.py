@@ -45,6 +45,13 @@ class Sink(models.Model):
         models.TextField(), default=list, blank=True, help_text="Only these event labels; empty: all."
     )
     created_at = models.DateTimeField(db_default=Now(), editable=False)
+    # Kept by the delivery (one UPDATE per batch, in the transaction recording its
+    # outcomes); never counted from messages, which retention prunes.
+    messages_delivered = models.BigIntegerField(default=0, db_default=0, editable=False)
+    attempts_failed = models.BigIntegerField(default=0, db_default=0, editable=False)
+    last_delivered_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, default="", db_default="", editable=False)
+    last_error_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         db_table = "audit_stream_sink"
