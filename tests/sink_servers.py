@@ -173,13 +173,14 @@ class PrivateRabbitMQ:
     def _ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(
             [RABBITMQ_BIN / "rabbitmqctl", "-n", self.node, *args],
-            env=self.env, check=check, capture_output=True, timeout=120,
+            env=self.env, cwd=self.root, check=check, capture_output=True, timeout=120,
         )  # fmt: skip
 
     def start(self) -> None:
         subprocess.run(
             [RABBITMQ_BIN / "rabbitmq-server", "-detached"],
             env=self.env,
+            cwd=self.root,  # where Erlang writes a crash dump, if any
             check=True,
             capture_output=True,
             timeout=60,

@@ -321,9 +321,11 @@ def test_a_worker_killed_mid_batch_on_rabbitmq_loses_nothing_and_resends_with_th
 def rabbitmq_node(tmp_path_factory):
     """A RabbitMQ node of this module's own (about 10 s to start), which its tests stop and start."""
     node = PrivateRabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
-    node.start()
-    yield node
-    node.stop()
+    try:
+        node.start()
+        yield node
+    finally:  # also when it failed to start: a node left running would outlive its directory
+        node.stop()
 
 
 def test_rabbitmq_stopped_mid_publish_loses_nothing_and_resends_with_the_same_ids(rabbitmq_node, settings):
