@@ -335,3 +335,13 @@ def test_a_failing_broker_gives_back_the_batch_claimed_ahead():
     assert (result.delivered, result.failed) == (0, 10)
     attempts = sorted(SinkMessage.objects.values_list("status", "attempts"))
     assert attempts == [("pending", 0)] * 15 + [("pending", 1)] * 10
+
+
+def test_a_jetstream_publish_no_stream_takes_fails_with_the_servers_answer(nats_sink):
+    """The stream exists but takes other subjects: no acknowledgement; the batch fails and says why."""
+    stream = nats_sink.options["stream"]
+    asyncio.run(_nats(lambda js: js.add_stream(name=stream, subjects=[f"{unique('other')}.>"])))
+    _write_and_fold()
+    result = delivery.deliver(nats_sink.pk)
+    assert (result.delivered, result.failed) == (0, 1)
+    assert "503" in SinkMessage.objects.get().last_error  # NATS "no responders": nothing stored it
