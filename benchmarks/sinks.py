@@ -13,7 +13,11 @@ one in-process call of ``audit_stream.sinks.delivery.deliver`` (claims of 2,000
 messages, each batch published pipelined, outcomes recorded per batch) or of
 ``audit_stream.webhooks.delivery.deliver`` to a receiver on loopback
 (``benchmarks.perfapp.receiver``). Each run checks that every message is
-``delivered`` and that the broker holds (or the receiver got) that many. The
+``delivered`` and that the broker holds (or the receiver got) that many, and
+reports, besides wall time, the CPU time per message of this process (all its
+threads: the delivery claims and records on threads of its own) and of the
+PostgreSQL backends it used (``/proc/<pid>/schedstat``): on a shared machine
+the wall time is mostly waiting for a core, the CPU time is the work. The
 brokers are the machine's: NATS 4222 (a fresh stream, deleted after), Redis
 6379 database 3 (a fresh key, deleted after), RabbitMQ 5672 (a fresh exchange
 and stream queue, deleted after).
