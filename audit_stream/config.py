@@ -169,7 +169,7 @@ def webhook_disable_after() -> float:
 
 def retention() -> dict:
     """``RETENTION`` (default ``{}``): retention policies per event model label,
-    ``"default"``, ``"changes"``, ``"webhook_messages"`` and ``"webhook_attempts"``,
+    ``"default"``, ``"changes"``, ``"webhook_messages"``, ``"webhook_attempts"`` and ``"sink_messages"``,
     each ``{"max_age": "90d", "keep_last": 10}`` or ``None`` (keep forever). See
     :mod:`audit_stream.retention` for the defaults."""
     return _get("RETENTION", {})

@@ -10,6 +10,7 @@ Policies come from ``AUDIT_STREAM["RETENTION"]``::
             "changes": {"max_age": "180d", "keep_last": 1},
             "webhook_messages": {"max_age": "30d"},       # delivered and dead ones only
             "webhook_attempts": {"max_age": "30d"},
+            "sink_messages": {"max_age": "30d"},          # delivered and dead ones only
         }
     }
 
@@ -17,8 +18,9 @@ Policies come from ``AUDIT_STREAM["RETENTION"]``::
 ``keep_last`` too, the last N rows of each object are kept whatever their age;
 ``keep_last`` alone keeps the last N per object; ``None`` (or no policy) keeps
 forever. Defaults: events and changes are kept forever; delivered and dead
-webhook messages and attempts for 30 days. Contexts that nothing references
-any more are pruned once they are an hour old.
+webhook messages, their attempts, and delivered and dead sink messages for 30
+days. Contexts that nothing references any more are pruned once they are an
+hour old.
 
 Safety:
 
@@ -78,9 +80,10 @@ CHANGES = "changes"
 ROW_LOG = "row_log"
 MESSAGES = "webhook_messages"
 ATTEMPTS = "webhook_attempts"
+SINK_MESSAGES = "sink_messages"
 CONTEXTS = "contexts"
-_SPECIAL = (CHANGES, MESSAGES, ATTEMPTS)
-_DEFAULTS = {MESSAGES: {"max_age": "30d"}, ATTEMPTS: {"max_age": "30d"}}
+_SPECIAL = (CHANGES, MESSAGES, ATTEMPTS, SINK_MESSAGES)
+_DEFAULTS = {MESSAGES: {"max_age": "30d"}, ATTEMPTS: {"max_age": "30d"}, SINK_MESSAGES: {"max_age": "30d"}}
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _CONTEXT_GRACE = timedelta(hours=1)
 
@@ -176,7 +179,7 @@ def _event_model_labels() -> dict[str, type]:
 
 
 def policies() -> dict[str, Policy]:
-    """The policy of every target: each event model's label, changes, webhook messages and attempts.
+    """The policy of every target: each event model's label, changes, webhook and sink messages, attempts.
 
     Raises ``ValueError`` for an invalid setting (also reported by the system checks).
     """
@@ -189,7 +192,7 @@ def policies() -> dict[str, Policy]:
         if key not in ("default", ROW_LOG) and key not in _SPECIAL and key.lower() not in lower:
             raise ValueError(
                 f'AUDIT_STREAM["RETENTION"] has an unknown key {key!r}: use "default", "row_log", "changes",'
-                ' "webhook_messages", "webhook_attempts" or an event model label such as'
+                ' "webhook_messages", "webhook_attempts", "sink_messages" or an event model label such as'
                 f" {next(iter(sorted(models)), 'shop.OrderEvent')!r}."
             )
     default = Policy.parse(raw.get("default"), 'AUDIT_STREAM["RETENTION"]["default"]')
@@ -266,11 +269,21 @@ WHERE newest > 1
   AND (%(above)s::bigint IS NULL OR id >= %(above)s)
 """
 
-# Messages still owed (pending, sending) are never pruned.
-_MESSAGE_CANDIDATES = """
+# A webhook or sink message that is settled (delivered, or dead: replay makes
+# it owed again) and older than the cutoff. Messages still owed (pending,
+# sending) are never pruned.
+_SETTLED_BEFORE_CUTOFF = "status IN ('delivered', 'dead') AND created_at < %(cutoff)s"
+
+_MESSAGE_CANDIDATES = f"""
 INSERT INTO _audit_stream_doomed_uuid (id)
 SELECT id FROM audit_stream_webhookmessage
-WHERE status IN ('delivered', 'dead') AND created_at < %(cutoff)s
+WHERE {_SETTLED_BEFORE_CUTOFF}
+"""
+
+_SINK_MESSAGE_CANDIDATES = f"""
+INSERT INTO _audit_stream_doomed_uuid (id)
+SELECT id FROM audit_stream_sinkmessage
+WHERE {_SETTLED_BEFORE_CUTOFF}
 """
 
 _ATTEMPT_CANDIDATES = """
@@ -282,8 +295,8 @@ SELECT id FROM audit_stream_webhookattempt WHERE attempted_at < %(cutoff)s
 
 _DELETE_BATCH = """
 WITH batch AS (
-    DELETE FROM _audit_stream_doomed
-    WHERE id IN (SELECT id FROM _audit_stream_doomed ORDER BY id LIMIT %(batch)s)
+    DELETE FROM {doomed}
+    WHERE id IN (SELECT id FROM {doomed} ORDER BY id LIMIT %(batch)s)
     RETURNING id
 )
 DELETE FROM {table} AS t USING batch WHERE t.{pk} = batch.id
@@ -328,7 +341,7 @@ def prune(
 
     Args:
         targets: Restrict to these targets (event model labels, ``"row_log"``, ``"changes"``,
-            ``"webhook_messages"``, ``"webhook_attempts"``); all by default.
+            ``"webhook_messages"``, ``"webhook_attempts"``, ``"sink_messages"``); all by default.
         overrides: A policy that replaces the configured one for every target.
         batch_size: Rows per delete transaction.
         dry_run: Count what would be deleted; delete nothing.
@@ -379,6 +392,11 @@ def prune(
                         connection, "audit_stream_webhookattempt", _ATTEMPT_CANDIDATES, policy, cutoff,
                         batch_size, dry_run, progress,
                     )  # fmt: skip
+                elif target == SINK_MESSAGES:
+                    table, count = _prune_simple(
+                        connection, "audit_stream_sinkmessage", _SINK_MESSAGE_CANDIDATES, policy, cutoff,
+                        batch_size, dry_run, progress, doomed="_audit_stream_doomed_uuid",
+                    )  # fmt: skip
                 else:
                     table, count = _prune_messages(connection, cutoff, batch_size, dry_run, progress)
             except Exception as exc:  # one table's failure is reported, the others still run
@@ -425,10 +443,21 @@ def _fill(cursor, sql: str, params: dict, *, count_only: bool = False) -> int:
     return cursor.rowcount
 
 
-def _drain(connection, table: str, pk: str, total: int, batch_size: int, progress, event_table: bool) -> int:
-    """Delete the chosen rows of ``table`` in batches, one transaction each."""
+def _drain(
+    connection,
+    table: str,
+    pk: str,
+    total: int,
+    batch_size: int,
+    progress,
+    event_table: bool,
+    doomed: str = "_audit_stream_doomed",
+) -> int:
+    """Delete the chosen rows of ``table`` (their keys in the temporary table ``doomed``) in batches."""
     done = 0
-    sql = _DELETE_BATCH.format(table=connection.ops.quote_name(table), pk=connection.ops.quote_name(pk))
+    sql = _DELETE_BATCH.format(
+        table=connection.ops.quote_name(table), pk=connection.ops.quote_name(pk), doomed=doomed
+    )
     while done < total:
         with transaction.atomic(using=connection.alias):
             guard = allow_prune(connection.alias) if event_table else contextlib.nullcontext()
@@ -438,7 +467,7 @@ def _drain(connection, table: str, pk: str, total: int, batch_size: int, progres
         if deleted == 0 and done < total:
             # Rows chosen but already gone (deleted meanwhile): nothing left to take.
             with connection.cursor() as cursor:
-                cursor.execute("SELECT count(*) FROM _audit_stream_doomed")
+                cursor.execute(f"SELECT count(*) FROM {doomed}")
                 if cursor.fetchone()[0] == 0:
                     break
         done += deleted
@@ -600,14 +629,25 @@ def _object_key(model) -> str:
 
 
 def _prune_simple(
-    connection, table, candidates, policy, cutoff, batch_size, dry_run, progress, above=None
+    connection,
+    table,
+    candidates,
+    policy,
+    cutoff,
+    batch_size,
+    dry_run,
+    progress,
+    above=None,
+    doomed="_audit_stream_doomed",
 ) -> tuple[str, int]:
     with connection.cursor() as cursor:
         params = {"cutoff": cutoff, "keep_last": policy.keep_last, "above": above}
         total = _fill(cursor, candidates, params, count_only=dry_run)
     if dry_run:
         return table, total
-    return table, _drain(connection, table, "id", total, batch_size, progress, event_table=False)
+    return table, _drain(
+        connection, table, "id", total, batch_size, progress, event_table=False, doomed=doomed
+    )
 
 
 def _prune_messages(connection, cutoff, batch_size, dry_run, progress) -> tuple[str, int]:
@@ -666,11 +706,17 @@ WITH changes AS (
 DELETE FROM audit_stream_webhookmessage AS m USING messages WHERE m.id = messages.id
 """
 
+# The sink messages that carry an object's changes.
+_ERASE_SINK_MESSAGES = """
+DELETE FROM audit_stream_sinkmessage AS m USING audit_stream_change AS c
+WHERE m.change_id = c.id AND c.model = %(model)s AND c.object_id = %(pk)s
+"""
+
 
 def erase(
     model_label: str, pk: str, *, using: str = DEFAULT_DB_ALIAS, dry_run: bool = False
 ) -> dict[str, int]:
-    """Remove every trace of one object: its events, changes and webhook messages.
+    """Remove every trace of one object: its events, changes, webhook and sink messages.
 
     For a right-to-erasure request. Unfolded events are erased too. What was
     erased is not recorded; that an erasure happened is (a ``RetentionRun``
@@ -713,6 +759,8 @@ def erase(
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHANGE_PARTITIONS_LOCK])
         cursor.execute(_ERASE_MESSAGES, {"model": tracked._meta.label_lower, "pk": str(pk_value)})
         counts["audit_stream_webhookmessage"] = cursor.rowcount
+        cursor.execute(_ERASE_SINK_MESSAGES, {"model": tracked._meta.label_lower, "pk": str(pk_value)})
+        counts["audit_stream_sinkmessage"] = cursor.rowcount
         cursor.execute(
             "DELETE FROM audit_stream_change WHERE model = %s AND object_id = %s",
             [tracked._meta.label_lower, str(pk_value)],

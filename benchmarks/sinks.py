@@ -13,7 +13,11 @@ one in-process call of ``audit_stream.sinks.delivery.deliver`` (claims of 2,000
 messages, each batch published pipelined, outcomes recorded per batch) or of
 ``audit_stream.webhooks.delivery.deliver`` to a receiver on loopback
 (``benchmarks.perfapp.receiver``). Each run checks that every message is
-``delivered`` and that the broker holds (or the receiver got) that many. The
+``delivered`` and that the broker holds (or the receiver got) that many, and
+reports, besides wall time, the CPU time per message of this process (all its
+threads: the delivery claims and records on threads of its own) and of the
+PostgreSQL backends it used (``/proc/<pid>/schedstat``): on a shared machine
+the wall time is mostly waiting for a core, the CPU time is the work. The
 brokers are the machine's: NATS 4222 (a fresh stream, deleted after), Redis
 6379 database 3 (a fresh key, deleted after), RabbitMQ 5672 (a fresh exchange
 and stream queue, deleted after).
@@ -28,6 +32,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -61,12 +66,82 @@ def _messages(n: int, tag: str) -> None:
     fold.fold_all()
 
 
-def _time(call) -> float:
-    started = time.perf_counter()
-    result = call()
-    elapsed = time.perf_counter() - started
+def _schedstat(pid: int) -> float | None:
+    """CPU seconds process ``pid`` has run (Linux ``/proc/<pid>/schedstat``, in ns); None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as stat:
+            return int(stat.read().split()[0]) / 1e9
+    except OSError:
+        return None
+
+
+class _BackendCPU(threading.Thread):
+    """CPU seconds of the PostgreSQL backends this process uses while it runs, its threads' ones too.
+
+    The main connection's backend, and each one a thread opens (the delivery's
+    recorder) as Django creates it; each is read every 5 ms until it exits, so
+    the last few milliseconds of a closing backend may be missed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.start_cpu: dict[int, float] = {}
+        self.last_cpu: dict[int, float] = {}
+        self._done = threading.Event()
+
+    def _add(self, pid: int, baseline: bool) -> None:
+        cpu = _schedstat(pid)
+        if cpu is not None and pid not in self.start_cpu:
+            self.start_cpu[pid] = cpu if baseline else 0.0
+            self.last_cpu[pid] = cpu
+
+    def _created(self, sender, connection, **kwargs) -> None:
+        self._add(connection.connection.info.backend_pid, baseline=False)
+
+    def __enter__(self) -> _BackendCPU:
+        from django.db import connection
+        from django.db.backends.signals import connection_created
+
+        connection.ensure_connection()
+        self._add(connection.connection.info.backend_pid, baseline=True)
+        connection_created.connect(self._created)
+        self.start()
+        return self
+
+    def run(self) -> None:
+        while not self._done.wait(0.005):
+            for pid in list(self.last_cpu):
+                cpu = _schedstat(pid)
+                if cpu is not None:
+                    self.last_cpu[pid] = cpu
+
+    def __exit__(self, *exc) -> None:
+        from django.db.backends.signals import connection_created
+
+        self._done.set()
+        self.join()
+        connection_created.disconnect(self._created)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.last_cpu[pid] - self.start_cpu[pid] for pid in self.last_cpu)
+
+
+def _time(call, n: int) -> dict:
+    """Wall seconds of ``call()``, and CPU microseconds per message of this process and of PostgreSQL."""
+    with _BackendCPU() as backends:
+        cpu = time.process_time()
+        started = time.perf_counter()
+        result = call()
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu
     assert result.failed == 0, result.errors
-    return elapsed
+    return {
+        "seconds": elapsed,
+        "per_second": n / elapsed,
+        "worker_cpu_us": cpu / n * 1e6,
+        "postgres_cpu_us": backends.seconds / n * 1e6,
+    }
 
 
 def bench_sink(kind: str, target: str, options: dict, n: int) -> dict:
@@ -77,10 +152,10 @@ def bench_sink(kind: str, target: str, options: dict, n: int) -> dict:
     WebhookEndpoint.objects.update(is_active=False)
     sink = Sink.objects.create(name=f"bench-{kind}", kind=kind, target=target, options=options)
     _messages(n, kind)
-    elapsed = _time(lambda: delivery.deliver(sink.pk, max_messages=10**9, max_seconds=600))
+    timing = _time(lambda: delivery.deliver(sink.pk, max_messages=10**9, max_seconds=600), n)
     delivered = SinkMessage.objects.filter(sink=sink, status="delivered").count()
     assert delivered == n, f"{delivered} of {n} delivered"
-    return {"target": kind, "messages": n, "seconds": elapsed, "per_second": n / elapsed}
+    return {"target": kind, "messages": n, **timing}
 
 
 def bench_webhook(n: int) -> dict:
@@ -97,13 +172,13 @@ def bench_webhook(n: int) -> dict:
         port = int(receiver.stdout.readline().rsplit(" ", 1)[1])
         endpoint = WebhookEndpoint.objects.create(url=f"http://127.0.0.1:{port}/hook")
         _messages(n, "webhook")
-        elapsed = _time(lambda: delivery.deliver(endpoint.pk, max_messages=10**9, max_seconds=600))
+        timing = _time(lambda: delivery.deliver(endpoint.pk, max_messages=10**9, max_seconds=600), n)
         delivered = WebhookMessage.objects.filter(endpoint=endpoint, status="delivered").count()
         assert delivered == n, f"{delivered} of {n} delivered"
     finally:
         receiver.terminate()
         receiver.wait(timeout=10)
-    return {"target": "webhook", "messages": n, "seconds": elapsed, "per_second": n / elapsed}
+    return {"target": "webhook", "messages": n, **timing}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -157,9 +232,15 @@ def main(argv: list[str] | None = None) -> None:
         client = redis.Redis.from_url("redis://127.0.0.1:6379/3")
         for key in client.scan_iter(f"{prefix}:*"):
             client.delete(key)
-    print("| target | messages | seconds | messages/s |\n|---|---:|---:|---:|")
+    print(
+        "| target | messages | seconds | messages/s | worker CPU µs/msg | PostgreSQL CPU µs/msg |\n"
+        "|---|---:|---:|---:|---:|---:|"
+    )
     for r in results:
-        print(f"| {r['target']} | {r['messages']:,} | {r['seconds']:.2f} | {r['per_second']:,.0f} |")
+        print(
+            f"| {r['target']} | {r['messages']:,} | {r['seconds']:.2f} | {r['per_second']:,.0f}"
+            f" | {r['worker_cpu_us']:.1f} | {r['postgres_cpu_us']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

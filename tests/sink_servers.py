@@ -9,11 +9,13 @@ temporary directory, started and stopped by the test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -79,3 +81,129 @@ class PrivateServer:
             self._proc.terminate()
             self._proc.wait(timeout=15)
             self._proc = None
+
+
+class AckWithholdingProxy:
+    """A TCP proxy to a broker that stops passing the broker's replies once the client publishes.
+
+    Everything the client sends reaches the broker (which stores the messages);
+    from the first chunk holding ``publish_marker`` on, nothing the broker sends
+    back reaches the client, so its acknowledgements never come: the moment a
+    worker killed mid-batch has published but recorded nothing. Each accepted
+    connection is pumped by two daemon threads; :meth:`close` ends them all.
+    """
+
+    def __init__(self, upstream_port: int, publish_marker: bytes) -> None:
+        self.upstream_port = upstream_port
+        self.marker = publish_marker
+        self.withholding = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, from_client: bool) -> None:
+        try:
+            while chunk := source.recv(65536):
+                if from_client and self.marker in chunk:
+                    self.withholding.set()
+                if from_client or not self.withholding.is_set():
+                    sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:  # one side gone: the other sees it too (a killed worker's broker connection closes)
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        for s in self._sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")  # the scripts themselves, not /usr/sbin's wrappers (user switch)
+
+
+class PrivateRabbitMQ:
+    """A RabbitMQ node of its own (name, ports, database, cookie in ``root``), so a test may stop it.
+
+    ``rabbitmq-server -detached`` with ``RABBITMQ_NODENAME``, ``RABBITMQ_NODE_PORT``
+    and ``RABBITMQ_MNESIA_BASE`` pointing into ``root``, no plugins; the shared
+    node on 5672 is never touched.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.node = f"{unique('i20t')}@localhost"
+        (root / "home").mkdir(parents=True, exist_ok=True)
+        (root / "rabbitmq.conf").write_text(
+            f"listeners.tcp.local = 127.0.0.1:{self.port}\nloopback_users = none\n"
+        )
+        (root / "enabled_plugins").write_text("[].\n")
+        self.env = {
+            **os.environ,
+            "HOME": str(root / "home"),  # its own Erlang cookie
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_MNESIA_BASE": str(root / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(root / "log"),
+            "RABBITMQ_CONFIG_FILE": str(root / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(root / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(root / "rabbitmq.pid"),
+        }
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def _ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [RABBITMQ_BIN / "rabbitmqctl", "-n", self.node, *args],
+            env=self.env, cwd=self.root, check=check, capture_output=True, timeout=120,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        subprocess.run(
+            [RABBITMQ_BIN / "rabbitmq-server", "-detached"],
+            env=self.env,
+            cwd=self.root,  # where Erlang writes a crash dump, if any
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        # Until the node has registered, rabbitmqctl cannot reach it (exit status 69): ask again.
+        wait_until(
+            lambda: self._ctl("await_startup", check=False).returncode == 0,
+            timeout=120, interval=1, message=f"RabbitMQ node {self.node} started",
+        )  # fmt: skip
+        wait_until(lambda: _listening(self.port), timeout=60, message=f"RabbitMQ on port {self.port}")
+
+    def stop_app(self) -> None:
+        self._ctl("stop_app")
+
+    def start_app(self) -> None:
+        self._ctl("start_app")
+        wait_until(lambda: _listening(self.port), timeout=60, message=f"RabbitMQ on port {self.port}")
+
+    def stop(self) -> None:
+        try:
+            self._ctl("stop")
+        except (subprocess.SubprocessError, OSError):  # not answering: end it by its pid
+            pid_file = self.root / "rabbitmq.pid"
+            if pid_file.exists():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)

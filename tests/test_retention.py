@@ -16,7 +16,16 @@ from django.utils import timezone
 
 import audit_stream
 from audit_stream import retention, tasks
-from audit_stream.models import Change, Context, RetentionRun, WebhookAttempt, WebhookEndpoint, WebhookMessage
+from audit_stream.models import (
+    Change,
+    Context,
+    RetentionRun,
+    Sink,
+    SinkMessage,
+    WebhookAttempt,
+    WebhookEndpoint,
+    WebhookMessage,
+)
 from audit_stream.stream import fold
 from tests.procs import ROOT, child_env
 from tests.testapp.models import PriceChange, Product, ProductEvent
@@ -125,6 +134,21 @@ def test_delivered_and_dead_messages_are_pruned_but_owed_ones_kept(settings):
     assert report.rows["audit_stream_webhookmessage"] == 2
     assert set(WebhookMessage.objects.values_list("status", flat=True)) == {"pending", "sending"}
     assert WebhookAttempt.objects.count() == 2
+
+
+def test_delivered_and_dead_sink_messages_are_pruned_but_owed_ones_kept(settings):
+    """Sink messages have the webhook messages' policy: settled ones go after 30 days by default."""
+    sink = Sink.objects.create(name="bus", kind="redis", target="redis://127.0.0.1:6379/3")
+    for status in ("delivered", "dead", "pending", "sending"):
+        SinkMessage.objects.create(sink=sink, event_type="t", payload={}, status=status)
+    _backdate("audit_stream_sinkmessage", "created_at", 60)
+    SinkMessage.objects.create(sink=sink, event_type="t", payload={}, status="delivered")  # a recent one
+    assert _prune(settings, {}, targets=["sink_messages"], dry_run=True).rows["audit_stream_sinkmessage"] == 2
+    report = _prune(settings, {}, targets=["sink_messages"])  # default: 30 days
+    assert report.rows["audit_stream_sinkmessage"] == 2
+    assert sorted(SinkMessage.objects.values_list("status", flat=True)) == ["delivered", "pending", "sending"]
+    SinkMessage.objects.update(created_at=timezone.now() - timedelta(days=400))
+    assert "audit_stream_sinkmessage" not in _prune(settings, {"sink_messages": None}).rows  # kept forever
 
 
 def test_unreferenced_contexts_are_pruned(settings):
@@ -256,6 +280,7 @@ def test_command_refuses_bad_arguments(args, message):
 
 def test_erase_removes_every_trace_and_records_only_that_it_happened():
     endpoint = WebhookEndpoint.objects.create(url="http://93.184.215.14/hook")
+    sink = Sink.objects.create(name="bus", kind="redis", target="redis://127.0.0.1:6379/3")
     gone, kept = Product.objects.create(name="gone"), Product.objects.create(name="kept")
     Product.objects.filter(pk=gone.pk).update(price=3)
     fold.fold_all()
@@ -266,14 +291,15 @@ def test_erase_removes_every_trace_and_records_only_that_it_happened():
     assert not Change.objects.filter(model="testapp.product", object_id=str(gone.pk)).exists()
     assert not PriceChange.objects.filter(pgh_obj_id=gone.pk).exists()
     assert WebhookMessage.objects.count() == 1 and endpoint.messages.count() == 1
+    assert SinkMessage.objects.count() == 1 and sink.messages.count() == 1
     assert ProductEvent.objects.filter(pgh_obj_id=kept.pk).exists()
     run = RetentionRun.objects.get(trigger="erasure")
     # Only table names and counts: neither the object's id nor its values.
     (counts,) = run.rows.values()
     assert list(run.rows) == ["testapp.Product"] and all(isinstance(n, int) for n in counts.values())
     assert set(counts) <= {
-        "audit_stream_webhookmessage", "audit_stream_change", "testapp_productevent",
-        "testapp_pricechange", "audit_stream_row_log",
+        "audit_stream_webhookmessage", "audit_stream_sinkmessage", "audit_stream_change",
+        "testapp_productevent", "testapp_pricechange", "audit_stream_row_log",
     }  # fmt: skip
 
 

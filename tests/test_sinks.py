@@ -16,7 +16,7 @@ from audit_stream.dashboard import metrics
 from audit_stream.models import Sink, SinkMessage, WebhookEndpoint, WebhookMessage
 from audit_stream.sinks import delivery
 from audit_stream.stream import fold
-from tests.sink_servers import AMQP_URL, NATS_URL, REDIS_URL, unique
+from tests.sink_servers import AMQP_URL, NATS_URL, REDIS_URL, free_port, unique
 from tests.testapp.models import Customer, Order, Product
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -78,8 +78,8 @@ def nats_messages(stream: str, url: str = NATS_URL) -> list:
     return asyncio.run(_nats(read, url))
 
 
-async def _amqp_bind(exchange: str, queue: str, key: str) -> None:
-    connection = await aio_pika.connect(AMQP_URL)
+async def _amqp_bind(exchange: str, queue: str, key: str, url: str = AMQP_URL) -> None:
+    connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
         ex = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
@@ -87,8 +87,8 @@ async def _amqp_bind(exchange: str, queue: str, key: str) -> None:
         await q.bind(ex, routing_key=key)
 
 
-async def _amqp_get(queue: str) -> list:
-    connection = await aio_pika.connect(AMQP_URL)
+async def _amqp_get(queue: str, url: str = AMQP_URL) -> list:
+    connection = await aio_pika.connect(url)
     async with connection:
         q = await (await connection.channel()).declare_queue(queue, durable=True)
         found = []
@@ -97,8 +97,8 @@ async def _amqp_get(queue: str) -> list:
         return found
 
 
-async def _amqp_cleanup(exchange: str, queue: str) -> None:
-    connection = await aio_pika.connect(AMQP_URL)
+async def _amqp_cleanup(exchange: str, queue: str, url: str = AMQP_URL) -> None:
+    connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
         await channel.queue_delete(queue)
@@ -276,3 +276,72 @@ def test_a_sink_messages_payload_reads_back_with_exact_decimals(redis_sink):
     fold.fold_all()
     price = SinkMessage.objects.get().payload["data"]["snapshot"]["price"]
     assert price == Decimal("10.10") and isinstance(price, Decimal)
+
+
+def _redis_ids(sink) -> list[str]:
+    client = redis.Redis.from_url(REDIS_URL)
+    return [
+        fields[b"id"].decode()
+        for key in client.scan_iter(f"{sink.options['stream_prefix']}:*")
+        for _, fields in client.xrange(key)
+    ]
+
+
+def test_a_delivery_of_many_batches_publishes_each_message_once(redis_sink):
+    """Batches claimed ahead and recorded behind (threads): each message delivered once, one attempt each."""
+    Product.objects.bulk_create([Product(name=f"p{i}") for i in range(53)])
+    fold.fold_all()
+    result = delivery.deliver(redis_sink.pk, batch_size=10)
+    assert (result.delivered, result.failed, result.more) == (53, 0, False)
+    assert sorted(_redis_ids(redis_sink)) == sorted(m.message_id for m in SinkMessage.objects.all())
+    assert set(SinkMessage.objects.values_list("status", "attempts")) == {("delivered", 1)}
+
+
+def test_a_delivery_out_of_budget_gives_back_the_batch_it_claimed_ahead(redis_sink):
+    """The budget spent: the batch claimed meanwhile is due again at once (not leased), no attempt counted."""
+    Product.objects.bulk_create([Product(name=f"p{i}") for i in range(53)])
+    fold.fold_all()
+    result = delivery.deliver(redis_sink.pk, batch_size=10, max_messages=20)
+    assert (result.delivered, result.more) == (20, True)
+    statuses = SinkMessage.objects.values_list("status", "attempts")
+    assert sorted(set(statuses)) == [("delivered", 1), ("pending", 0)]
+    assert delivery.due_sinks() == [redis_sink.pk]
+    assert delivery.deliver(redis_sink.pk, batch_size=10).delivered == 33
+    assert len(_redis_ids(redis_sink)) == 53
+
+
+def test_redis_refusing_one_entry_fails_that_message_only(redis_sink):
+    """An XADD Redis refuses (the key holds a string) fails its message; the batch's others are delivered."""
+    redis.Redis.from_url(REDIS_URL).set(
+        f"{redis_sink.options['stream_prefix']}:testapp.order", "not a stream"
+    )
+    Product.objects.create(name="lamp")
+    Order.objects.create(customer=Customer.objects.create(email="c@example.com", name="C"))
+    fold.fold_all()
+    result = delivery.deliver(redis_sink.pk)
+    orders = SinkMessage.objects.filter(event_type__startswith="testapp.order.")
+    assert (result.delivered, result.failed) == (1, orders.count())
+    assert {(m.status, m.attempts) for m in orders} == {("pending", 1)}
+    assert all("WRONGTYPE" in m.last_error for m in orders)
+    assert SinkMessage.objects.get(status="delivered").event_type.startswith("testapp.product.")
+
+
+def test_a_failing_broker_gives_back_the_batch_claimed_ahead():
+    """The batch fails (broker down): retried later; the batch claimed meanwhile is due again, untried."""
+    sink = Sink.objects.create(name="down", kind="redis", target=f"redis://127.0.0.1:{free_port()}/0")
+    Product.objects.bulk_create([Product(name=f"p{i}") for i in range(25)])
+    fold.fold_all()
+    result = delivery.deliver(sink.pk, batch_size=10)
+    assert (result.delivered, result.failed) == (0, 10)
+    attempts = sorted(SinkMessage.objects.values_list("status", "attempts"))
+    assert attempts == [("pending", 0)] * 15 + [("pending", 1)] * 10
+
+
+def test_a_jetstream_publish_no_stream_takes_fails_with_the_servers_answer(nats_sink):
+    """The stream exists but takes other subjects: no acknowledgement; the batch fails and says why."""
+    stream = nats_sink.options["stream"]
+    asyncio.run(_nats(lambda js: js.add_stream(name=stream, subjects=[f"{unique('other')}.>"])))
+    _write_and_fold()
+    result = delivery.deliver(nats_sink.pk)
+    assert (result.delivered, result.failed) == (0, 1)
+    assert "503" in SinkMessage.objects.get().last_error  # NATS "no responders": nothing stored it

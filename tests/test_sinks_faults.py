@@ -1,7 +1,11 @@
 """Sinks when the broker is down: retried with backoff, delivered when it is back, dead after the schedule.
 
-Each test runs its own ``redis-server`` or ``nats-server -js`` on a free port
-(:class:`tests.sink_servers.PrivateServer`), so it can stop and start it.
+A test that stops a broker runs its own ``redis-server``, ``nats-server -js``
+(:class:`tests.sink_servers.PrivateServer`) or RabbitMQ node
+(:class:`tests.sink_servers.PrivateRabbitMQ`). A worker killed mid-batch is
+killed (SIGKILL) once the broker holds the batch and before its
+acknowledgements reach it (a frozen Redis, or a proxy that withholds the
+broker's replies: :class:`tests.sink_servers.AckWithholdingProxy`).
 """
 
 import asyncio
@@ -10,18 +14,38 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from collections import Counter
 from pathlib import Path
 
+import aio_pika
 import pytest
 import redis
+from django.db import connection
 from django.db.models.functions import Now
+from nats.js.errors import NotFoundError
 
 from audit_stream.models import Sink, SinkMessage
 from audit_stream.sinks import delivery
 from audit_stream.stream import fold
 from tests.procs import ROOT, child_env, wait_until
-from tests.sink_servers import PrivateServer, free_port
-from tests.test_sinks import _amqp_get, nats_messages, rabbitmq_sink  # noqa: F401 (a fixture)
+from tests.sink_servers import (
+    AMQP_URL,
+    NATS_URL,
+    AckWithholdingProxy,
+    PrivateRabbitMQ,
+    PrivateServer,
+    free_port,
+    unique,
+)
+from tests.test_sinks import (  # noqa: F401 (rabbitmq_sink: a fixture)
+    _amqp_bind,
+    _amqp_cleanup,
+    _amqp_get,
+    _nats,
+    nats_messages,
+    rabbitmq_sink,
+)
 from tests.testapp.models import Product
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.faults]
@@ -205,3 +229,143 @@ def test_rabbitmq_unreachable_is_retried_then_delivered(rabbitmq_sink):  # noqa:
     (received,) = asyncio.run(_amqp_get(rabbitmq_sink.queue))
     assert received.routing_key == f"testapp.product.{product.pk}"
     assert received.message_id == message.message_id
+
+
+def _deliver_in_child(sink) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", _DELIVER_IN_CHILD, str(sink.pk)], cwd=ROOT, env=child_env()
+    )
+
+
+def _kill(child: subprocess.Popen) -> None:
+    child.kill()  # SIGKILL: no cleanup, its batch stays leased
+    child.wait(timeout=10)
+
+
+def test_a_worker_killed_mid_batch_on_jetstream_loses_nothing_and_the_resent_batch_is_dropped():
+    """kill -9 once JetStream stored the batch, before its acks came back: stored once (Nats-Msg-Id)."""
+    stream, prefix = unique("I20K"), unique("i20k")
+    proxy = AckWithholdingProxy(4222, publish_marker=b"HPUB ")  # the acks of the publishes never arrive
+    sink = Sink.objects.create(
+        name=prefix, kind="nats", target=f"nats://127.0.0.1:{proxy.port}",
+        options={"stream": stream, "subject_prefix": prefix},
+    )  # fmt: skip
+    try:
+        Product.objects.bulk_create([Product(name=f"p{i}") for i in range(50)])
+        fold.fold_all()
+        child = _deliver_in_child(sink)
+        wait_until(lambda: _nats_stored(stream) == 50, timeout=30, message="the batch stored by JetStream")
+        assert _statuses() == ["sending"] * 50  # published, not recorded
+        _kill(child)
+        proxy.close()
+        Sink.objects.filter(pk=sink.pk).update(target=NATS_URL)
+        SinkMessage.objects.update(lease_until=Now())  # the lease has expired (60 s in production)
+
+        _deliver_until_delivered(sink, 50)
+        stored = nats_messages(stream)
+        assert sorted(m.headers["Nats-Msg-Id"] for m in stored) == sorted(
+            m.message_id for m in SinkMessage.objects.all()
+        )  # each once: the re-sent batch was dropped as duplicates
+    finally:
+        proxy.close()
+        asyncio.run(_nats(lambda js: js.delete_stream(stream)))
+
+
+def _nats_stored(stream: str) -> int:
+    async def count(js):
+        try:
+            return (await js.stream_info(stream)).state.messages
+        except NotFoundError:
+            return 0
+
+    return asyncio.run(_nats(count))
+
+
+async def _amqp_ready(queue: str, url: str = AMQP_URL) -> int:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        return (await channel.declare_queue(queue, passive=True)).declaration_result.message_count
+
+
+def test_a_worker_killed_mid_batch_on_rabbitmq_loses_nothing_and_resends_with_the_same_ids():
+    """kill -9 once RabbitMQ queued the batch, before its confirms came back: sent again, same ids."""
+    exchange, queue = unique("i20k"), unique("i20k-")
+    asyncio.run(_amqp_bind(exchange, queue, "#"))
+    proxy = AckWithholdingProxy(5672, publish_marker=b"\x00\x3c\x00\x28")  # a basic.publish method frame
+    sink = Sink.objects.create(
+        name=exchange, kind="rabbitmq", target=f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
+        options={"exchange": exchange},
+    )  # fmt: skip
+    try:
+        Product.objects.bulk_create([Product(name=f"p{i}") for i in range(50)])
+        fold.fold_all()
+        child = _deliver_in_child(sink)
+        wait_until(lambda: asyncio.run(_amqp_ready(queue)) == 50, timeout=30, message="the batch queued")
+        assert _statuses() == ["sending"] * 50  # published, not recorded
+        _kill(child)
+        proxy.close()
+        Sink.objects.filter(pk=sink.pk).update(target=AMQP_URL)
+        SinkMessage.objects.update(lease_until=Now())
+
+        _deliver_until_delivered(sink, 50)
+        ids = Counter(m.message_id for m in asyncio.run(_amqp_get(queue)))
+        # RabbitMQ cannot de-duplicate: every message of the killed batch twice, with its one id.
+        assert ids == {m.message_id: 2 for m in SinkMessage.objects.all()}
+    finally:
+        proxy.close()
+        asyncio.run(_amqp_cleanup(exchange, queue))
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_node(tmp_path_factory):
+    """A RabbitMQ node of this module's own (about 10 s to start), which its tests stop and start."""
+    node = PrivateRabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
+    try:
+        node.start()
+        yield node
+    finally:  # also when it failed to start: a node left running would outlive its directory
+        node.stop()
+
+
+def test_rabbitmq_stopped_mid_publish_loses_nothing_and_resends_with_the_same_ids(rabbitmq_node, settings):
+    """`rabbitmqctl stop_app` while batches go out, `start_app` later: every message delivered, same ids."""
+    settings.AUDIT_STREAM = {"SINK_RETRY_SCHEDULE": [0] + [0.3] * 200}  # never dead during the outage
+    exchange, queue = unique("i20s"), unique("i20s-")
+    asyncio.run(_amqp_bind(exchange, queue, "#", url=rabbitmq_node.url))
+    sink = Sink.objects.create(
+        name=exchange, kind="rabbitmq", target=rabbitmq_node.url, options={"exchange": exchange}
+    )
+    n = 4000
+    Product.objects.bulk_create([Product(name=f"p{i}") for i in range(n)])
+    fold.fold_all()
+    failed, done = [], threading.Event()
+
+    def worker():  # the sweep's deliveries, one after the other, until told to stop
+        try:
+            while not done.is_set():
+                failed.append(delivery.deliver(sink.pk, batch_size=10).failed)
+                done.wait(0.05)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        wait_until(
+            lambda: SinkMessage.objects.filter(status="delivered").exists(), timeout=30, message="a batch"
+        )
+        rabbitmq_node.stop_app()
+        assert SinkMessage.objects.filter(status="delivered").count() < n  # stopped mid-publish
+        wait_until(lambda: sum(failed) > 0, timeout=30, message="a batch failed while RabbitMQ was stopped")
+        rabbitmq_node.start_app()
+        wait_until(
+            lambda: SinkMessage.objects.filter(status="delivered").count() == n,
+            timeout=120, interval=0.2, message="every message delivered",
+        )  # fmt: skip
+    finally:
+        done.set()
+        thread.join(timeout=60)
+    ids = Counter(m.message_id for m in asyncio.run(_amqp_get(queue, url=rabbitmq_node.url)))
+    assert set(ids) == {m.message_id for m in SinkMessage.objects.all()}  # nothing lost
+    assert sum(ids.values()) >= n  # a batch whose confirms were lost is in the queue twice, same ids

@@ -50,6 +50,14 @@ def can_view(user) -> bool:
     return bool(user.is_active and user.is_staff and user.has_perm(PERMISSION))
 
 
+SINK_ACT_PERMISSION = "audit_stream.change_sinkmessage"
+
+
+def can_replay_sinks(user) -> bool:
+    """Whether ``user`` may replay sink messages from the dashboard."""
+    return can_view(user) and user.has_perm(SINK_ACT_PERMISSION)
+
+
 def can_act(user) -> bool:
     """Whether ``user`` may replay messages from the dashboard."""
     return can_view(user) and user.has_perm(ACT_PERMISSION)

@@ -10,6 +10,8 @@ else a process registers leaks into ``/audit-stream/metrics``):
 ``audit_stream_webhook_deliveries_total``   counter  delivery attempts by ``endpoint`` and ``outcome``
 ``audit_stream_webhook_messages{status}``   gauge    messages by status (up to 10,000 per endpoint)
 ``audit_stream_sink_messages{sink,status}`` gauge    sink messages owed (pending, sending) or dead, by sink
+``audit_stream_sink_deliveries_total``      counter  sink messages delivered and attempts failed, by ``sink``
+                                                     and ``outcome``
 ``audit_stream_pruned_rows_total{table}``   counter  rows deleted by retention (dry runs excluded)
 ``audit_stream_processes_alive{kind}``      gauge    stream processes with a recent heartbeat
 ==========================================  =======  ===================================================
@@ -17,7 +19,7 @@ else a process registers leaks into ``/audit-stream/metrics``):
 Every gauge and counter is recomputed from the tables: a process restart
 loses nothing, and any number of web processes report the same values. The
 counters only grow: they are kept in rows retention never prunes (the
-checkpoints, each endpoint's lifetime attempt counts, the retention runs),
+checkpoints, each endpoint's and sink's lifetime counts, the retention runs),
 never counted from rows it deletes. Deleting an endpoint ends its series.
 """
 
@@ -30,7 +32,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
-from audit_stream.dashboard import queries
+from audit_stream.dashboard import queries, sinks
 from audit_stream.webhooks.models import WebhookMessage
 
 __all__ = ["StreamCollector", "registry", "render"]
@@ -55,14 +57,6 @@ CROSS JOIN LATERAL (
 GROUP BY s.status
 """
 
-# Sink messages not delivered, by sink and status (delivered ones are not counted: they only grow).
-_SINK_MESSAGES_SQL = """
-SELECT s.name, m.status, count(m.id)
-FROM audit_stream_sink AS s
-LEFT JOIN audit_stream_sinkmessage AS m ON m.sink_id = s.id AND m.status IN ('pending', 'sending', 'dead')
-GROUP BY s.name, m.status
-"""
-_SINK_STATUSES = ("pending", "sending", "dead")
 
 # Rows deleted per table over every real (not dry) retention run.
 _PRUNED_SQL = """
@@ -108,8 +102,13 @@ class StreamCollector:
             ),
             "sink_messages": GaugeMetricFamily(
                 "audit_stream_sink_messages",
-                "Sink messages owed (pending, sending) or dead, by sink.",
+                f"Sink messages owed (pending, sending) or dead, by sink (counted up to {queries.QUEUE_CAP})",
                 labels=["sink", "status"],
+            ),
+            "sink_deliveries": CounterMetricFamily(
+                "audit_stream_sink_deliveries",
+                "Sink messages ever delivered (succeeded) and publish attempts failed, by sink.",
+                labels=["sink", "outcome"],
             ),
             "pruned": CounterMetricFamily(
                 "audit_stream_pruned_rows", "Rows deleted by retention (dry runs excluded).", labels=["table"]
@@ -152,12 +151,12 @@ class StreamCollector:
         for status, _ in WebhookMessage.STATUSES:
             families["messages"].add_metric([status], statuses.get(status, 0))
 
-        sink_counts = {}
-        for name, status, count in queries._rows(_SINK_MESSAGES_SQL, using=self.using):
-            sink_counts.setdefault(name, {})[status] = count
-        for name in sorted(sink_counts):
-            for status in _SINK_STATUSES:
-                families["sink_messages"].add_metric([name, status], sink_counts[name].get(status, 0))
+        for health in sinks.sink_health(using=self.using):
+            name = health.sink.name
+            for status in ("pending", "sending", "dead"):
+                families["sink_messages"].add_metric([name, status], getattr(health, status))
+            families["sink_deliveries"].add_metric([name, "succeeded"], health.sink.messages_delivered)
+            families["sink_deliveries"].add_metric([name, "failed"], health.sink.attempts_failed)
 
         for table, rows in queries._rows(_PRUNED_SQL, using=self.using):
             families["pruned"].add_metric([table], rows)

@@ -549,11 +549,11 @@ class EndpointHealth:
 
     @property
     def oldest_pending_age(self) -> str:
-        return _age(self.oldest_pending_at)
+        return age(self.oldest_pending_at)
 
     @property
     def last_error_age(self) -> str:
-        return _age(self.last_error_at)
+        return age(self.last_error_at)
 
     @property
     def success_rate(self) -> float | None:
@@ -565,15 +565,15 @@ class EndpointHealth:
 
     @property
     def pending_display(self) -> str:
-        return _capped(self.pending)
+        return capped(self.pending)
 
     @property
     def sending_display(self) -> str:
-        return _capped(self.sending)
+        return capped(self.sending)
 
     @property
     def dead_display(self) -> str:
-        return _capped(self.dead)
+        return capped(self.dead)
 
     @property
     def health(self) -> str:
@@ -586,12 +586,12 @@ class EndpointHealth:
         return "degraded" if rate is not None and rate < 0.95 else "ok"
 
 
-def _capped(number: int) -> str:
+def capped(number: int) -> str:
     """A queue size counted up to QUEUE_CAP: ``"10,000+"`` when it reached it."""
     return formats.count(number) + ("+" if number >= QUEUE_CAP else "")
 
 
-def _age(when: datetime | None) -> str:
+def age(when: datetime | None) -> str:
     return formats.duration((timezone.now() - when).total_seconds()) if when else "—"
 
 
@@ -600,25 +600,38 @@ def _age(when: datetime | None) -> str:
 # endpoint, never the attempts themselves.
 _ATTEMPTS_24H_SQL = tally.LAST_24_HOURS_SQL
 
-# Each endpoint's queue: messages per status, each count capped, and the
-# oldest pending one. Every subquery is a range of the (endpoint, status,
-# created_at) index (audit_stream_msg_status).
-_QUEUE_SQL = """
-SELECT ep.id,
-       (SELECT count(*) FROM (SELECT 1 FROM audit_stream_webhookmessage AS m
-                              WHERE m.endpoint_id = ep.id AND m.status = %(pending)s
+# Each endpoint's (or sink's) queue: messages per status, each count capped,
+# and the oldest pending one. Every subquery is a range of the messages'
+# (owner, status, created_at) index.
+_QUEUE_TEMPLATE = """
+SELECT o.id,
+       (SELECT count(*) FROM (SELECT 1 FROM {messages} AS m
+                              WHERE m.{owner} = o.id AND m.status = %(pending)s
                               LIMIT %(cap)s) AS s),
-       (SELECT count(*) FROM (SELECT 1 FROM audit_stream_webhookmessage AS m
-                              WHERE m.endpoint_id = ep.id AND m.status = %(sending)s
+       (SELECT count(*) FROM (SELECT 1 FROM {messages} AS m
+                              WHERE m.{owner} = o.id AND m.status = %(sending)s
                               LIMIT %(cap)s) AS s),
-       (SELECT count(*) FROM (SELECT 1 FROM audit_stream_webhookmessage AS m
-                              WHERE m.endpoint_id = ep.id AND m.status = %(dead)s
+       (SELECT count(*) FROM (SELECT 1 FROM {messages} AS m
+                              WHERE m.{owner} = o.id AND m.status = %(dead)s
                               LIMIT %(cap)s) AS s),
-       (SELECT min(m.created_at) FROM audit_stream_webhookmessage AS m
-        WHERE m.endpoint_id = ep.id AND m.status = %(pending)s)
-FROM audit_stream_webhookendpoint AS ep
-WHERE %(endpoint)s::bigint IS NULL OR ep.id = %(endpoint)s::bigint
+       (SELECT min(m.created_at) FROM {messages} AS m
+        WHERE m.{owner} = o.id AND m.status = %(pending)s)
+FROM {owners} AS o
+WHERE %(owner_id)s::bigint IS NULL OR o.id = %(owner_id)s::bigint
 """
+
+
+def queue_sql(messages: str, owner: str, owners: str) -> str:
+    """The queue query over the message table ``messages``, whose column ``owner`` points into ``owners``.
+
+    Parameters: ``owner_id`` (one owner, or ``None`` for all), ``cap``, and the
+    ``pending``, ``sending`` and ``dead`` statuses. Rows: id, pending, sending,
+    dead, oldest pending message's time.
+    """
+    return _QUEUE_TEMPLATE.format(messages=messages, owner=owner, owners=owners)
+
+
+_QUEUE_SQL = queue_sql("audit_stream_webhookmessage", "endpoint_id", "audit_stream_webhookendpoint")
 
 
 def endpoint_health(endpoint_id: int | None = None, using: str = DEFAULT_DB_ALIAS) -> list[EndpointHealth]:
@@ -634,6 +647,7 @@ def endpoint_health(endpoint_id: int | None = None, using: str = DEFAULT_DB_ALIA
             health.attempts_24h, health.succeeded_24h = attempts, succeeded
             health.last_error, health.last_error_at = last_error or "", last_error_at
     params.update(
+        owner_id=endpoint_id,
         cap=QUEUE_CAP,
         pending=WebhookMessage.PENDING,
         sending=WebhookMessage.SENDING,

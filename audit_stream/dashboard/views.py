@@ -30,7 +30,10 @@ from django.views.decorators.http import require_POST, require_safe
 
 from audit_stream import exact
 from audit_stream.dashboard import access, charts, formats, forms, metrics, queries
+from audit_stream.dashboard import sinks as sink_figures
 from audit_stream.dashboard.access import dashboard_view, token_or_dashboard_view
+from audit_stream.sinks import delivery as sink_delivery
+from audit_stream.sinks.models import Sink, SinkMessage
 from audit_stream.webhooks import delivery
 from audit_stream.webhooks.models import WebhookEndpoint, WebhookMessage
 
@@ -191,6 +194,52 @@ def replay_dead(request, pk: int):
     else:
         messages.error(request, "Give the time from which to replay dead messages.", fail_silently=True)
     return _back(request, reverse("audit_stream:endpoint", args=[endpoint.pk]))
+
+
+# --------------------------------------------------------------------------- sinks
+
+
+@require_safe
+@dashboard_view
+@reads
+def sinks(request):
+    """Every sink's queue, lifetime counts and last error."""
+    return _render(request, "sinks.html", {"sinks": sink_figures.sink_health()}, section="sinks")
+
+
+@require_safe
+@dashboard_view
+@reads
+def sink(request, pk: int):
+    """One sink: its figures, its newest messages (``?status=``: of one status), replaying its dead ones."""
+    found = sink_figures.sink_health(pk)
+    if not found:
+        raise Http404("No such sink.")
+    status = request.GET.get("status")
+    if status not in {s for s, _ in SinkMessage.STATUSES}:
+        status = None
+    context = {
+        "health": found[0],
+        "sink": found[0].sink,
+        "status": status,
+        "statuses": [s for s, _ in SinkMessage.STATUSES],
+        "recent": sink_figures.recent_messages(pk, status),
+        "may_replay": access.can_replay_sinks(request.user),
+    }
+    return _render(request, "sink.html", context, section="sinks")
+
+
+@require_POST
+@csrf_protect
+@dashboard_view
+def replay_sink_dead(request, pk: int):
+    """Make every dead message of a sink due again (the change permission on sink messages)."""
+    if not access.can_replay_sinks(request.user):
+        raise PermissionDenied
+    found = get_object_or_404(Sink, pk=pk)
+    count = sink_delivery.replay(found.pk)
+    messages.success(request, f"Replaying {count} dead message(s) of {found.name}.", fail_silently=True)
+    return _back(request, reverse("audit_stream:sink", args=[found.pk]))
 
 
 @require_safe

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -60,6 +61,24 @@ UPDATE audit_stream_sinkmessage
  WHERE id = ANY(%(ids)s::uuid[])
 """
 
+# A batch's outcomes added to its sink's lifetime counts (the dashboard's and
+# Prometheus's), with the time of its last delivery and its newest error.
+_TALLY_SQL = """
+UPDATE audit_stream_sink
+   SET messages_delivered = messages_delivered + %(delivered)s,
+       attempts_failed = attempts_failed + %(failed)s,
+       last_delivered_at = CASE WHEN %(delivered)s > 0 THEN now() ELSE last_delivered_at END,
+       last_error = CASE WHEN %(failed)s > 0 THEN %(error)s ELSE last_error END,
+       last_error_at = CASE WHEN %(failed)s > 0 THEN now() ELSE last_error_at END
+ WHERE id = %(sink)s
+"""
+
+# A claimed batch given back unpublished (the delivery's budget ran out): due again, no attempt counted.
+_RELEASE_SQL = """
+UPDATE audit_stream_sinkmessage SET status = 'pending', lease_until = NULL
+ WHERE id = ANY(%(ids)s::uuid[]) AND status = 'sending'
+"""
+
 # A failed attempt: the next one after `delay` seconds, or dead when the schedule is spent.
 _FAILED_SQL = """
 UPDATE audit_stream_sinkmessage AS m
@@ -87,7 +106,13 @@ class DeliveryResult:
 def deliver(
     sink_id: int, *, batch_size: int = 2000, max_messages: int = 50_000, max_seconds: float = 20.0
 ) -> DeliveryResult:
-    """Publish the due messages of one sink in pipelined batches, until none is due or the budget is spent."""
+    """Publish the due messages of one sink in pipelined batches, until none is due or the budget is spent.
+
+    While a full batch is published, the next one is claimed and the previous
+    one's outcomes are written, each on a thread of its own with its own
+    database connection (:class:`_Lanes`): the worker's time goes to the broker,
+    PostgreSQL's to the other core.
+    """
     result = DeliveryResult(sink_id)
     sink = Sink.objects.filter(pk=sink_id, is_active=True).first()
     if sink is None:
@@ -95,14 +120,20 @@ def deliver(
     deadline = time.monotonic() + max_seconds
     backend = base.for_kind(sink.kind, sink.target, sink.options)
     opened = False
+    lanes = _Lanes()
+    upcoming: Future | None = lanes.claim(sink_id, batch_size, ahead=False)
     try:
         while True:
-            if result.delivered + result.failed >= max_messages or time.monotonic() > deadline:
-                result.more = _has_due(sink_id)
-                return result
-            batch = _claim(sink_id, batch_size)
+            batch, upcoming = upcoming.result(), None
             if not batch:
                 return result
+            if result.delivered + result.failed >= max_messages or time.monotonic() > deadline:
+                lanes.release(batch)
+                result.more = True
+                return result
+            full = len(batch) == batch_size  # more are probably due: claim them meanwhile
+            if full:
+                upcoming = lanes.claim(sink_id, batch_size, ahead=True)
             try:
                 if not opened:
                     backend.open()
@@ -113,12 +144,17 @@ def deliver(
                 outcomes = [error] * len(batch)
                 opened = False  # reconnect for the next batch
                 backend.close()
-            _record(batch, outcomes, result)
+            lanes.record(_outcomes(batch, outcomes, result), ahead=full)
             if all(outcome is not None for outcome in outcomes):
                 return result  # the broker is failing: leave the rest to their schedule
+            if upcoming is None:
+                upcoming = lanes.claim(sink_id, batch_size, ahead=False)
     finally:
-        if opened:
-            backend.close()
+        try:
+            lanes.close(unpublished=upcoming)
+        finally:
+            if opened:
+                backend.close()
 
 
 def _claim(sink_id: int, limit: int) -> list[tuple[base.Message, int]]:
@@ -148,41 +184,132 @@ def _claim(sink_id: int, limit: int) -> list[tuple[base.Message, int]]:
     ]
 
 
-def _record(
+@dataclass
+class _Outcomes:
+    """A batch's outcomes, as the arrays its UPDATE statements bind."""
+
+    sink_id: int
+    delivered: list[str] = field(default_factory=list)
+    failed_ids: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    delays: list[float] = field(default_factory=list)
+    dead: list[bool] = field(default_factory=list)
+
+
+def _outcomes(
     batch: list[tuple[base.Message, int]], outcomes: list[str | None], result: DeliveryResult
-) -> None:
+) -> _Outcomes:
+    """Sort a batch's outcomes into delivered and failed (with the next attempt's delay), counting them."""
     schedule = config.sink_retry_schedule()
-    delivered, failed = [], ([], [], [], [])
+    out = _Outcomes(result.sink_id)
     for (message, attempts), error in zip(batch, outcomes, strict=True):
         uid = message.id.removeprefix("msg_")
         if error is None:
-            delivered.append(uid)
+            out.delivered.append(uid)
             continue
         tried = attempts + 1
         dead = tried >= len(schedule)
-        delay = 0.0 if dead else schedule[tried] * random.uniform(0.9, 1.1)
-        for column, value in zip(failed, (uid, error[:2000], delay, dead), strict=True):
-            column.append(value)
+        out.failed_ids.append(uid)
+        out.errors.append(error[:2000])
+        out.delays.append(0.0 if dead else schedule[tried] * random.uniform(0.9, 1.1))
+        out.dead.append(dead)
         result.failed += 1
         result.dead += dead
         if error not in result.errors:
             result.errors.append(error)
-    result.delivered += len(delivered)
+    result.delivered += len(out.delivered)
+    return out
+
+
+def _write(out: _Outcomes) -> None:
+    """Record a batch's outcomes: three statements at most, whatever the batch's size."""
     with transaction.atomic(), connection.cursor() as cursor:
-        if delivered:
-            cursor.execute(_DELIVERED_SQL, {"ids": delivered})
-        if failed[0]:
-            ids, errors, delays, dead = failed
-            cursor.execute(_FAILED_SQL, {"ids": ids, "errors": errors, "delays": delays, "dead": dead})
-
-
-def _has_due(sink_id: int) -> bool:
-    with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT EXISTS (SELECT 1 FROM audit_stream_sinkmessage AS m WHERE m.sink_id = %s AND {_DUE})",
-            [sink_id],
+            _TALLY_SQL,
+            {
+                "sink": out.sink_id,
+                "delivered": len(out.delivered),
+                "failed": len(out.failed_ids),
+                "error": out.errors[-1] if out.errors else "",
+            },
         )
-        return cursor.fetchone()[0]
+        if out.delivered:
+            cursor.execute(_DELIVERED_SQL, {"ids": out.delivered})
+        if out.failed_ids:
+            cursor.execute(
+                _FAILED_SQL,
+                {"ids": out.failed_ids, "errors": out.errors, "delays": out.delays, "dead": out.dead},
+            )
+
+
+class _Lanes:
+    """The database work of a delivery: claims on one thread, outcome writes on another.
+
+    Each thread has its own connection. At most one claim and one write are in
+    flight, and a write waits for the previous one, so a failed write surfaces
+    (and stops the delivery) one batch later at most; its messages stay
+    ``sending`` and are published again when their lease expires. Work not done
+    ahead (a delivery of one small batch: no thread, no extra connection) and
+    everything inside an atomic block (whose uncommitted rows another
+    connection could not see) runs inline.
+    """
+
+    def __init__(self) -> None:
+        self._inline = connection.in_atomic_block
+        self._claimer: ThreadPoolExecutor | None = None
+        self._recorder: ThreadPoolExecutor | None = None
+        self._written: Future | None = None
+
+    def _submit(self, lane: str, ahead: bool, call, *args) -> Future:
+        if self._inline or not ahead:
+            future: Future = Future()
+            future.set_result(call(*args))
+            return future
+        if getattr(self, lane) is None:
+            setattr(
+                self, lane, ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"audit_stream-sink{lane}")
+            )
+        return getattr(self, lane).submit(call, *args)
+
+    def claim(self, sink_id: int, limit: int, *, ahead: bool) -> Future:
+        """The next batch (a future of :func:`_claim`'s list); on the claim thread when ``ahead``."""
+        return self._submit("_claimer", ahead, _claim, sink_id, limit)
+
+    def record(self, out: _Outcomes, *, ahead: bool) -> None:
+        """Write a batch's outcomes; on the write thread when ``ahead`` (more batches to come)."""
+        self.wait()
+        self._written = self._submit("_recorder", ahead, _write, out)
+
+    def release(self, batch: list[tuple[base.Message, int]]) -> None:
+        """Give a claimed batch back unpublished: due again now, no attempt counted."""
+        if batch:
+            ids = [message.id.removeprefix("msg_") for message, _ in batch]
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(_RELEASE_SQL, {"ids": ids})
+
+    def wait(self) -> None:
+        """Until the write in flight (if any) is committed; raises its error."""
+        if self._written is not None:
+            written, self._written = self._written, None
+            written.result()
+
+    def close(self, unpublished: Future | None = None) -> None:
+        """Wait for the write in flight, give back the batch claimed but not published, end the threads."""
+        try:
+            self.wait()
+            if unpublished is not None and unpublished.exception() is None:
+                self.release(unpublished.result())
+        finally:
+            for executor in (self._claimer, self._recorder):
+                if executor is not None:
+                    executor.submit(_close_connection).result()
+                    executor.shutdown()
+            self._claimer = self._recorder = None
+
+
+def _close_connection() -> None:
+    """Close the calling thread's connection (``connection.close`` would bind the caller's own)."""
+    connection.close()
 
 
 def replay(sink_id: int) -> int:

@@ -53,6 +53,13 @@ class Sink(models.Model):
         " acknowledged or went dead (other objects keep flowing). Applies to changes recorded from now on.",
     )
     created_at = models.DateTimeField(db_default=Now(), editable=False)
+    # Kept by the delivery (one UPDATE per batch, in the transaction recording its
+    # outcomes); never counted from messages, which retention prunes.
+    messages_delivered = models.BigIntegerField(default=0, db_default=0, editable=False)
+    attempts_failed = models.BigIntegerField(default=0, db_default=0, editable=False)
+    last_delivered_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, default="", db_default="", editable=False)
+    last_error_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         db_table = "audit_stream_sink"
@@ -82,7 +89,8 @@ class SinkMessage(models.Model):
     STATUSES = [(s, s) for s in (PENDING, SENDING, DELIVERED, DEAD)]
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    sink = models.ForeignKey(Sink, on_delete=models.CASCADE, related_name="messages")
+    # No index of its own: the two below lead with sink (each message update writes every index).
+    sink = models.ForeignKey(Sink, on_delete=models.CASCADE, related_name="messages", db_index=False)
     change_id = models.BigIntegerField(null=True, help_text="The Change this message carries.")
     event_type = models.TextField(help_text='"<app>.<model>.<label>"')
     payload = models.JSONField(encoder=DjangoJSONEncoder, decoder=ExactDecoder)

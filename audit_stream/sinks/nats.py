@@ -12,14 +12,31 @@ default), so a batch re-sent after a lost acknowledgement is not stored twice.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import nats
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
 from audit_stream.sinks.base import AsyncSink, BrokerError, Message, object_token
 
 __all__ = ["NatsSink"]
+
+
+def _ack_error(ack: Msg | None) -> str | None:
+    """``None`` for JetStream's acknowledgement (``{"stream": .., "seq": ..}``), else what went wrong."""
+    if ack is None:
+        return "TimeoutError: no acknowledgement within 10 s"
+    if b'"seq"' in ack.data and b'"error"' not in ack.data:
+        return None  # stored, or a duplicate it dropped ("duplicate": true)
+    if not ack.data and ack.headers and ack.headers.get("Status"):  # e.g. 503: no stream for the subject
+        return f"NATS status {ack.headers['Status']}: {ack.headers.get('Description', '')}".strip()
+    try:
+        error = json.loads(ack.data).get("error", {})
+    except ValueError:
+        error = {}
+    return f"JetStream error {error.get('code', '')}: {error.get('description', ack.data[:200])}"
 
 
 async def _ignore(error: Exception) -> None:
@@ -72,27 +89,41 @@ class NatsSink(AsyncSink):
     async def _publish(self, messages: list[Message]) -> list[str | None]:
         if self._js is None or self._nc.is_closed:
             raise BrokerError("NATS connection is closed")
-        # publish_async: every message goes out with a reply inbox, acknowledgements are
-        # collected as they come back (one flush, not a request/reply per message).
-        futures = []
-        for m in messages:
-            futures.append(
-                await self._js.publish_async(
-                    self.subject(m), m.body, headers={"Nats-Msg-Id": m.id, **m.headers()}
-                )
-            )
-        await self._nc.flush(timeout=10)
-        done, _ = await asyncio.wait(futures, timeout=10)
-        results = [
-            (f.exception() or None) if f in done else TimeoutError("no acknowledgement within 10 s")
-            for f in futures
-        ]
-        for f in futures:
-            f.cancel()  # those still waiting: their messages are retried (and de-duplicated)
-        if self._nc.is_closed or all(isinstance(r, Exception) for r in results):
-            first = next((r for r in results if isinstance(r, Exception)), None)
-            raise BrokerError(f"NATS publish failed: {first!r}")
-        return [f"{type(r).__name__}: {r}" if isinstance(r, Exception) else None for r in results]
+        # Every message goes out with its own reply subject under one inbox, and one
+        # subscription collects JetStream's acknowledgements: nats-py's publish_async
+        # (a future, a semaphore and a timer per message) cost more than the publish.
+        inbox = self._nc.new_inbox()
+        acks: dict[int, Msg] = {}
+        all_acked = asyncio.Event()
+
+        async def collect(ack: Msg) -> None:
+            acks[int(ack.subject.rpartition(".")[2])] = ack
+            if len(acks) == len(messages):
+                all_acked.set()
+
+        try:
+            subscription = await self._nc.subscribe(f"{inbox}.*", cb=collect)
+            try:
+                for i, m in enumerate(messages):
+                    await self._nc.publish(
+                        self.subject(m),
+                        m.body,
+                        reply=f"{inbox}.{i}",
+                        headers={"Nats-Msg-Id": m.id, **m.headers()},
+                    )
+                await self._nc.flush(timeout=10)
+                await asyncio.wait_for(all_acked.wait(), timeout=10)
+            except TimeoutError:
+                pass  # those not acknowledged are retried (and de-duplicated by Nats-Msg-Id)
+            finally:
+                if not self._nc.is_closed:
+                    await subscription.unsubscribe()
+        except (OSError, NatsError) as exc:
+            raise BrokerError(f"NATS publish failed: {exc!r}") from exc
+        results = [_ack_error(acks.get(i)) for i in range(len(messages))]
+        if self._nc.is_closed or all(r is not None for r in results):
+            raise BrokerError(f"NATS publish failed: {results[0]}")
+        return results
 
     def close(self) -> None:
         try:

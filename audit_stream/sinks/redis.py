@@ -17,8 +17,18 @@ from audit_stream.sinks.base import BrokerError, Message, Sink
 __all__ = ["RedisSink"]
 
 
+def _bulk(value: bytes) -> bytes:
+    """One argument of a command in the Redis protocol (RESP): ``$<length>\\r\\n<bytes>\\r\\n``."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
 class RedisSink(Sink):
-    """Appends to one stream per model, every message of a batch in one round trip."""
+    """Appends to one stream per model, every message of a batch in one round trip.
+
+    The commands are written in the Redis protocol here rather than through
+    redis-py's pipeline, whose generic encoding of each argument cost twice the
+    rest of a batch (34 µs a message against 13 µs, without hiredis).
+    """
 
     _client: redis.Redis | None = None
 
@@ -28,23 +38,40 @@ class RedisSink(Sink):
     def open(self) -> None:
         self._client = redis.Redis.from_url(self.target, socket_connect_timeout=5, socket_timeout=10)
 
+    def _xadd(self, message: Message, maxlen: bytes) -> bytes:
+        args = (
+            b"XADD", self.stream(message).encode(), b"MAXLEN", b"~", maxlen, b"*",
+            b"id", message.id.encode(),
+            b"event_id", b"%d" % message.event_id,
+            b"type", message.event_type.encode(),
+            b"object_id", message.object_id.encode(),
+            b"payload", message.body,
+        )  # fmt: skip
+        return b"*%d\r\n" % len(args) + b"".join(map(_bulk, args))
+
     def publish_batch(self, messages: list[Message]) -> list[str | None]:
-        maxlen = int(self.options.get("maxlen", 1_000_000))
-        pipe = self._client.pipeline(transaction=False)
-        for m in messages:
-            fields = {
-                "id": m.id,
-                "event_id": m.event_id,
-                "type": m.event_type,
-                "object_id": m.object_id,
-                "payload": m.body,
-            }
-            pipe.xadd(self.stream(m), fields, maxlen=maxlen, approximate=True)
+        maxlen = b"%d" % int(self.options.get("maxlen", 1_000_000))
+        commands = b"".join(self._xadd(m, maxlen) for m in messages)
+        pool = self._client.connection_pool
         try:
-            results = pipe.execute(raise_on_error=False)
+            conn = pool.get_connection()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise BrokerError(f"Redis at {self.target}: {exc}") from exc
-        return [f"{type(r).__name__}: {r}" if isinstance(r, Exception) else None for r in results]
+        results: list[str | None] = []
+        try:
+            conn.send_packed_command([commands])
+            for _ in messages:
+                try:
+                    conn.read_response()
+                    results.append(None)
+                except redis.ResponseError as exc:  # this entry refused (e.g. a wrong key type)
+                    results.append(f"{type(exc).__name__}: {exc}")
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            conn.disconnect()  # replies may be left unread on it: never reuse it
+            raise BrokerError(f"Redis at {self.target}: {exc}") from exc
+        finally:
+            pool.release(conn)
+        return results
 
     def close(self) -> None:
         if self._client is not None:

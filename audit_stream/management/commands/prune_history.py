@@ -29,7 +29,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--model", action="append", default=[], metavar="TARGET",
             help='Only this event model ("shop.OrderEvent"), or "changes", "webhook_messages",'
-            ' "webhook_attempts"; repeatable.',
+            ' "webhook_attempts", "sink_messages"; repeatable.',
         )  # fmt: skip
         parser.add_argument(
             "--max-age", help="Override the policy: delete what is older (e.g. 90d, 12h, 2w)."
