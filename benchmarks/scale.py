@@ -212,7 +212,10 @@ def prepare(args: argparse.Namespace, events: int) -> dict:
         made = _filled()  # None if the database does not exist or was not filled to the end
         connection.close()
         if made is not None:
-            base.log(f"size {events:,}: reusing {name}")
+            base.log(f"size {events:,}: reusing {name} (migrated to this checkout, analysed)")
+            call_command("migrate", verbosity=0)
+            if not args.no_analyze:
+                base.execute("ANALYZE")
             return made
     base.log(f"size {events:,}: recreating {name}")
     base.recreate_database()
