@@ -52,12 +52,13 @@ def test_small_counts_are_exact_and_large_ones_estimated(endpoints):
     assert totals["dead"] == pytest.approx(MANY // 2, rel=0.2)
 
 
-def test_a_scrape_sends_two_queries_for_the_message_gauges_whatever_the_endpoints(
+def test_the_message_gauges_take_a_constant_number_of_queries_whatever_the_endpoints(
     endpoints, django_assert_max_num_queries
 ):
     for i in range(3):
         _insert(WebhookEndpoint.objects.create(url=f"https://93.184.216.{14 + i}/hook"), "dead", 200)
-    with django_assert_max_num_queries(2):
+    # The counts, then the estimates in one EXPLAIN (in a transaction that forbids a parallel plan).
+    with django_assert_max_num_queries(5):
         metrics._messages_by_status("default")
 
 
@@ -73,5 +74,24 @@ def test_the_webhooks_pages_show_small_queues_exactly_and_large_ones_estimated(e
 def test_the_queue_sizes_take_two_queries_whatever_the_endpoints(endpoints, django_assert_max_num_queries):
     for i in range(3):
         _insert(WebhookEndpoint.objects.create(url=f"https://93.184.216.{14 + i}/hook"), "pending", 200)
-    with django_assert_max_num_queries(4):  # endpoints, 24-hour attempts, queues, estimates
+    with django_assert_max_num_queries(7):  # endpoints, 24-hour attempts, queues, estimates (as above)
         queries.endpoint_health()
+
+
+def test_estimates_keep_the_order_of_their_queues_when_the_planner_would_go_parallel(endpoints):
+    """A parallel Append lists its branches by cost: each estimate must still be its own queue's."""
+    first, second = endpoints
+    cheap_parallel = ["parallel_setup_cost", "parallel_tuple_cost", "min_parallel_table_scan_size"]
+    with connection.cursor() as cursor:
+        for setting in cheap_parallel:
+            cursor.execute(f"SET {setting} = 0")
+    try:
+        pairs = [(second, "dead"), (first, "delivered"), (first, "pending"), (second, "sending")]
+        estimates = queries.estimate_messages([(e.pk, status) for e, status in pairs])
+    finally:
+        with connection.cursor() as cursor:
+            for setting in cheap_parallel:
+                cursor.execute(f"RESET {setting}")
+    assert estimates[0] == pytest.approx(MANY // 2, rel=0.2)
+    assert estimates[1] == pytest.approx(MANY, rel=0.2)
+    assert max(estimates[2:]) < MANY // 10

@@ -587,9 +587,14 @@ def estimate_messages(pairs: list[tuple[int, str]], using: str = DEFAULT_DB_ALIA
     if not pairs:
         return []
     sql = " UNION ALL ".join([_ESTIMATE_BRANCH_SQL] * len(pairs))
-    plan = _rows("EXPLAIN (FORMAT JSON) " + sql, [v for pair in pairs for v in pair], using)[0][0]
+    # A parallel Append reorders its branches (by cost): only a plain one keeps the pairs' order.
+    with transaction.atomic(using=using):
+        _rows("SET LOCAL max_parallel_workers_per_gather = 0", using=using)
+        plan = _rows("EXPLAIN (FORMAT JSON) " + sql, [v for pair in pairs for v in pair], using)[0][0]
     plan = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
     branches = plan["Plans"] if len(pairs) > 1 else [plan]
+    if len(branches) != len(pairs):
+        raise RuntimeError(f"EXPLAIN gave {len(branches)} estimates for {len(pairs)} queues: {plan}")
     return [int(branch["Plan Rows"]) for branch in branches]
 
 
