@@ -237,6 +237,9 @@ def _empty_sql(aggregate_model, connection) -> str:
     )
 
 
+#: BaseAggregateEvent's ordering.
+_TIME_ORDER = ("pgh_created_at", "pgh_table", "pgh_id")
+
 #: The CTE of a page's keys (``pgh_table``, ``pgh_id``), when the page is found first.
 _PAGE = "_pgh_page"
 
@@ -250,6 +253,11 @@ class AggregateEventCompiler(SQLCompiler):
     """Compiles the QuerySet's own SQL after a CTE of the target's events (or of its page's)."""
 
     def as_sql(self, with_limits=True, with_col_aliases=False):
+        query = self.query
+        if not query.order_by and query.default_ordering and not query.get_meta().ordering:
+            # A subclass whose Meta does not inherit the base's ordering: rows in time order all the
+            # same (the page is chosen in it; before pages, lag()'s sort gave that order by chance).
+            query.order_by = tuple(_TIME_ORDER)
         page = self._page_sql() if with_limits and self.query.is_sliced else None
         sql, params = super().as_sql(with_limits and page is None, with_col_aliases)
         name = self.connection.ops.quote_name(self.query.model._meta.db_table)

@@ -15,7 +15,15 @@ from django.test.utils import CaptureQueriesContext
 
 import audit_stream
 from audit_stream.models import AggregateEvent
-from tests.testapp.models import Customer, Order, OrderEvent, PriceChange, Product, ProductEvent
+from tests.testapp.models import (
+    Customer,
+    Order,
+    OrderEvent,
+    PriceChange,
+    Product,
+    ProductEvent,
+    UserAggregateEvent,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -146,3 +154,12 @@ def test_a_page_builds_the_data_of_its_rows_and_their_previous_events_only(produ
 
 def test_a_count_builds_no_data(product):
     assert _rows_built(lambda: AggregateEvent.objects.target(product).count()) == 0
+
+
+def test_an_aggregate_model_without_ordering_reads_and_pages_in_time_order(product):
+    """A subclass whose Meta does not inherit BaseAggregateEvent's ordering still reads in time order."""
+    assert not UserAggregateEvent._meta.ordering
+    everything = UserAggregateEvent.objects.target(product).across(ProductEvent)
+    keys = [(r.pgh_created_at, r.pgh_table, r.pgh_id) for r in everything]
+    assert keys == sorted(keys)
+    assert [r.pgh_key for r in everything[10:15]] == [r.pgh_key for r in everything.all()][10:15]
