@@ -9,6 +9,25 @@
     )
     SELECT ... FROM "audit_stream_aggregateevent" WHERE <the QuerySet's filters> ORDER BY ...
 
+A sliced QuerySet (a page: ``[:50]``, ``Paginator``, ``first()``) costs its
+page, not the object's history: it finds the page first, on the events' plain
+columns (no ``pgh_data``, no diff), then computes ``pgh_data`` and ``pgh_diff``
+for the page's rows alone, each diff against its one previous event (an index
+lookup on ``(pgh_obj, pgh_id)``)::
+
+    WITH "_pgh_page" AS (
+        WITH "audit_stream_aggregateevent" AS (<the branches above, plain columns only>)
+        SELECT pgh_table, pgh_id FROM "audit_stream_aggregateevent" WHERE ... ORDER BY ... LIMIT ...
+    ), "audit_stream_aggregateevent" AS (
+        SELECT ..., pgh_data, pgh_diff FROM <event table 1> WHERE pgh_id IN (<its rows of the page>)
+        UNION ALL ...
+    )
+    SELECT ... FROM "audit_stream_aggregateevent" WHERE ... ORDER BY ...
+
+A query whose filters or ordering read ``pgh_data`` or ``pgh_diff`` computes
+them for every event of the target first, as does an unsliced one; a query
+that does not read them (``count()``) never computes them.
+
 As in django-pghistory, an event *references* ``obj`` through ``pgh_obj`` or
 through any foreign key the event model copied from its tracked model (so
 ``target(user)`` also returns the events of every tracked model whose rows
@@ -83,12 +102,14 @@ def _referencing_fields(event_model, target: _Target) -> list[models.ForeignKey]
     return fields
 
 
-def _where_sql(fields: list[models.ForeignKey], target: _Target, connection) -> tuple[str, list]:
-    """``x.<fk> IN (...) OR ...``: the rows of one event table that point to the target."""
+def _where_sql(
+    fields: list[models.ForeignKey], target: _Target, connection, alias: str = "x"
+) -> tuple[str, list]:
+    """``x.<fk> IN (...) OR ...``: the rows of one event table (as ``alias``) that point to the target."""
     clauses, params = [], []
     quote = connection.ops.quote_name
     for field in fields:
-        column = f"x.{quote(field.column)}"
+        column = f"{alias}.{quote(field.column)}"
         if not field.many_to_one:  # a composite key's object id
             objects = target.pks if target.objects is None else [o.pk for o in target.objects]
             values = [keys.object_id(target.model, pk) for pk in objects]
@@ -134,7 +155,8 @@ def _mask_sql(sql: str, params: list, event_model, how: str) -> tuple[str, list]
 def _diff_sql(event_model) -> tuple[str, list]:
     """The SQL of ``pgh_diff`` for one event table's branch: the one place it is computed.
 
-    ``e`` is the branch's row (``e.pgh_data`` its tracked columns as JSONB). The
+    ``e`` is the branch's row (``e.pgh_data`` its tracked columns as JSONB,
+    ``e.pgh_before`` those of the previous event, :func:`_before_sql`). The
     previous state is the previous event of the same object in the same table
     (``pgh_id`` order: the order the changes happened). An object's first event
     has no previous state: ``NULL``, as in django-pghistory (the change feed's
@@ -143,13 +165,32 @@ def _diff_sql(event_model) -> tuple[str, list]:
     """
     if not event_model._pgh_has_obj:
         return "NULL::jsonb", []
-    before = "e.pgh_before"  # the previous event's pgh_data (see _BRANCH_SQL)
+    before = "e.pgh_before"  # the previous event's tracked columns (see _before_sql)
     return _mask_sql(
         f"CASE WHEN {before} IS NULL THEN NULL"
         f" ELSE _audit_stream_diff({before}, e.pgh_data, e.pgh_label = ANY(%s::text[])) END",
         [_delete_labels(event_model)],
         event_model,
         "shown_pairs",
+    )
+
+
+def _before_sql(event_model, where: tuple[str, list], connection) -> tuple[str, list]:
+    """A lateral subquery: the tracked columns (JSONB) of the event before ``x``, as ``pgh_before``.
+
+    The previous event of the same object in the same table, among the
+    target's (``where``: the target's condition on the table aliased ``p``):
+    what ``lag() OVER (PARTITION BY pgh_obj_id ORDER BY pgh_id)`` over the
+    target's events of the table returns, found for one row by one backward
+    step of the ``(pgh_obj, pgh_id)`` index, so that a page pays for its rows.
+    """
+    table = connection.ops.quote_name(event_model._meta.db_table)
+    data, data_params = _mask_sql("to_jsonb(p) - %s::text[]", [_PGH_COLUMNS], event_model, "digested")
+    return (
+        f"SELECT {data} AS pgh_before FROM {table} AS p"
+        f" WHERE p.pgh_obj_id = x.pgh_obj_id AND p.pgh_id < x.pgh_id AND ({where[0]})"
+        " ORDER BY p.pgh_id DESC LIMIT 1",
+        [*data_params, *where[1]],
     )
 
 
@@ -167,8 +208,15 @@ def _literal(name: str) -> str:
     return "'" + name.replace("'", "''") + "'"
 
 
-def _columns(aggregate_model, event_model, connection) -> list[tuple[str, str, list]]:
-    """``(column, sql, params)`` for each column of ``aggregate_model``, from one event table's row ``e``."""
+#: The columns computed from the whole event row (the others are read from its plain columns).
+_COMPUTED = ("pgh_data", "pgh_diff")
+
+
+def _columns(aggregate_model, event_model, connection, computed: set[str]) -> list[tuple[str, str, list]]:
+    """``(column, sql, params)`` for each column of ``aggregate_model``, from one event table's row ``e``.
+
+    The ``_COMPUTED`` columns not in ``computed`` are ``NULL``: the query never reads them.
+    """
     table = event_model._meta.db_table
     own = {
         "pgh_key": ("%s::text || ':' || e.pgh_id", [table]),
@@ -182,6 +230,8 @@ def _columns(aggregate_model, event_model, connection) -> list[tuple[str, str, l
         "pgh_data": _mask_sql("e.pgh_data", [], event_model, "shown"),
         "pgh_diff": _diff_sql(event_model),
     }
+    for column in set(_COMPUTED) - computed:
+        own[column] = ("NULL::jsonb", [])
     columns = []
     for field in aggregate_model._meta.concrete_fields:
         if field.column in own:
@@ -205,11 +255,52 @@ def _empty_sql(aggregate_model, connection) -> str:
     )
 
 
+#: BaseAggregateEvent's ordering.
+_TIME_ORDER = ("pgh_created_at", "pgh_table", "pgh_id")
+
+#: The CTE of a page's keys (``pgh_table``, ``pgh_id``), when the page is found first.
+_PAGE = "_pgh_page"
+
+
+def _computed_in(sql: str, connection) -> set[str]:
+    """The ``_COMPUTED`` columns ``sql`` names (Django quotes every column it selects, filters, sorts by)."""
+    return {column for column in _COMPUTED if connection.ops.quote_name(column) in sql}
+
+
 class AggregateEventCompiler(SQLCompiler):
-    def as_sql(self, *args, **kwargs):
-        sql, params = super().as_sql(*args, **kwargs)
-        cte, cte_params = self.query.cte_sql(self.connection)
+    """Compiles the QuerySet's own SQL after a CTE of the target's events (or of its page's)."""
+
+    def as_sql(self, with_limits=True, with_col_aliases=False):
+        query = self.query
+        if not query.order_by and query.default_ordering and not query.get_meta().ordering:
+            # A subclass whose Meta does not inherit the base's ordering: rows in time order all the
+            # same (the page is chosen in it; before pages, lag()'s sort gave that order by chance).
+            query.order_by = tuple(_TIME_ORDER)
+        page = self._page_sql() if with_limits and self.query.is_sliced else None
+        sql, params = super().as_sql(with_limits and page is None, with_col_aliases)
         name = self.connection.ops.quote_name(self.query.model._meta.db_table)
+        computed = _computed_in(sql, self.connection)
+        if page is None:
+            cte, cte_params = self.query.cte_sql(self.connection, computed)
+            return f"WITH {name} AS ({cte}) {sql}", (*cte_params, *params)
+        # The page is in _PAGE already: the outer query sorts its rows, and slices nothing.
+        rows, rows_params = self.query.cte_sql(self.connection, computed, page=True)
+        return f"WITH {_PAGE} AS ({page[0]}), {name} AS ({rows}) {sql}", (*page[1], *rows_params, *params)
+
+    def _page_sql(self) -> tuple[str, tuple] | None:
+        """The page's keys, found on the plain columns; ``None`` if the page needs computed columns."""
+        query = self.query
+        if query.distinct or query.combinator or query.group_by is not None:
+            return None
+        keys = query.clone()
+        keys.select_related = False
+        keys.clear_select_clause()
+        keys.add_fields(["pgh_table", "pgh_id"])
+        sql, params = SQLCompiler(keys, self.connection, self.using, self.elide_empty).as_sql()
+        if _computed_in(sql, self.connection):  # filtered or sorted by pgh_data or pgh_diff
+            return None
+        name = self.connection.ops.quote_name(query.model._meta.db_table)
+        cte, cte_params = query.cte_sql(self.connection, computed=set())
         return f"WITH {name} AS ({cte}) {sql}", (*cte_params, *params)
 
 
@@ -256,18 +347,22 @@ class AggregateEventQuery(Query):
                 )
         return list(self.event_models)
 
-    def cte_sql(self, connection) -> tuple[str, list]:
-        """The CTE's body: one ``SELECT`` per event table, joined by ``UNION ALL``."""
+    def cte_sql(self, connection, computed: set[str], page: bool = False) -> tuple[str, list]:
+        """The CTE's body: one ``SELECT`` per event table, joined by ``UNION ALL``.
+
+        Each branch reads the target's events of its table, or with ``page``
+        those of the page (the ``_PAGE`` CTE). Of the ``_COMPUTED`` columns, it
+        computes those in ``computed``; the others are ``NULL``.
+        """
         event_models = self.referencing_models()
         if not event_models:
             return _empty_sql(self.model, connection), []
         quote = connection.ops.quote_name
         branches, params = [], []
         for event_model in event_models:
-            where, where_params = _where_sql(
-                _referencing_fields(event_model, self.target), self.target, connection
-            )
-            columns = _columns(self.model, event_model, connection)
+            table = event_model._meta.db_table
+            fields = _referencing_fields(event_model, self.target)
+            columns = _columns(self.model, event_model, connection, computed)
             needs_context = event_model._pgh_has_context and any(
                 not column.startswith("pgh_") for column, _, _ in columns
             )
@@ -275,20 +370,31 @@ class AggregateEventQuery(Query):
             context_join = (
                 " LEFT JOIN audit_stream_context AS ctx ON ctx.id = e.pgh_context_id" if needs_context else ""
             )
-            data, data_params = _mask_sql("to_jsonb(x) - %s::text[]", [_PGH_COLUMNS], event_model, "digested")
-            rows = (
-                f"SELECT x.*, {data} AS pgh_data FROM {quote(event_model._meta.db_table)} AS x WHERE {where}"
-            )
-            if event_model._pgh_has_obj:
-                # The previous state, computed here: a window function in the (masked)
-                # diff's expression would be evaluated inside its sub-select.
-                rows = (
-                    "SELECT y.*, lag(y.pgh_data) OVER (PARTITION BY y.pgh_obj_id ORDER BY y.pgh_id)"
-                    f" AS pgh_before FROM ({rows}) AS y"
+            row, row_params, before, before_params = "x.*", [], "", []
+            if computed:
+                # Masked values read as keyed digests: the diff still tells whether one changed.
+                data, data_params = _mask_sql(
+                    "to_jsonb(x) - %s::text[]", [_PGH_COLUMNS], event_model, "digested"
                 )
+                row += f", {data} AS pgh_data"
+                row_params += data_params
+            if "pgh_diff" in computed and event_model._pgh_has_obj:
+                sql, before_params = _before_sql(
+                    event_model, _where_sql(fields, self.target, connection, alias="p"), connection
+                )
+                row += ", b.pgh_before"
+                before = f" LEFT JOIN LATERAL ({sql}) AS b ON TRUE"
+            if page:
+                where = f"x.pgh_id IN (SELECT pgh_id FROM {_PAGE} WHERE pgh_table = %s)"
+                where_params = [table]
+            else:
+                where, where_params = _where_sql(fields, self.target, connection)
+            # OFFSET 0 keeps the rows' selection below the lateral lookup: one lookup per selected row.
+            selected = f"SELECT * FROM {quote(table)} AS x WHERE {where} OFFSET 0"
+            rows = f"SELECT {row} FROM ({selected}) AS x{before}"
             branches.append(f"SELECT {select} FROM ({rows}) AS e{context_join}")
             params += [p for _, _, column_params in columns for p in column_params]
-            params += [*data_params, *where_params]
+            params += [*row_params, *where_params, *before_params]
         return " UNION ALL ".join(branches), params
 
 

@@ -6,10 +6,14 @@ Usage::
     python -m benchmarks.scale --big 300000            # a smaller big size
     python -m benchmarks.scale --small 30000 --big 100000 --no-report
 
-For each size it drops and recreates the database ``audit_stream_bench_scale``
-(``--database-url``; the name must contain "bench"), fills it set-based, and
-times each page and call: one warm-up, then the median of 5. The table shows
-both sizes, their ratio, and the query count of each page at the big size.
+Each size has its own database, ``audit_stream_bench_scale_<size>``
+(``--database-url`` names the prefix; it must contain "bench"): dropped,
+recreated and filled set-based, or with ``--reuse`` kept from an earlier run
+that filled it completely. Then every page and call is timed side by side:
+for each path, its median at the small size and right after at the big size
+(one warm-up, then the median of 5 each), so both sizes share the machine's
+load of the moment. The table shows both sizes, their ratio, and the query
+count of each page at the big size.
 
 What a size N holds (tests.settings, tests.testapp):
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import io
+import json
 import statistics
 import sys
 import time
@@ -55,7 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--small", type=int, default=30_000, help="events (and messages) of the small size")
     parser.add_argument("--big", type=int, default=1_000_000, help="events (and messages) of the big size")
     parser.add_argument("--hot", type=int, default=20_000, help="events of the one long-lived product")
-    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL, help="dropped and recreated!")
+    parser.add_argument(
+        "--database-url", default=DEFAULT_DATABASE_URL, help="prefix of the databases: dropped and recreated!"
+    )
+    parser.add_argument("--reuse", action="store_true", help="keep databases an earlier run filled")
     parser.add_argument("--no-analyze", action="store_true", help="leave the tables without statistics")
     parser.add_argument("--no-report", action="store_true", help="print only, leave BENCHMARKS.md alone")
     return parser.parse_args(argv)
@@ -108,7 +116,10 @@ def fill(events: int, hot: int, messages: int) -> dict:
         "SELECT pgh_obj_id FROM testapp_productevent WHERE pgh_label = 'before_delete'"
         " ORDER BY pgh_id LIMIT 1"
     )
-    return {"hot_pk": hot_pk, "deleted_pk": deleted, "write_s": written, "fold_s": folded}
+    made = {"hot_pk": hot_pk, "deleted_pk": deleted, "write_s": written, "fold_s": folded}
+    base.execute("CREATE TABLE bench_scale_made (made jsonb NOT NULL)")
+    base.execute("INSERT INTO bench_scale_made VALUES (%s::jsonb)", [json.dumps(made)])
+    return made
 
 
 # --------------------------------------------------------------------------- timing
@@ -163,37 +174,91 @@ def calls(made: dict) -> list[tuple[str, object]]:
     ]
 
 
-def measure(made: dict) -> dict[str, dict]:
-    """Median ms (and queries, for pages) of every path, by label."""
-    client = base.operator_client()
-    found = {}
-    for label, url, params in [*base.page_list(), *admin_pages(made)]:
-        try:
-            timed = base.time_page(client, url, params)
-        except Exception as exc:  # report, never hide: a page that fails is a finding
-            found[label] = {"error": f"{type(exc).__name__}: {exc}"[:120]}
-            base.log(f"  {label}: {found[label]['error']}")
-            continue
-        found[label] = {"ms": timed["median_ms"], "queries": timed["queries"]}
-        base.log(f"  {label}: {timed['median_ms']:.1f} ms, {timed['queries']} queries")
-    for label, call in calls(made):
-        found[label] = {"ms": _median_ms(call), "queries": None}
-        base.log(f"  {label}: {found[label]['ms']:.1f} ms")
-    return found
+def database_name(args: argparse.Namespace, events: int) -> str:
+    return f"{args.database_url.rsplit('/', 1)[-1]}_{events}"
 
 
-def run_size(args: argparse.Namespace, events: int) -> dict[str, dict]:
-    import django
+def use_database(name: str) -> None:
+    """Point the default connection at ``name`` (closed and reopened on its next query)."""
+    from django.conf import settings
+    from django.core.cache import caches
+    from django.db import connection
+
+    connection.close()
+    connection.settings_dict["NAME"] = settings.DATABASES["default"]["NAME"] = name
+    for cache in caches.all():
+        cache.clear()  # nothing one size cached may answer for the other
+
+
+def _filled() -> dict | None:
+    """What an earlier run made in the current database, if it finished filling it."""
+    from django.db import DatabaseError
+
+    try:
+        made = base.scalar("SELECT made FROM bench_scale_made")
+    except DatabaseError:
+        return None
+    return json.loads(made) if isinstance(made, str) else made
+
+
+def prepare(args: argparse.Namespace, events: int) -> dict:
+    """The database of one size, filled (or kept, with ``--reuse``); returns what it holds."""
     from django.core.management import call_command
+    from django.db import connection
 
-    base.log(f"size {events:,}: recreating {args.database_url.rsplit('/', 1)[-1]}")
+    name = database_name(args, events)
+    use_database(name)
+    if args.reuse:
+        made = _filled()  # None if the database does not exist or was not filled to the end
+        connection.close()
+        if made is not None:
+            base.log(f"size {events:,}: reusing {name} (migrated to this checkout, analysed)")
+            call_command("migrate", verbosity=0)
+            if not args.no_analyze:
+                base.execute("ANALYZE")
+            return made
+    base.log(f"size {events:,}: recreating {name}")
     base.recreate_database()
-    django.setup()
     call_command("migrate", verbosity=0)
     made = fill(events, min(args.hot, events // 2), events)
     if not args.no_analyze:
         base.execute("ANALYZE")
-    return measure(made)
+    return made
+
+
+def _paths(made: dict) -> list[tuple[str, object]]:
+    """(label, timer) of every path of one database: pages (median and queries) and calls (median)."""
+    client = base.operator_client()
+    found = []
+    for label, url, params in [*base.page_list(), *admin_pages(made)]:
+
+        def page(client=client, url=url, params=params) -> dict:
+            timed = base.time_page(client, url, params)
+            return {"ms": timed["median_ms"], "queries": timed["queries"]}
+
+        found.append((label, page))
+    for label, call in calls(made):
+        found.append((label, lambda call=call: {"ms": _median_ms(call), "queries": None}))
+    return found
+
+
+def measure(args: argparse.Namespace, made: dict[int, dict]) -> tuple[dict, dict]:
+    """Median ms (and queries, for pages) of every path at both sizes, timed one path at a time."""
+    paths = {}
+    for events in (args.small, args.big):
+        use_database(database_name(args, events))
+        paths[events] = dict(_paths(made[events]))
+    results = {args.small: {}, args.big: {}}
+    for label in paths[args.big]:
+        for events in (args.small, args.big):
+            use_database(database_name(args, events))
+            try:
+                results[events][label] = paths[events][label]()
+            except Exception as exc:  # report, never hide: a path that fails is a finding
+                results[events][label] = {"error": f"{type(exc).__name__}: {exc}"[:120]}
+        small, big = results[args.small][label], results[args.big][label]
+        base.log(f"  {label}: {small.get('ms', small.get('error'))} -> {big.get('ms', big.get('error'))}")
+    return results[args.small], results[args.big]
 
 
 # --------------------------------------------------------------------------- report
@@ -205,8 +270,9 @@ def markdown(args: argparse.Namespace, small: dict, big: dict) -> str:
         SECTION,
         "",
         f"Measured {dt.date.today():%Y-%m-%d} with `{COMMAND} --small {args.small} --big {args.big}`"
-        f" ({info['nproc']} cores shared with other work while measuring, PostgreSQL {info['postgresql']},"
-        f" git {info['git']})."
+        f" ({info['nproc']} cores shared with other engineers' work while measuring, PostgreSQL"
+        f" {info['postgresql']}, git {info['git']})."
+        " Side by side: each path at the small size, then at once at the big size, both in one run."
         " Median of 5 after a warm-up; nothing vacuumed"
         + ("" if args.no_analyze else ", tables analysed once filled")
         + ". Target: under 200 ms at the big size and within 2x of the small size.",
@@ -234,8 +300,8 @@ def main(argv: list[str] | None = None) -> None:
 
     django.setup()
     setup_test_environment()  # the test client's "testserver" host is allowed
-    small = run_size(args, args.small)
-    big = run_size(args, args.big)
+    made = {events: prepare(args, events) for events in (args.small, args.big)}
+    small, big = measure(args, made)
     section = markdown(args, small, big)
     print(section)
     if not args.no_report:
