@@ -339,7 +339,8 @@ def test_a_lanes_batch_walks_the_backlog_by_id_and_never_scans_the_table(setting
     # The next batch of the interval, counted in one transaction (counters flush at its end).
     with transaction.atomic():
         before = _counters()
-        assert fold.fold(PRODUCTS, lane=1, batch_size=100, max_seconds=0).folded == 100
+        folded = fold.fold(PRODUCTS, lane=1, batch_size=100, max_seconds=0).folded
+        assert 50 <= folded <= 100  # a window of 4 x 100 ids holds about 100 of the lane's events
         after = _counters()
     scanned, fetched = after[0] - before[0], after[1] - before[1]
     assert scanned == 0

@@ -60,7 +60,14 @@ def _ranked(plan: dict) -> int:
 def _event_params(keep_last, cutoff=None) -> dict:
     with connection.cursor() as cursor:
         done, floor, _ = retention._checkpoint(cursor, "testapp_productevent")
-    return {"cutoff": cutoff, "keep_last": keep_last, "force": False, "done": done, "floor": floor}
+    return {
+        "cutoff": cutoff,
+        "keep_last": keep_last,
+        "force": False,
+        "done": done,
+        "floor": floor,
+        "above": None,
+    }
 
 
 def test_keep_last_ranks_only_the_events_of_objects_with_more_than_that(history):
@@ -71,7 +78,7 @@ def test_keep_last_ranks_only_the_events_of_objects_with_more_than_that(history)
 
 
 def test_keep_last_ranks_only_the_changes_of_objects_with_more_than_one(history):
-    plan = _plan(retention._CHANGE_CANDIDATES, {"cutoff": None, "keep_last": 10})
+    plan = _plan(retention._CHANGE_CANDIDATES, {"cutoff": None, "keep_last": 10, "above": None})
     assert _ranked(plan) == BUSY
 
 

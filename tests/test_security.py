@@ -371,7 +371,15 @@ def partitioned_tickets(deployment, settings):
         "PARTITIONS": {"testapp.TicketEvent": {"size": 10, "ahead": 2}},
     }
     if deployment.name == "two roles":
-        _admin(f'GRANT CREATE ON SCHEMA public TO "{deployment.owner}"')  # it ran the migrations
+        # The owner ran the migrations: it may create in the schema and owns the table, its
+        # partitions (made by other tests as the superuser, after this module's transfer) and sequence.
+        _admin(f'GRANT CREATE ON SCHEMA public TO "{deployment.owner}"')
+        _admin(
+            "DO $$ DECLARE _t regclass; BEGIN"
+            " FOR _t IN SELECT 'testapp_ticketevent'::regclass UNION ALL"
+            " SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'testapp_ticketevent'::regclass"
+            f" LOOP EXECUTE format('ALTER TABLE %s OWNER TO %I', _t, '{deployment.owner}'); END LOOP; END $$"
+        )
     with _django_as(deployment.owner):  # migrate's part: convert if needed, record the layout
         partitions.sync()
     call_command("audit_stream_grants", deployment.runtime, "--apply", stdout=io.StringIO())

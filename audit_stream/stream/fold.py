@@ -521,7 +521,9 @@ def _fold_batch(
                 return 0, True, False, set(), None
 
         # Every event of the interval has an id up to `high` (unknown for a checkpoint of before 0011).
-        window_end = min(position + batch_size, high) if high is not None else 2**63 - 1
+        # A lane's events are about one id in `lanes`: its window spans that many more ids.
+        span = batch_size * found.lanes
+        window_end = min(position + span, high) if high is not None else 2**63 - 1
         interval = {
             "done": done,
             "target": target,
