@@ -80,7 +80,6 @@ def _messages_by_status(using: str) -> dict[str, int]:
     return totals
 
 
-
 # Rows deleted per table over every real (not dry) retention run.
 _PRUNED_SQL = """
 SELECT r.key, sum(r.value::bigint)::bigint

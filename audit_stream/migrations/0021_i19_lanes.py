@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('audit_stream', '0028_ddl_log_wakeup'),
+        ("audit_stream", "0020_sink_payload_exact"),
     ]
 
     operations = [

@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('audit_stream', '0020_sink_payload_exact'),
+        ("audit_stream", "0021_i19_lanes"),
     ]
 
     operations = [

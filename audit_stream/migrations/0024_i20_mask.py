@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('audit_stream', '0020_sink_payload_exact'),
+        ("audit_stream", "0023_i20_ordered"),
     ]
 
     operations = [

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('audit_stream', '0020_sink_payload_exact'),
+        ("audit_stream", "0024_i20_mask"),
     ]
 
     operations = [

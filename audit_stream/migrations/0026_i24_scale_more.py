@@ -19,7 +19,7 @@ DROP = "DROP STATISTICS IF EXISTS audit_stream_msg_endpoint_status"
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("audit_stream", "0020_sink_payload_exact"),
+        ("audit_stream", "0025_i20_sinks"),
     ]
 
     operations = [migrations.RunSQL(CREATE, DROP)]

@@ -585,7 +585,7 @@ def _first_position(cursor, connection, table: str, done: str, target: str, floo
 
 
 def _next_position(cursor, connection, table: str, interval: dict) -> int | None:
-    """Past an empty window: just below the interval's next id after it, any lane (None: the interval is done)."""
+    """Past an empty window: just below the interval's next id after it, any lane (None: interval done)."""
     quoted = [connection.ops.quote_name(t) for t in _stream_tables(table)]
     params = (interval["done"], interval["target"], interval["floor"], interval["window_end"])
     firsts = [_first_id(cursor, q, *params) for q in quoted]

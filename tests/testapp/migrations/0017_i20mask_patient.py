@@ -13,7 +13,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('audit_stream', '0024_i20_mask'),
-        ('testapp', '0016_integ_i24_indexes'),
+        ('testapp', '0017_i19part_user_aggregate_ordering'),
     ]
 
     operations = [

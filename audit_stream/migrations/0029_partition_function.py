@@ -9,7 +9,7 @@ from audit_stream import partitions
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("audit_stream", "0020_sink_payload_exact"),
+        ("audit_stream", "0026_i24_scale_more"),
     ]
 
     operations = [

@@ -12,7 +12,7 @@ def _refresh_ddl_functions(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("audit_stream", "0027_partition_function"),
+        ("audit_stream", "0029_partition_function"),
     ]
 
     operations = [
