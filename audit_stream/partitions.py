@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -633,16 +634,31 @@ def replace_lowest(
     with connection.cursor() as cursor:
         cursor.execute("SELECT " + " + ".join(f"(SELECT count(*) FROM {quote(part.name)})" for part in parts))
         rows = cursor.fetchone()[0]
+    retry_on_lock_timeout(
+        lambda: _swap(connection, layout, parts, kept, lock_timeout),
+        attempts=attempts,
+        what=f"swap the oldest partitions of {table}",
+    )
+    return rows - kept_rows, kept_rows
+
+
+def retry_on_lock_timeout(action: Callable[[], object], *, attempts: int, what: str) -> None:
+    """Run ``action`` until it does not give up waiting for a lock (``lock_timeout``), ``attempts`` times.
+
+    Statements that lock a partitioned table exclusively set a short
+    ``lock_timeout`` rather than queue every writer behind them; between
+    attempts the writers that queued meanwhile go through.
+    """
     for attempt in range(attempts):
         try:
-            _swap(connection, layout, parts, kept, lock_timeout)
-            return rows - kept_rows, kept_rows
+            action()
+            return
         except OperationalError as exc:
             if getattr(exc.__cause__, "sqlstate", None) != "55P03":  # lock_not_available
                 raise
-            time.sleep(0.01 * (attempt + 1))  # let the writers that queued meanwhile through
+            time.sleep(0.01 * (attempt + 1))
     raise RuntimeError(
-        f"Could not swap the oldest partitions of {table}: writers held it for {attempts} attempts."
+        f"Could not {what}: writers held the table for {attempts} attempts."
         " Prune again later; nothing was lost."
     )
 

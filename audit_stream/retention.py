@@ -59,7 +59,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
 from audit_stream import config, partitions, triggers
@@ -574,20 +574,13 @@ def _drop_partitions(connection, table: str, parts, dry_run: bool, progress) -> 
 
 def _detach(connection, table: str, name: str) -> None:
     quote = connection.ops.quote_name
-    for attempt in range(_DETACH_ATTEMPTS):
-        try:
-            with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-                cursor.execute(f"SET LOCAL lock_timeout = '{_DETACH_LOCK_TIMEOUT}'")
-                cursor.execute(f"ALTER TABLE {quote(table)} DETACH PARTITION {quote(name)}")
-            return
-        except OperationalError as exc:
-            if getattr(exc.__cause__, "sqlstate", None) != "55P03":  # lock_not_available
-                raise
-            time.sleep(0.01 * (attempt + 1))  # let the writers that queued meanwhile through
-    raise RuntimeError(
-        f"Could not detach {name} from {table}: writers held the table for {_DETACH_ATTEMPTS} attempts."
-        " Prune again later; nothing was lost."
-    )
+
+    def detach() -> None:
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL lock_timeout = '{_DETACH_LOCK_TIMEOUT}'")
+            cursor.execute(f"ALTER TABLE {quote(table)} DETACH PARTITION {quote(name)}")
+
+    partitions.retry_on_lock_timeout(detach, attempts=_DETACH_ATTEMPTS, what=f"detach {name} from {table}")
 
 
 # Each object's latest change, which retention keeps whatever the policy
