@@ -577,19 +577,27 @@ def _take_target(cursor, connection, table: str) -> tuple[str, int | None]:
     return cursor.fetchone()
 
 
-def _first_position(cursor, connection, table: str, done: str, target: str, floor: int) -> int | None:
-    """Just below the lowest pgh_id of the interval from ``done`` to ``target``, any lane (None: empty)."""
+def _first_position(
+    cursor, connection, table: str, done: str, target: str, floor: int, above: int = 0
+) -> int | None:
+    """Just below the lowest pgh_id of the interval from ``done`` to ``target`` past ``above``, any lane
+    (None: nothing there)."""
     quoted = [connection.ops.quote_name(t) for t in _stream_tables(table)]
-    firsts = [_first_id(cursor, q, done, target, floor) for q in quoted]
+    firsts = [_first_id(cursor, q, done, target, floor, above) for q in quoted]
     return min((f for f in firsts if f is not None), default=None)
 
 
 def _next_position(cursor, connection, table: str, interval: dict) -> int | None:
-    """Past an empty window: just below the interval's next id after it, any lane (None: interval done)."""
-    quoted = [connection.ops.quote_name(t) for t in _stream_tables(table)]
-    params = (interval["done"], interval["target"], interval["floor"], interval["window_end"])
-    firsts = [_first_id(cursor, q, *params) for q in quoted]
-    return min((f for f in firsts if f is not None), default=None)
+    """Past an empty window: just below the interval's next id after it (None: the interval is done)."""
+    return _first_position(
+        cursor,
+        connection,
+        table,
+        interval["done"],
+        interval["target"],
+        interval["floor"],
+        interval["window_end"],
+    )
 
 
 def _batch_sql(model, connection, names: list[str], in_interval: str, interval: dict, model_names):
