@@ -133,6 +133,22 @@ def insert_items(rows: int, per_statement: int) -> float:
     return time.perf_counter() - started
 
 
+def insert_items_sql(rows: int, per_statement: int) -> float:
+    """Insert ``rows`` tracked rows set-based (``INSERT ... SELECT generate_series``), ``per_statement``
+    per statement (and transaction); seconds. The triggers fire as for any insert: one event a row.
+    Faster than :func:`insert_items` by the ORM's per-row cost, for set-ups of millions of rows."""
+    started = time.perf_counter()
+    for start in range(0, rows, per_statement):
+        n = min(per_statement, rows - start)
+        execute(
+            f"INSERT INTO {ITEMS} (name, price, stock, note)"
+            " SELECT 'item ' || g, 19.90, g - %(start)s, 'benchmark row'"
+            " FROM generate_series(%(start)s, %(end)s) AS g",
+            {"start": start, "end": start + n - 1},
+        )
+    return time.perf_counter() - started
+
+
 def machine_info() -> dict:
     """What the numbers were measured on."""
     import celery
