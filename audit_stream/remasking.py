@@ -80,7 +80,7 @@ WITH page AS (
 ), written AS (
     {write}
 )
-SELECT (SELECT max(page.id)::text FROM page), (SELECT count(*) FROM page),
+SELECT (SELECT page.id::text FROM page ORDER BY page.id DESC LIMIT 1), (SELECT count(*) FROM page),
        (SELECT count(*) FROM written),
        (SELECT count(*) FROM changed WHERE changed.delivered)
 """

@@ -13,7 +13,7 @@ from django.core.management import CommandError, call_command
 from audit_stream.models import Change, Sink, SinkMessage, WebhookEndpoint, WebhookMessage
 from audit_stream.stream import fold
 from audit_stream.webhooks import delivery
-from tests import test_security
+from tests import test_masking, test_security
 from tests.sink_servers import REDIS_URL, unique
 from tests.testapp.models import Patient, PatientEvent, Product, Supplier
 
@@ -23,8 +23,10 @@ EMAIL = "ada@example.com"
 KEY = "a-mask-key-for-the-tests"
 MASKED = {"MASK": {"testapp.Patient": ["email"]}}
 
-# The roles of a deployment (an owner, the application's runtime role), as test_security sets them up.
+# The roles of a deployment (an owner, the application's runtime role), as test_security sets them up,
+# and the tables of testapp logged by initlogging, as test_masking does.
 deployment = test_security.deployment
+logged = test_masking.logged
 
 
 @pytest.fixture(autouse=True)
@@ -206,13 +208,6 @@ def test_without_a_terminal_it_asks_for_no_input(settings):
     with pytest.raises(CommandError, match=r"rewrites history.*no terminal to ask on"):
         call_command("mask_history", stdout=io.StringIO())
     assert _changes(patient)[0].snapshot["email"] == EMAIL
-
-
-@pytest.fixture
-def logged():
-    call_command("initlogging", stdout=io.StringIO(), stderr=io.StringIO())
-    yield
-    call_command("droplogging", stdout=io.StringIO())
 
 
 def test_the_changes_of_a_table_logged_by_initlogging_are_rewritten(logged, settings):
