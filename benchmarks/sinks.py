@@ -171,7 +171,7 @@ def bench_sink(kind: str, target: str, options: dict, n: int, mode: str = "held"
     sink = Sink.objects.create(
         name=f"bench-{kind}-{uuid.uuid4().hex[:6]}", kind=kind, target=target, options=options
     )
-    _messages(n, kind)
+    _messages(n, f"{kind}-{mode}-{sink.pk}")
     lanes = delivery._lanes
     if mode == "leased":
         delivery._lanes = lambda sink: delivery._LeasedLanes()
@@ -205,7 +205,7 @@ def explain(n: int) -> None:
     sink = Sink.objects.create(
         name=f"explain-{uuid.uuid4().hex[:6]}", kind="redis", target="redis://127.0.0.1:6379/3"
     )
-    _messages(n, "explain")
+    _messages(n, f"explain-{sink.pk}")
     params = {"subscriber": sink.pk, "limit": n}
 
     def show(title, sql, values):

@@ -75,7 +75,7 @@ _HOLD_TIMEOUT_SQL = f"SET LOCAL idle_in_transaction_session_timeout = '{_LEASE_S
 
 _DELIVERED_SQL = """
 UPDATE audit_stream_sinkmessage
-   SET status = 'delivered', attempts = attempts + 1, delivered_at = now(), lease_until = NULL,
+   SET status = 'delivered', attempts = attempts + 1, delivered_at = clock_timestamp(), lease_until = NULL,
        last_error = ''
  WHERE id = ANY(%(ids)s::uuid[])
 """
@@ -86,9 +86,9 @@ _TALLY_SQL = """
 UPDATE audit_stream_sink
    SET messages_delivered = messages_delivered + %(delivered)s,
        attempts_failed = attempts_failed + %(failed)s,
-       last_delivered_at = CASE WHEN %(delivered)s > 0 THEN now() ELSE last_delivered_at END,
+       last_delivered_at = CASE WHEN %(delivered)s > 0 THEN clock_timestamp() ELSE last_delivered_at END,
        last_error = CASE WHEN %(failed)s > 0 THEN %(error)s ELSE last_error END,
-       last_error_at = CASE WHEN %(failed)s > 0 THEN now() ELSE last_error_at END
+       last_error_at = CASE WHEN %(failed)s > 0 THEN clock_timestamp() ELSE last_error_at END
  WHERE id = %(sink)s
 """
 
@@ -99,11 +99,12 @@ UPDATE audit_stream_sinkmessage SET status = 'pending', lease_until = NULL
 """
 
 # A failed attempt: the next one after `delay` seconds, or dead when the schedule is spent.
+# Times are the clock's, not now(): a held batch's transaction began before it was published.
 _FAILED_SQL = """
 UPDATE audit_stream_sinkmessage AS m
    SET status = CASE WHEN f.dead THEN 'dead' ELSE 'pending' END,
        attempts = m.attempts + 1, lease_until = NULL, last_error = f.error,
-       next_attempt_at = now() + make_interval(secs => f.delay)
+       next_attempt_at = clock_timestamp() + make_interval(secs => f.delay)
   FROM unnest(%(ids)s::uuid[], %(errors)s::text[], %(delays)s::float8[], %(dead)s::bool[])
        AS f(id, error, delay, dead)
  WHERE m.id = f.id
