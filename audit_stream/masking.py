@@ -307,6 +307,22 @@ _REPLACE_PAIRS = """(SELECT t.v || coalesce((SELECT jsonb_object_agg(s.key, json
                             WHERE s.value IS NOT NULL), '{{}}')
  FROM (SELECT {state} AS v, {columns} AS columns, {pads}::bytea AS pads OFFSET 0) AS t)"""
 
+# The JSON value {value} is already in a mask's form ("***", or "hmac:" and 16 hex digits).
+_MASKED_FORM = (
+    f"(jsonb_typeof({{value}}) = 'string' AND (({{value}} #>> '{{{{}}}}') = '{FIXED}'"
+    f" OR ({{value}} #>> '{{{{}}}}') ~ '^{HASH_PREFIX}[0-9a-f]{{{{{HASH_DIGITS}}}}}$'))"
+)
+
+# The digests of the listed keys of {state} that hold a clear value and have none
+# in {digests} (JSON null stays null, as the fold keeps it): NULL if none.
+_MISSING_DIGESTS = """(SELECT jsonb_object_agg(s.key, CASE WHEN s.value = 'null'::jsonb THEN s.value
+                                               ELSE to_jsonb({digest}) END)
+ FROM (SELECT {state} AS v, coalesce({digests}, '{{}}'::jsonb) AS d, {columns} AS columns,
+              {pads}::bytea AS pads OFFSET 0) AS t,
+      LATERAL (SELECT c.key, t.v -> c.key AS value
+               FROM jsonb_array_elements_text(t.columns) AS c (key)) AS s
+ WHERE s.value IS NOT NULL AND NOT t.d ? s.key AND NOT {masked_form})"""
+
 # Only the listed keys of {state}: the digests the fold keeps (NULL if none).
 _PICK = """(SELECT jsonb_object_agg(c.key, t.v -> c.key)
  FROM (SELECT {state} AS v, {columns} AS columns OFFSET 0) AS t,
@@ -353,16 +369,37 @@ class MaskSql:
     def remasked(self, state: str) -> str:
         """A shown ``state`` whose masked keys may hold values folded before they were masked: those masked.
 
-        A value already in the mask's form stays as it is (masking it again would
-        change a keyed mask).
+        A value already in a mask's form stays as it is (masking it again would
+        change a keyed mask; a ``"***"`` from before ``MASK_KEY`` was set stays ``"***"``).
         """
-        form = (
-            f"(s.value #>> '{{}}') ~ '^{HASH_PREFIX}[0-9a-f]{{{HASH_DIGITS}}}$'"
-            if self.hashed
-            else f"s.value = '\"{FIXED}\"'::jsonb"
-        )
         return self._render(
-            _REPLACE, state, replace=self._shown(_DIGEST.format(value="s.value")), keep=f" AND NOT {form}"
+            _REPLACE,
+            state,
+            replace=self._shown(_DIGEST.format(value="s.value")),
+            keep=f" AND NOT {_MASKED_FORM.format(value='s.value')}",
+        )
+
+    def remasked_pairs(self, diff: str) -> str:
+        """A shown diff ``{column: [old, new]}``: each side of a masked key masked, unless it already is."""
+        sides = {}
+        for name, side in (("old", "(s.value -> 0)"), ("new", "(s.value -> 1)")):
+            shown = self._shown(_DIGEST.format(value=side))
+            sides[name] = f"CASE WHEN {_MASKED_FORM.format(value=side)} THEN {side} ELSE {shown} END"
+        return self._render(_REPLACE_PAIRS, diff, **sides)
+
+    def missing_digests(self, state: str, digests: str) -> str:
+        """The digests a shown ``state`` lacks in ``digests``: of each masked key still clear (NULL if none).
+
+        What the fold would have kept had the key been masked when the change
+        was folded, so the next change of the object compares against it.
+        """
+        return _MISSING_DIGESTS.format(
+            state=state,
+            digests=digests,
+            columns=self.columns,
+            pads=self.key,
+            digest=_DIGEST.format(value="s.value"),
+            masked_form=_MASKED_FORM.format(value="s.value"),
         )
 
     def before(self, change: str) -> str:

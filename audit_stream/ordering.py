@@ -45,7 +45,17 @@ from pgtrigger import compiler
 
 from audit_stream import triggers
 
-__all__ = ["DUE", "DUE_AT", "OBJECT_KEY_SQL", "OWED", "UnparkNext", "claim_sql", "head", "indexes"]
+__all__ = [
+    "DUE",
+    "DUE_AT",
+    "OBJECT_KEY_SQL",
+    "OWED",
+    "UnparkNext",
+    "claim_sql",
+    "head",
+    "held_claim_sql",
+    "indexes",
+]
 
 #: Owed: a message not yet delivered and not dead.
 OWED = "('pending', 'sending')"
@@ -111,6 +121,35 @@ WHERE m.id = locked.id AND locked.is_head
 RETURNING {returning}
 """
     return lock, take
+
+
+def held_claim_sql(table: str, subscriber: str, returning: str) -> str:
+    """A claim that holds its row locks instead of leasing: for subscribers that are not ordered.
+
+    Locks up to ``%(limit)s`` due heads of one subscriber (``%(subscriber)s``),
+    in the order they fell due, and returns ``returning`` (columns of ``m``) for
+    each; nothing is written. The caller publishes them and writes their
+    outcomes in the same transaction, so each message is updated once, not
+    twice (no lease): a worker that dies mid-batch leaves no lease behind, its
+    transaction is rolled back and the batch is due again at once.
+
+    Messages that are not heads (an object key left by an earlier ordered
+    setting) are neither locked nor parked: nothing this transaction holds is
+    what another's unparking waits for, so two such claims cannot deadlock.
+    The rows are locked in a subquery that reads ids alone, so the rows other
+    claims hold (``SKIP LOCKED``) cost no ``returning`` work.
+    """
+    return f"""
+SELECT {returning}
+FROM {table} AS m
+WHERE m.id = ANY(ARRAY(
+    SELECT m.id FROM {table} AS m
+    WHERE m.{subscriber} = %(subscriber)s AND {DUE} AND {head(table, subscriber)}
+    ORDER BY {DUE_AT}
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+))
+"""
 
 
 def indexes(prefix: str, subscriber: str) -> list[models.Index]:

@@ -144,18 +144,96 @@ def _time(call, n: int) -> dict:
     }
 
 
-def bench_sink(kind: str, target: str, options: dict, n: int) -> dict:
+_TABLE_STATS_SQL = """
+SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'audit_stream_sinkmessage'
+"""
+
+
+def _table_stats() -> tuple[int, int]:
+    """Row updates and HOT updates of the sink message table so far (every backend's, flushed)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")
+        time.sleep(1.1)  # a backend flushes its counts at most once a second (PostgreSQL 15)
+        cursor.execute(_TABLE_STATS_SQL)
+        return cursor.fetchone()
+
+
+def bench_sink(kind: str, target: str, options: dict, n: int, mode: str = "held") -> dict:
+    """Deliver ``n`` messages to a fresh sink; ``mode="leased"``: an unordered sink through the leased
+    path (a lease per batch, then the outcomes: what every sink did before batches were held)."""
     from audit_stream.models import Sink, SinkMessage, WebhookEndpoint
     from audit_stream.sinks import delivery
 
     Sink.objects.update(is_active=False)
     WebhookEndpoint.objects.update(is_active=False)
-    sink = Sink.objects.create(name=f"bench-{kind}", kind=kind, target=target, options=options)
-    _messages(n, kind)
-    timing = _time(lambda: delivery.deliver(sink.pk, max_messages=10**9, max_seconds=600), n)
+    sink = Sink.objects.create(
+        name=f"bench-{kind}-{uuid.uuid4().hex[:6]}", kind=kind, target=target, options=options
+    )
+    _messages(n, f"{kind}-{mode}-{sink.pk}")
+    lanes = delivery._lanes
+    if mode == "leased":
+        delivery._lanes = lambda sink: delivery._LeasedLanes()
+    updates, hot = _table_stats()
+    try:
+        timing = _time(lambda: delivery.deliver(sink.pk, max_messages=10**9, max_seconds=600), n)
+    finally:
+        delivery._lanes = lanes
+    updates_after, hot_after = _table_stats()
     delivered = SinkMessage.objects.filter(sink=sink, status="delivered").count()
     assert delivered == n, f"{delivered} of {n} delivered"
-    return {"target": kind, "messages": n, **timing}
+    return {
+        "target": kind,
+        "mode": mode,
+        "messages": n,
+        **timing,
+        "row_updates_per_msg": (updates_after - updates) / n,
+        "hot_share": (hot_after - hot) / max(1, updates_after - updates),
+    }
+
+
+def explain(n: int) -> None:
+    """EXPLAIN (ANALYZE, BUFFERS, WAL) of a batch's claim and record, held and leased, rolled back."""
+    from django.db import connection, transaction
+
+    from audit_stream.models import Sink, WebhookEndpoint
+    from audit_stream.sinks import delivery
+
+    Sink.objects.update(is_active=False)
+    WebhookEndpoint.objects.update(is_active=False)
+    sink = Sink.objects.create(
+        name=f"explain-{uuid.uuid4().hex[:6]}", kind="redis", target="redis://127.0.0.1:6379/3"
+    )
+    _messages(n, f"explain-{sink.pk}")
+    params = {"subscriber": sink.pk, "limit": n}
+
+    def show(title, sql, values):
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN (ANALYZE, BUFFERS, WAL, VERBOSE OFF) " + sql, values)
+            print(f"--- {title}")
+            print("\n".join(row[0] for row in cursor.fetchall()))
+
+    class _Undo(Exception):
+        pass
+
+    for mode in ("leased", "held"):
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                if mode == "held":
+                    show("held: claim (locks, reads)", delivery._HELD_CLAIM_SQL, params)
+                    cursor.execute("SELECT id FROM audit_stream_sinkmessage WHERE sink_id = %s", [sink.pk])
+                    ids = [row[0] for row in cursor.fetchall()]
+                else:
+                    show("leased: lock", delivery._LOCK_SQL, params)
+                    cursor.execute(delivery._LOCK_SQL, params)
+                    ids = [row[0] for row in cursor.fetchall()]
+                    lease = {"ids": ids, "lease": "60 seconds"}
+                    show("leased: lease (status 'sending')", delivery._CLAIM_SQL, lease)
+                show(f"{mode}: record delivered", delivery._DELIVERED_SQL, {"ids": [str(i) for i in ids]})
+                raise _Undo
+        except _Undo:
+            pass
 
 
 def bench_webhook(n: int) -> dict:
@@ -188,8 +266,26 @@ def main(argv: list[str] | None = None) -> None:
         "--database-url", default="postgres://postgres@127.0.0.1:5432/audit_stream_bench_sinks"
     )
     parser.add_argument("--targets", default="nats,redis,rabbitmq,webhook")
+    parser.add_argument(
+        "--modes", default="held",
+        help="held (how a sink not ordered delivers), leased (its former path: a lease, then the"
+        " outcomes), or both, alternating: held,leased",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the targets and modes")
+    parser.add_argument(
+        "--fillfactor", type=int, help="ALTER TABLE audit_stream_sinkmessage SET (fillfactor)"
+    )
+    parser.add_argument("--explain", action="store_true", help="EXPLAIN a batch's statements, then stop")
     args = parser.parse_args(argv)
     _setup(args.database_url)
+    if args.fillfactor:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE audit_stream_sinkmessage SET (fillfactor = {int(args.fillfactor)})")
+    if args.explain:
+        explain(2000)
+        return
 
     import aio_pika
     import nats
@@ -198,20 +294,27 @@ def main(argv: list[str] | None = None) -> None:
     tag = uuid.uuid4().hex[:8]
     stream, prefix, exchange = f"BENCH{tag}", f"bench{tag}", f"bench{tag}"
     results = []
+    runs = [
+        (target, mode)
+        for _ in range(args.rounds)
+        for target in args.targets.split(",")
+        for mode in (args.modes.split(",") if target != "webhook" else ["-"])
+    ]
     try:
-        for target in args.targets.split(","):
+        for target, mode in runs:
             if target == "nats":
                 options = {"stream": stream, "subject_prefix": prefix}
-                results.append(bench_sink("nats", "nats://127.0.0.1:4222", options, args.messages))
+                results.append(bench_sink("nats", "nats://127.0.0.1:4222", options, args.messages, mode))
             elif target == "redis":
                 options = {"stream_prefix": prefix}
-                results.append(bench_sink("redis", "redis://127.0.0.1:6379/3", options, args.messages))
+                results.append(bench_sink("redis", "redis://127.0.0.1:6379/3", options, args.messages, mode))
             elif target == "rabbitmq":
                 options = {"exchange": exchange, "queue": exchange}
                 url = "amqp://guest:guest@127.0.0.1:5672/"
-                results.append(bench_sink("rabbitmq", url, options, args.messages))
+                results.append(bench_sink("rabbitmq", url, options, args.messages, mode))
             elif target == "webhook":
                 results.append(bench_webhook(args.messages))
+            results[-1]["load"] = os.getloadavg()[0]
             print(json.dumps(results[-1]), flush=True)
     finally:
 
@@ -233,13 +336,16 @@ def main(argv: list[str] | None = None) -> None:
         for key in client.scan_iter(f"{prefix}:*"):
             client.delete(key)
     print(
-        "| target | messages | seconds | messages/s | worker CPU µs/msg | PostgreSQL CPU µs/msg |\n"
-        "|---|---:|---:|---:|---:|---:|"
+        "| target | batches | messages | seconds | messages/s (wall) | worker CPU µs/msg"
+        " | PostgreSQL CPU µs/msg | row updates/msg | HOT | load |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     for r in results:
+        updates = f"{r['row_updates_per_msg']:.2f} | {r['hot_share']:.0%}" if "hot_share" in r else "- | -"
         print(
-            f"| {r['target']} | {r['messages']:,} | {r['seconds']:.2f} | {r['per_second']:,.0f}"
-            f" | {r['worker_cpu_us']:.1f} | {r['postgres_cpu_us']:.1f} |"
+            f"| {r['target']} | {r.get('mode', '-')} | {r['messages']:,} | {r['seconds']:.2f}"
+            f" | {r['per_second']:,.0f} | {r['worker_cpu_us']:.1f} | {r['postgres_cpu_us']:.1f}"
+            f" | {updates} | {r['load']:.1f} |"
         )
 
 

@@ -113,8 +113,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="flushed!")
     parser.add_argument("--no-report", action="store_true", help="print only: no BENCHMARKS.md, no JSON")
     parser.add_argument("--update-migrations", action="store_true", help="regenerate perfapp's migrations")
+    parser.add_argument(
+        "--ordering", action="store_true",
+        help="only ordered against unordered, over many objects and one object (--messages each)",
+    )  # fmt: skip
+    parser.add_argument("--messages", type=int, help="messages per in-process run")
     args = parser.parse_args(argv)
-    args.messages = 2_000 if args.quick else 20_000
+    messages = args.messages
+    args.messages = messages or (2_000 if args.quick else 20_000)
     args.concurrency = 2
     args.latency_rates = [100, 200, 300]
     args.latency_seconds = 5.0 if args.quick else 15.0
@@ -164,9 +170,17 @@ def reset(redis_url: str) -> None:
 
 
 def make_messages(
-    args: argparse.Namespace, port: int, endpoints: int, messages: int, ordered: bool = False
+    args: argparse.Namespace,
+    port: int,
+    endpoints: int,
+    messages: int,
+    ordered: bool = False,
+    one_object: bool = False,
 ) -> list:
-    """A fresh database with ``endpoints`` endpoints and ``messages`` real messages, split evenly."""
+    """A fresh database with ``endpoints`` endpoints and ``messages`` real messages, split evenly.
+
+    ``one_object``: every message is a change of one row (inserted, then updated again and again).
+    """
     from audit_stream.stream.fold import fold_all
     from audit_stream.webhooks.models import WebhookEndpoint
 
@@ -176,13 +190,60 @@ def make_messages(
         for i in range(endpoints)
     ]
     rows = messages // endpoints
-    insert_items(rows, 5_000)
+    if one_object:
+        insert_items(1, 1)
+        execute(
+            f"DO $$ BEGIN FOR i IN 1..{rows - 1} LOOP UPDATE {ITEMS} SET stock = stock + 1; END LOOP; END $$"
+        )
+    else:
+        insert_items(rows, 5_000)
     folded = sum(r.folded for r in fold_all(max_seconds=600))
     pending = count(MESSAGES, "status = 'pending'")
     if folded != rows or pending != messages:
         raise RuntimeError(f"set-up: {folded} folded, {pending} pending messages; expected {messages}")
     vacuum(MESSAGES, ATTEMPTS)
     return created
+
+
+def out_of_order(receipts: list[tuple]) -> int:
+    """Deliveries that arrived after a later change of their object (2xx answers, arrival order)."""
+    last: dict[str, int] = {}
+    late = 0
+    for _, _, _, _, object_id, event_id in receipts:
+        if int(event_id) < last.get(object_id, -1):
+            late += 1
+        last[object_id] = max(int(event_id), last.get(object_id, -1))
+    return late
+
+
+def ordering_run(args: argparse.Namespace, port: int, receipts: Receipts) -> list[dict]:
+    """Ordered against unordered, the messages spread over many objects or all one object's."""
+    runs = []
+    for one_object in (False, True):
+        for ordered in (False, True):
+            r = deliver_in_process(
+                args, port, receipts, args.messages, ordered=ordered, one_object=one_object
+            )
+            r["load"] = os.getloadavg()[0]
+            runs.append(r)
+            print(json.dumps({k: r[k] for k in ("ordered", "one_object", "per_s", "cpu_us_per_message")}))
+    return runs
+
+
+def ordering_table(runs: list[dict]) -> str:
+    rows = []
+    for r in runs:
+        statements = r["statements_per_message"]
+        rows.append([
+            "one object" if r["one_object"] else f"{r['messages']:,} objects",
+            "ordered" if r["ordered"] else "unordered",
+            f"{r['messages']:,}", f"{r['seconds']:.1f}", f"**{r['per_s']:,.0f}**",
+            f"{r['cpu_us_per_message']:,.0f}", f"{r['claims']:,}",
+            f"{statements.get('(transactions)', 0):.2f}", str(r["check"]["out_of_order"]), f"{r['load']:.1f}",
+        ])  # fmt: skip
+    headers = ["messages of", "endpoint", "messages", "seconds", "deliveries/s (wall)", "CPU µs/msg",
+               "claims", "transactions/msg", "out of order", "load"]  # fmt: skip
+    return table(headers, rows, right={2, 3, 4, 5, 6, 7, 8, 9})
 
 
 def verify_delivered(receipts: list[tuple], expected: int) -> dict:
@@ -369,6 +430,7 @@ def deliver_in_process(
     samples: Path | None = None,
     ordered: bool = False,
     client: str = "http.client",
+    one_object: bool = False,
 ) -> dict:
     """``deliver()`` in this process for one endpoint with ``messages`` due; split by step.
 
@@ -383,11 +445,11 @@ def deliver_in_process(
 
     from audit_stream.webhooks import delivery, safety, signing, transport
 
-    (endpoint,) = make_messages(args, port, 1, messages, ordered=ordered)
+    (endpoint,) = make_messages(args, port, 1, messages, ordered=ordered, one_object=one_object)
     offset = receipts.count()
     log(
         f"in-process deliver() of {messages:,} messages, 1 endpoint, synchronous_commit {synchronous_commit}"
-        f"{', ordered' if ordered else ''}, client {client}"
+        f"{', ordered' if ordered else ''}{', one object' if one_object else ''}, client {client}"
     )
     targets = [
         (delivery, "_claim", CLAIM),
@@ -428,7 +490,9 @@ def deliver_in_process(
     cpu_s = (used.ru_utime - cpu.ru_utime) + (used.ru_stime - cpu.ru_stime)
     if result.delivered != messages or result.failed:
         raise RuntimeError(f"deliver(): {result}")
-    check = verify_delivered(receipts.since(offset), messages)
+    arrived = receipts.since(offset)
+    check = verify_delivered(arrived, messages)
+    check["out_of_order"] = out_of_order(arrived)
     verified = verify_signatures(samples, {"/e0": endpoint.secret}) if samples else 0
     steps = {name: timers.wall(name) for name in (CLAIM, RECORD) if timers.wall(name) is not None}
     steps[REST] = seconds - sum(steps.values())
@@ -446,6 +510,7 @@ def deliver_in_process(
         "endpoints": 1,
         "messages": messages,
         "ordered": ordered,
+        "one_object": one_object,
         "client": client,
         "cpu_us_per_message": cpu_s * 1e6 / messages,
         "synchronous_commit": synchronous_commit,
@@ -1137,6 +1202,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _, port = children.receiver(out)
         receipts = Receipts(out)
+        if args.ordering:
+            runs = ordering_run(args, port, receipts)
+            print(ordering_table(runs))
+            if not args.no_report:
+                save_json("webhooks_ordering", {**results, "runs": runs}, True)
+            return
         samples = Path(f"{out}.samples.jsonl")
         results["in_process"] = deliver_in_process(args, port, receipts, args.messages, samples=samples)
         results["in_process_httpx"] = deliver_in_process(args, port, receipts, args.messages, client="httpx")

@@ -108,6 +108,18 @@ def test_an_ordered_endpoint_holds_an_objects_next_change_until_the_previous_is_
     assert receiver.delivered(flowing) == flowing_ids
 
 
+def test_one_delivery_sends_an_objects_changes_one_after_another(httpserver):
+    """deliver() claims again after recording a batch: an object's queue drains in one call, in order."""
+    receiver = _Receiver(httpserver)
+    endpoint = WebhookEndpoint.objects.create(url=receiver.url, ordered=True)
+    product = Product.objects.create(name="busy")
+    for i in range(4):
+        Product.objects.filter(pk=product.pk).update(stock=i + 1)
+    fold.fold_all()
+    assert delivery.deliver(endpoint.pk).delivered == 5
+    assert receiver.delivered(product) == _event_ids(endpoint, product)
+
+
 def test_two_workers_delivering_one_ordered_endpoint_keep_each_objects_order(httpserver):
     """Two deliver() loops at once (two worker processes on one endpoint): every change arrives
     once, and each object's changes arrive in the order they happened."""

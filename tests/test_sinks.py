@@ -2,12 +2,14 @@
 
 import asyncio
 import json
+import threading
 
 import aio_pika
 import nats
 import pytest
 import redis
 from django.core.management import CommandError, call_command
+from django.db import connection, transaction
 from prometheus_client.parser import text_string_to_metric_families
 
 import audit_stream
@@ -294,6 +296,42 @@ def test_a_delivery_of_many_batches_publishes_each_message_once(redis_sink):
     result = delivery.deliver(redis_sink.pk, batch_size=10)
     assert (result.delivered, result.failed, result.more) == (53, 0, False)
     assert sorted(_redis_ids(redis_sink)) == sorted(m.message_id for m in SinkMessage.objects.all())
+    assert set(SinkMessage.objects.values_list("status", "attempts")) == {("delivered", 1)}
+
+
+def test_a_message_of_a_sink_not_ordered_is_written_once_when_it_is_delivered(redis_sink):
+    """No lease: the batch stays locked while it is published, and each message gets one row update."""
+    Product.objects.bulk_create([Product(name=f"p{i}") for i in range(20)])
+    fold.fold_all()
+    with transaction.atomic(), connection.cursor() as cursor:  # the counts of this transaction alone
+        assert delivery.deliver(redis_sink.pk).delivered == 20
+        cursor.execute(
+            "SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'audit_stream_sinkmessage'"
+        )
+        assert cursor.fetchone()[0] == 20
+    assert set(SinkMessage.objects.values_list("status", "attempts")) == {("delivered", 1)}
+
+
+def test_two_deliveries_at_once_publish_each_message_once(redis_sink):
+    """Two workers delivering one sink: a batch one holds is skipped by the other, never published twice."""
+    Product.objects.bulk_create([Product(name=f"p{i}") for i in range(300)])
+    fold.fold_all()
+    results = []
+
+    def run():
+        try:
+            results.append(delivery.deliver(redis_sink.pk, batch_size=10))
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=run) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert sum(r.delivered for r in results) == 300
+    ids = _redis_ids(redis_sink)
+    assert len(ids) == len(set(ids)) == 300
     assert set(SinkMessage.objects.values_list("status", "attempts")) == {("delivered", 1)}
 
 

@@ -22,7 +22,6 @@ import aio_pika
 import pytest
 import redis
 from django.db import connection
-from django.db.models.functions import Now
 from nats.js.errors import NotFoundError
 
 from audit_stream.models import Sink, SinkMessage
@@ -72,6 +71,17 @@ def servers(tmp_path):
 
 def _statuses():
     return sorted(SinkMessage.objects.values_list("status", flat=True))
+
+
+def _held_elsewhere() -> bool:
+    """Another session holds a claimed batch: idle in the transaction whose last statement claimed it."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND state = 'idle in transaction'"
+            " AND query LIKE '%%FOR UPDATE SKIP LOCKED%%')"
+        )
+        return cursor.fetchone()[0]
 
 
 def _deliver_until_delivered(sink, count):
@@ -185,7 +195,7 @@ delivery.deliver(int(sys.argv[1]))
 
 
 def test_a_worker_killed_mid_batch_loses_nothing_and_resends_with_the_same_ids(servers):
-    """kill -9 while Redis holds the batch unanswered: after the lease, the batch is sent again, same ids."""
+    """kill -9 while Redis holds the batch unanswered: rolled back, the batch is sent again, same ids."""
     server = servers("redis")
     server.start()
     sink = Sink.objects.create(name="r", kind="redis", target=server.url)
@@ -197,13 +207,15 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_resends_with_the_same_ids(s
         child = subprocess.Popen(
             [sys.executable, "-c", _DELIVER_IN_CHILD, str(sink.pk)], cwd=ROOT, env=child_env()
         )
-        wait_until(lambda: _statuses() == ["sending"] * 50, timeout=20, message="the batch claimed")
+        wait_until(_held_elsewhere, timeout=20, message="the batch claimed")
         wait_until(lambda: _unread_bytes(server.port), timeout=20, message="the batch written to Redis")
         child.kill()
         child.wait(timeout=10)
     finally:
         os.kill(server.pid, signal.SIGCONT)
-    SinkMessage.objects.update(lease_until=Now())  # the lease has expired (60 s in production)
+    # No lease to wait for: the killed worker's transaction is rolled back, its batch due at once.
+    wait_until(lambda: not _held_elsewhere(), timeout=20, message="the killed worker's batch given back")
+    assert _statuses() == ["pending"] * 50
 
     _deliver_until_delivered(sink, 50)
     ids = [
@@ -238,8 +250,9 @@ def _deliver_in_child(sink) -> subprocess.Popen:
 
 
 def _kill(child: subprocess.Popen) -> None:
-    child.kill()  # SIGKILL: no cleanup, its batch stays leased
+    child.kill()  # SIGKILL: no cleanup; PostgreSQL rolls its transaction back, and the batch is due again
     child.wait(timeout=10)
+    wait_until(lambda: not _held_elsewhere(), timeout=20, message="the killed worker's batch given back")
 
 
 def test_a_worker_killed_mid_batch_on_jetstream_loses_nothing_and_the_resent_batch_is_dropped():
@@ -255,11 +268,10 @@ def test_a_worker_killed_mid_batch_on_jetstream_loses_nothing_and_the_resent_bat
         fold.fold_all()
         child = _deliver_in_child(sink)
         wait_until(lambda: _nats_stored(stream) == 50, timeout=30, message="the batch stored by JetStream")
-        assert _statuses() == ["sending"] * 50  # published, not recorded
+        assert _statuses() == ["pending"] * 50 and _held_elsewhere()  # published, not recorded
         _kill(child)
         proxy.close()
         Sink.objects.filter(pk=sink.pk).update(target=NATS_URL)
-        SinkMessage.objects.update(lease_until=Now())  # the lease has expired (60 s in production)
 
         _deliver_until_delivered(sink, 50)
         stored = nats_messages(stream)
@@ -302,11 +314,10 @@ def test_a_worker_killed_mid_batch_on_rabbitmq_loses_nothing_and_resends_with_th
         fold.fold_all()
         child = _deliver_in_child(sink)
         wait_until(lambda: asyncio.run(_amqp_ready(queue)) == 50, timeout=30, message="the batch queued")
-        assert _statuses() == ["sending"] * 50  # published, not recorded
+        assert _statuses() == ["pending"] * 50 and _held_elsewhere()  # published, not recorded
         _kill(child)
         proxy.close()
         Sink.objects.filter(pk=sink.pk).update(target=AMQP_URL)
-        SinkMessage.objects.update(lease_until=Now())
 
         _deliver_until_delivered(sink, 50)
         ids = Counter(m.message_id for m in asyncio.run(_amqp_get(queue)))

@@ -9,10 +9,11 @@ from django.core.management.base import CommandError
 __all__ = ["confirm"]
 
 
-def confirm(question: str, *, no_input: bool, cancelled: str) -> None:
+def confirm(question: str, *, no_input: bool, cancelled: str, does: str = "deletes data") -> None:
     """Ask ``question`` on the terminal and go on only if the answer is ``yes``.
 
-    With ``no_input`` the caller has confirmed already. Without a terminal to
+    ``does`` says what the command does to data, in the refusal without a
+    terminal. With ``no_input`` the caller has confirmed already. Without a terminal to
     ask on (a cron job, a pipe, CI) nothing is deleted: a :class:`CommandError`
     says to pass ``--no-input``, instead of dying on end-of-file.
     """
@@ -21,8 +22,8 @@ def confirm(question: str, *, no_input: bool, cancelled: str) -> None:
     stdin = sys.stdin
     if stdin is None or stdin.closed or not stdin.isatty():
         raise CommandError(
-            "This command deletes data and asks for confirmation, but there is no terminal to ask on."
-            " Nothing was deleted. Run it from a terminal, or pass --no-input to confirm in advance"
+            f"This command {does} and asks for confirmation, but there is no terminal to ask on."
+            " Nothing was changed. Run it from a terminal, or pass --no-input to confirm in advance"
             " (try --dry-run first)."
         )
     try:

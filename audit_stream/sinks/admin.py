@@ -76,7 +76,8 @@ class SinkMessageAdmin(admin.ModelAdmin):
     list_display = ["message_id", "sink", "event_type", "status", "attempts", "next_attempt_at", "created_at"]
     list_filter = ["status", "sink"]
     ordering = ["-created_at", "-id"]
-    readonly_fields = [f.name for f in SinkMessage._meta.fields]
+    # Its sink first, then the columns every outbox message has (audit_stream.outbox).
+    readonly_fields = ["sink", *(f.name for f in SinkMessage._meta.fields if f.name != "sink")]
     show_full_result_count = False
 
     def has_add_permission(self, request):

@@ -1,20 +1,34 @@
 """Publishing sink messages: claimed in batches, published pipelined, retried, dead, replayable.
 
 One call of :func:`deliver` opens one connection to the sink's broker, then
-repeatedly claims up to ``batch_size`` due messages (``FOR UPDATE SKIP LOCKED``,
-with a lease, in a short transaction), publishes them in one pipelined batch
-(one round trip for Redis, every publish in flight at once for JetStream and
-RabbitMQ) and records the outcomes in one transaction. A broker error fails
-the batch: each message gets its next attempt on ``SINK_RETRY_SCHEDULE``
-(±10% jitter), and is ``dead`` after the last. A worker killed mid-batch leaves
-leases that expire: the batch is published again (at least once, same message
-ids; JetStream drops the duplicates by ``Nats-Msg-Id``).
+repeatedly claims up to ``batch_size`` due messages (``FOR UPDATE SKIP LOCKED``),
+publishes them in one pipelined batch (one round trip for Redis, every publish
+in flight at once for JetStream and RabbitMQ) and records the outcomes. A
+broker error fails the batch: each message gets its next attempt on
+``SINK_RETRY_SCHEDULE`` (±10% jitter), and is ``dead`` after the last.
+
+Two ways to hold a batch, by the sink's ``ordered`` setting:
+
+* **held** (a sink not ordered, the default): the batch's rows stay locked in
+  the transaction that claimed them while it is published, and their outcomes
+  are written in that same transaction: one row update per message. A worker
+  killed mid-batch leaves an aborted transaction: the batch is due again at
+  once and published again (at least once, same message ids; JetStream drops
+  the duplicates by ``Nats-Msg-Id``). A worker that hangs is cut off by
+  ``idle_in_transaction_session_timeout`` (the lease's 60 s), with the same effect.
+* **leased** (an ordered sink): a short transaction claims the batch's heads
+  with a lease (``status = 'sending'``) and parks the rest
+  (:mod:`audit_stream.ordering`); another records the outcomes. A worker
+  killed mid-batch leaves leases that expire: the batch is published again.
+  (Parking in a transaction held across a publish could deadlock two
+  deliveries unparking each other's messages.)
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -47,16 +61,21 @@ WHERE s.is_active
 # of their objects' queues (audit_stream.ordering; every message of an unordered
 # sink is a head); the body is PostgreSQL's own text of the JSONB payload, exactly
 # what a webhook receives.
-_LOCK_SQL, _CLAIM_SQL = ordering.claim_sql(
-    "audit_stream_sinkmessage",
-    "sink_id",
-    returning="m.id, m.attempts, m.event_type, m.payload->'data'->>'model', m.payload->'data'->>'object_id',"
-    " (m.payload->'data'->>'event_id')::bigint, m.payload::text",
+_RETURNING = (
+    "m.id, m.attempts, m.event_type, m.payload->'data'->>'model', m.payload->'data'->>'object_id',"
+    " (m.payload->'data'->>'event_id')::bigint, m.payload::text"
 )
+_LOCK_SQL, _CLAIM_SQL = ordering.claim_sql("audit_stream_sinkmessage", "sink_id", returning=_RETURNING)
+# A sink not ordered: the batch stays locked until its outcomes are written (no lease).
+_HELD_CLAIM_SQL = ordering.held_claim_sql("audit_stream_sinkmessage", "sink_id", returning=_RETURNING)
+
+# A held batch's transaction ends (rolled back, its batch due again) if its worker
+# stops for as long as a lease would last.
+_HOLD_TIMEOUT_SQL = f"SET LOCAL idle_in_transaction_session_timeout = '{_LEASE_SECONDS}s'"
 
 _DELIVERED_SQL = """
 UPDATE audit_stream_sinkmessage
-   SET status = 'delivered', attempts = attempts + 1, delivered_at = now(), lease_until = NULL,
+   SET status = 'delivered', attempts = attempts + 1, delivered_at = clock_timestamp(), lease_until = NULL,
        last_error = ''
  WHERE id = ANY(%(ids)s::uuid[])
 """
@@ -67,9 +86,9 @@ _TALLY_SQL = """
 UPDATE audit_stream_sink
    SET messages_delivered = messages_delivered + %(delivered)s,
        attempts_failed = attempts_failed + %(failed)s,
-       last_delivered_at = CASE WHEN %(delivered)s > 0 THEN now() ELSE last_delivered_at END,
+       last_delivered_at = CASE WHEN %(delivered)s > 0 THEN clock_timestamp() ELSE last_delivered_at END,
        last_error = CASE WHEN %(failed)s > 0 THEN %(error)s ELSE last_error END,
-       last_error_at = CASE WHEN %(failed)s > 0 THEN now() ELSE last_error_at END
+       last_error_at = CASE WHEN %(failed)s > 0 THEN clock_timestamp() ELSE last_error_at END
  WHERE id = %(sink)s
 """
 
@@ -80,11 +99,12 @@ UPDATE audit_stream_sinkmessage SET status = 'pending', lease_until = NULL
 """
 
 # A failed attempt: the next one after `delay` seconds, or dead when the schedule is spent.
+# Times are the clock's, not now(): a held batch's transaction began before it was published.
 _FAILED_SQL = """
 UPDATE audit_stream_sinkmessage AS m
    SET status = CASE WHEN f.dead THEN 'dead' ELSE 'pending' END,
        attempts = m.attempts + 1, lease_until = NULL, last_error = f.error,
-       next_attempt_at = now() + make_interval(secs => f.delay)
+       next_attempt_at = clock_timestamp() + make_interval(secs => f.delay)
   FROM unnest(%(ids)s::uuid[], %(errors)s::text[], %(delays)s::float8[], %(dead)s::bool[])
        AS f(id, error, delay, dead)
  WHERE m.id = f.id
@@ -110,8 +130,9 @@ def deliver(
 
     While a full batch is published, the next one is claimed and the previous
     one's outcomes are written, each on a thread of its own with its own
-    database connection (:class:`_Lanes`): the worker's time goes to the broker,
-    PostgreSQL's to the other core.
+    database connection (:class:`_HeldLanes`; :class:`_LeasedLanes` for an
+    ordered sink): the worker's time goes to the broker, PostgreSQL's to the
+    other core.
     """
     result = DeliveryResult(sink_id)
     sink = Sink.objects.filter(pk=sink_id, is_active=True).first()
@@ -120,7 +141,7 @@ def deliver(
     deadline = time.monotonic() + max_seconds
     backend = base.for_kind(sink.kind, sink.target, sink.options)
     opened = False
-    lanes = _Lanes()
+    lanes = _lanes(sink)
     upcoming: Future | None = lanes.claim(sink_id, batch_size, ahead=False)
     try:
         while True:
@@ -131,7 +152,7 @@ def deliver(
                 lanes.release(batch)
                 result.more = True
                 return result
-            full = len(batch) == batch_size  # more are probably due: claim them meanwhile
+            full = len(batch) == batch_size and lanes.ahead  # more are probably due: claim them meanwhile
             if full:
                 upcoming = lanes.claim(sink_id, batch_size, ahead=True)
             try:
@@ -157,7 +178,13 @@ def deliver(
                 backend.close()
 
 
+def _lanes(sink: Sink) -> _LeasedLanes | _HeldLanes:
+    """How a delivery to ``sink`` holds its batches: leased if it is ordered, else held."""
+    return _LeasedLanes() if sink.ordered else _HeldLanes()
+
+
 def _claim(sink_id: int, limit: int) -> list[tuple[base.Message, int]]:
+    """Lease up to ``limit`` due heads (an ordered sink), in a transaction of their own."""
     rows = []
     while not rows:  # a claim that found only messages to park claims again
         with transaction.atomic(), connection.cursor() as cursor:
@@ -167,6 +194,19 @@ def _claim(sink_id: int, limit: int) -> list[tuple[base.Message, int]]:
                 return []
             cursor.execute(_CLAIM_SQL, {"ids": ids, "lease": timedelta(seconds=_LEASE_SECONDS)})
             rows = cursor.fetchall()
+    return _messages(rows)
+
+
+def _claim_held(sink_id: int, limit: int) -> list[tuple[base.Message, int]]:
+    """Lock up to ``limit`` due messages in the transaction open on this thread's connection."""
+    with connection.cursor() as cursor:
+        cursor.execute(_HOLD_TIMEOUT_SQL)
+        cursor.execute(_HELD_CLAIM_SQL, {"subscriber": sink_id, "limit": limit})
+        return _messages(cursor.fetchall())
+
+
+def _messages(rows: list[tuple]) -> list[tuple[base.Message, int]]:
+    """Claimed rows as messages to publish, with the attempts made so far."""
     rows.sort(key=lambda row: row[5])  # oldest event first within the batch
     return [
         (
@@ -222,8 +262,14 @@ def _outcomes(
 
 
 def _write(out: _Outcomes) -> None:
+    """Record a batch's outcomes in a transaction (a leased batch)."""
+    with transaction.atomic():
+        _write_outcomes(out)
+
+
+def _write_outcomes(out: _Outcomes) -> None:
     """Record a batch's outcomes: three statements at most, whatever the batch's size."""
-    with transaction.atomic(), connection.cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(
             _TALLY_SQL,
             {
@@ -243,7 +289,19 @@ def _write(out: _Outcomes) -> None:
 
 
 class _Lanes:
-    """The database work of a delivery: claims on one thread, outcome writes on another.
+    """What both ways of holding batches share: one outcome write in flight at most."""
+
+    _written: Future | None = None
+
+    def wait(self) -> None:
+        """Until the write in flight (if any) is committed; raises its error."""
+        if self._written is not None:
+            written, self._written = self._written, None
+            written.result()
+
+
+class _LeasedLanes(_Lanes):
+    """The database work of an ordered sink's delivery: claims on one thread, outcome writes on another.
 
     Each thread has its own connection. At most one claim and one write are in
     flight, and a write waits for the previous one, so a failed write surfaces
@@ -256,9 +314,9 @@ class _Lanes:
 
     def __init__(self) -> None:
         self._inline = connection.in_atomic_block
+        self.ahead = True  # claims ahead may run beside a publish (inline, they wait for it)
         self._claimer: ThreadPoolExecutor | None = None
         self._recorder: ThreadPoolExecutor | None = None
-        self._written: Future | None = None
 
     def _submit(self, lane: str, ahead: bool, call, *args) -> Future:
         if self._inline or not ahead:
@@ -287,12 +345,6 @@ class _Lanes:
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute(_RELEASE_SQL, {"ids": ids})
 
-    def wait(self) -> None:
-        """Until the write in flight (if any) is committed; raises its error."""
-        if self._written is not None:
-            written, self._written = self._written, None
-            written.result()
-
     def close(self, unpublished: Future | None = None) -> None:
         """Wait for the write in flight, give back the batch claimed but not published, end the threads."""
         try:
@@ -305,6 +357,136 @@ class _Lanes:
                     executor.submit(_close_connection).result()
                     executor.shutdown()
             self._claimer = self._recorder = None
+
+
+class _GiveBack(Exception):
+    """Ends a held batch's transaction with a rollback: the batch is due again, no attempt counted."""
+
+
+class _Lane:
+    """One connection holding one batch at a time: claimed, then (once published) recorded, one transaction.
+
+    Its calls run on one thread of their own (``threaded``), or on the
+    caller's (its connection, and its atomic block if it is in one).
+    """
+
+    def __init__(self, threaded: bool) -> None:
+        self._executor = None
+        if threaded:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit_stream-sinklane")
+        self._atomic = None
+
+    def _submit(self, call, *args) -> Future:
+        if self._executor is not None:
+            return self._executor.submit(call, *args)
+        future: Future = Future()
+        try:
+            future.set_result(call(*args))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    def claim(self, sink_id: int, limit: int) -> Future:
+        """A future of the batch: its rows locked in a transaction left open (closed at once if empty)."""
+        return self._submit(self._claim, sink_id, limit)
+
+    def finish(self, out: _Outcomes | None) -> Future:
+        """Write the outcomes and commit; with ``None``, roll back (the batch is due again, untried)."""
+        return self._submit(self._finish, out)
+
+    def _claim(self, sink_id: int, limit: int) -> list[tuple[base.Message, int]]:
+        self._atomic = transaction.atomic()
+        self._atomic.__enter__()
+        try:
+            batch = _claim_held(sink_id, limit)
+        except BaseException as exc:
+            self._end(exc)
+            raise
+        if not batch:
+            self._end(None)
+        return batch
+
+    def _finish(self, out: _Outcomes | None) -> None:
+        if self._atomic is None:
+            return
+        if out is None:
+            self._end(_GiveBack())
+            return
+        try:
+            _write_outcomes(out)
+        except BaseException as exc:
+            self._end(exc)
+            raise
+        self._end(None)
+
+    def _end(self, exc: BaseException | None) -> None:
+        atomic, self._atomic = self._atomic, None
+        if exc is None:
+            atomic.__exit__(None, None, None)
+        else:
+            atomic.__exit__(type(exc), exc, exc.__traceback__)
+
+    def close(self) -> None:
+        """Roll back a batch still held, and end the thread and its connection."""
+        self._submit(self._finish, None).result()
+        if self._executor is not None:
+            self._executor.submit(_close_connection).result()
+            self._executor.shutdown()
+
+
+class _HeldLanes(_Lanes):
+    """The database work of a delivery to a sink not ordered: each batch held in a transaction of its own.
+
+    The first batch is claimed on the caller's connection; batches claimed
+    ahead (while another is published) alternate between two threads with a
+    connection each, so at most two batches are held at once. Batches are
+    recorded or given back in the order they were claimed. A failed write
+    surfaces (and stops the delivery) one batch later at most; its batch was
+    rolled back, and is published again.
+    """
+
+    def __init__(self) -> None:
+        self._caller = _Lane(threaded=False)
+        # Inside an atomic block, another connection could not see its uncommitted rows: one lane.
+        self.ahead = not connection.in_atomic_block
+        self._threads: list[_Lane] = []
+        self._turn = 0
+        self._held: deque[_Lane] = deque()  # lanes holding a claimed batch, oldest first
+
+    def claim(self, sink_id: int, limit: int, *, ahead: bool) -> Future:
+        """The next batch (a future of its messages), held by a lane until recorded or given back."""
+        if ahead and self.ahead:
+            if len(self._threads) < 2:
+                self._threads.append(_Lane(threaded=True))
+            lane = self._threads[self._turn % 2]
+            self._turn += 1
+        else:
+            lane = self._caller
+        future = lane.claim(sink_id, limit)
+        self._held.append(lane)
+        return future
+
+    def record(self, out: _Outcomes, *, ahead: bool) -> None:
+        """Write the oldest held batch's outcomes and commit it; in the background when ``ahead``."""
+        self.wait()
+        self._written = self._held.popleft().finish(out)
+        if not ahead:
+            self.wait()
+
+    def release(self, batch: list[tuple[base.Message, int]]) -> None:
+        """Give the oldest held batch back unpublished: rolled back, due again now, no attempt counted."""
+        self._held.popleft().finish(None).result()
+
+    def close(self, unpublished: Future | None = None) -> None:
+        """Wait for the write in flight, roll back every batch still held, end the threads."""
+        try:
+            self.wait()
+        finally:
+            if unpublished is not None:
+                unpublished.exception()  # its claim has run: its lane holds it (or nothing)
+            for lane in (*self._threads, self._caller):
+                lane.close()
+            self._held.clear()
 
 
 def _close_connection() -> None:

@@ -181,6 +181,7 @@ def deliver(endpoint_id: int, *, max_messages: int = 1000, max_seconds: float = 
             following = None
             if batch:
                 following = (endpoint, batch, sender.submit(_send_batch, client, pool, endpoint, batch))
+            recorded = None
             if in_flight is not None:
                 flown, flown_batch, outcomes = in_flight
                 recorded = _record(flown, flown_batch, outcomes.result(), result)
@@ -188,6 +189,8 @@ def deliver(endpoint_id: int, *, max_messages: int = 1000, max_seconds: float = 
                     endpoint = None  # stop after the batch already claimed
             in_flight = following
             if in_flight is None:
+                if recorded is not None and recorded.ordered and recorded.is_active:
+                    continue  # the batch just recorded made its objects' next messages heads: claim them
                 return result
             if endpoint is None or not endpoint.is_active:
                 flown, flown_batch, outcomes = in_flight

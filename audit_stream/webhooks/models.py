@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import base64
 import secrets
-import uuid
 from datetime import timedelta
 
 import pgtrigger
 from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models.functions import Now
 from django.utils import timezone
 
 from audit_stream import ordering
-from audit_stream.exact import ExactDecoder
+from audit_stream.outbox import OwedMessage
 
 __all__ = ["WebhookAttempt", "WebhookEndpoint", "WebhookHour", "WebhookMessage"]
 
@@ -161,31 +159,10 @@ class WebhookEndpoint(models.Model):
         )
 
 
-class WebhookMessage(models.Model):
+class WebhookMessage(OwedMessage):
     """One change owed to one endpoint. ``webhook-id`` is ``msg_<id>``, stable across retries."""
 
-    PENDING = "pending"  # waiting for its next attempt
-    SENDING = "sending"  # claimed by a worker until lease_until
-    DELIVERED = "delivered"
-    DEAD = "dead"  # retries exhausted or endpoint gone: replay to try again
-    STATUSES = [(s, s) for s in (PENDING, SENDING, DELIVERED, DEAD)]
-
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="messages")
-    change_id = models.BigIntegerField(null=True, help_text="The Change this message carries.")
-    event_type = models.TextField(help_text='"<app>.<model>.<label>"')
-    payload = models.JSONField(encoder=DjangoJSONEncoder, decoder=ExactDecoder)
-    status = models.CharField(max_length=10, choices=STATUSES, default=PENDING)
-    attempts = models.PositiveIntegerField(default=0)
-    next_attempt_at = models.DateTimeField(db_default=Now())
-    lease_until = models.DateTimeField(null=True)
-    last_error = models.TextField(blank=True, default="")
-    created_at = models.DateTimeField(db_default=Now())
-    delivered_at = models.DateTimeField(null=True)
-    # Ordered endpoints (audit_stream.ordering): the message's object, and whether a claim
-    # found it waiting behind an earlier message of that object (left out of the claim's scan).
-    object_key = models.TextField(null=True, blank=True, editable=False)
-    held = models.BooleanField(default=False, db_default=False, editable=False)
 
     class Meta:
         db_table = "audit_stream_webhookmessage"
