@@ -12,6 +12,7 @@ from django.db.models import Func
 from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Cast, Now
 
+from audit_stream import registry
 from audit_stream.aggregate import AggregateEventQuery, AggregateEventQuerySet
 from audit_stream.exact import ExactDecoder
 
@@ -319,9 +320,7 @@ class BaseAggregateEvent(models.Model):
     @property
     def event_model(self):
         """The concrete event model this row comes from."""
-        from audit_stream import tracking
-
-        return tracking._event_models[self.pgh_table]
+        return registry.event_models[self.pgh_table]
 
     def event(self):
         """The event row itself (typed fields, for reverting)."""
