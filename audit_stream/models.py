@@ -235,7 +235,8 @@ class Change(models.Model):
             models.Index(fields=["event_table", "object_id", "event_id"], name="audit_stream_change_prev"),
             models.Index(fields=["label", "created_at"], name="audit_stream_change_label"),
             models.Index(fields=["created_at"], name="audit_stream_change_created"),
-            models.Index(fields=["context"], name="audit_stream_change_context"),
+            # The dashboard's user filter: each context's changes, newest first (dashboard/feed.py).
+            models.Index(fields=["context", "id"], name="audit_stream_change_context_id"),
             models.Index(fields=["transaction_id", "command_id"], name="audit_stream_change_xact"),
         ]
 
