@@ -10,6 +10,7 @@ ordered range of that index, and the page merges the newest of them
 
 from __future__ import annotations
 
+from django.core.exceptions import EmptyResultSet
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import TextField
 from django.db.models.functions import Cast
@@ -93,7 +94,10 @@ def _user_page(filtered, contexts: list, limit: int, using: str) -> list[int]:
     """The ids of the newest ``limit`` changes of ``filtered`` made in ``contexts``, newest first."""
     if not contexts:
         return []
-    sql, params = filtered.order_by().values("id", "context_id").query.sql_with_params()
+    try:
+        sql, params = filtered.order_by().values("id", "context_id").query.sql_with_params()
+    except EmptyResultSet:  # a filter no change can pass (e.g. no visible model)
+        return []
     query = _USER_PAGE_SQL.format(filtered=sql)
     with connections[using].cursor() as cursor:
         cursor.execute(query, [*params, contexts, limit, *params, limit, limit])
