@@ -196,9 +196,17 @@ def _row_log_in_use(checkpoints: dict, using: str) -> bool:
     return registry.ROW_LOG_TABLE in checkpoints or LoggedTable.objects.using(using).exists()
 
 
+def _configured(table: str) -> int:
+    """The lanes ``FOLD_LANES`` gives ``table``; 1 if the setting is malformed (its system check says so)."""
+    try:
+        return fold_lanes.configured(table)
+    except (AttributeError, TypeError):
+        return 1
+
+
 def _never_folded(table: str) -> list[tuple]:
     """The checkpoint rows of a table without any yet: every event is new, in the lanes the setting gives."""
-    count = fold_lanes.configured(table)
+    count = _configured(table)
     return [("1:1:", None, 0, 0, None, 0, lane, count, None) for lane in range(count)]
 
 
@@ -270,5 +278,5 @@ def _table(cursor, table: str, model_label: str, checkpoint_rows: list | None, c
             partitions.is_partitioned(cursor, table) and partitions.default_rows(cursor, table)
         ),
         lanes=found,
-        lanes_configured=fold_lanes.configured(table),
+        lanes_configured=_configured(table),
     )
