@@ -115,7 +115,10 @@ def test_a_lane_left_behind_is_shown_stalled_on_the_page_in_the_json_and_in_the_
     assert html.count('data-figure="stalled"') == 1
 
     data = operator_client.get(reverse("audit_stream:overview_json")).json()
-    assert data["stalled_lanes"] == [{"event_table": PRODUCTS, "lane": stuck}]
+    # (The operator's own user row is an event of another table, never folded here: stalled too.)
+    assert [lane for lane in data["stalled_lanes"] if lane["event_table"] == PRODUCTS] == [
+        {"event_table": PRODUCTS, "lane": stuck}
+    ]
 
     samples = _metrics(operator_client)
     for lane in range(LANES):
