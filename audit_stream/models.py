@@ -198,8 +198,9 @@ class Change(models.Model):
     model = models.TextField(help_text='The tracked model, "app_label.model".')
     object_id = models.TextField(null=True, help_text="The tracked object's primary key, as text.")
     label = models.TextField()
+    # Indexed with its change's id (audit_stream_change_context_id, below), not alone.
     context = models.ForeignKey(
-        Context, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+        Context, null=True, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
     )
     created_at = models.DateTimeField(
         help_text="The event's pgh_created_at: the start time of its transaction (not its commit time)."

@@ -51,10 +51,21 @@ def event_labels() -> list[str]:
 # 3. Those changes, each context's read backwards from its newest, merged and
 #    cut to the page: at most limit * (limit + 1) / 2 rows whatever the feed's
 #    size, plus one probe per context of the user.
-_USER_PAGE_SQL = """
-WITH newest AS (
+#
+# A context's range is written as a row comparison on (context_id, id), from
+# (context, 0) to (context, the page's upper id), ordered by both columns:
+# only that index answers it. Given "context_id = ... ORDER BY id DESC", the
+# planner, which sees a few contexts with many changes each, walked the
+# primary key backwards from the newest change, hoping to meet the context
+# early (the whole feed, for a context with no change at all).
+_RANGE = "(f.context_id, f.id) > ({context}, 0) AND (f.context_id, f.id) < ({context}, %s)"
+_USER_PAGE_SQL = f"""
+WITH newest AS MATERIALIZED (
     SELECT c.id AS context_id,
-           (SELECT f.id FROM ({filtered}) AS f WHERE f.context_id = c.id ORDER BY f.id DESC LIMIT 1) AS top
+           (SELECT f.id FROM ({{filtered}}) AS f
+            WHERE {_RANGE.format(context="c.id")}
+            ORDER BY f.context_id DESC, f.id DESC
+            LIMIT 1) AS top
     FROM unnest(%s::uuid[]) AS c(id)
 ), ranked AS (
     SELECT context_id, row_number() OVER (ORDER BY top DESC) AS rank
@@ -66,14 +77,16 @@ WITH newest AS (
 SELECT page.id
 FROM ranked
 CROSS JOIN LATERAL (
-    SELECT f.id FROM ({filtered}) AS f
-    WHERE f.context_id = ranked.context_id
-    ORDER BY f.id DESC
+    SELECT f.id FROM ({{filtered}}) AS f
+    WHERE {_RANGE.format(context="ranked.context_id")}
+    ORDER BY f.context_id DESC, f.id DESC
     LIMIT %s - ranked.rank + 1
 ) AS page
 ORDER BY page.id DESC
 LIMIT %s
 """
+#: The upper bound of a first page: past every id.
+_NO_UPPER = 2**63 - 1
 
 
 def _user_contexts(user: object, using: str) -> list | None:
@@ -90,8 +103,8 @@ def _user_contexts(user: object, using: str) -> list | None:
     return None if len(ids) > USER_CONTEXTS_INLINE else ids
 
 
-def _user_page(filtered, contexts: list, limit: int, using: str) -> list[int]:
-    """The ids of the newest ``limit`` changes of ``filtered`` made in ``contexts``, newest first."""
+def _user_page(filtered, contexts: list, limit: int, before: int | None, using: str) -> list[int]:
+    """The ids of the newest ``limit`` changes of ``filtered`` below ``before`` made in ``contexts``."""
     if not contexts:
         return []
     try:
@@ -100,7 +113,8 @@ def _user_page(filtered, contexts: list, limit: int, using: str) -> list[int]:
         return []
     query = _USER_PAGE_SQL.format(filtered=sql)
     with connections[using].cursor() as cursor:
-        cursor.execute(query, [*params, contexts, limit, *params, limit, limit])
+        upper = _NO_UPPER if before is None else before
+        cursor.execute(query, [*params, upper, contexts, limit, *params, upper, limit, limit])
         return [row[0] for row in cursor.fetchall()]
 
 
@@ -151,7 +165,7 @@ def changes(
         if contexts is None:  # a user of very many contexts: filtered by a subquery
             items = list(shown.by_user(user).order_by("-id")[: limit + 1])
         else:
-            ids = _user_page(filtered, contexts, limit + 1, using)
+            ids = _user_page(filtered, contexts, limit + 1, before, using)
             items = list(shown.filter(id__in=ids).order_by("-id")) if ids else []
     older = str(items[limit - 1].id) if len(items) > limit else None
     return Page(items=items[:limit], older=older, is_first=before is None)
