@@ -57,7 +57,7 @@ from django.db import connections, models
 from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
 
-from audit_stream import keys, masking
+from audit_stream import keys, masking, registry
 
 # Kept here for migrations written before audit_stream.exact existed.
 from audit_stream.exact import ExactDecoder
@@ -322,18 +322,16 @@ class AggregateEventQuery(Query):
             ValueError: Without a target, or when an event model of ``across()``
                 cannot reference it.
         """
-        from audit_stream import tracking
-
         if self.target is None:
             raise ValueError(
                 "AggregateEvent needs a target: use AggregateEvent.objects.target(obj) (an object, a list"
                 " or a QuerySet of one model) to aggregate the events that reference it."
             )
         if not self.event_models:
-            candidates = sorted(tracking._event_models.values(), key=lambda m: m._meta.db_table)
+            candidates = sorted(registry.event_models.values(), key=lambda m: m._meta.db_table)
             return [m for m in candidates if _referencing_fields(m, self.target)]
         for event_model in self.event_models:
-            if event_model not in tracking._event_models.values():
+            if event_model not in registry.event_models.values():
                 raise ValueError(
                     f"across() takes event models; {event_model!r} is not one"
                     " (e.g. pass ProductEvent, not Product)."

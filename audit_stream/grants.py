@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
-from audit_stream import config, rowlog, tracking, triggers
+from audit_stream import config, registry, rowlog, triggers
 
 __all__ = ["history_tables", "statements"]
 
@@ -67,7 +67,7 @@ ORDER BY 1
 
 def history_tables() -> list[str]:
     """The tables that hold history: every event table, and audit_stream's history tables."""
-    return sorted({*tracking._event_models, *_HISTORY})
+    return sorted({*registry.event_models, *_HISTORY})
 
 
 def statements(role: str, *, pruner: str | None = None, using: str = DEFAULT_DB_ALIAS) -> list[str]:

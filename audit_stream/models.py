@@ -12,6 +12,7 @@ from django.db.models import Func
 from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Cast, Now
 
+from audit_stream import registry
 from audit_stream.aggregate import AggregateEventQuery, AggregateEventQuerySet
 from audit_stream.exact import ExactDecoder
 
@@ -197,8 +198,9 @@ class Change(models.Model):
     model = models.TextField(help_text='The tracked model, "app_label.model".')
     object_id = models.TextField(null=True, help_text="The tracked object's primary key, as text.")
     label = models.TextField()
+    # Indexed with its change's id (audit_stream_change_context_id, below), not alone.
     context = models.ForeignKey(
-        Context, null=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+        Context, null=True, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
     )
     created_at = models.DateTimeField(
         help_text="The event's pgh_created_at: the start time of its transaction (not its commit time)."
@@ -234,7 +236,8 @@ class Change(models.Model):
             models.Index(fields=["event_table", "object_id", "event_id"], name="audit_stream_change_prev"),
             models.Index(fields=["label", "created_at"], name="audit_stream_change_label"),
             models.Index(fields=["created_at"], name="audit_stream_change_created"),
-            models.Index(fields=["context"], name="audit_stream_change_context"),
+            # The dashboard's user filter: each context's changes, newest first (dashboard/feed.py).
+            models.Index(fields=["context", "id"], name="audit_stream_change_context_id"),
             models.Index(fields=["transaction_id", "command_id"], name="audit_stream_change_xact"),
         ]
 
@@ -319,9 +322,7 @@ class BaseAggregateEvent(models.Model):
     @property
     def event_model(self):
         """The concrete event model this row comes from."""
-        from audit_stream import tracking
-
-        return tracking._event_models[self.pgh_table]
+        return registry.event_models[self.pgh_table]
 
     def event(self):
         """The event row itself (typed fields, for reverting)."""

@@ -21,7 +21,7 @@ import pgtrigger
 from django.apps import apps
 from django.db import connections, models
 
-from audit_stream import config, events, keys, triggers
+from audit_stream import config, events, keys, registry, triggers
 
 if TYPE_CHECKING:
     from audit_stream.models import Event as EventModel
@@ -41,26 +41,17 @@ UNSET: Any = _Unset()
 
 # (tracked model, label) -> event model, for create_event().
 _labels: dict[tuple[type[models.Model], str], type[models.Model]] = {}
-# event table -> concrete event model, for the stream.
-_event_models: dict[str, type[models.Model]] = {}
+# event table -> concrete event model: audit_stream.registry.event_models (this name is kept for
+# the modules that still read it here).
+_event_models = registry.event_models
 # (event model label, message, hint, check id) found while building models.
 _problems: list[tuple[str, str, str, str]] = []
 
 
-def event_models_for(model: type[models.Model]) -> list[type[models.Model]]:
-    """The event models that track ``model`` (or its concrete model, for a proxy), by table name."""
-    concrete = model._meta.concrete_model
-    return sorted(
-        (m for m in _event_models.values() if m.pgh_tracked_model._meta.concrete_model is concrete),
-        key=lambda m: m._meta.db_table,
-    )
-
-
-def stream_tables() -> list[str]:
-    """Every table the stream folds: each event model's, and the row log of ``initlogging``."""
-    from audit_stream.rowlog import ROW_LOG_TABLE
-
-    return sorted([*_event_models, ROW_LOG_TABLE])
+#: The event models that track a model, by table name (:func:`audit_stream.registry.event_models_for`).
+event_models_for = registry.event_models_for
+#: Every table the stream folds (:func:`audit_stream.registry.stream_tables`).
+stream_tables = registry.stream_tables
 
 
 def _problem(model_label: str, message: str, hint: str, check_id: str) -> None:
@@ -401,7 +392,7 @@ def _setup_event_model(event_model: type[EventModel]) -> None:
     if meta.abstract or meta.proxy or not meta.managed or tracked is None:
         return
 
-    _event_models[meta.db_table] = event_model
+    registry.register(event_model)
     field_names = {f.name for f in meta.concrete_fields}
     tracked_attnames = {f.attname for f in tracked._meta.concrete_fields}
     event_model._pgh_tracked_fields = frozenset(
@@ -559,7 +550,7 @@ def install_create_event_functions(using: str = "default", **kwargs: Any) -> Non
     if connection.vendor != "postgresql":
         return
     with connection.cursor() as cursor:
-        for event_model in sorted(set(_event_models.values()), key=lambda m: m._meta.label):
+        for event_model in sorted(set(registry.event_models.values()), key=lambda m: m._meta.label):
             if not router.allow_migrate_model(using, event_model):
                 continue
             table = triggers.qualified(event_model._meta.db_table)

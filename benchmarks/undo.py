@@ -127,10 +127,10 @@ def set_up(scale: int) -> dict:
 
 
 def event_counts() -> dict[str, int]:
-    from audit_stream import tracking
+    from audit_stream import registry
 
     return {
-        table: execute(f'SELECT count(*) FROM "{table}"')[0][0] for table in sorted(tracking._event_models)
+        table: execute(f'SELECT count(*) FROM "{table}"')[0][0] for table in sorted(registry.event_models)
     }
 
 

@@ -7,7 +7,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 import audit_stream
-from audit_stream import changelists
+from audit_stream.admin import changelists
 from audit_stream.models import Change
 from tests.testapp.models import Product
 
@@ -108,7 +108,7 @@ def _table_reads(table: str) -> tuple[int, int]:
 
 def test_deleted_objects_are_found_newest_first_without_reading_the_history():
     """The deleted-objects page walks back from the newest delete, not over every event."""
-    from audit_stream.admin import _deleted_events
+    from audit_stream.admin.deleted import deleted_events
     from tests.testapp.models import ProductEvent
 
     with connection.cursor() as cursor:  # 20,000 products, one statement (one event each)
@@ -117,7 +117,7 @@ def test_deleted_objects_are_found_newest_first_without_reading_the_history():
     for name in ("p10", "p20", "p30"):
         Product.objects.get(name=name).delete()
     before = _table_reads("testapp_productevent")  # one transaction (the test's): counters not flushed
-    found = _deleted_events(ProductEvent, Product, limit=2)
+    found = deleted_events(ProductEvent, Product, limit=2)
     seq_read, fetched = (
         after - b for after, b in zip(_table_reads("testapp_productevent"), before, strict=True)
     )

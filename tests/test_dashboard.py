@@ -18,7 +18,8 @@ from werkzeug import Response
 import audit_stream
 from audit_stream import retention as retention_module
 from audit_stream import tasks
-from audit_stream.dashboard import access, queries
+from audit_stream.dashboard import access, paging, queries
+from audit_stream.dashboard import stream as dashboard_stream
 from audit_stream.models import Change, Checkpoint, FoldRun, Heartbeat, RetentionRun
 from audit_stream.stream import fold
 from audit_stream.webhooks import delivery
@@ -301,7 +302,7 @@ def test_past_its_exact_count_the_backlog_is_estimated_from_the_id_range(operato
     table = {t.event_table: t for t in queries.stream_tables(exact_up_to=3)}[PRODUCTS]
     assert (table.backlog, table.backlog_exact, table.backlog_display) == (5, False, "≈ 5")
 
-    monkeypatch.setattr(queries, "BACKLOG_EXACT", 3)
+    monkeypatch.setattr(dashboard_stream, "BACKLOG_EXACT", 3)
     html = _html(operator_client.get(reverse("audit_stream:overview")))
     assert _figure(_row(html, f'data-table="{PRODUCTS}"'), "backlog") == "≈ 5"
     (data,) = [
@@ -538,7 +539,7 @@ def test_the_deliveries_counter_never_goes_down_when_retention_prunes_attempts(
 
 
 def test_messages_are_filtered_and_paginated_newest_first(monkeypatch, operator_client, endpoint):
-    monkeypatch.setattr(queries, "PAGE_SIZE", 2)
+    monkeypatch.setattr(paging, "PAGE_SIZE", 2)
     start = timezone.now() - timedelta(hours=5)
     statuses = ["delivered", "dead", "pending", "delivered", "dead"]
     made = []
@@ -740,7 +741,7 @@ def test_change_feed_filters_and_diffs(monkeypatch, operator, operator_client, d
         first,
     )
 
-    monkeypatch.setattr(queries, "PAGE_SIZE", 2)
+    monkeypatch.setattr(paging, "PAGE_SIZE", 2)
     seen, params = [], {}
     while params is not None:
         html = _html(operator_client.get(url, params))

@@ -3,24 +3,39 @@
 A custom collector in a private registry (never the global one, so nothing
 else a process registers leaks into ``/audit-stream/metrics``):
 
-==========================================  =======  ===================================================
-``audit_stream_backlog_events{table}``      gauge    unfolded events (estimated past ``BACKLOG_EXACT``)
-``audit_stream_lag_seconds{table}``         gauge    age of the oldest unfolded event (0: none)
-``audit_stream_folded_events_total{table}`` counter  events folded (``Checkpoint.folded``)
-``audit_stream_webhook_deliveries_total``   counter  delivery attempts by ``endpoint`` and ``outcome``
-``audit_stream_webhook_messages{status}``   gauge    messages by status (estimated past 100 per endpoint)
-``audit_stream_sink_messages{sink,status}`` gauge    sink messages owed (pending, sending) or dead, by sink
-``audit_stream_sink_deliveries_total``      counter  sink messages delivered and attempts failed, by ``sink``
-                                                     and ``outcome``
-``audit_stream_pruned_rows_total{table}``   counter  rows deleted by retention (dry runs excluded)
-``audit_stream_processes_alive{kind}``      gauge    stream processes with a recent heartbeat
-==========================================  =======  ===================================================
+=================================================  =======  ===============================================
+``audit_stream_backlog_events{table}``             gauge    unfolded events (estimated past
+                                                            ``BACKLOG_EXACT`` a lane)
+``audit_stream_lag_seconds{table}``                gauge    age of the oldest unfolded event (0: none)
+``audit_stream_folded_events_total{table}``        counter  events folded (``Checkpoint.folded``)
+``audit_stream_lane_backlog_events{table,lane}``   gauge    unfolded events of one fold lane
+``audit_stream_lane_lag_seconds{table,lane}``      gauge    age of the lane's oldest unfolded event
+``audit_stream_lane_folded_events_total``          counter  events the lane folded, by ``table``, ``lane``
+``audit_stream_lane_checkpoint_age_seconds``       gauge    seconds since the lane's checkpoint moved, by
+                                                            ``table`` and ``lane`` (no sample: never)
+``audit_stream_lane_stalled{table,lane}``          gauge    1: events wait, the checkpoint stands still
+``audit_stream_webhook_deliveries_total``          counter  delivery attempts by ``endpoint`` and ``outcome``
+``audit_stream_webhook_messages{status}``          gauge    messages by status (estimated past 100 per
+                                                            endpoint)
+``audit_stream_sink_messages{sink,status}``        gauge    sink messages owed (pending, sending) or dead
+``audit_stream_sink_deliveries_total``             counter  sink messages delivered and attempts failed,
+                                                            by ``sink`` and ``outcome``
+``audit_stream_pruned_rows_total{table}``          counter  rows deleted by retention (dry runs excluded)
+``audit_stream_processes_alive{kind}``             gauge    stream processes with a recent heartbeat
+=================================================  =======  ===============================================
 
 Every gauge and counter is recomputed from the tables: a process restart
 loses nothing, and any number of web processes report the same values. The
 counters only grow: they are kept in rows retention never prunes (the
 checkpoints, each endpoint's and sink's lifetime counts, the retention runs),
 never counted from rows it deletes. Deleting an endpoint ends its series.
+
+The per-table series are the sums (backlog, folded) and the worst (lag) of the
+table's lanes; every table has at least lane ``"0"``, and ``FOLD_LANES`` gives
+a table more. A lane left behind while the others fold shows in its own
+series: alert on ``audit_stream_lane_stalled == 1`` (events waited
+``LANE_STALLED_SECONDS`` and the lane's checkpoint did not move for as long).
+A re-laned table's series change lanes.
 """
 
 from __future__ import annotations
@@ -88,8 +103,6 @@ WHERE NOT run.dry_run AND r.value ~ '^[0-9]+$'
 GROUP BY r.key
 """
 
-_CHECKPOINTS_SQL = "SELECT event_table, sum(folded)::bigint FROM audit_stream_checkpoint GROUP BY event_table"
-
 
 class StreamCollector:
     """Collects audit_stream's metrics from the database ``using`` at scrape time."""
@@ -111,6 +124,30 @@ class StreamCollector:
             ),
             "folded": CounterMetricFamily(
                 "audit_stream_folded_events", "Events folded into the change feed.", labels=["table"]
+            ),
+            "lane_backlog": GaugeMetricFamily(
+                "audit_stream_lane_backlog_events",
+                f"Committed events not folded yet, per fold lane (exact up to {queries.BACKLOG_EXACT}).",
+                labels=["table", "lane"],
+            ),
+            "lane_lag": GaugeMetricFamily(
+                "audit_stream_lane_lag_seconds",
+                "Age of the fold lane's oldest committed event not folded yet (0 when caught up).",
+                labels=["table", "lane"],
+            ),
+            "lane_folded": CounterMetricFamily(
+                "audit_stream_lane_folded_events", "Events the fold lane folded.", labels=["table", "lane"]
+            ),
+            "lane_checkpoint_age": GaugeMetricFamily(
+                "audit_stream_lane_checkpoint_age_seconds",
+                "Seconds since the fold lane's checkpoint last moved (no sample: never folded).",
+                labels=["table", "lane"],
+            ),
+            "lane_stalled": GaugeMetricFamily(
+                "audit_stream_lane_stalled",
+                f"1 when events have waited {queries.LANE_STALLED_SECONDS:.0f} s on the fold lane and its"
+                " checkpoint has not moved for as long (its worker stuck or gone), else 0.",
+                labels=["table", "lane"],
             ),
             "deliveries": CounterMetricFamily(
                 "audit_stream_webhook_deliveries",
@@ -154,11 +191,18 @@ class StreamCollector:
 
     def _collect(self) -> dict:
         families = self._families()
-        folded = dict(queries._rows(_CHECKPOINTS_SQL, using=self.using))
         for table in queries.stream_tables(self.using):
             families["backlog"].add_metric([table.event_table], table.backlog)
             families["lag"].add_metric([table.event_table], table.lag_seconds or 0.0)
-            families["folded"].add_metric([table.event_table], folded.get(table.event_table, 0))
+            families["folded"].add_metric([table.event_table], table.folded_total)
+            for lane in table.lanes:
+                labels = [table.event_table, str(lane.lane)]
+                families["lane_backlog"].add_metric(labels, lane.backlog)
+                families["lane_lag"].add_metric(labels, lane.lag_seconds or 0.0)
+                families["lane_folded"].add_metric(labels, lane.folded_total)
+                if lane.checkpoint_age_seconds is not None:
+                    families["lane_checkpoint_age"].add_metric(labels, lane.checkpoint_age_seconds)
+                families["lane_stalled"].add_metric(labels, 1 if lane.stalled else 0)
 
         for endpoint_id, succeeded, failed in queries._rows(_DELIVERIES_SQL, using=self.using):
             families["deliveries"].add_metric([str(endpoint_id), "succeeded"], succeeded)

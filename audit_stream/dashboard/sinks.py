@@ -7,12 +7,13 @@ from datetime import datetime
 
 from django.db import DEFAULT_DB_ALIAS
 
-from audit_stream.dashboard import queries
+from audit_stream.dashboard import endpoints
+from audit_stream.dashboard.reading import rows
 from audit_stream.sinks.models import Sink, SinkMessage
 
 __all__ = ["SinkHealth", "recent_messages", "sink_health"]
 
-_QUEUE_SQL = queries.queue_sql("audit_stream_sinkmessage", "sink_id", "audit_stream_sink")
+_QUEUE_SQL = endpoints.queue_sql("audit_stream_sinkmessage", "sink_id", "audit_stream_sink")
 
 # The newest messages of one sink (of one status, if given): a range of the
 # (sink, status, created_at) index per status; the payload is not read.
@@ -45,23 +46,23 @@ class SinkHealth:
 
     @property
     def pending_display(self) -> str:
-        return queries.capped(self.pending)
+        return endpoints.capped(self.pending)
 
     @property
     def sending_display(self) -> str:
-        return queries.capped(self.sending)
+        return endpoints.capped(self.sending)
 
     @property
     def dead_display(self) -> str:
-        return queries.capped(self.dead)
+        return endpoints.capped(self.dead)
 
     @property
     def oldest_pending_age(self) -> str:
-        return queries.age(self.oldest_pending_at)
+        return endpoints.age(self.oldest_pending_at)
 
     @property
     def last_error_age(self) -> str:
-        return queries.age(self.sink.last_error_at)
+        return endpoints.age(self.sink.last_error_at)
 
 
 def sink_health(sink_id: int | None = None, using: str = DEFAULT_DB_ALIAS) -> list[SinkHealth]:
@@ -72,12 +73,12 @@ def sink_health(sink_id: int | None = None, using: str = DEFAULT_DB_ALIAS) -> li
     found = {sink.pk: SinkHealth(sink) for sink in sinks}
     params = {
         "owner_id": sink_id,
-        "cap": queries.QUEUE_CAP,
+        "cap": endpoints.QUEUE_CAP,
         "pending": SinkMessage.PENDING,
         "sending": SinkMessage.SENDING,
         "dead": SinkMessage.DEAD,
     }
-    for pk, pending, sending, dead, oldest in queries._rows(_QUEUE_SQL, params, using):
+    for pk, pending, sending, dead, oldest in rows(_QUEUE_SQL, params, using):
         if pk in found:
             found[pk].pending, found[pk].sending, found[pk].dead = pending, sending, dead
             found[pk].oldest_pending_at = oldest

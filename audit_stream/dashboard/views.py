@@ -102,6 +102,7 @@ def overview(request):
             "refresh_seconds": REFRESH_SECONDS,
             "throughput_total": formats.count(data.throughput.total),
             "throughput_peak": formats.count(data.throughput.peak),
+            "lane_stalled_after": formats.duration(queries.LANE_STALLED_SECONDS),
         },
         section="overview",
     )

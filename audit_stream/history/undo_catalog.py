@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from audit_stream import tracking
+from audit_stream import registry
 from audit_stream.history.undo_rowlog import Column, RowLogSource
 from audit_stream.history.undo_sources import (
     DELETE,
@@ -86,7 +86,7 @@ def _qualified_sql(name: str) -> str:
 
 def found(cursor, target: Target) -> tuple[dict[str, int], dict[str, int], set[int]]:
     """Event tables and logged tables with events of the target, and the target's transactions."""
-    models = tracking._event_models
+    models = registry.event_models
     with_context = [t for t, m in models.items() if m._pgh_has_context or target.kind == "transaction"]
     branches, params = [], {"target": target.param}
     for i, table in enumerate(with_context):
@@ -122,11 +122,11 @@ def event_sources(tables: dict[str, int], partial: bool) -> tuple[list[EventSour
     """One source per tracked model the target touched, or the reason there can be none."""
     touched: dict[type, list[type]] = defaultdict(list)
     for table in tables:
-        event_model = tracking._event_models[table]
+        event_model = registry.event_models[table]
         touched[event_model.pgh_tracked_model._meta.concrete_model].append(event_model)
     sources, refusals = [], []
     for model, found in touched.items():
-        candidates = tracking.event_models_for(model)
+        candidates = registry.event_models_for(model)
         complete = [m for m in candidates if coverage(m).complete]
         usable = [m for m in candidates if coverage(m).problem is None]
         fallbacks = [m for m in candidates if coverage(m).fallback]

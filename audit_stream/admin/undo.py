@@ -1,6 +1,6 @@
 """The admin's "Undo this request": a confirmation page on a context, then the undo.
 
-``ContextAdmin`` (in :mod:`audit_stream.admin`) mixes in :class:`UndoContextMixin`.
+``ContextAdmin`` (in :mod:`audit_stream.admin.logs`) mixes in :class:`UndoContextMixin`.
 The page is a dry run (:func:`audit_stream.undo` with ``dry_run=True``) that
 lists every change the undo would make, every conflict and every refusal, and
 the permissions the user lacks: the change permission on every model the undo
