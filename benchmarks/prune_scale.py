@@ -112,6 +112,7 @@ def _module_at(revision: str):
         out.write(source)
     spec = importlib.util.spec_from_file_location("audit_stream_retention_before", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (its dataclasses look their module up there)
     spec.loader.exec_module(module)
     return module
 
@@ -147,8 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     events = base.scalar("SELECT count(*) FROM testapp_productevent")
     base.log(f"{events:,} events, {base.scalar('SELECT count(*) FROM audit_stream_change'):,} changes")
     results = {"events": events, "load": os.getloadavg(), "after": _time(retention)}
+    base.log(f"after: {results['after']}")
     if args.before:
         results["before"] = _time(_module_at(args.before))
+        base.log(f"before: {results['before']}")
         results["after again"] = _time(retention)
     results["load"] = [results["load"], os.getloadavg()]
     print(json.dumps(results, indent=2))
