@@ -29,6 +29,7 @@ __all__ = [
     "FoldRun",
     "Heartbeat",
     "LoggedTable",
+    "ObjectCount",
     "RetentionRun",
     "RowLog",
     "Sink",
@@ -239,6 +240,13 @@ class Change(models.Model):
             # The dashboard's user filter: each context's changes, newest first (dashboard/feed.py).
             models.Index(fields=["context", "id"], name="audit_stream_change_context_id"),
             models.Index(fields=["transaction_id", "command_id"], name="audit_stream_change_xact"),
+            # Changes without an object (schema changes, event models without pgh_obj): retention
+            # finds them, and each table and model's newest, without reading the feed.
+            models.Index(
+                fields=["event_table", "model", "event_id"],
+                name="audit_stream_change_objectless",
+                condition=models.Q(object_id__isnull=True),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -386,6 +394,39 @@ class RetentionRun(models.Model):
     class Meta:
         db_table = "audit_stream_retentionrun"
         indexes = [models.Index(fields=["started_at"], name="audit_stream_retention_time")]
+
+
+class ObjectCount(models.Model):
+    """How many changes, and how many folded events, one object has: retention's ``keep_last`` reads it.
+
+    One row per (event table, object id) of the change feed, kept by a
+    statement-level trigger on ``Change`` (``audit_stream.retention.counts``):
+    each change written adds one to both counts, each change deleted takes one
+    from ``changes``; retention takes its deleted events from ``events``. The
+    counts only ever err upwards (a dropped partition is not subtracted), and
+    retention ranks the rows themselves of the objects it selects here, so a
+    count too high costs a little reading, never a wrong row.
+    """
+
+    pk = models.CompositePrimaryKey("event_table", "object_id")
+    event_table = models.TextField()
+    object_id = models.TextField()
+    changes = models.BigIntegerField(default=0)
+    events = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "audit_stream_object_count"
+        indexes = [
+            # Objects with more than one row: those keep_last may prune (a range of the count).
+            models.Index(
+                fields=["changes"], name="audit_stream_count_changes", condition=models.Q(changes__gt=1)
+            ),
+            models.Index(
+                fields=["event_table", "events"],
+                name="audit_stream_count_events",
+                condition=models.Q(events__gt=1),
+            ),
+        ]
 
 
 class RowLog(Event):

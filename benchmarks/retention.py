@@ -278,14 +278,11 @@ def restore(rows: int) -> float:
 
 @contextlib.contextmanager
 def instrumented():
-    """Time ``retention._fill`` (the candidates query) while pruning; yields the list of (start, end)."""
-    from audit_stream import retention
+    """Time ``retention.batches.fill`` (the candidates query) while pruning; yields [(start, end)]."""
+    from audit_stream.retention import batches
 
     fills: list[tuple[float, float]] = []
-    original = getattr(retention, "_fill", None)
-    if original is None:  # renamed: prune without the split
-        yield fills
-        return
+    original = batches.fill
 
     def timed_fill(*args, **kwargs):
         started = time.perf_counter()
@@ -294,11 +291,11 @@ def instrumented():
         finally:
             fills.append((started, time.perf_counter()))
 
-    retention._fill = timed_fill
+    batches.fill = timed_fill
     try:
         yield fills
     finally:
-        retention._fill = original
+        batches.fill = original
 
 
 def timed_prune(batch_size: int, expected: int) -> dict:
@@ -408,22 +405,18 @@ def explain_batches(args: argparse.Namespace) -> dict | None:
 
     Runs from the progress callback, between two batches, on the prune's own
     connection (its temporary table of chosen rows is there). Uses
-    ``retention._DELETE_BATCH`` (private: a change there only skips this).
+    ``retention.counts.EVENT_DELETE_BATCH``, the batch of an event table.
     """
     from django.db import connection, transaction
 
     from audit_stream import retention
+    from audit_stream.retention import batches as doomed
+    from audit_stream.retention import counts
 
     batch_size = args.explain_batch_size
     batches = -(-args.rows // batch_size)
     picks = {1: "after the first batch", max(2, batches - 2): "two batches before the end"}
-    try:
-        sql = retention._DELETE_BATCH.format(
-            table=connection.ops.quote_name(EVENTS), pk=connection.ops.quote_name("pgh_id")
-        )
-    except AttributeError as exc:
-        log(f"EXPLAIN of the delete batches skipped: {exc}")
-        return None
+    sql = counts.EVENT_DELETE_BATCH.format(table=connection.ops.quote_name(EVENTS), doomed=doomed.DOOMED)
     plans: dict[str, dict] = {}
     calls = [0]
 
@@ -433,7 +426,10 @@ def explain_batches(args: argparse.Namespace) -> dict | None:
             return
         try:
             with transaction.atomic(), retention.allow_prune():
-                plan = scalar("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, {"batch": batch_size})
+                plan = scalar(
+                    "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql,
+                    {"batch": batch_size, "count_table": EVENTS},
+                )
                 transaction.set_rollback(True)
         except Exception as exc:  # retention's private SQL changed: the prune goes on
             log(f"EXPLAIN of a delete batch skipped: {type(exc).__name__}: {exc}")
@@ -771,10 +767,10 @@ def markdown(results: dict) -> str:
             aged events are copied aside once; before each prune the event table is truncated and refilled
             from the copy, vacuumed, analysed and checkpointed, so every prune starts from the same table. A
             prune is `audit_stream.retention.prune(targets=["perfapp.ItemEvent"], batch_size=B)`; "choose"
-            is its candidates query (timed by wrapping `retention._fill`), "delete" the batches after it
-            (each batch ends with a progress call). Each prune is checked: it reports every aged event
-            deleted, none older than 90 days is left, the writer's events and all `Change` rows are still
-            there."""
+            is its candidates query (timed by wrapping `retention.batches.fill`), "delete" the batches
+            after it (each batch ends with a progress call). Each prune is checked: it reports every aged
+            event deleted, none older than 90 days is left, the writer's events and all `Change` rows are
+            still there."""
         ),
         "### Set-up",
         setup_table(results),
@@ -783,8 +779,8 @@ def markdown(results: dict) -> str:
         prose(
             """"ms/batch first → last 10%": mean time of a batch in the first and in the last tenth of the
             batches of that prune. Where the time of one batch goes, early and late in a prune (`EXPLAIN
-            (ANALYZE, BUFFERS)` of the next batch's statement, `retention._DELETE_BATCH`, run between two
-            batches on the prune's connection and rolled back):"""
+            (ANALYZE, BUFFERS)` of the next batch's statement, `retention.counts.EVENT_DELETE_BATCH`, run
+            between two batches on the prune's connection and rolled back):"""
         ),
         explain_table(results),
         "### A concurrent writer",
@@ -851,10 +847,10 @@ def _age_partition_bounds() -> None:
 @contextlib.contextmanager
 def _timed_drops():
     """Time retention's partition drops (count, detach, drop) while pruning; yields [seconds]."""
-    from audit_stream import retention
+    from audit_stream.retention import drops
 
     spent = [0.0]
-    original = retention._drop_partitions
+    original = drops.drop_partitions
 
     def timed(*args, **kwargs):
         started = time.perf_counter()
@@ -863,11 +859,11 @@ def _timed_drops():
         finally:
             spent[0] += time.perf_counter() - started
 
-    retention._drop_partitions = timed
+    drops.drop_partitions = timed
     try:
         yield spent
     finally:
-        retention._drop_partitions = original
+        drops.drop_partitions = original
 
 
 def layout_run(args: argparse.Namespace, layout: str, children: Children, log_dir: Path) -> dict:

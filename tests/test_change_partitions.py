@@ -15,7 +15,7 @@ from audit_stream import partitions, retention
 from audit_stream.dashboard import queries
 from audit_stream.models import Change
 from audit_stream.stream import fold
-from tests.testapp.models import Ticket
+from tests.testapp.models import Note, Ticket
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
 
@@ -154,6 +154,23 @@ def test_after_a_partition_drop_the_next_diff_holds_only_what_changed(partitione
     _fold()
     changes = Change.objects.using(DB).filter(object_id=str(ticket.pk)).order_by("id")
     assert [c.diff for c in changes] == [{"title": ["t0", "renamed"]}, {"state": ["open", "closed"]}]
+
+
+def test_changes_without_an_object_keep_their_newest_as_the_batched_delete_does(partitioned):
+    """Object-less changes (an event model without pgh_obj, schema changes) of one table and model are one
+    object: the partition drop keeps the newest and drops the others, as the batched delete does
+    (tests/test_change_retention.py), and a dry run counts them."""
+    for title in ("a", "b", "c"):
+        Note.objects.using(DB).create(title=title)
+    fold.fold("testapp_noteevent", using=DB)
+    _write(25)
+    _fold()
+    objectless = Change.objects.using(DB).filter(object_id=None).order_by("event_id")
+    newest = objectless.last().id
+    _age_changes()
+    assert _prune(dry_run=True).rows[CHANGES] == 2
+    assert _prune().rows[CHANGES] == 2
+    assert list(objectless.values_list("id", flat=True)) == [newest]
 
 
 def test_a_dry_run_counts_what_the_partition_drop_would_remove_and_changes_nothing(partitioned):

@@ -11,7 +11,7 @@ from django.db import connection
 from audit_stream import retention
 from audit_stream.models import Change
 from audit_stream.stream import fold
-from tests.testapp.models import Customer, Product, Supplier
+from tests.testapp.models import Customer, Note, Product, Supplier
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,6 +48,19 @@ def test_after_pruning_by_age_the_next_diff_holds_only_what_changed(settings):
     Product.objects.filter(pk=product.pk).update(stock=2)
     fold.fold("testapp_productevent")
     assert Change.objects.for_object(product).last().diff == {"stock": [0, 2]}
+
+
+def test_changes_without_an_object_keep_their_newest_of_each_table_and_model(settings):
+    """Object-less changes (an event model without pgh_obj, schema changes) of one table and model are one
+    object: its newest change stays (the partition drop keeps the same: tests/test_change_partitions.py)."""
+    settings.AUDIT_STREAM = AGE
+    for title in ("a", "b", "c"):
+        Note.objects.create(title=title)
+    fold.fold("testapp_noteevent")
+    _age_the_feed()
+    newest = Change.objects.filter(object_id=None).order_by("event_id").last().id
+    assert retention.prune(targets=["changes"]).rows["audit_stream_change"] == 2
+    assert list(Change.objects.filter(object_id=None).values_list("id", flat=True)) == [newest]
 
 
 @pytest.fixture

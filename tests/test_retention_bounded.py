@@ -2,7 +2,8 @@
 
 ``keep_last`` ranks the events (and changes) of each object newest first; an
 object with no more than ``keep_last`` of them loses none, so only the others
-are ranked: what PostgreSQL ranked is read from its own plan. The counts of a
+are ranked (found in the per-object counts, audit_stream.retention.counts):
+what PostgreSQL ranked, and read, is taken from its own plan. The counts of a
 dry run are compared with a count made in Python from the rows themselves, and
 with what the real run deletes.
 """
@@ -16,6 +17,7 @@ from django.db import connection
 
 from audit_stream import retention
 from audit_stream.models import Change
+from audit_stream.retention import changes, events
 from audit_stream.stream import fold
 from tests.testapp.models import Product, ProductEvent
 
@@ -57,9 +59,38 @@ def _ranked(plan: dict) -> int:
     return sum(n["Actual Rows"] * n["Actual Loops"] for n in _nodes(plan) if n["Node Type"] == "WindowAgg")
 
 
+def _read(plan: dict, relation: str) -> int:
+    """Rows the plan read from ``relation`` (or its partitions): returned and filtered out, every loop."""
+    return sum(
+        (n["Actual Rows"] + n.get("Rows Removed by Filter", 0) + n.get("Rows Removed by Index Recheck", 0))
+        * n["Actual Loops"]
+        for n in _nodes(plan)
+        if n.get("Relation Name", "").startswith(relation)
+    )
+
+
+@pytest.fixture
+def crowd(history):
+    """Many more quiet products (one event and one change each), folded, the tables analysed."""
+    Product.objects.bulk_create([Product(name=f"crowd {i}") for i in range(2000)])
+    fold.fold("testapp_productevent")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE testapp_productevent, audit_stream_change, audit_stream_object_count")
+    return history
+
+
+def test_keep_last_reads_the_rows_of_the_objects_it_ranks_not_the_table(crowd):
+    """The objects with more than keep_last rows come from the per-object counts: neither the event table
+    nor the change feed is read beyond the busy product's rows (no pass grouping every object)."""
+    sql = events.candidates(connection, ProductEvent, retention.Policy(None, 10))
+    assert _read(_plan(sql, _event_params(10)), "testapp_productevent") == BUSY
+    plan = _plan(changes.CHANGE_CANDIDATES, {"cutoff": None, "keep_last": 10, "above": None})
+    assert _read(plan, "audit_stream_change") == BUSY
+
+
 def _event_params(keep_last, cutoff=None) -> dict:
     with connection.cursor() as cursor:
-        done, floor, _ = retention._checkpoint(cursor, "testapp_productevent")
+        done, floor, _ = events.checkpoint(cursor, "testapp_productevent")
     return {
         "cutoff": cutoff,
         "keep_last": keep_last,
@@ -67,23 +98,25 @@ def _event_params(keep_last, cutoff=None) -> dict:
         "done": done,
         "floor": floor,
         "above": None,
+        "count_table": "testapp_productevent",
+        "former_tables": [],
     }
 
 
 def test_keep_last_ranks_only_the_events_of_objects_with_more_than_that(history):
-    sql = retention._event_candidates(connection, ProductEvent, retention.Policy(None, 10))
+    sql = events.candidates(connection, ProductEvent, retention.Policy(None, 10))
     plan = _plan(sql, _event_params(10))
     assert _ranked(plan) == BUSY  # not QUIET + BUSY: the quiet products are never ranked
     assert plan["Actual Rows"] == 1
 
 
 def test_keep_last_ranks_only_the_changes_of_objects_with_more_than_one(history):
-    plan = _plan(retention._CHANGE_CANDIDATES, {"cutoff": None, "keep_last": 10, "above": None})
+    plan = _plan(changes.CHANGE_CANDIDATES, {"cutoff": None, "keep_last": 10, "above": None})
     assert _ranked(plan) == BUSY
 
 
 def test_max_age_alone_ranks_nothing(history):
-    sql = retention._event_candidates(connection, ProductEvent, retention.Policy(timedelta(days=1), None))
+    sql = events.candidates(connection, ProductEvent, retention.Policy(timedelta(days=1), None))
     assert _ranked(_plan(sql, _event_params(None, cutoff="2000-01-01"))) == 0
 
 
