@@ -898,9 +898,16 @@ def _fold_breakdown(explained: dict) -> dict:
         "rows": insert["Actual Rows"],
         "execution_ms": explained["Execution Time"],
         "planning_ms": explained["Planning Time"],
-        "scan": read["Plans"][0]["Node Type"] + " on " + read["Plans"][0].get("Relation Name", "?"),
+        "scan": _scan_of(read),
         "steps_ms": steps,
     }
+
+
+def _scan_of(node: dict) -> str:
+    """The scan under ``node`` that reads the events (below any sort; not an InitPlan or a SubPlan)."""
+    nodes = [n for n in _plan_nodes(node) if n.get("Parent Relationship") != "InitPlan"]
+    scans = [n for n in nodes if "Relation Name" in n]
+    return f"{scans[0]['Node Type']} on {scans[0]['Relation Name']}" if scans else "?"
 
 
 def fold_in_process(args: argparse.Namespace) -> dict:
