@@ -160,4 +160,7 @@ def test_a_backlog_is_folded_reading_each_event_about_twice_whatever_its_size(se
     slack = _partition_slack_per_event() * 2 * BURST / size
     assert read[PRODUCTS][0] <= slack and read[CHANGE][0] <= slack, read
     assert read[PRODUCTS][1] <= 2.1 + slack, read
-    assert read[CHANGE][1] <= 0.1 + slack, read  # only the deleted products' last changes
+    # Only the deleted products' last changes; on the partitioned layout the previous-change lookup of
+    # every event probes each partition of the feed (1.25 rows fetched per event at 20,000, not growing
+    # with the feed as a walk of it would).
+    assert read[CHANGE][1] <= (0.1 if slack == 0 else 2.0), read
