@@ -88,13 +88,11 @@ END $$
 """
 
 
-def fill(events: int, hot: int, messages: int) -> dict:
-    """Products and their events, folded; messages, attempts and side tables. Returns what was made."""
+def write_history(events: int, hot: int) -> int:
+    """About ``events`` product events, unfolded (the module's docstring); the hot product's id."""
     import audit_stream
-    from audit_stream.stream import fold
     from tests.testapp.models import Product
 
-    began = time.perf_counter()
     hot_pk = Product.objects.create(name="long-lived", price=1).pk
     inserted = max(events - hot - 1 - events // 100, 1)
     for first in range(1, inserted + 1, CHUNK):
@@ -104,6 +102,15 @@ def fill(events: int, hot: int, messages: int) -> dict:
     base.execute(_HOT_SQL.format(hot=int(hot), pk=int(hot_pk)))
     with audit_stream.context(user=9, command="benchmark"):
         base.execute("DELETE FROM testapp_product WHERE id %% 100 = 50 AND id <> %s", [hot_pk])
+    return hot_pk
+
+
+def fill(events: int, hot: int, messages: int) -> dict:
+    """Products and their events, folded; messages, attempts and side tables. Returns what was made."""
+    from audit_stream.stream import fold
+
+    began = time.perf_counter()
+    hot_pk = write_history(events, hot)
     written = time.perf_counter() - began
     base.log(f"  {base.scalar('SELECT count(*) FROM testapp_productevent'):,} events in {written:.0f} s")
     began = time.perf_counter()

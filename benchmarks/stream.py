@@ -839,47 +839,43 @@ def _inclusive_ms(node: dict) -> float:
 def explain_fold_batch(batch_size: int) -> dict | None:
     """EXPLAIN ANALYZE one fold batch from the middle of the unfolded events; rolled back.
 
-    Reads the fold's SQL from ``audit_stream.stream.fold`` (private names, so
-    a missing one only skips the breakdown). Splits the execution time into
-    the steps of the statement, from the plan's inclusive node times.
+    The statement is the fold's own, built by ``audit_stream.stream.batch.sql``
+    for a window of ``batch_size`` ids of the table's one lane. Splits the
+    execution time into the steps of the statement, from the plan's
+    inclusive node times (a plan whose shape changed only skips the breakdown).
     """
+    from django.apps import apps
     from django.db import connection, transaction
 
-    try:
-        from audit_stream.stream import fold as fold_module
+    from audit_stream.stream import batch, lanes
 
-        model = fold_module._event_model(EVENTS)
-        sql = fold_module._FOLD_SQL.format(
-            table=connection.ops.quote_name(EVENTS),
-            object_id="e.pgh_obj_id::text",
-            context_id="e.pgh_context_id",
-        )
-        done = (execute(f"SELECT snapshot FROM {CHECKPOINT} WHERE event_table = %s", [EVENTS]) or [["1:1:"]])[
-            0
-        ][0]
-        target = scalar("SELECT pg_current_snapshot()::text")
-        unfolded = scalar(
-            f"SELECT count(*) FROM {EVENTS} AS e WHERE NOT pg_visible_in_snapshot(e.pgh_xid::text::xid8, %s)",
-            [done],
-        )
-        position = scalar(f"SELECT max(pgh_id) - %s FROM {EVENTS}", [unfolded // 2])
-        params = {
-            "pgh_columns": fold_module._PGH_COLUMNS,
-            "done": done,
-            "target": target,
-            "position": position,
-            "limit": batch_size,
-            "event_table": EVENTS,
-            "model": model.pgh_tracked_model._meta.label_lower,
-            "delete_labels": fold_module._delete_labels(model),
-        }
-        with transaction.atomic():
-            plan = scalar("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params)
-            transaction.set_rollback(True)
-    except Exception as exc:  # the fold's internals changed: report without the breakdown
-        log(f"EXPLAIN of the fold skipped: {type(exc).__name__}: {exc}")
+    model = next(model for model in apps.get_models() if model._meta.db_table == EVENTS)
+    checkpoint = execute(f"SELECT snapshot FROM {CHECKPOINT} WHERE event_table = %s AND lane = 0", [EVENTS])
+    done = checkpoint[0][0] if checkpoint else "1:1:"  # never folded: every event is unfolded
+    target = scalar("SELECT pg_current_snapshot()::text")
+    unfolded = scalar(
+        f"SELECT count(*) FROM {EVENTS} AS e WHERE NOT pg_visible_in_snapshot(e.pgh_xid::text::xid8, %s)",
+        [done],
+    )
+    position = scalar(f"SELECT max(pgh_id) - %s FROM {EVENTS}", [unfolded // 2])
+    window = {
+        "done": done,
+        "target": target,
+        "position": position,
+        "window_end": position + batch_size,
+        "floor": 0,
+        "limit": batch_size,
+        **lanes.params(0, 1),
+    }
+    sql, params = batch.sql(model, connection, [EVENTS], batch.IN_BATCH, window, None)
+    with transaction.atomic():
+        plan = scalar("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params)
+        transaction.set_rollback(True)
+    try:
+        return _fold_breakdown(plan[0] if isinstance(plan, list) else json.loads(plan)[0])
+    except (KeyError, StopIteration, IndexError) as exc:  # the plan's shape changed: no breakdown
+        log(f"EXPLAIN breakdown of the fold skipped: {type(exc).__name__}: {exc}")
         return None
-    return _fold_breakdown(plan[0] if isinstance(plan, list) else json.loads(plan)[0])
 
 
 def _fold_breakdown(explained: dict) -> dict:
@@ -902,9 +898,16 @@ def _fold_breakdown(explained: dict) -> dict:
         "rows": insert["Actual Rows"],
         "execution_ms": explained["Execution Time"],
         "planning_ms": explained["Planning Time"],
-        "scan": read["Plans"][0]["Node Type"] + " on " + read["Plans"][0].get("Relation Name", "?"),
+        "scan": _scan_of(read),
         "steps_ms": steps,
     }
+
+
+def _scan_of(node: dict) -> str:
+    """The scan under ``node`` that reads the events (below any sort; not an InitPlan or a SubPlan)."""
+    nodes = [n for n in _plan_nodes(node) if n.get("Parent Relationship") != "InitPlan"]
+    scans = [n for n in nodes if "Relation Name" in n]
+    return f"{scans[0]['Node Type']} on {scans[0]['Relation Name']}" if scans else "?"
 
 
 def fold_in_process(args: argparse.Namespace) -> dict:
@@ -1545,7 +1548,7 @@ def _fold_method(a: dict) -> str:
 
 EXPLAIN_METHOD = _prose(
     """Where a 5,000-event batch from the middle of the backlog spends its SQL time: `EXPLAIN (ANALYZE)` of
-    the fold's `INSERT ... SELECT` from `audit_stream/stream/fold.py` (rolled back), each step's time being
+    the fold's `INSERT ... SELECT` from `audit_stream/stream/batch.py` (rolled back), each step's time being
     the difference of inclusive node times."""
 )
 

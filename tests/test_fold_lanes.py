@@ -10,6 +10,7 @@ import itertools
 import os
 import re
 import threading
+import time
 from datetime import timedelta
 
 import psycopg
@@ -253,6 +254,79 @@ def test_a_change_of_lanes_waits_while_another_fold_holds_a_lane(settings, other
     other_connection.rollback()
     assert fold.fold(PRODUCTS).folded == 10
     assert set(Checkpoint.objects.filter(event_table=PRODUCTS).values_list("lanes", flat=True)) == {3}
+    _assert_each_event_once_and_in_order()
+
+
+def test_a_fold_of_the_whole_table_leaves_a_lane_another_fold_holds_and_folds_the_others(
+    settings, other_connection
+):
+    """A lane-less fold skips a held lane (``busy``) without waiting on it, folds every other lane, and
+    does not linger on the held lane's work until its deadline: that lane's holder folds it."""
+    _lanes(settings, 4, FOLD_LINGER=0.2)
+    fold.fold(PRODUCTS)  # the lanes' checkpoint rows exist
+    _write(objects=40, updates=0)
+    events = ProductEvent.objects.values_list("pgh_id", flat=True)
+    held = _lane_of(min(events), 4)
+    in_held = [event for event in events if _lane_of(event, 4) == held]
+    other_connection.execute(
+        "SELECT 1 FROM audit_stream_checkpoint WHERE event_table = %s AND lane = %s FOR UPDATE",
+        [PRODUCTS, held],
+    )
+    started = time.monotonic()
+    result = fold.fold(PRODUCTS, max_seconds=10)
+    elapsed = time.monotonic() - started
+    assert result.busy and result.folded == 40 - len(in_held)
+    assert elapsed < 5  # it did not spin on the held lane's events until max_seconds
+    other_connection.rollback()
+    assert fold.fold(PRODUCTS).folded == len(in_held)
+    _assert_each_event_once_and_in_order()
+
+
+def test_fold_all_folds_the_lanes_of_a_table_at_once_each_on_its_own_connection(settings, other_connection):
+    """fold_all() folds a table's 4 lanes on 4 threads: two lanes held mid-batch wait at the same time.
+
+    Each of two lanes is held mid-batch: another session holds an uncommitted
+    Change row with the key of the lane's first event, so the fold's INSERT
+    waits on it. Folded one lane after another, only one fold could be waiting.
+    """
+    _lanes(settings, 4, FOLD_LINGER=0)
+    fold.fold(PRODUCTS)  # the lanes' checkpoint rows exist
+    _write(objects=40, updates=1)
+    first_event = {}
+    for event_id in ProductEvent.objects.order_by("pgh_id").values_list("pgh_id", flat=True):
+        first_event.setdefault(_lane_of(event_id, 4), event_id)
+    for lane in sorted(first_event)[:2]:
+        other_connection.execute(
+            "INSERT INTO audit_stream_change"
+            " (event_table, event_id, model, label, created_at, diff, snapshot)"
+            " VALUES (%s, %s, 'testapp.product', 'blocker', now(), '{}', '{}')",
+            [PRODUCTS, first_event[lane]],
+        )
+    blocker = other_connection.execute("SELECT pg_backend_pid()").fetchone()[0]
+    results = []
+
+    def fold_everything():
+        try:
+            results.extend(fold.fold_all())
+        except Exception as exc:  # pragma: no cover - reported below
+            results.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=fold_everything)
+    thread.start()
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND pid <> %s"
+    )
+    try:
+        wait_until(lambda: _query(waiting, [blocker]) == 2, timeout=30, message="two lanes held at once")
+    finally:
+        other_connection.rollback()
+        thread.join(timeout=60)
+    assert not [each for each in results if isinstance(each, Exception)], results
+    products = next(each for each in results if each.event_table == PRODUCTS)
+    assert (products.folded, products.caught_up, products.busy) == (80, True, False)
     _assert_each_event_once_and_in_order()
 
 

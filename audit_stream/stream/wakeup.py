@@ -19,6 +19,8 @@ first writer that rolled back) is found by the listener's poll within
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from audit_stream import tracking
@@ -27,7 +29,7 @@ from audit_stream.stream import lanes, unfolded
 from audit_stream.stream.checkpoint import FOREIGN_SQL
 from audit_stream.triggers import WAKEUP_SEQUENCE, quote_name
 
-__all__ = ["arm", "disarm", "has_work", "lanes_with_work", "tables_with_work"]
+__all__ = ["arm", "disarm", "has_work", "lanes_of", "lanes_with_work", "tables_with_work"]
 
 # Is any committed event not yet folded (audit_stream.stream.unfolded)? Two
 # probes of the pgh_xid index, each stopping at the first committed row: the
@@ -86,14 +88,25 @@ def has_work(event_table: str, *, lane: int | None = None, using: str = DEFAULT_
         return bool(_lanes_with_work(cursor, event_table, lane))
 
 
+def lanes_of(event_table: str, among: Collection[int], *, using: str = DEFAULT_DB_ALIAS) -> list[int]:
+    """The lanes of ``among`` where ``event_table`` has committed events the fold has not taken yet
+    (lane 0 for a table folded in one lane): one probe per lane."""
+    with connections[using].cursor() as cursor:
+        found = _lanes_with_work(cursor, event_table, among=among)
+    return [0 if lane is None else lane for lane in found]
+
+
 def _has_work(cursor, event_table: str) -> bool:
     """:func:`has_work` on any DB-API cursor (the listener's own connection too)."""
     return bool(_lanes_with_work(cursor, event_table))
 
 
-def _lanes_with_work(cursor, event_table: str, lane: int | None = None) -> list[int | None]:
+def _lanes_with_work(
+    cursor, event_table: str, lane: int | None = None, among: Collection[int] | None = None
+) -> list[int | None]:
     """The lanes of ``event_table`` with work, as fold tasks take them: ``[None]`` (the whole table)
-    for a table folded in one lane, else the numbers of its lanes with work.
+    for a table folded in one lane, else the numbers of its lanes with work. Only lane ``lane``, or
+    the lanes ``among``, when given.
 
     A table whose checkpoint records another number of lanes than ``FOLD_LANES``
     gives has work in each configured lane: its first fold re-lanes it.
@@ -104,12 +117,16 @@ def _lanes_with_work(cursor, event_table: str, lane: int | None = None) -> list[
     if rows and rows[0][1] != wanted:
         if lane is not None:
             return [lane]
+        if among is not None:
+            return [each for each in range(wanted) if each in among]
         return [None] if wanted == 1 else list(range(wanted))
     if not rows:  # never folded: every event is new
         if lane is not None and lane >= wanted:
             return []
         each_lane = range(wanted) if lane is None else [lane]
         rows = [(each, wanted, "1:1:", None, 0, False) for each in each_lane]
+    if among is not None:
+        rows = [row for row in rows if row[0] in among]
     found = []
     sql = _HAS_WORK_SQL.format(
         table=quote_name(event_table), in_lane=lanes.in_lane(tracking._event_models.get(event_table))
