@@ -15,7 +15,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("audit_stream", "0030_ddl_log_wakeup"),
+        ("audit_stream", "0035_object_counts"),
     ]
 
     operations = [
