@@ -114,7 +114,11 @@ def test_a_burst_reads_as_many_rows_per_event_on_a_long_history_as_on_a_short_on
 
     for table in (PRODUCTS, CHANGE):
         (short_seq, short_fetched), (long_seq, long_fetched) = short[table], long[table]
-        assert short_seq <= slack and long_seq <= slack, (table, short, long)
+        # Over the long history nothing is read by a sequential scan. Over the short one the planner
+        # may read the small table whole once (2,000 rows: cheaper than its index by its estimate,
+        # seen after other modules left statistics behind): at most the table once, spread over the burst.
+        assert long_seq <= slack, (table, short, long)
+        assert short_seq <= slack + (SHORT + 2 * BURST) / (2 * BURST), (table, short, long)
         assert long_fetched <= short_fetched + 0.1, (table, short, long)
     # Per event: the event row read by its batch and once more for the interval's first id (plus the
     # idle check's probes), the object's last change once for an update (half the burst).
