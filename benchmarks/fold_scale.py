@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--database-url", default=DEFAULT_DATABASE_URL, help="prefix of the databases: dropped and recreated!"
     )
     parser.add_argument("--no-report", action="store_true", help="print only: no BENCHMARKS.md, no JSON")
+    parser.add_argument(
+        "--without-counts",
+        action="store_true",
+        help="fold with the change feed's per-object counts triggers disabled (what they cost the fold)",
+    )
     args = parser.parse_args(argv)
     args.sizes = [int(size) for size in args.sizes.split(",")]
     return args
@@ -134,6 +139,9 @@ def measure(args: argparse.Namespace, size: int) -> dict:
     scale.write_history(size, min(args.hot, size // 2))
     events = base.scalar(f"SELECT count(*) FROM {EVENTS}")
     base.log(f"size {size:,}: {events:,} events written in {time.perf_counter() - started:.0f} s")
+    if args.without_counts:
+        for trigger in ("audit_stream_count_inserted", "audit_stream_count_deleted"):  # retention/counts.py
+            base.execute(f"ALTER TABLE audit_stream_change DISABLE TRIGGER {trigger}")
     base.execute("CHECKPOINT")
     pid = base.scalar("SELECT pg_backend_pid()")
     before = _counters()
