@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from audit_stream import remasking
 from audit_stream.management.confirm import confirm
+from audit_stream.management.progress import bars as progress_bars
 
 
 class Command(BaseCommand):
@@ -50,17 +50,7 @@ class Command(BaseCommand):
                 cancelled="Nothing was rewritten.",
                 does="rewrites history",
             )
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=True,
-        ) as bar:  # fmt: skip
-            tasks: dict[str, int] = {}
-
-            def progress(name, done, total):
-                if name not in tasks:
-                    tasks[name] = bar.add_task(name, total=total)
-                bar.update(tasks[name], completed=done, total=total)
-
+        with progress_bars(console) as progress:
             report = remasking.remask(
                 labels=labels,
                 batch_size=options["batch_size"],

@@ -5,11 +5,11 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from audit_stream import retention
 from audit_stream.management.confirm import confirm
+from audit_stream.management.progress import bars as progress_bars
 from audit_stream.models import RetentionRun
 
 
@@ -64,17 +64,7 @@ class Command(BaseCommand):
             )
 
         run = RetentionRun.objects.create(trigger="command", dry_run=options["dry_run"])
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=True,
-        ) as bar:  # fmt: skip
-            tasks: dict[str, int] = {}
-
-            def progress(table, done, total):
-                if table not in tasks:
-                    tasks[table] = bar.add_task(table, total=total)
-                bar.update(tasks[table], completed=done)
-
+        with progress_bars(console) as progress:
             report = retention.prune(
                 targets=targets,
                 overrides=overrides,
