@@ -138,8 +138,22 @@ def test_retention_drops_aged_partitions_and_keeps_each_objects_latest_change(pa
     assert kept == latest
     remaining = {p.name for p in _parts()}
     assert not remaining & set(aged)  # replaced by one partition holding the kept changes
+    assert _sql("SELECT count(*) FROM pg_class WHERE relname = ANY(%s)", [aged]) == [(0,)]  # dropped too
     with connections[DB].cursor() as cursor:
         assert not partitions.default_rows(cursor, CHANGES)
+
+
+def test_a_partition_an_interrupted_prune_detached_is_dropped_by_the_next(partitioned):
+    """A change partition detached and marked by a prune that died before its drop goes at the next prune."""
+    _write(25)
+    _fold()
+    _age_changes()
+    lowest = next(p for p in _parts() if p.full_before is not None).name
+    with transaction.atomic(using=DB), connections[DB].cursor() as cursor:
+        cursor.execute(f'ALTER TABLE {CHANGES} DETACH PARTITION "{lowest}"')
+        partitions.mark_detached(cursor, CHANGES, lowest)
+    _prune()
+    assert _sql("SELECT count(*) FROM pg_class WHERE relname = %s", [lowest]) == [(0,)]
 
 
 def test_after_a_partition_drop_the_next_diff_holds_only_what_changed(partitioned):

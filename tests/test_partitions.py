@@ -6,6 +6,7 @@ The rest of the suite runs on partitioned tables too when AUDIT_STREAM_SETTINGS
 declares PARTITIONS (README, "Partitioned history").
 """
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -14,6 +15,7 @@ from django.db import DatabaseError, connection, transaction
 from audit_stream import grants, partitions, retention
 from audit_stream.dashboard import queries
 from audit_stream.models import Change
+from audit_stream.retention import drops
 from audit_stream.stream import fold
 from tests.testapp.models import Ticket, TicketEvent
 
@@ -121,6 +123,64 @@ def test_retention_drops_old_folded_partitions_and_deletes_only_in_the_straddlin
         assert cursor.fetchone()[0] == 0  # dropped, not merely detached
     straddling = [p for p in _parts() if not p.default and (p.lower or 0) <= newest < p.upper]
     assert straddling and straddling[0].name not in full  # kept: its aged events were deleted in batches
+
+
+def test_a_prune_interrupted_between_the_detach_and_the_drop_leaves_nothing_behind(partitioned):
+    """Partitions detached by a prune that died before dropping them are dropped by the next prune."""
+    _write(25)
+    fold.fold(TICKETS)
+    _age_events()
+    lowest = [p.name for p in _parts() if p.full_before is not None][:1]
+    drops._detach(connection, TICKETS, lowest)  # the first step of a prune, then the worker is killed
+    assert lowest[0] not in [p.name for p in _parts()]
+    retention.prune(targets=["testapp.TicketEvent"], overrides=retention.Policy(max_age=timedelta(days=90)))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_class WHERE relname = %s", lowest)
+        assert cursor.fetchone()[0] == 0
+
+
+def test_a_writer_holding_the_table_makes_the_detach_wait_and_retry_not_fail(partitioned):
+    """The detach gives up its lock wait after a short timeout (no queue of writers behind it) and retries
+    until the writer's transaction ends; the prune then drops the partitions."""
+    _write(25)
+    fold.fold(TICKETS)
+    _age_events()
+    full = [p.name for p in _parts() if p.full_before is not None]
+    holding, release = threading.Event(), threading.Event()
+
+    def writer():  # a writer's open transaction holds the table (ROW EXCLUSIVE) past two lock timeouts
+        try:
+            with transaction.atomic():
+                Ticket.objects.create(title="slow writer")
+                holding.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert holding.wait(10)
+    attempts = []
+    original = drops._detach
+
+    def counted(*args):
+        attempts.append(1)
+        if len(attempts) == 3:
+            release.set()  # the writer commits once the detach has given up twice
+        return original(*args)
+
+    drops._detach = counted
+    try:
+        report = retention.prune(
+            targets=["testapp.TicketEvent"], overrides=retention.Policy(max_age=timedelta(days=90))
+        )
+    finally:
+        drops._detach = original
+        release.set()
+        thread.join()
+    assert len(attempts) >= 3
+    assert report.rows[TICKETS] == 25 and not report.errors
+    assert not set(full) & {p.name for p in _parts()}
 
 
 def test_a_partition_holding_an_unfolded_event_is_never_dropped(partitioned):

@@ -50,7 +50,16 @@ from audit_stream.partitions.ahead import (
     ensure_function,
 )
 from audit_stream.partitions.conversion import convert, sync
-from audit_stream.partitions.drops import aged, droppable, replace_lowest, retry_on_lock_timeout
+from audit_stream.partitions.drops import (
+    DETACHED,
+    aged,
+    drop_detached,
+    drop_leftovers,
+    droppable,
+    mark_detached,
+    replace_lowest,
+    retry_on_lock_timeout,
+)
 from audit_stream.partitions.layout import (
     Layout,
     Partition,
@@ -62,6 +71,7 @@ from audit_stream.partitions.layout import (
 )
 
 __all__ = [
+    "DETACHED",
     "DROP_ENSURE_FUNCTION",
     "Layout",
     "Partition",
@@ -69,12 +79,15 @@ __all__ = [
     "convert",
     "declared",
     "default_rows",
+    "drop_detached",
+    "drop_leftovers",
     "droppable",
     "ensure",
     "ensure_all",
     "ensure_function",
     "is_partitioned",
     "layout_of",
+    "mark_detached",
     "partitions",
     "replace_lowest",
     "retry_on_lock_timeout",

@@ -3,8 +3,10 @@
 :func:`droppable` names the lowest partitions whose events are all older
 than a cutoff and all folded; :func:`replace_lowest` drops them, keeping the
 rows a policy must keep, in one short swap (:func:`retry_on_lock_timeout`
-retries it while writers hold the table). :mod:`audit_stream.retention`
-decides what to keep.
+retries it while writers hold the table). Detached partitions are dropped
+after the detach's transaction (:func:`drop_detached`), marked so that a
+prune interrupted in between leaves nothing for long (:func:`drop_leftovers`).
+:mod:`audit_stream.retention` decides what to keep.
 """
 
 from __future__ import annotations
@@ -25,7 +27,33 @@ from audit_stream.partitions.layout import (
 )
 from audit_stream.stream import unfolded
 
-__all__ = ["aged", "droppable", "replace_lowest", "retry_on_lock_timeout"]
+__all__ = [
+    "DETACHED",
+    "aged",
+    "drop_detached",
+    "drop_leftovers",
+    "droppable",
+    "mark_detached",
+    "replace_lowest",
+    "retry_on_lock_timeout",
+]
+
+#: The comment on a partition a prune detached and has yet to drop, followed by its table's name.
+#: The drop runs after the detach's transaction, outside any lock of the table (unlinking a
+#: partition's files takes tens of milliseconds per gigabyte, which no writer should wait for);
+#: a prune interrupted in between leaves the marked table, which the next one drops.
+DETACHED = "audit_stream: detached for retention from "
+
+# The tables an earlier prune of a table detached and did not drop: ordinary
+# tables (no longer partitions) of the table's schema carrying the mark.
+_LEFTOVERS_SQL = """
+SELECT c.relname FROM pg_class AS c
+WHERE c.relkind = 'r' AND NOT c.relispartition
+  AND c.relnamespace = (
+      SELECT t.relnamespace FROM pg_class AS t WHERE t.oid = to_regclass(quote_ident(%(table)s)))
+  AND obj_description(c.oid, 'pg_class') = %(mark)s
+ORDER BY c.relname
+"""
 
 
 # Does a partition hold an unfolded event? Two probes of its pgh_xid index, as
@@ -127,7 +155,30 @@ def replace_lowest(
         attempts=attempts,
         what=f"swap the oldest partitions of {table}",
     )
+    drop_detached(connection, [part.name for part in parts])
     return rows - kept_rows, kept_rows
+
+
+def mark_detached(cursor, table: str, name: str) -> None:
+    """Mark ``name``, just detached from ``table`` in the cursor's transaction, for :func:`drop_detached`."""
+    cursor.execute(f"COMMENT ON TABLE {cursor.db.ops.quote_name(name)} IS %s", [DETACHED + table])
+
+
+def drop_detached(connection, names: list[str]) -> None:
+    """Drop tables detached from a partitioned table: no lock of the parent, no writer waits for it."""
+    if names:
+        quote = connection.ops.quote_name
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE {', '.join(quote(name) for name in names)}")
+
+
+def drop_leftovers(connection, table: str) -> list[str]:
+    """Drop the partitions of ``table`` an interrupted prune detached and did not drop; their names."""
+    with connection.cursor() as cursor:
+        cursor.execute(_LEFTOVERS_SQL, {"table": table, "mark": DETACHED + table})
+        names = [name for (name,) in cursor.fetchall()]
+    drop_detached(connection, names)
+    return names
 
 
 def retry_on_lock_timeout(action: Callable[[], object], *, attempts: int, what: str) -> None:
@@ -172,7 +223,7 @@ def _swap(connection, layout: Layout, parts: list[Partition], kept: str, lock_ti
         cursor.execute(f"LOCK TABLE {quote(table)} IN ACCESS EXCLUSIVE MODE")
         for part in parts:
             cursor.execute(f"ALTER TABLE {quote(table)} DETACH PARTITION {quote(part.name)}")
-            cursor.execute(f"DROP TABLE {quote(part.name)}")
+            mark_detached(cursor, table, part.name)
         cursor.execute(
             f"ALTER TABLE {quote(table)} ATTACH PARTITION {quote(kept)} FOR VALUES FROM (MINVALUE) TO (%s)",
             [upper],

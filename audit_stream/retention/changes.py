@@ -114,6 +114,7 @@ def _drop_change_partitions(
             cursor.execute(f"SELECT {counted}")
             return cursor.fetchone()[0], parts[-1].upper
         layout = partitions.layout_of(Change)
+        partitions.drop_leftovers(connection, TABLE)  # of a prune interrupted after its swap
         cursor.execute("SELECT pg_advisory_lock(%s)", [CHANGE_PARTITIONS_LOCK])
         try:
             dropped, _ = partitions.replace_lowest(

@@ -129,6 +129,8 @@ def prune_events(connection, model, policy, cutoff, batch_size, dry_run, force, 
             )
         dropped, above = 0, None
         if cutoff is not None and policy.keep_last is None and partitions.is_partitioned(cursor, table):
+            if not dry_run:
+                partitions.drop_leftovers(connection, table)
             parts = partitions.droppable(cursor, table, cutoff, done, floor)
             dropped = drops.drop_partitions(connection, table, parts, dry_run, progress)
             above = parts[-1].upper if parts else None  # counted above (a dry run leaves them in place)
