@@ -6,6 +6,7 @@ Usage::
     python -m benchmarks.retention --quick    # smoke run (100,000 events): JSON only, BENCHMARKS.md untouched
     python -m benchmarks.retention --partitioned --rows 1000000   # batched delete vs dropping partitions
     python -m benchmarks.retention --partitioned --rows 10000000 --fill sql --reuse   # at 10M, set-up kept
+    python -m benchmarks.retention --partitioned --layouts partitioned ...   # the partition drop alone
 
 It drops and recreates the database ``audit_stream_bench_retention``
 (``--database-url``), with ``AUDIT_STREAM = {"RETENTION": {"perfapp.ItemEvent":
@@ -102,6 +103,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--partitioned",
         action="store_true",
         help="compare today's batched delete with dropping partitions (10 per table), JSON only",
+    )
+    parser.add_argument(
+        "--layouts",
+        default="plain,partitioned",
+        help="with --partitioned: the layouts to prune, comma-separated (plain, partitioned)",
     )
     parser.add_argument("--rows", type=int, default=None, help="events to prune (default 1,000,000)")
     parser.add_argument(
@@ -846,31 +852,59 @@ def _age_partition_bounds() -> None:
 
 @contextlib.contextmanager
 def _timed_drops():
-    """Time retention's partition drops while pruning; yields [seconds in all, of which counting rows].
+    """Time retention's partition drops while pruning; yields the steps as (name, start, end) wall times.
 
-    The count (an exact ``count(*)`` of each partition, for the report) reads the
-    partitions and locks nothing writers need; the rest is the detach and the drop.
+    The steps: ``count`` (an exact ``count(*)`` of each partition, for the report:
+    a read that locks nothing writers need), ``detach`` (one transaction for
+    every partition: the only step that locks the table) and ``drop`` (the
+    detached tables, outside the table's lock).
     """
+    from audit_stream import partitions
     from audit_stream.retention import drops
 
-    spent = [0.0, 0.0]
-    originals = drops.drop_partitions, drops._count_rows
+    spans: list[tuple[str, float, float]] = []
+    targets = [
+        (drops, "_count_rows", "count"),
+        (drops, "_detach", "detach"),
+        (partitions, "drop_detached", "drop"),
+    ]
+    originals = [getattr(module, attribute) for module, attribute, _ in targets]
 
-    def timer(original, slot):
+    def timer(original, name):
         def timed(*args, **kwargs):
-            started = time.perf_counter()
+            started = time.time()
             try:
                 return original(*args, **kwargs)
             finally:
-                spent[slot] += time.perf_counter() - started
+                spans.append((name, started, time.time()))
 
         return timed
 
-    drops.drop_partitions, drops._count_rows = timer(originals[0], 0), timer(originals[1], 1)
+    for (module, attribute, name), original in zip(targets, originals, strict=True):
+        setattr(module, attribute, timer(original, name))
     try:
-        yield spent
+        yield spans
     finally:
-        drops.drop_partitions, drops._count_rows = originals
+        for (module, attribute, _), original in zip(targets, originals, strict=True):
+            setattr(module, attribute, original)
+
+
+def _step_seconds(spans: list[tuple[str, float, float]], name: str) -> float:
+    return sum(end - start for step, start, end in spans if step == name)
+
+
+def _slowest_writes(rows: list, bounds: tuple[float, float], spans: list, how_many: int = 5) -> list[dict]:
+    """The writer's slowest transactions during the prune, each with the drop steps it overlapped."""
+    during = sorted(
+        ((start, latency) for start, latency, _, _ in rows if bounds[0] <= start < bounds[1]),
+        key=lambda row: -row[1],
+    )
+    slowest = []
+    for start, latency in during[:how_many]:
+        end = start + latency / 1000
+        steps = sorted({step for step, s, e in spans if s < end and e > start})
+        slowest.append({"ms": latency, "at_s": start - bounds[0], "overlapped": steps or ["(batches)"]})
+    return slowest
 
 
 def layout_run(args: argparse.Namespace, layout: str, children: Children, log_dir: Path) -> dict:
@@ -894,7 +928,7 @@ def layout_run(args: argparse.Namespace, layout: str, children: Children, log_di
         time.sleep(args.baseline_seconds)
         wal_before = _wal()
         prune_start = time.time()
-        with _timed_drops() as drop_s:
+        with _timed_drops() as spans:
             result = timed_prune(args.command_batch_size, args.rows)
         during = (prune_start, time.time())
         # The writer goes on for a little while after the prune (it is compared over the prune only).
@@ -911,9 +945,12 @@ def layout_run(args: argparse.Namespace, layout: str, children: Children, log_di
     found = {
         "layout": layout,
         "seconds": result["seconds"],
-        "drop_s": drop_s[0],
-        "count_s": drop_s[1],
-        "detach_and_drop_s": drop_s[0] - drop_s[1],
+        "count_s": _step_seconds(spans, "count"),
+        "detach_s": _step_seconds(spans, "detach"),
+        "drop_s": _step_seconds(spans, "drop"),
+        "detach_and_drop_s": _step_seconds(spans, "detach") + _step_seconds(spans, "drop"),
+        "detach_attempts": sum(1 for step, _, _ in spans if step == "detach"),
+        "slowest_writes": _slowest_writes(data["rows"], during, spans),
         "candidates_s": result["candidates_s"],
         "wal_mb": wal_bytes / 1e6,
         "size_before_mb": size_before,
@@ -934,7 +971,11 @@ def partitioned_main(
 
     args.partition_size = -(-args.rows // PARTITIONS_PER_TABLE)
     results["setup"] = backlog(args, reused)
-    runs = [layout_run(args, "plain", children, log_dir)]
+    layouts = args.layouts.split(",")
+    runs = [layout_run(args, "plain", children, log_dir)] if "plain" in layouts else []
+    if "partitioned" not in layouts:
+        results["layouts"] = runs
+        return
     log(f"partitioning {EVENTS}: {args.partition_size:,} ids per partition")
     # Emptied and its ids restarted first, so that the ranges start at id 1 (converted
     # with its rows, the whole table would become one first partition).
