@@ -900,10 +900,12 @@ def _slowest_writes(rows: list, bounds: tuple[float, float], spans: list, how_ma
         key=lambda row: -row[1],
     )
     slowest = []
-    for start, latency in during[:how_many]:
-        end = start + latency / 1000
+    for start, latency in during[:how_many]:  # latency in seconds
+        end = start + latency
         steps = sorted({step for step, s, e in spans if s < end and e > start})
-        slowest.append({"ms": latency, "at_s": start - bounds[0], "overlapped": steps or ["(batches)"]})
+        slowest.append(
+            {"ms": latency * 1000, "at_s": start - bounds[0], "overlapped": steps or ["(batches)"]}
+        )
     return slowest
 
 

@@ -8,6 +8,7 @@ themselves, so the dry run and the run agree.
 """
 
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from django.db import connection
@@ -66,6 +67,24 @@ def test_pruning_events_takes_them_from_the_counts(settings):
     settings.AUDIT_STREAM = {"RETENTION": {PRODUCTS: {"keep_last": 3}}}
     assert retention.prune(targets=[PRODUCTS], batch_size=2).rows[EVENTS] == 5
     assert _counted("events") == _events_per_object()
+
+
+def test_a_prune_by_age_alone_does_not_subtract_and_a_later_keep_last_stays_exact(settings):
+    """By age alone no count is read, so none is subtracted (too high, never too low): a keep_last run
+    afterwards ranks those objects for nothing, and deletes exactly what its policy says."""
+    _, product = _products([1, 3])
+    counted = _counted("events")
+    by_age = retention.Policy(max_age=timedelta(microseconds=1))  # every folded event
+    report = retention.prune(targets=[PRODUCTS], overrides=by_age)
+    assert report.rows[EVENTS] == 2 + 4
+    assert _counted("events") == counted
+    for price in (10, 11, 12):
+        Product.objects.filter(pk=product.pk).update(price=price)
+    fold.fold(EVENTS)
+    keep_two = retention.Policy(keep_last=2)
+    assert retention.prune(targets=[PRODUCTS], overrides=keep_two, dry_run=True).rows[EVENTS] == 1
+    assert retention.prune(targets=[PRODUCTS], overrides=keep_two).rows[EVENTS] == 1
+    assert ProductEvent.objects.filter(pgh_obj_id=product.pk).count() == 2
 
 
 def test_a_second_dry_run_after_a_prune_finds_nothing_to_rank(settings):
