@@ -14,7 +14,7 @@ from datetime import datetime
 
 from django.apps import apps
 
-from audit_stream import config
+from audit_stream import config, registry
 
 __all__ = [
     "FULL_BEFORE",
@@ -68,7 +68,6 @@ def declared() -> dict[str, Layout]:
     ``"default"`` declares every event model the setting does not name
     (not the row log nor the change feed, which are named on their own).
     """
-    from audit_stream import tracking
 
     raw = dict(config.partitions())
     default = raw.pop("default", None)
@@ -83,7 +82,7 @@ def declared() -> dict[str, Layout]:
             ) from None
     options_of = {model: raw[label] for label, model in models.items()}
     if default is not None:
-        for model in tracking._event_models.values():
+        for model in registry.event_models.values():
             options_of.setdefault(model, default)
     return {model._meta.db_table: layout_of(model, options) for model, options in options_of.items()}
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
-from audit_stream import config
+from audit_stream import config, registry
 
 __all__ = ["Policy", "describe_policies", "parse_duration", "policies"]
 
@@ -72,9 +72,8 @@ class Policy:
 
 def event_models() -> dict[str, type]:
     """Every event model, by its label (``"shop.OrderEvent"``)."""
-    from audit_stream import tracking
 
-    return {model._meta.label: model for model in tracking._event_models.values()}
+    return {model._meta.label: model for model in registry.event_models.values()}
 
 
 def row_log_model() -> type:

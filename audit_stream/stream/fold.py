@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
-from audit_stream import config, rowlog, tracking
+from audit_stream import config, registry, rowlog
 from audit_stream.sinks import messages as sink_messages
 from audit_stream.stream import batch, checkpoint, interval, lanes, recovery, relane, wakeup
 from audit_stream.webhooks import messages
@@ -248,7 +248,7 @@ def fold_all(
     ``on_messages``, which may then be called from those threads).
     """
     _check_outside_writes(using)  # the threads' connections could not see this transaction's events
-    tables = tracking.stream_tables()
+    tables = registry.stream_tables()
     return [_fold_table(table, using=using, max_seconds=max_seconds, **kwargs) for table in tables]
 
 
@@ -305,10 +305,10 @@ def _event_model(event_table: str):
 
         return RowLog
     try:
-        return tracking._event_models[event_table]
+        return registry.event_models[event_table]
     except KeyError:
         raise ValueError(
-            f"{event_table!r} is not an event table; known: {', '.join(tracking.stream_tables())}."
+            f"{event_table!r} is not an event table; known: {', '.join(registry.stream_tables())}."
         ) from None
 
 

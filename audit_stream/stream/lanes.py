@@ -25,7 +25,7 @@ changes of every object of their table.
 
 from __future__ import annotations
 
-from audit_stream import config, rowlog
+from audit_stream import config, registry, rowlog
 
 __all__ = ["IN_LANE", "LANE_OF", "MAX_LANES", "configured", "in_lane", "params", "problems"]
 
@@ -65,10 +65,9 @@ def configured(event_table: str) -> int:
     """The number of lanes ``FOLD_LANES`` gives ``event_table`` (1 for the row log)."""
     if event_table == rowlog.ROW_LOG_TABLE:
         return 1
-    from audit_stream import tracking
 
     setting = config.fold_lanes()
-    model = tracking._event_models.get(event_table)
+    model = registry.event_models.get(event_table)
     if model is not None:
         by_lower = {str(key).lower(): value for key, value in setting.items()}
         value = by_lower.get(model._meta.label_lower)
@@ -79,12 +78,11 @@ def configured(event_table: str) -> int:
 
 def problems() -> list[str]:
     """What is wrong with ``FOLD_LANES`` (for the system check), in sentences that say the fix."""
-    from audit_stream import tracking
 
     setting = config.fold_lanes()
     if not isinstance(setting, dict):
         return []  # reported by the settings check (a dict is expected)
-    labels = {model._meta.label_lower: model._meta.label for model in tracking._event_models.values()}
+    labels = {model._meta.label_lower: model._meta.label for model in registry.event_models.values()}
     found = []
     for key, value in setting.items():
         name = f'AUDIT_STREAM["FOLD_LANES"][{key!r}]'

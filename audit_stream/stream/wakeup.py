@@ -23,7 +23,7 @@ from collections.abc import Collection
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
-from audit_stream import tracking
+from audit_stream import registry
 from audit_stream.rowlog import DDL_LOG_TABLE, ROW_LOG_TABLE
 from audit_stream.stream import lanes, unfolded
 from audit_stream.stream.checkpoint import FOREIGN_SQL
@@ -129,7 +129,7 @@ def _lanes_with_work(
         rows = [row for row in rows if row[0] in among]
     found = []
     sql = _HAS_WORK_SQL.format(
-        table=quote_name(event_table), in_lane=lanes.in_lane(tracking._event_models.get(event_table))
+        table=quote_name(event_table), in_lane=lanes.in_lane(registry.event_models.get(event_table))
     )
     for each, count, done, target, floor, foreign in rows:
         if target is None and not foreign and not _probe(cursor, event_table, sql, done, floor, each, count):
@@ -167,7 +167,7 @@ def lanes_with_work(*, using: str = DEFAULT_DB_ALIAS) -> list[tuple[str, int | N
 
 def all_lanes_with_work(cursor) -> list[tuple[str, int | None]]:
     """:func:`lanes_with_work` on any DB-API cursor (the listener's own connection too)."""
-    return [(table, lane) for table in tracking.stream_tables() for lane in _lanes_with_work(cursor, table)]
+    return [(table, lane) for table in registry.stream_tables() for lane in _lanes_with_work(cursor, table)]
 
 
 def tables_with_work(*, using: str = DEFAULT_DB_ALIAS) -> list[str]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from django.db import DEFAULT_DB_ALIAS
 
+from audit_stream import registry
+
 __all__ = ["check", "known_labels", "known_models"]
 
 _ROW_LOG_LABELS = {"insert", "update", "delete"}
@@ -18,10 +20,10 @@ _ROW_LOG_LABELS = {"insert", "update", "delete"}
 
 def known_models(using: str = DEFAULT_DB_ALIAS) -> list[str]:
     """``Change.model`` of every tracked or logged model."""
-    from audit_stream import rowlog, tracking
+    from audit_stream import rowlog
     from audit_stream.models import LoggedTable
 
-    labels = {m.pgh_tracked_model._meta.label_lower for m in tracking._event_models.values()}
+    labels = {m.pgh_tracked_model._meta.label_lower for m in registry.event_models.values()}
     logged = [f"{t.schema_name}.{t.table_name}" for t in LoggedTable.objects.using(using)]
     if logged:
         names = rowlog.models_by_table(using=using)
@@ -31,10 +33,9 @@ def known_models(using: str = DEFAULT_DB_ALIAS) -> list[str]:
 
 def known_labels(using: str = DEFAULT_DB_ALIAS) -> list[str]:
     """Every event label declared on a tracked model (and the row log's, when logging is on)."""
-    from audit_stream import tracking
     from audit_stream.models import LoggedTable
 
-    labels = {event.label for m in tracking._event_models.values() for event in m.pgh_events}
+    labels = {event.label for m in registry.event_models.values() for event in m.pgh_events}
     if LoggedTable.objects.using(using).exists():
         labels |= _ROW_LOG_LABELS
     return sorted(labels)
