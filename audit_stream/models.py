@@ -24,6 +24,7 @@ __all__ = [
     "Change",
     "Checkpoint",
     "Context",
+    "ContextCount",
     "DdlLog",
     "Event",
     "FoldRun",
@@ -427,6 +428,25 @@ class ObjectCount(models.Model):
                 condition=models.Q(events__gt=1),
             ),
         ]
+
+
+class ContextCount(models.Model):
+    """How many folded events refer to one context: retention prunes contexts without reading event tables.
+
+    One row per context of the change feed, kept by a statement-level trigger
+    on ``Change`` (``audit_stream.retention.references``): each change written
+    adds one (each change is one event folded); retention and erasure take
+    the folded events they delete away. Changes themselves, and events not
+    folded yet, are checked apart. The count only ever errs upwards (a dropped
+    partition, a ``--force``-deleted event is not subtracted): a context
+    counted too high is kept, never one still referred to deleted.
+    """
+
+    context_id = models.UUIDField(primary_key=True)
+    events = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "audit_stream_context_count"
 
 
 class RowLog(Event):

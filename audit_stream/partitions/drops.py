@@ -33,6 +33,7 @@ __all__ = [
     "drop_detached",
     "drop_leftovers",
     "droppable",
+    "leftovers",
     "mark_detached",
     "replace_lowest",
     "retry_on_lock_timeout",
@@ -172,11 +173,16 @@ def drop_detached(connection, names: list[str]) -> None:
             cursor.execute(f"DROP TABLE {', '.join(quote(name) for name in names)}")
 
 
-def drop_leftovers(connection, table: str) -> list[str]:
-    """Drop the partitions of ``table`` an interrupted prune detached and did not drop; their names."""
+def leftovers(connection, table: str) -> list[str]:
+    """The partitions of ``table`` an interrupted prune detached and did not drop."""
     with connection.cursor() as cursor:
         cursor.execute(_LEFTOVERS_SQL, {"table": table, "mark": DETACHED + table})
-        names = [name for (name,) in cursor.fetchall()]
+        return [name for (name,) in cursor.fetchall()]
+
+
+def drop_leftovers(connection, table: str) -> list[str]:
+    """Drop the partitions of ``table`` an interrupted prune detached and did not drop; their names."""
+    names = leftovers(connection, table)
     drop_detached(connection, names)
     return names
 

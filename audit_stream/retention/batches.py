@@ -16,6 +16,7 @@ from django.db import transaction
 from audit_stream.retention.permission import allow_prune
 
 __all__ = [
+    "COUNTED_DELETE_BATCH",
     "DELETE_BATCH",
     "DOOMED",
     "DOOMED_UUID",
@@ -45,6 +46,22 @@ WITH batch AS (
     RETURNING id
 )
 DELETE FROM {table} AS t USING batch WHERE t.{pk} = batch.id
+"""
+
+# The same for an event table whose counts lose the events deleted, in the same
+# statement: {returning}, the columns of the deleted rows the counts read, and
+# {counted}, the CTEs that subtract them (counts.SUBTRACT, references.SUBTRACT),
+# each after a comma. Returns the number of rows deleted.
+COUNTED_DELETE_BATCH = """
+WITH batch AS (
+    DELETE FROM {doomed}
+    WHERE id IN (SELECT id FROM {doomed} ORDER BY id LIMIT %(batch)s)
+    RETURNING id
+), gone AS (
+    DELETE FROM {table} AS t USING batch WHERE t.pgh_id = batch.id
+    RETURNING {returning}
+){counted}
+SELECT count(*) FROM gone
 """
 
 

@@ -1,4 +1,16 @@
-"""Contexts that nothing references any more: garbage once an hour old."""
+"""Contexts that nothing references any more: garbage once an hour old.
+
+A context is referred to by changes (the feed's ``context_id`` index), by
+folded events (their count per context, :mod:`~audit_stream.retention.references`)
+and by events not folded yet (each table's unfolded events, a range of its
+``pgh_xid`` index): no event table is read whole, whatever its size. A table
+never folded, or whose checkpoint came from another cluster, has its
+context ids read whole, as all of them may be unfolded.
+
+The dry run counts the same SELECT the run deletes by: exact for the
+history as it is (a dry run deletes no events, so it does not foresee the
+contexts that the same run's event deletes would free).
+"""
 
 from __future__ import annotations
 
@@ -6,57 +18,76 @@ from datetime import timedelta
 
 from django.db import transaction
 
-from audit_stream.retention import batches
-from audit_stream.retention.policies import row_log_model
+from audit_stream import registry
+from audit_stream.retention import batches, references
+from audit_stream.stream import checkpoint, unfolded
 
-__all__ = ["prune_contexts"]
+__all__ = ["candidates", "prune_contexts"]
 
 _GRACE = timedelta(hours=1)
 
-# Contexts that no event and no change points to any more (and old enough not
-# to belong to a request still under way). {not_in_events} adds one NOT EXISTS
-# per event table that has a context column.
-_CONTEXT_CANDIDATES = """
+# Old enough not to belong to a request still under way, and referred to by no
+# folded event (no count above 0), no change and no unfolded event ({unfolded}:
+# each table's context ids that may be unfolded, see _unfolded_contexts).
+_CANDIDATES = f"""
+WITH unfolded_contexts AS MATERIALIZED (
+    SELECT DISTINCT u.context_id FROM ({{unfolded}}) AS u (context_id) WHERE u.context_id IS NOT NULL
+)
 SELECT ctx.id FROM audit_stream_context AS ctx
 WHERE ctx.updated_at < %(grace)s
+  AND NOT EXISTS (SELECT 1 FROM {references.COUNT_TABLE} AS n WHERE n.context_id = ctx.id AND n.events > 0)
   AND NOT EXISTS (SELECT 1 FROM audit_stream_change AS c WHERE c.context_id = ctx.id)
-  {not_in_events}
+  AND NOT EXISTS (SELECT 1 FROM unfolded_contexts AS u WHERE u.context_id = ctx.id)
 """
+
+# updated_at again in the DELETE itself: rechecked on the row's latest version if a
+# writer attached the context meanwhile (see triggers.attach_context_function). The
+# counts of the contexts deleted go with them (none is above 0).
+_DELETE = f"""
+WITH gone AS (
+    DELETE FROM audit_stream_context WHERE id IN ({{candidates}}) AND updated_at < %(grace)s
+    RETURNING id
+), uncounted AS (
+    DELETE FROM {references.COUNT_TABLE} AS n USING gone WHERE n.context_id = gone.id
+)
+SELECT count(*) FROM gone
+"""
+
+# One table's events that may be unfolded, in its checkpoint (%(done_N)s, %(floor_N)s):
+# its two parts apart, each a range of the pgh_xid index (an OR would read the table).
+_UNFOLDED_EVENTS = "SELECT e.pgh_context_id FROM {table} AS e WHERE {part}"
+
+# A table never folded (or folded on another cluster): every event's context.
+_EVERY_EVENT = "SELECT DISTINCT e.pgh_context_id FROM {table} AS e"
 
 
 def prune_contexts(connection, now, batch_size, dry_run) -> int:
     """Delete (or, in a dry run, count) the unreferenced contexts older than the grace period."""
-    from audit_stream import tracking
-
-    quote = connection.ops.quote_name
-    tables = [table for table, model in sorted(tracking._event_models.items()) if model._pgh_has_context]
     params = {"grace": now - _GRACE}
     with connection.cursor() as cursor:
-        # Each table's distinct context ids, hashed once: far fewer than its events
-        # (a hash of every event's context id cost most of a dry run at 1M events).
-        # An empty table is left out (each one cost a pass of every candidate): an
-        # event it gets meanwhile attaches a context that is new or refreshed, which
-        # the DELETE's own updated_at test keeps.
-        not_in_events = "".join(
-            f" AND NOT EXISTS (SELECT 1 FROM (SELECT DISTINCT pgh_context_id FROM {quote(table)}) AS e"
-            " WHERE e.pgh_context_id = ctx.id)"
-            for table in [*tables, row_log_model()._meta.db_table]
-            if _has_rows(cursor, quote(table))
-        )
-        candidates = _CONTEXT_CANDIDATES.format(not_in_events=not_in_events)
+        sql = candidates(connection, cursor, params)
         if dry_run:
             with transaction.atomic(using=connection.alias):
                 batches.choosing_settings(cursor)
-                cursor.execute(f"SELECT count(*) FROM ({candidates}) AS candidates", params)
+                cursor.execute(f"SELECT count(*) FROM ({sql}) AS candidates", params)
                 return cursor.fetchone()[0]
-        # updated_at again in the DELETE itself: rechecked on the row's latest version if a
-        # writer attached the context meanwhile (see triggers.ATTACH_CONTEXT_FUNCTION).
-        cursor.execute(
-            f"DELETE FROM audit_stream_context WHERE id IN ({candidates}) AND updated_at < %(grace)s", params
-        )
-        return cursor.rowcount
+        cursor.execute(_DELETE.format(candidates=sql), params)
+        return cursor.fetchone()[0]
 
 
-def _has_rows(cursor, table: str) -> bool:
-    cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {table})")
-    return cursor.fetchone()[0]
+def candidates(connection, cursor, params: dict) -> str:
+    """The SELECT of the contexts nothing refers to; adds each table's checkpoint to ``params``."""
+    tables = [table for table, model in registry.event_models.items() if model._pgh_has_context]
+    tables = sorted({*tables, registry.ROW_LOG_TABLE})
+    parts = []
+    for i, (table, (done, floor, foreign)) in enumerate(checkpoint.folded_tables(cursor, tables).items()):
+        quoted = connection.ops.quote_name(table)
+        if done is None or foreign:
+            parts.append(_EVERY_EVENT.format(table=quoted))
+            continue
+        params[f"done_{i}"], params[f"floor_{i}"] = done, floor
+        for part in (unfolded.NEW, unfolded.IN_PROGRESS):
+            part = part.replace("%(done)s", f"%(done_{i})s").replace("%(floor)s", f"%(floor_{i})s")
+            parts.append(_UNFOLDED_EVENTS.format(table=quoted, part=part))
+    unfolded_sql = "\nUNION ALL\n".join(parts) or "SELECT NULL::uuid"
+    return _CANDIDATES.format(unfolded=unfolded_sql)

@@ -28,9 +28,10 @@ that have one are added from the fold's own definition of unfolded
 from __future__ import annotations
 
 from audit_stream import triggers
+from audit_stream.retention import batches
 from audit_stream.stream import unfolded
 
-__all__ = ["COUNT_TABLE", "backfill", "install_sql", "uninstall_sql"]
+__all__ = ["COUNT_TABLE", "EVENT_DELETE_BATCH", "SUBTRACT", "backfill", "install_sql", "uninstall_sql"]
 
 COUNT_TABLE = "audit_stream_object_count"
 _FUNCTION = "_audit_stream_count_changes"
@@ -106,10 +107,10 @@ ON CONFLICT (event_table, object_id) DO UPDATE SET events = n.events + excluded.
 
 def backfill(connection) -> None:
     """Count the changes and events already there (the migration that adds the counts runs it)."""
-    from audit_stream import tracking
+    from audit_stream import registry
     from audit_stream.models import RowLog
 
-    tables = [table for table, model in tracking._event_models.items() if model._pgh_has_obj]
+    tables = [table for table, model in registry.event_models.items() if model._pgh_has_obj]
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {COUNT_TABLE}")
         cursor.execute(_BACKFILL_CHANGES)
@@ -147,27 +148,23 @@ SELECT n.event_table, n.object_id FROM {COUNT_TABLE} AS n
 WHERE n.changes > 1 AND n.changes > greatest(1, %(keep_last)s::int)
 """
 
-# One batch of an event table's chosen rows (see batches.DELETE_BATCH), whose
-# objects' counts lose the events deleted, in the same transaction. Returns
-# the number of events deleted.
-EVENT_DELETE_BATCH = f"""
-WITH batch AS (
-    DELETE FROM {{doomed}}
-    WHERE id IN (SELECT id FROM {{doomed}} ORDER BY id LIMIT %(batch)s)
-    RETURNING id
-), gone AS (
-    DELETE FROM {{table}} AS t USING batch WHERE t.pgh_id = batch.id
-    RETURNING t.pgh_obj_id
-), counted AS (
+# A CTE that subtracts the events of {gone} (a CTE of deleted event rows, read
+# as `g`, with pgh_obj_id) from their objects' counts.
+SUBTRACT = f"""counted AS (
     INSERT INTO {COUNT_TABLE} AS n (event_table, object_id, changes, events)
     SELECT %(count_table)s, g.pgh_obj_id::text, 0, -count(*)
-    FROM gone AS g WHERE g.pgh_obj_id IS NOT NULL
+    FROM {{gone}} AS g WHERE g.pgh_obj_id IS NOT NULL
     GROUP BY g.pgh_obj_id::text
     ORDER BY g.pgh_obj_id::text
     ON CONFLICT (event_table, object_id) DO UPDATE SET events = n.events + excluded.events
+)"""
+
+# One batch of an event table's chosen rows (see batches.COUNTED_DELETE_BATCH), whose
+# objects' counts lose the events deleted, in the same transaction. Returns
+# the number of events deleted.
+EVENT_DELETE_BATCH = batches.COUNTED_DELETE_BATCH.replace("{returning}", "t.pgh_obj_id").replace(
+    "{counted}", ",\n" + SUBTRACT.replace("{gone}", "gone")
 )
-SELECT count(*) FROM gone
-"""
 
 # Erasure: the object leaves no count behind.
 ERASE_COUNTS = f"""

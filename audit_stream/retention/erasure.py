@@ -5,9 +5,10 @@ from __future__ import annotations
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
-from audit_stream.retention import counts
+from audit_stream.retention import counts, references
 from audit_stream.retention.changes import CHANGE_PARTITIONS_LOCK
 from audit_stream.retention.permission import allow_prune, may_delete, privilege_error
+from audit_stream.stream import checkpoint
 
 __all__ = ["erase"]
 
@@ -42,14 +43,14 @@ def erase(
     """
     from django.apps import apps
 
-    from audit_stream import keys, rowlog, tracking
+    from audit_stream import keys, registry, rowlog
     from audit_stream.models import RetentionRun, RowLog
 
     try:
         tracked = apps.get_model(model_label)
     except (LookupError, ValueError):
         raise ValueError(f"{model_label!r} is not a model; write it as app_label.ModelName.") from None
-    event_models = tracking.event_models_for(tracked)
+    event_models = registry.event_models_for(tracked)
     logged_as = rowlog.table_names(tracked, using=using)
     if not event_models and not RowLog.objects.using(using).filter(logged_table__in=logged_as).exists():
         raise ValueError(
@@ -87,13 +88,14 @@ def erase(
             if not model._pgh_has_obj:
                 continue
             table = model._meta.db_table
-            cursor.execute(f"DELETE FROM {quote(table)} WHERE pgh_obj_id = %s", [pk_value])
-            counted[table] = cursor.rowcount
-        cursor.execute(
-            "DELETE FROM audit_stream_row_log WHERE logged_table = ANY(%s) AND pgh_obj_id = %s",
-            [logged_as, str(pk_value)],
-        )
-        counted[RowLog._meta.db_table] = cursor.rowcount
+            counted[table] = _erase_events(
+                cursor, table, quote(table), "e.pgh_obj_id = %(pk)s", {"pk": pk_value}, model._pgh_has_context
+            )
+        counted[RowLog._meta.db_table] = _erase_events(
+            cursor, RowLog._meta.db_table, RowLog._meta.db_table,
+            "e.logged_table = ANY(%(logged_as)s) AND e.pgh_obj_id = %(pk)s",
+            {"logged_as": logged_as, "pk": str(pk_value)}, True,
+        )  # fmt: skip
         # Its per-object counts go too (the row log's are shared by every logged table
         # with that key: they stay, an error upwards).
         tables = [m._meta.db_table for m in event_models if m._pgh_has_obj]
@@ -107,3 +109,26 @@ def erase(
         if dry_run:
             transaction.set_rollback(True, using=using)
     return counted
+
+
+# An object's events, deleted; those the fold counted leave their contexts'
+# counts (references.SUBTRACT: an unfolded one was never counted).
+_ERASE_EVENTS = """
+WITH gone AS (
+    DELETE FROM {table} AS e WHERE {where} RETURNING e.pgh_id, e.pgh_xid, e.pgh_context_id
+),
+{subtract}
+SELECT count(*) FROM gone
+"""
+
+
+def _erase_events(cursor, table: str, quoted: str, where: str, params: dict, has_context: bool) -> int:
+    """Delete the events of ``table`` that ``where`` selects (read as ``e``); how many went."""
+    if not has_context:
+        cursor.execute(f"DELETE FROM {quoted} AS e WHERE {where}", params)
+        return cursor.rowcount
+    done, floor, foreign = checkpoint.folded(cursor, table)
+    subtract = references.SUBTRACT.replace("{gone}", "gone")
+    sql = _ERASE_EVENTS.format(table=quoted, where=where, subtract=subtract)
+    cursor.execute(sql, {**params, "done": None if foreign else done, "floor": floor})
+    return cursor.fetchone()[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from audit_stream import partitions
-from audit_stream.retention import batches, counts, drops
+from audit_stream.retention import batches, counts, drops, references
 from audit_stream.retention.policies import Policy, row_log_model
 from audit_stream.stream import unfolded
 
@@ -130,9 +130,11 @@ def prune_events(connection, model, policy, cutoff, batch_size, dry_run, force, 
         dropped, above = 0, None
         if cutoff is not None and policy.keep_last is None and partitions.is_partitioned(cursor, table):
             if not dry_run:
-                partitions.drop_leftovers(connection, table)
+                drops.drop_leftovers(connection, table, contexts=_has_context(model))
             parts = partitions.droppable(cursor, table, cutoff, done, floor)
-            dropped = drops.drop_partitions(connection, table, parts, dry_run, progress)
+            dropped = drops.drop_partitions(
+                connection, table, parts, dry_run, progress, contexts=_has_context(model)
+            )
             above = parts[-1].upper if parts else None  # counted above (a dry run leaves them in place)
         params = {
             "cutoff": cutoff,
@@ -149,15 +151,42 @@ def prune_events(connection, model, policy, cutoff, batch_size, dry_run, force, 
         total = batches.fill(cursor, sql, params, count_only=dry_run)
     if dry_run:
         return table, dropped + total
-    # Under keep_last, which reads the counts, each batch subtracts the events it deletes from them.
-    # By age alone they are not subtracted (nor are a dropped partition's): one count row updated
-    # per object per batch tripled the WAL of a prune by age and halved its speed (BENCHMARKS.md).
-    delete = None
-    if policy.keep_last is not None and not force and _object_key(model) != "NULL::int":
-        quote = connection.ops.quote_name
-        delete = counts.EVENT_DELETE_BATCH.format(table=quote(table), doomed=batches.DOOMED)
     deleted = batches.drain(
-        connection, table, "pgh_id", total, batch_size, progress, event_table=True, sql=delete,
-        params={"count_table": table},
+        connection, table, "pgh_id", total, batch_size, progress, event_table=True,
+        sql=_delete_batch(connection, model, policy, force),
+        params={"count_table": table, "done": None if foreign else done, "floor": floor},
     )  # fmt: skip
     return table, dropped + deleted
+
+
+def _delete_batch(connection, model, policy: Policy, force: bool) -> str | None:
+    """The batch statement of an event table: the default, or one that subtracts from the counts.
+
+    The per-object counts lose the events deleted under ``keep_last``, which
+    reads them (by age alone they are not subtracted: one count row updated
+    per object per batch tripled the WAL of a prune by age and halved its
+    speed, BENCHMARKS.md; nor with ``force``: its unfolded events were never
+    counted). The per-context counts always lose the deleted events the fold
+    counted (:data:`~audit_stream.retention.references.SUBTRACT`): contexts are
+    pruned by them whatever the policy.
+    """
+    returning, counted = ["t.pgh_id"], []
+    if policy.keep_last is not None and not force and _object_key(model) != "NULL::int":
+        returning.append("t.pgh_obj_id")
+        counted.append(counts.SUBTRACT)
+    if _has_context(model):
+        returning.extend(["t.pgh_xid", "t.pgh_context_id"])
+        counted.append(references.SUBTRACT)
+    if not counted:
+        return None
+    return batches.COUNTED_DELETE_BATCH.format(
+        table=connection.ops.quote_name(model._meta.db_table),
+        doomed=batches.DOOMED,
+        returning=", ".join(returning),
+        counted="".join(f",\n{cte.replace('{gone}', 'gone')}" for cte in counted),
+    )
+
+
+def _has_context(model) -> bool:
+    """Whether ``model``'s table has a context column (the row log always has)."""
+    return model is row_log_model() or getattr(model, "_pgh_has_context", False)
