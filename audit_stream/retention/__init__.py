@@ -155,8 +155,14 @@ def prune(
     models = event_models()
     now = timezone.now()
     pruned_events = False
+    history = [
+        (models[t] if t in models else row_log_model())._meta.db_table
+        for t in chosen
+        if (t in models or t == ROW_LOG) and not (overrides or configured[t]).keeps_forever
+    ]
     with connection.cursor() as cursor:
         batches.create_doomed(cursor)
+        empty = batches.empty_tables(cursor, history)
     try:
         for target in chosen:
             policy = overrides or configured[target]
@@ -170,9 +176,12 @@ def prune(
                     if not dry_run and not may_delete(model._meta.db_table, using):
                         report.errors.append(f"{target}: {privilege_error(model._meta.db_table)}")
                         continue
-                    table, count = events.prune_events(
-                        connection, model, policy, cutoff, batch_size, dry_run, force, progress
-                    )
+                    if model._meta.db_table in empty:  # nothing to choose: no checkpoint or plan read
+                        table, count = model._meta.db_table, 0
+                    else:
+                        table, count = events.prune_events(
+                            connection, model, policy, cutoff, batch_size, dry_run, force, progress
+                        )
                     pruned_events = pruned_events or count > 0
                 elif target == CHANGES:
                     table, count = changes.prune_changes(
