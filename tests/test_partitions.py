@@ -12,9 +12,10 @@ from datetime import timedelta
 import pytest
 from django.db import DatabaseError, connection, transaction
 
+import audit_stream
 from audit_stream import grants, partitions, retention
 from audit_stream.dashboard import queries
-from audit_stream.models import Change
+from audit_stream.models import Change, Context, ContextCount
 from audit_stream.retention import drops
 from audit_stream.stream import fold
 from tests.testapp.models import Ticket, TicketEvent
@@ -181,6 +182,39 @@ def test_a_writer_holding_the_table_makes_the_detach_wait_and_retry_not_fail(par
     assert len(attempts) >= 3
     assert report.rows[TICKETS] == 25 and not report.errors
     assert not set(full) & {p.name for p in _parts()}
+
+
+def test_dropping_a_partition_takes_its_events_from_their_contexts_counts(partitioned):
+    """A dropped partition's folded events leave their context's count, as the batches' events do."""
+    with audit_stream.context(user="tickets"):
+        _write(25)
+    fold.fold(TICKETS)
+    context = Context.objects.get(metadata__user="tickets").id
+    assert ContextCount.objects.get(context_id=context).events == 25
+    _age_events()
+    retention.prune(targets=["testapp.TicketEvent"], overrides=retention.Policy(max_age=timedelta(days=90)))
+    assert ContextCount.objects.get(context_id=context).events == 0
+
+
+def test_a_partition_left_detached_by_an_interrupted_prune_leaves_its_contexts_counts_when_dropped(
+    partitioned,
+):
+    """Its events are taken off their context's count once, by the prune that drops it."""
+    with audit_stream.context(user="tickets"):
+        _write(25)
+    fold.fold(TICKETS)
+    context = Context.objects.get(metadata__user="tickets").id
+    _age_events()
+    lowest = [p for p in _parts() if p.full_before is not None][:1]
+    drops._detach(
+        connection, TICKETS, [lowest[0].name]
+    )  # the first step of a prune, then the worker is killed
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {lowest[0].name}")
+        detached = cursor.fetchone()[0]
+    assert ContextCount.objects.get(context_id=context).events == 25
+    drops.drop_leftovers(connection, TICKETS, contexts=True)
+    assert ContextCount.objects.get(context_id=context).events == 25 - detached
 
 
 def test_a_partition_holding_an_unfolded_event_is_never_dropped(partitioned):
