@@ -60,6 +60,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="fold with the change feed's per-object counts triggers disabled (what they cost the fold)",
     )
+    parser.add_argument(
+        "--without-context-counts",
+        action="store_true",
+        help="fold with the change feed's per-context counts trigger disabled (what it costs the fold)",
+    )
     args = parser.parse_args(argv)
     args.sizes = [int(size) for size in args.sizes.split(",")]
     return args
@@ -142,6 +147,8 @@ def measure(args: argparse.Namespace, size: int) -> dict:
     if args.without_counts:
         for trigger in ("audit_stream_count_inserted", "audit_stream_count_deleted"):  # retention/counts.py
             base.execute(f"ALTER TABLE audit_stream_change DISABLE TRIGGER {trigger}")
+    if args.without_context_counts:  # retention/references.py
+        base.execute("ALTER TABLE audit_stream_change DISABLE TRIGGER audit_stream_refs_inserted")
     base.execute("CHECKPOINT")
     pid = base.scalar("SELECT pg_backend_pid()")
     before = _counters()
