@@ -39,6 +39,12 @@ Safety:
   more rows than it keeps, found in per-object counts the change feed keeps
   (:mod:`audit_stream.retention.counts`): a dry run reads those objects' rows,
   not the whole table, and counts exactly what the run deletes.
+* A context is pruned once nothing refers to it: no change (the feed's
+  ``context_id`` index), no folded event (per-context counts the change feed
+  keeps, :mod:`audit_stream.retention.references`, which the event deletes
+  take off) and no unfolded event (each table's ``pgh_xid`` range), and it is
+  an hour old (rechecked under the row lock by the DELETE): no event table is
+  read whole.
 * A partitioned event table (:mod:`audit_stream.partitions`) under a
   ``max_age`` policy without ``keep_last`` loses whole partitions first: each
   one, lowest ids first, whose events were all created before the cutoff and
@@ -58,6 +64,7 @@ The package, one module per concern: :mod:`~audit_stream.retention.policies`
 (the settings), :mod:`~audit_stream.retention.permission` (who may delete),
 :mod:`~audit_stream.retention.batches` (choose, then delete in batches),
 :mod:`~audit_stream.retention.counts` (per-object counts),
+:mod:`~audit_stream.retention.references` (per-context counts),
 :mod:`~audit_stream.retention.events`, :mod:`~audit_stream.retention.changes`,
 :mod:`~audit_stream.retention.messages`, :mod:`~audit_stream.retention.contexts`,
 :mod:`~audit_stream.retention.drops` (partitions dropped whole) and
