@@ -215,6 +215,46 @@ def test_a_context_attached_during_the_prune_is_kept():
     assert Context.objects.filter(metadata__user="revived").exists()
 
 
+def test_a_batch_locks_its_objects_counts_before_its_contexts_as_the_fold_does(settings):
+    """Waiting for an object's count, a batch holds no context's count: it and a fold never deadlock."""
+    (product,) = _in_context("busy")
+    with audit_stream.context(user="busy, later"):
+        for price in range(1, 4):
+            Product.objects.filter(pk=product.pk).update(price=price)
+    fold.fold(EVENTS)
+    settings.AUDIT_STREAM = {"RETENTION": {PRODUCTS: {"keep_last": 1}}}
+    blocker = connections.create_connection("default")
+    try:
+        blocker.set_autocommit(False)
+        with blocker.cursor() as cursor:  # a fold's transaction, past its objects' counts
+            cursor.execute(
+                "SELECT FROM audit_stream_object_count WHERE event_table = %s AND object_id = %s FOR UPDATE",
+                [EVENTS, str(product.pk)],
+            )
+        result = {}
+        pruner = threading.Thread(target=lambda: result.update(rows=_pruned_events_by_another_connection()))
+        pruner.start()
+        _wait_for_a_lock_wait("%WITH batch AS%")
+        with connection.cursor() as cursor:  # not locked by the waiting batch (NOWAIT would raise)
+            cursor.execute(
+                "SELECT count(*) FROM (SELECT FROM audit_stream_context_count FOR UPDATE NOWAIT) AS c"
+            )
+            assert cursor.fetchone()[0] == 2
+        blocker.commit()
+        pruner.join(timeout=30)
+    finally:
+        blocker.close()
+    assert result == {"rows": 3}
+    assert _counted() == {_context("busy"): 0, _context("busy, later"): 1}
+
+
+def _pruned_events_by_another_connection() -> int:
+    try:
+        return retention.prune(targets=[PRODUCTS]).rows[EVENTS]
+    finally:
+        connections.close_all()
+
+
 def _pruned_by_another_connection() -> int:
     try:
         return _prune_contexts()
@@ -222,18 +262,19 @@ def _pruned_by_another_connection() -> int:
         connections.close_all()
 
 
-def _wait_for_a_lock_wait(timeout: float = 30) -> None:
-    """Until some session waits for a row lock on this database (the pruner's DELETE)."""
+def _wait_for_a_lock_wait(query: str = "%DELETE FROM audit_stream_context%", timeout: float = 30) -> None:
+    """Until a session whose statement is like ``query`` waits for a lock on this database."""
     deadline = timezone.now() + timedelta(seconds=timeout)
     with connection.cursor() as cursor:
         while timezone.now() < deadline:
             cursor.execute(
                 "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND query LIKE '%%DELETE FROM audit_stream_context%%')"
+                " AND wait_event_type = 'Lock' AND query LIKE %s)",
+                [query],
             )
             if cursor.fetchone()[0]:
                 return
-    raise AssertionError("the pruner never waited for the writer's lock")
+    raise AssertionError(f"no statement like {query!r} waited for a lock")
 
 
 def test_erasure_takes_the_objects_folded_events_from_their_contexts_counts():

@@ -31,7 +31,15 @@ from audit_stream import triggers
 from audit_stream.retention import batches
 from audit_stream.stream import unfolded
 
-__all__ = ["COUNT_TABLE", "EVENT_DELETE_BATCH", "SUBTRACT", "backfill", "install_sql", "uninstall_sql"]
+__all__ = [
+    "AFTER_SUBTRACT",
+    "COUNT_TABLE",
+    "EVENT_DELETE_BATCH",
+    "SUBTRACT",
+    "backfill",
+    "install_sql",
+    "uninstall_sql",
+]
 
 COUNT_TABLE = "audit_stream_object_count"
 _FUNCTION = "_audit_stream_count_changes"
@@ -149,7 +157,8 @@ WHERE n.changes > 1 AND n.changes > greatest(1, %(keep_last)s::int)
 """
 
 # A CTE that subtracts the events of {gone} (a CTE of deleted event rows, read
-# as `g`, with pgh_obj_id) from their objects' counts.
+# as `g`, with pgh_obj_id) from their objects' counts. It returns the objects
+# so that a CTE after it can wait for it (references.SUBTRACT's {after}).
 SUBTRACT = f"""counted AS (
     INSERT INTO {COUNT_TABLE} AS n (event_table, object_id, changes, events)
     SELECT %(count_table)s, g.pgh_obj_id::text, 0, -count(*)
@@ -157,7 +166,11 @@ SUBTRACT = f"""counted AS (
     GROUP BY g.pgh_obj_id::text
     ORDER BY g.pgh_obj_id::text
     ON CONFLICT (event_table, object_id) DO UPDATE SET events = n.events + excluded.events
+    RETURNING n.object_id
 )"""
+
+# What a CTE that writes after SUBTRACT tests first: SUBTRACT done, its rows locked.
+AFTER_SUBTRACT = "(SELECT count(*) FROM counted) >= 0"
 
 # One batch of an event table's chosen rows (see batches.COUNTED_DELETE_BATCH), whose
 # objects' counts lose the events deleted, in the same transaction. Returns

@@ -128,7 +128,7 @@ def _erase_events(cursor, table: str, quoted: str, where: str, params: dict, has
         cursor.execute(f"DELETE FROM {quoted} AS e WHERE {where}", params)
         return cursor.rowcount
     done, floor, foreign = checkpoint.folded(cursor, table)
-    subtract = references.SUBTRACT.replace("{gone}", "gone")
+    subtract = references.SUBTRACT.replace("{gone}", "gone").replace("{after}", "TRUE")
     sql = _ERASE_EVENTS.format(table=quoted, where=where, subtract=subtract)
     cursor.execute(sql, {**params, "done": None if foreign else done, "floor": floor})
     return cursor.fetchone()[0]

@@ -170,13 +170,14 @@ def _delete_batch(connection, model, policy: Policy, force: bool) -> str | None:
     counted (:data:`~audit_stream.retention.references.SUBTRACT`): contexts are
     pruned by them whatever the policy.
     """
-    returning, counted = ["t.pgh_id"], []
+    returning, counted, after = ["t.pgh_id"], [], "TRUE"
     if policy.keep_last is not None and not force and _object_key(model) != "NULL::int":
         returning.append("t.pgh_obj_id")
         counted.append(counts.SUBTRACT)
+        after = counts.AFTER_SUBTRACT  # objects locked first, as the fold locks them
     if _has_context(model):
         returning.extend(["t.pgh_xid", "t.pgh_context_id"])
-        counted.append(references.SUBTRACT)
+        counted.append(references.SUBTRACT.replace("{after}", after))
     if not counted:
         return None
     return batches.COUNTED_DELETE_BATCH.format(

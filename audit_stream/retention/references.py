@@ -110,11 +110,16 @@ def backfill(connection) -> None:
 # pgh_context_id) that the fold has counted: those folded in the table's
 # checkpoint (%(done)s, %(floor)s; none when %(done)s is NULL). An unfolded
 # one was never counted: subtracting it would leave a count too low.
+#
+# {after}: TRUE, or, beside the per-object counts' CTE, counts.AFTER_SUBTRACT:
+# the objects' rows are locked before the contexts', as the fold's triggers lock
+# them (objects, then contexts), so a batch and a fold never deadlock. Without
+# it PostgreSQL runs the later of two unread CTEs first.
 SUBTRACT = f"""counted_contexts AS (
     INSERT INTO {COUNT_TABLE} AS n (context_id, events)
     SELECT e.pgh_context_id, -count(*)
     FROM {{gone}} AS e
-    WHERE e.pgh_context_id IS NOT NULL
+    WHERE e.pgh_context_id IS NOT NULL AND {{after}}
       AND %(done)s::pg_snapshot IS NOT NULL AND NOT {unfolded.UNFOLDED}
     GROUP BY e.pgh_context_id
     ORDER BY e.pgh_context_id
