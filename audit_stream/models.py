@@ -435,11 +435,12 @@ class ContextCount(models.Model):
 
     One row per context of the change feed, kept by a statement-level trigger
     on ``Change`` (``audit_stream.retention.references``): each change written
-    adds one (each change is one event folded); retention and erasure take
-    the folded events they delete away. Changes themselves, and events not
-    folded yet, are checked apart. The count only ever errs upwards (a dropped
-    partition, a ``--force``-deleted event is not subtracted): a context
-    counted too high is kept, never one still referred to deleted.
+    adds one (each change is one event folded); retention (batches and
+    partition drops) and erasure take the folded events they delete away.
+    Changes themselves, and events not folded yet, are checked apart. The
+    count only ever errs upwards (an event folded twice by a recovery, the
+    migration's count of unfolded events): a context counted too high is
+    kept, never one still referred to deleted.
     """
 
     context_id = models.UUIDField(primary_key=True)

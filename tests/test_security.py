@@ -26,7 +26,8 @@ from django.db import connection, transaction
 
 import audit_stream
 from audit_stream import checks, grants, partitions, retention, rowlog
-from audit_stream.models import Context, RowLog
+from audit_stream.models import Context, ContextCount, RowLog
+from audit_stream.stream import fold
 from tests.testapp.models import (
     Customer,
     Order,
@@ -239,6 +240,7 @@ def test_a_hand_written_event_is_refused(deployment, product_event):
         "DELETE FROM audit_stream_context",
         "INSERT INTO audit_stream_context (id, metadata) VALUES (gen_random_uuid(), '{}')",
         "DELETE FROM audit_stream_row_log",
+        "UPDATE audit_stream_context_count SET events = 0",
         "ALTER TABLE testapp_product DISABLE TRIGGER ALL",
         "DROP TRIGGER {trigger} ON testapp_product",
         "SELECT _audit_stream_attach_context(gen_random_uuid(), '{}')",
@@ -318,6 +320,16 @@ def test_every_write_path_is_captured_with_its_context_as_the_runtime_role(deplo
     ]
     assert set(ProductEvent.objects.values_list("pgh_context_id", flat=True)) == {ctx.id}
     assert Context.objects.get(pk=ctx.id).metadata == {"user": "ops"}
+
+
+def test_the_runtime_roles_fold_counts_contexts_through_the_trigger(deployment):
+    """The runtime role cannot write the per-context counts, yet its fold keeps them (as the owner)."""
+    with _django_as(deployment.runtime):
+        with audit_stream.context(user="counted"):
+            Product.objects.create(name="counted", price=1)
+        fold.fold("testapp_productevent")
+    context = Context.objects.get(metadata__user="counted")
+    assert ContextCount.objects.get(context_id=context.id).events == 1
 
 
 def test_create_event_works_for_the_runtime_role(deployment):

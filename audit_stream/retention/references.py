@@ -18,13 +18,15 @@ bounded:
 * a table never folded, or whose checkpoint came from another cluster: its
   context ids, read whole as before (what is folded there is unknown).
 
-A count may only err upwards: a dropped partition, an event deleted with
-``--force`` or an unfolded event erased is not subtracted, an event folded
-twice (a recovery) is counted twice, and the backfill counts unfolded events
-too (counted again when folded). Such a context is kept. A count too low
-would delete a context still referred to: nothing subtracts an event that
-was not counted (deletes subtract only the events folded in the table's
-checkpoint, which the fold counted in the transaction that moved it).
+Retention's batches (``--force`` ones too), its partition drops and erasure
+subtract the events they delete that the table's checkpoint says are folded
+(read before the delete; the fold counted them in the transaction that
+moved it). A count may only err upwards: an event folded meanwhile, or
+deleted while the checkpoint is another cluster's, is not subtracted; an
+event folded twice (a recovery) is counted twice; the backfill counts
+unfolded events too (counted again when folded). Such a context is kept. A
+count too low would delete a context still referred to: nothing subtracts
+an event that was not counted.
 """
 
 from __future__ import annotations
