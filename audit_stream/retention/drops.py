@@ -1,21 +1,21 @@
-"""Retention by partition: whole partitions of an event table counted, detached at once, then dropped.
+"""Retention by partition: whole partitions of an event table detached at once, then read and dropped.
 
-Three steps, so that writers wait for as little as possible:
+Two steps, so that writers wait for as little as possible:
 
-1. count each partition's rows, for the report (a read; it locks nothing a
-   writer needs: no row is written to a partition past the cutoff);
-2. detach them all in one short transaction: the one moment writers wait,
+1. detach them all in one short transaction: the one moment writers wait,
    since a detach locks the parent table (ACCESS EXCLUSIVE) for the
    milliseconds the catalog changes take. One lock for every partition, not
    one per partition, and a short ``lock_timeout``, retried, rather than a
    queue of writers behind a detach that waits;
-3. drop the detached tables, outside any lock of the parent
-   (:func:`partitions.drop_detached`): unlinking a partition's files takes
-   tens of milliseconds per gigabyte, which no writer waits for.
+2. in one transaction, read each detached table once (its rows counted for
+   the report, its events taken off their contexts' counts,
+   :mod:`~audit_stream.retention.references`) and drop them all, outside any
+   lock of the parent (:func:`partitions.drop_detached`): no row is written to
+   them any more, and unlinking a partition's files takes tens of
+   milliseconds per gigabyte, which no writer waits for.
 
-A prune interrupted between 2 and 3 leaves marked tables, which the next
-prune of the table drops first (:func:`drop_leftovers`), their events taken off
-their contexts' counts as they go (:mod:`~audit_stream.retention.references`).
+A prune interrupted between 1 and 2 leaves marked tables, which the next
+prune of the table drops first (:func:`drop_leftovers`), the same way.
 ``DETACH ... CONCURRENTLY`` (a detach that never blocks writers) is not used:
 PostgreSQL refuses it on a table with a default partition, which every
 partitioned history table has.
@@ -36,52 +36,59 @@ __all__ = ["drop_detached", "drop_leftovers", "drop_partitions"]
 _DETACH_LOCK_TIMEOUT = "100ms"
 _DETACH_ATTEMPTS = 50
 
-# A detached partition's events, taken from their contexts' counts (a read of
-# the partition, as _count_rows's, in the transaction that drops it).
-_SUBTRACT = f"""
-INSERT INTO {references.COUNT_TABLE} AS n (context_id, events)
-SELECT e.pgh_context_id, -count(*) FROM {{partition}} AS e
-WHERE e.pgh_context_id IS NOT NULL
-GROUP BY e.pgh_context_id
-ORDER BY e.pgh_context_id
-ON CONFLICT (context_id) DO UPDATE SET events = n.events + excluded.events
+# One read of a detached partition, in the transaction that drops it: its rows
+# counted (for the report) and, for a table with a context column, its events
+# taken off their contexts' counts (every one folded, or it would not be
+# dropped). The INSERT runs though nothing reads it (a data-modifying WITH).
+_TAKE_WITH_CONTEXTS = f"""
+WITH per_context AS (
+    SELECT e.pgh_context_id AS context_id, count(*) AS events FROM {{partition}} AS e
+    GROUP BY e.pgh_context_id
+), subtracted AS (
+    INSERT INTO {references.COUNT_TABLE} AS n (context_id, events)
+    SELECT p.context_id, -p.events FROM per_context AS p
+    WHERE p.context_id IS NOT NULL
+    ORDER BY p.context_id
+    ON CONFLICT (context_id) DO UPDATE SET events = n.events + excluded.events
+)
+SELECT coalesce(sum(events), 0)::bigint FROM per_context
 """
+_TAKE = "SELECT count(*) FROM {partition}"
 
 
 def drop_partitions(connection, table: str, parts, dry_run: bool, progress, *, contexts: bool) -> int:
-    """Drop whole partitions (retention by partition): rows counted, detached at once, dropped; rows.
+    """Drop whole partitions (retention by partition): detached at once, then read and dropped; their rows.
 
-    ``contexts``: the table has a context column; its contexts' counts lose the
-    partitions' events (every one folded, or it would not be dropped) in the
-    transaction that drops them (:func:`drop_detached`).
+    ``contexts``: the table has a context column, whose counts lose the
+    partitions' events in the transaction that drops them (:func:`drop_detached`).
+    A dry run counts the partitions' rows and changes nothing.
     """
-    total = 0
-    for part in parts:
-        total += _count_rows(connection, part.name)
-        if progress:
-            progress(table, total, total)
-    if dry_run or not parts:
-        return total
+    if dry_run:
+        return sum(_count_rows(connection, part.name) for part in parts)
+    if not parts:
+        return 0
     names = [part.name for part in parts]
     partitions.retry_on_lock_timeout(
         lambda: _detach(connection, table, names),
         attempts=_DETACH_ATTEMPTS,
         what=f"detach {len(names)} partition(s) from {table}",
     )
-    drop_detached(connection, names, contexts=contexts)
-    return total
+    report = (lambda rows: progress(table, rows, rows)) if progress else None
+    return drop_detached(connection, names, contexts=contexts, progress=report)
 
 
-def drop_detached(connection, names: list[str], *, contexts: bool) -> None:
-    """Drop tables detached from a partitioned table (:func:`partitions.drop_detached`), and, with
-    ``contexts``, take their events off their contexts' counts in the same transaction: exactly once,
-    whether this prune drops them or the next one (:func:`drop_leftovers`)."""
+def drop_detached(connection, names: list[str], *, contexts: bool, progress=None) -> int:
+    """Drop tables detached from a partitioned table (:func:`partitions.drop_detached`) in one transaction
+    that first reads each one (:func:`_take_rows`): their rows, taken off their contexts' counts exactly
+    once, whether this prune drops them or the next one (:func:`drop_leftovers`)."""
+    total = 0
     with transaction.atomic(using=connection.alias):
-        if contexts:
-            with connection.cursor() as cursor:
-                for name in names:
-                    cursor.execute(_SUBTRACT.format(partition=connection.ops.quote_name(name)))
+        for name in names:
+            total += _take_rows(connection, name, contexts)
+            if progress:
+                progress(total)
         partitions.drop_detached(connection, names)
+    return total
 
 
 def drop_leftovers(connection, table: str, *, contexts: bool) -> list[str]:
@@ -91,8 +98,17 @@ def drop_leftovers(connection, table: str, *, contexts: bool) -> list[str]:
     return names
 
 
+def _take_rows(connection, name: str, contexts: bool) -> int:
+    """The rows of a detached partition about to go, taken off their contexts' counts (``contexts``)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            (_TAKE_WITH_CONTEXTS if contexts else _TAKE).format(partition=connection.ops.quote_name(name))
+        )
+        return cursor.fetchone()[0]
+
+
 def _count_rows(connection, name: str) -> int:
-    """The exact number of rows of one partition, for the report: a read of the whole partition."""
+    """The exact number of rows of one partition (a dry run's count): a read of the whole partition."""
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT count(*) FROM {connection.ops.quote_name(name)}")
         return cursor.fetchone()[0]
