@@ -855,18 +855,24 @@ def _timed_drops():
     """Time retention's partition drops while pruning; yields the steps as (name, start, end) wall times.
 
     The steps: ``detach`` (one transaction for every partition: the only step
-    that locks the table), ``read`` (each detached partition read once: its rows
-    counted for the report, its events taken off their contexts' counts) and
-    ``drop`` (the detached tables, outside the table's lock).
+    that locks the table), then ``read_and_drop``, one transaction of ``read``
+    (each detached partition read once: its rows counted for the report, its
+    events taken off their contexts' counts), ``drop`` (the statement, outside
+    the table's lock) and the commit (when the files are unlinked); then
+    ``batches`` (the straddling partition's batched delete) and ``contexts``
+    (unreferenced contexts).
     """
     from audit_stream import partitions
-    from audit_stream.retention import drops
+    from audit_stream.retention import batches, contexts, drops
 
     spans: list[tuple[str, float, float]] = []
     targets = [
-        (drops, "_take_rows", "read"),
         (drops, "_detach", "detach"),
+        (drops, "drop_detached", "read_and_drop"),  # the transaction, its commit (the files' unlink) included
+        (drops, "_take_rows", "read"),
         (partitions, "drop_detached", "drop"),
+        (batches, "drain", "batches"),
+        (contexts, "prune_contexts", "contexts"),
     ]
     originals = [getattr(module, attribute) for module, attribute, _ in targets]
 
@@ -953,7 +959,14 @@ def layout_run(args: argparse.Namespace, layout: str, children: Children, log_di
         "read_s": _step_seconds(spans, "read"),
         "detach_s": _step_seconds(spans, "detach"),
         "drop_s": _step_seconds(spans, "drop"),
-        "detach_and_drop_s": _step_seconds(spans, "detach") + _step_seconds(spans, "drop"),
+        "commit_s": _step_seconds(spans, "read_and_drop")
+        - _step_seconds(spans, "read")
+        - _step_seconds(spans, "drop"),
+        "detach_and_drop_s": _step_seconds(spans, "detach")
+        + _step_seconds(spans, "read_and_drop")
+        - _step_seconds(spans, "read"),
+        "batches_s": _step_seconds(spans, "batches"),
+        "contexts_s": _step_seconds(spans, "contexts"),
         "detach_attempts": sum(1 for step, _, _ in spans if step == "detach"),
         "slowest_writes": _slowest_writes(data["rows"], during, spans),
         "candidates_s": result["candidates_s"],
