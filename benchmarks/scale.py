@@ -38,6 +38,7 @@ import argparse
 import datetime as dt
 import io
 import json
+import os
 import statistics
 import sys
 import time
@@ -277,7 +278,7 @@ def markdown(args: argparse.Namespace, small: dict, big: dict) -> str:
         SECTION,
         "",
         f"Measured {dt.date.today():%Y-%m-%d} with `{COMMAND} --small {args.small} --big {args.big}`"
-        f" ({info['nproc']} cores shared with other engineers' work while measuring, PostgreSQL"
+        f" ({info['nproc']} cores, load average {os.getloadavg()[0]:.1f} at the end, PostgreSQL"
         f" {info['postgresql']}, git {info['git']})."
         " Side by side: each path at the small size, then at once at the big size, both in one run."
         " Median of 5 after a warm-up; nothing vacuumed"
