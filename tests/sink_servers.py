@@ -46,11 +46,13 @@ def _listening(port: int) -> bool:
 class PrivateServer:
     """A broker of ``kind`` ("redis" or "nats") on a free port; :meth:`start` and :meth:`stop` at will.
 
-    The NATS server keeps its JetStream store in ``store`` across restarts.
+    The NATS server keeps its JetStream store in ``store`` across restarts; so does
+    Redis when ``durable`` (else, as on this machine's Redis, a restart empties it).
     """
 
-    def __init__(self, kind: str, root: Path) -> None:
+    def __init__(self, kind: str, root: Path, *, durable: bool = False) -> None:
         self.kind = kind
+        self.durable = durable  # Redis: an append-only file, fsynced at every write, kept across restarts
         self.port = free_port()
         self.store = root / f"{kind}-store"
         self.store.mkdir(parents=True, exist_ok=True)
@@ -67,8 +69,11 @@ class PrivateServer:
 
     def start(self) -> None:
         if self.kind == "redis":
+            persistence = (
+                ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
+            )
             args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                    "--appendonly", "no", "--dir", str(self.store)]  # fmt: skip
+                    *persistence, "--dir", str(self.store)]  # fmt: skip
         else:
             args = [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)]
         with open(self.log, "ab") as log:

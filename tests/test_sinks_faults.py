@@ -59,8 +59,8 @@ def _settings(settings):
 def servers(tmp_path):
     started = []
 
-    def make(kind):
-        server = PrivateServer(kind, tmp_path)
+    def make(kind, **options):
+        server = PrivateServer(kind, tmp_path, **options)
         started.append(server)
         return server
 
@@ -152,6 +152,58 @@ def test_nats_restarted_keeps_its_store_and_drops_a_resent_batch(servers):
     assert {json.loads(m.data)["data"]["object_id"] for m in stored} == {
         str(pk) for pk in Product.objects.values_list("pk", flat=True)
     }
+
+
+@pytest.mark.parametrize("kind", ["redis", "nats"])
+def test_a_broker_restarted_mid_publish_loses_nothing_and_duplicates_only_with_the_same_ids(
+    kind, servers, settings
+):
+    """Redis (its data kept on disk) or NATS (its JetStream store kept) stopped while batches go out, then
+    started again: every message delivered; JetStream stores each once (Nats-Msg-Id), Redis Streams may
+    hold a batch whose replies were lost twice, each copy with its message's id."""
+    settings.AUDIT_STREAM = {"SINK_RETRY_SCHEDULE": [0] + [0.3] * 200}  # never dead during the outage
+    server = servers(kind, durable=True)
+    server.start()
+    options = {"stream": "AUDIT"} if kind == "nats" else {}
+    sink = Sink.objects.create(name=kind, kind=kind, target=server.url, options=options)
+    n = 1000
+    Product.objects.bulk_create([Product(name=f"p{i}") for i in range(n)])
+    fold.fold_all()
+    failed, done = [], threading.Event()
+
+    def worker():  # the sweep's deliveries, one after the other, until told to stop
+        try:
+            while not done.is_set():
+                failed.append(delivery.deliver(sink.pk, batch_size=10).failed)
+                done.wait(0.02)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        wait_until(
+            lambda: SinkMessage.objects.filter(status="delivered").exists(), timeout=30, message="a batch"
+        )
+        server.stop()
+        assert SinkMessage.objects.filter(status="delivered").count() < n  # stopped mid-publish
+        wait_until(lambda: sum(failed) > 0, timeout=30, message=f"a batch failed while {kind} was down")
+        server.start()
+        wait_until(
+            lambda: SinkMessage.objects.filter(status="delivered").count() == n,
+            timeout=120, interval=0.2, message="every message delivered",
+        )  # fmt: skip
+    finally:
+        done.set()
+        thread.join(timeout=60)
+    if kind == "nats":
+        ids = Counter(m.headers["Nats-Msg-Id"] for m in nats_messages("AUDIT", server.url))
+        assert sum(ids.values()) == n  # de-duplicated by the broker
+    else:
+        entries = redis.Redis.from_url(server.url).xrange("audit_stream:testapp.product")
+        ids = Counter(fields[b"id"].decode() for _, fields in entries)
+        assert sum(ids.values()) >= n
+    assert set(ids) == {m.message_id for m in SinkMessage.objects.all()}  # nothing lost
 
 
 def test_a_message_is_dead_after_the_schedule_and_replay_delivers_it(servers):
