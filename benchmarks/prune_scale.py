@@ -103,10 +103,22 @@ def prepare(args: argparse.Namespace) -> None:
 
 
 def _module_at(revision: str):
-    """``audit_stream/retention.py`` as it was at ``revision``, imported under a name of its own."""
-    source = subprocess.run(
-        ["git", "show", f"{revision}:audit_stream/retention.py"], check=True, capture_output=True, text=True
-    ).stdout
+    """``audit_stream/retention.py`` as it was at ``revision``, imported under a name of its own.
+
+    Only a revision where retention was one module (before it became a package,
+    whose modules import each other by their own names): for a later one, run
+    this benchmark in a worktree of that revision on the same database.
+    """
+    shown = subprocess.run(
+        ["git", "show", f"{revision}:audit_stream/retention.py"], capture_output=True, text=True
+    )
+    if shown.returncode != 0:
+        raise SystemExit(
+            f"--before {revision}: audit_stream/retention.py is not a file there (retention is a package"
+            " since it was split). Time that revision from a worktree of it instead: git worktree add"
+            f" /tmp/before {revision}, then run this benchmark there with --reuse on the same database."
+        )
+    source = shown.stdout
     path = os.path.join(tempfile.mkdtemp(), "retention_before.py")
     with open(path, "w") as out:
         out.write(source)
