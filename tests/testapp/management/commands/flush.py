@@ -1,13 +1,13 @@
-"""``flush`` for the test suite: truncate only the tables that have ever held a row since their last
+"""``flush`` for the test suite: truncate only the tables written (or analysed) since their last
 truncation; what a ``transaction=True`` test runs after each test.
 
 Django's own ``flush`` truncates every table of every app (63 here, each with its
 indexes given new files), 0.2 s per test on an idle machine and over 1 s when the
 machine is busy. A table whose heap (every partition's, for a partitioned one)
-has no page at all is already in the state a TRUNCATE leaves: no row, live or
-dead, since it was created or last truncated. So this command truncates only
-the tables with at least one page, with CASCADE for the empty tables that
-reference them, then sends ``post_migrate`` as Django's does (permissions and
+has no page at all, and no statistics from a VACUUM or ANALYZE since, is already
+in the state a TRUNCATE leaves: no row, live or dead, since it was created or
+last truncated. So this command truncates only the other tables, with CASCADE
+for the empty tables that reference them, then sends ``post_migrate`` as Django's does (permissions and
 content types come back). The database ends exactly as Django's flush leaves
 it; interactive use and ``reset_sequences`` fall back to Django's command.
 """
@@ -23,14 +23,20 @@ from django.core.management.commands import flush
 from django.core.management.sql import emit_post_migrate_signal
 from django.db import connections
 
-# The tables, of those named, whose heap or any partition's heap has a page.
+# The tables, of those named, that a TRUNCATE would change: a heap (a partitioned
+# table's: a partition's) with a page, or statistics from a VACUUM or ANALYZE
+# (reltuples >= 0; TRUNCATE resets it to -1, "never analysed", as the planner sees it).
 # %(tables)s: the quoted names of Django's tables, as regclass text.
 _WRITTEN_SQL = """
 SELECT t.name
 FROM unnest(%(tables)s::text[]) AS t(name)
-WHERE pg_relation_size(t.name::regclass) > 0
-   -- A partitioned table's rows are in its partitions (pg_partition_tree: none for a plain table).
-   OR EXISTS (SELECT 1 FROM pg_partition_tree(t.name::regclass) AS p WHERE pg_relation_size(p.relid) > 0)
+WHERE EXISTS (
+    SELECT 1 FROM pg_class AS c
+    WHERE c.oid = t.name::regclass
+       -- pg_partition_tree lists a partitioned table and its partitions (nothing for a plain table).
+       OR c.oid IN (SELECT p.relid FROM pg_partition_tree(t.name::regclass) AS p)
+    HAVING bool_or(pg_relation_size(c.oid) > 0 OR c.reltuples >= 0)
+)
 """
 
 
