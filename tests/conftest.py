@@ -1,5 +1,33 @@
 import pytest
+from django.conf import settings as django_settings
+from django.core.signals import setting_changed
 from django.db import connection
+from django.dispatch import receiver
+
+#: FOLD_LINGER of this test process's in-process folds, unless a test sets its own.
+TEST_FOLD_LINGER = 0
+
+
+def pytest_configure(config):
+    """In-process folds (``fold()``, ``fold_all()``) do not linger after catching up.
+
+    ``FOLD_LINGER`` (0.1 s by default) keeps a worker's fold task looking for new
+    events before it re-arms NOTIFY. ``fold_all()`` lingers on each of the ~20
+    event tables in turn, so every call waited ~2 s for writes no test makes; a
+    caught-up fold that does not linger still re-arms and looks once more, so it
+    folds exactly the same committed events. Tests about lingering set
+    ``FOLD_LINGER`` themselves; worker and listener processes get their settings
+    from ``tests.procs.child_env`` and keep the default.
+    """
+    django_settings.AUDIT_STREAM.setdefault("FOLD_LINGER", TEST_FOLD_LINGER)
+
+
+@receiver(setting_changed)
+def _no_fold_linger_by_default(*, setting, value, enter, **kwargs):
+    """A test replacing ``settings.AUDIT_STREAM`` wholesale gets ``FOLD_LINGER`` 0 unless it names one
+    (a copy: the test's own dict, which it may pass to a worker, is left as it is)."""
+    if setting == "AUDIT_STREAM" and enter and isinstance(value, dict) and "FOLD_LINGER" not in value:
+        django_settings.AUDIT_STREAM = {**value, "FOLD_LINGER": TEST_FOLD_LINGER}
 
 
 @pytest.fixture
