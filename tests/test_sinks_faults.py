@@ -94,6 +94,38 @@ def _deliver_until_delivered(sink, count):
     wait_until(done, timeout=20, interval=0.1, message=f"{count} messages delivered")
 
 
+def _outage_mid_publish(sink, n: int, stop, start, what: str) -> None:
+    """Deliver ``sink``'s ``n`` messages in batches of 10 on a thread (as the sweep would), ``stop`` the
+    broker once a batch is delivered, ``start`` it once a batch has failed, and wait until all n are."""
+    failed, done = [], threading.Event()
+
+    def worker():
+        try:
+            while not done.is_set():
+                failed.append(delivery.deliver(sink.pk, batch_size=10).failed)
+                done.wait(0.02)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        wait_until(
+            lambda: SinkMessage.objects.filter(status="delivered").exists(), timeout=30, message="a batch"
+        )
+        stop()
+        assert SinkMessage.objects.filter(status="delivered").count() < n  # stopped mid-publish
+        wait_until(lambda: sum(failed) > 0, timeout=30, message=f"a batch failed while {what} was down")
+        start()
+        wait_until(
+            lambda: SinkMessage.objects.filter(status="delivered").count() == n,
+            timeout=120, interval=0.2, message="every message delivered",
+        )  # fmt: skip
+    finally:
+        done.set()
+        thread.join(timeout=60)
+
+
 def test_redis_down_is_retried_then_delivered_when_it_is_back(servers):
     """A refused connection fails the batch (attempt and error kept); once Redis is up, it is delivered."""
     server = servers("redis")
@@ -169,33 +201,7 @@ def test_a_broker_restarted_mid_publish_loses_nothing_and_duplicates_only_with_t
     n = 1000
     Product.objects.bulk_create([Product(name=f"p{i}") for i in range(n)])
     fold.fold_all()
-    failed, done = [], threading.Event()
-
-    def worker():  # the sweep's deliveries, one after the other, until told to stop
-        try:
-            while not done.is_set():
-                failed.append(delivery.deliver(sink.pk, batch_size=10).failed)
-                done.wait(0.02)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    try:
-        wait_until(
-            lambda: SinkMessage.objects.filter(status="delivered").exists(), timeout=30, message="a batch"
-        )
-        server.stop()
-        assert SinkMessage.objects.filter(status="delivered").count() < n  # stopped mid-publish
-        wait_until(lambda: sum(failed) > 0, timeout=30, message=f"a batch failed while {kind} was down")
-        server.start()
-        wait_until(
-            lambda: SinkMessage.objects.filter(status="delivered").count() == n,
-            timeout=120, interval=0.2, message="every message delivered",
-        )  # fmt: skip
-    finally:
-        done.set()
-        thread.join(timeout=60)
+    _outage_mid_publish(sink, n, server.stop, server.start, kind)
     if kind == "nats":
         ids = Counter(m.headers["Nats-Msg-Id"] for m in nats_messages("AUDIT", server.url))
         assert sum(ids.values()) == n  # de-duplicated by the broker
@@ -402,33 +408,7 @@ def test_rabbitmq_stopped_mid_publish_loses_nothing_and_resends_with_the_same_id
     n = 4000
     Product.objects.bulk_create([Product(name=f"p{i}") for i in range(n)])
     fold.fold_all()
-    failed, done = [], threading.Event()
-
-    def worker():  # the sweep's deliveries, one after the other, until told to stop
-        try:
-            while not done.is_set():
-                failed.append(delivery.deliver(sink.pk, batch_size=10).failed)
-                done.wait(0.05)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    try:
-        wait_until(
-            lambda: SinkMessage.objects.filter(status="delivered").exists(), timeout=30, message="a batch"
-        )
-        rabbitmq_node.stop_app()
-        assert SinkMessage.objects.filter(status="delivered").count() < n  # stopped mid-publish
-        wait_until(lambda: sum(failed) > 0, timeout=30, message="a batch failed while RabbitMQ was stopped")
-        rabbitmq_node.start_app()
-        wait_until(
-            lambda: SinkMessage.objects.filter(status="delivered").count() == n,
-            timeout=120, interval=0.2, message="every message delivered",
-        )  # fmt: skip
-    finally:
-        done.set()
-        thread.join(timeout=60)
+    _outage_mid_publish(sink, n, rabbitmq_node.stop_app, rabbitmq_node.start_app, "RabbitMQ")
     ids = Counter(m.message_id for m in asyncio.run(_amqp_get(queue, url=rabbitmq_node.url)))
     assert set(ids) == {m.message_id for m in SinkMessage.objects.all()}  # nothing lost
     assert sum(ids.values()) >= n  # a batch whose confirms were lost is in the queue twice, same ids
