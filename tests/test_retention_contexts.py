@@ -338,3 +338,104 @@ def test_an_empty_event_table_costs_a_run_no_query_of_its_own(settings):
             targets=[PRODUCTS, "testapp.OrderEvent", "testapp.BookEvent"], overrides=policy, dry_run=True
         )
     assert len(three.captured_queries) == len(one.captured_queries)
+
+
+# The dry run foresees the contexts the same run frees (issue 24): each test
+# checks the dry run's count against the run's and the contexts actually gone.
+
+OLD_PRODUCTS = {PRODUCTS: {"max_age": "90d"}}
+
+
+def _dry_run_then_run(**prune) -> int:
+    """Contexts counted by a dry run of ``retention.prune(**prune)``, by the run, and gone: all equal."""
+    _age("audit_stream_context", "updated_at", 1)
+    before = Context.objects.count()
+    foreseen = retention.prune(dry_run=True, **prune).rows.get("audit_stream_context", 0)
+    pruned = retention.prune(**prune).rows.get("audit_stream_context", 0)
+    assert (foreseen, pruned) == (before - Context.objects.count(),) * 2
+    return pruned
+
+
+def test_the_dry_run_counts_a_context_whose_only_events_the_run_deletes(settings):
+    """Its folded events deleted by the run's batches, the context goes too: the dry run counts it."""
+    _in_context("gone", 2)
+    fold.fold(EVENTS)
+    _forget_changes()
+    _age(EVENTS, "pgh_created_at", 100)
+    settings.AUDIT_STREAM = {"RETENTION": OLD_PRODUCTS}
+    assert _dry_run_then_run() == 1
+
+
+def test_the_dry_run_counts_a_context_whose_only_change_the_run_deletes(settings):
+    """A change the run deletes (not its object's latest) refers to its context no more."""
+    (product,) = _in_context("gone")
+    Product.objects.filter(pk=product.pk).update(stock=1)  # the latest change, without a context
+    fold.fold(EVENTS)
+    _age(EVENTS, "pgh_created_at", 100)
+    settings.AUDIT_STREAM = {"RETENTION": {**OLD_PRODUCTS, "changes": {"max_age": "90d"}}}
+    retention.prune(targets=[PRODUCTS])  # the events gone first: the change alone refers to it
+    assert Context.objects.filter(id=_context("gone")).exists()
+    _age("audit_stream_change", "created_at", 100)
+    assert _dry_run_then_run() == 1
+
+
+def test_a_context_also_referred_to_by_a_kept_event_or_change_is_not_counted(settings):
+    """Only a context left with no reference is counted: a kept event or a kept change keeps one."""
+    with audit_stream.context(user="kept by its change"):  # two changes: the older goes, the latest stays
+        changed = Product.objects.create(name="c")
+        Product.objects.filter(pk=changed.pk).update(stock=1)
+    _in_context("gone")
+    with audit_stream.context(user="kept by its event"):
+        product = Product.objects.create(name="p")
+        Product.objects.filter(pk=product.pk).update(stock=1)  # the newest event: kept
+    fold.fold(EVENTS)
+    Change.objects.exclude(context_id=_context("kept by its change")).delete()
+    newest = ProductEvent.objects.filter(pgh_obj_id=product.pk).latest("pgh_id").pgh_id
+    _age(EVENTS, "pgh_created_at", 100, where=f"pgh_id < {newest}")
+    _age("audit_stream_change", "created_at", 100)
+    settings.AUDIT_STREAM = {"RETENTION": {**OLD_PRODUCTS, "changes": {"max_age": "90d"}}}
+    assert _dry_run_then_run() == 1
+    assert set(Context.objects.values_list("metadata__user", flat=True)) == {
+        "kept by its event",
+        "kept by its change",
+    }
+
+
+@pytest.mark.parametrize("checkpoint", [True, False], ids=["folded table", "table never folded"])
+def test_the_dry_run_counts_a_context_whose_unfolded_events_the_forced_run_deletes(settings, checkpoint):
+    """With ``force``, unfolded events go too: read from the table by the run's contexts step, and gone."""
+    if checkpoint:
+        Product.objects.create(name="folded, so the table has a checkpoint")
+        fold.fold(EVENTS)
+    _in_context("gone", 2)
+    _age(EVENTS, "pgh_created_at", 100)
+    settings.AUDIT_STREAM = {"RETENTION": OLD_PRODUCTS}
+    assert _dry_run_then_run(force=True) == 1
+
+
+def test_the_dry_run_counts_a_context_whose_only_row_log_entry_the_run_deletes(settings, logged):
+    """The row log is pruned and foreseen like an event table."""
+    with audit_stream.context(user="gone"):
+        Supplier.objects.create(name="Acme")
+    fold.fold(ROW_LOG)
+    _forget_changes()
+    _age(ROW_LOG, "pgh_created_at", 100)
+    settings.AUDIT_STREAM = {"RETENTION": {"row_log": {"max_age": "90d"}}}
+    assert _dry_run_then_run() == 1
+
+
+def test_the_dry_run_prunes_contexts_for_restricted_targets_as_the_run_does(settings):
+    """Restricted to an event table that loses events, both count; to the change feed alone, neither."""
+    _in_context("gone")
+    (changed,) = _in_context("changed")
+    fold.fold(EVENTS)
+    Change.objects.exclude(context_id=_context("changed")).delete()
+    _age(EVENTS, "pgh_created_at", 100)
+    _age("audit_stream_change", "created_at", 100)
+    settings.AUDIT_STREAM = {"RETENTION": {**OLD_PRODUCTS, "changes": {"max_age": "90d"}}}
+    assert _dry_run_then_run(targets=[PRODUCTS]) == 1  # "changed" keeps its change: not a target
+    Product.objects.filter(pk=changed.pk).update(stock=1)  # its change no longer the latest
+    fold.fold(EVENTS)
+    assert "audit_stream_context" not in retention.prune(targets=["changes"], dry_run=True).rows
+    assert "audit_stream_context" not in retention.prune(targets=["changes"]).rows
+    assert Context.objects.filter(id=_context("changed")).exists()
