@@ -4,7 +4,8 @@ A trigger on the change feed counts, per context, its folded events
 (audit_stream.retention.references); retention and erasure subtract the folded
 events they delete. A context is garbage when it is over an hour old, no
 folded event is counted for it, no change carries it and no unfolded event
-(or row log entry) refers to it. The dry run counts what the run deletes.
+(or row log entry) refers to it. The dry run counts what the same run deletes,
+the contexts its own event and change deletes free included.
 """
 
 import io

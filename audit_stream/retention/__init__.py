@@ -67,7 +67,8 @@ The package, one module per concern: :mod:`~audit_stream.retention.policies`
 :mod:`~audit_stream.retention.references` (per-context counts),
 :mod:`~audit_stream.retention.events`, :mod:`~audit_stream.retention.changes`,
 :mod:`~audit_stream.retention.messages`, :mod:`~audit_stream.retention.contexts`,
-:mod:`~audit_stream.retention.drops` (partitions dropped whole) and
+:mod:`~audit_stream.retention.drops` (partitions dropped whole),
+:mod:`~audit_stream.retention.foresight` (what a dry run's deletes would free) and
 :mod:`~audit_stream.retention.erasure`.
 """
 

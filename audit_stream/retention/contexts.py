@@ -7,9 +7,11 @@ and by events not folded yet (each table's unfolded events, a range of its
 never folded, or whose checkpoint came from another cluster, has its
 context ids read whole, as all of them may be unfolded.
 
-The dry run counts the same SELECT the run deletes by: exact for the
-history as it is (a dry run deletes no events, so it does not foresee the
-contexts that the same run's event deletes would free).
+The dry run counts the same SELECT the run deletes by, on the history the
+same run would leave: it deletes no event or change, so each of its deletes
+notes what it would take away (:mod:`~audit_stream.retention.foresight`), and
+its SELECT reads each count less the folded events noted, skips the events
+noted that no count holds, and finds a change only past the number noted.
 """
 
 from __future__ import annotations
