@@ -22,7 +22,7 @@ from django.utils import timezone
 import audit_stream
 from audit_stream import retention
 from audit_stream.models import Change, Context, ContextCount
-from audit_stream.retention import contexts, references
+from audit_stream.retention import contexts, foresight, references
 from audit_stream.stream import fold
 from tests.testapp.models import Product, ProductEvent, Supplier
 
@@ -299,8 +299,12 @@ def test_the_counts_of_existing_history_are_rebuilt_by_the_backfill():
     assert _counted() == {_context("a"): 2, _context("b"): 1}
 
 
-def test_contexts_are_checked_without_reading_an_event_table():
-    """Folded events are counted and unfolded ones a range of pgh_xid: no event table is read whole."""
+@pytest.mark.parametrize("foreseen", [False, True], ids=["run", "dry run"])
+def test_contexts_are_checked_without_reading_an_event_table(foreseen):
+    """Folded events are counted and unfolded ones a range of pgh_xid: no event table is read whole.
+
+    Nor by a dry run's, which also reads what its deletes noted (foresight).
+    """
     for i in range(20):
         _in_context(f"u{i}", 50)
     fold.fold(EVENTS)
@@ -309,7 +313,9 @@ def test_contexts_are_checked_without_reading_an_event_table():
         cursor.execute(f"ANALYZE {EVENTS}, audit_stream_change, audit_stream_context")
     params = {"grace": timezone.now()}
     with connection.cursor() as cursor:
-        sql = contexts.candidates(connection, cursor, params)
+        if foreseen:
+            foresight.create(cursor)
+        sql = contexts.candidates(connection, cursor, params, foreseen=foreseen)
         cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM ({sql}) AS c", params)
         plan = cursor.fetchone()[0]
     plan = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
