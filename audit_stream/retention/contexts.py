@@ -31,26 +31,45 @@ _GRACE = timedelta(hours=1)
 # Old enough not to belong to a request still under way, and referred to by no
 # folded event (no count above 0), no change and no unfolded event ({unfolded}:
 # each table's context ids that may be unfolded, see _unfolded_contexts).
-# {foreseen}: in a dry run, the references the run's deletes would take away
-# (audit_stream.retention.foresight): each count less the folded events it
-# would subtract, and a change only past the number it would delete (OFFSET:
-# at most that many more entries of the (context_id, id) index read).
 _CANDIDATES = f"""
 WITH unfolded_contexts AS MATERIALIZED (
     SELECT DISTINCT u.context_id FROM ({{unfolded}}) AS u (context_id) WHERE u.context_id IS NOT NULL
 )
-SELECT ctx.id FROM audit_stream_context AS ctx{{foreseen}}
+SELECT ctx.id FROM audit_stream_context AS ctx
 WHERE ctx.updated_at < %(grace)s
-  AND NOT EXISTS (SELECT 1 FROM {references.COUNT_TABLE} AS n WHERE n.context_id = ctx.id AND {{counted}} > 0)
-  AND NOT EXISTS (SELECT 1 FROM audit_stream_change AS c WHERE c.context_id = ctx.id{{deleted_changes}})
+  AND NOT EXISTS (SELECT 1 FROM {references.COUNT_TABLE} AS n WHERE n.context_id = ctx.id AND n.events > 0)
+  AND NOT EXISTS (SELECT 1 FROM audit_stream_change AS c WHERE c.context_id = ctx.id)
   AND NOT EXISTS (SELECT 1 FROM unfolded_contexts AS u WHERE u.context_id = ctx.id)
 """
-_AS_IT_IS = {"foreseen": "", "counted": "n.events", "deleted_changes": ""}
-_FORESEEN = {
-    "foreseen": f"\nLEFT JOIN {foresight.FORESEEN} AS f ON f.context_id = ctx.id",
-    "counted": "n.events + coalesce(f.events, 0)",
-    "deleted_changes": " OFFSET coalesce(f.changes, 0)",
-}
+
+# A dry run's: the same, on what the run's deletes would leave
+# (audit_stream.retention.foresight, f): each count less the folded events
+# they would subtract, and the contexts with no change as before, plus those
+# ({freed}) all of whose changes would go (a join of the few contexts some of
+# whose changes would go to the (context_id, id) index; the two sets are apart).
+_FORESEEN_CANDIDATES = f"""
+WITH unfolded_contexts AS MATERIALIZED (
+    SELECT DISTINCT u.context_id FROM ({{unfolded}}) AS u (context_id) WHERE u.context_id IS NOT NULL
+), freed AS MATERIALIZED (
+    SELECT f.context_id FROM {foresight.FORESEEN} AS f
+    JOIN audit_stream_change AS c ON c.context_id = f.context_id
+    WHERE f.changes > 0
+    GROUP BY f.context_id, f.changes HAVING count(*) <= f.changes
+), candidates AS (
+    SELECT ctx.id FROM audit_stream_context AS ctx
+    WHERE NOT EXISTS (SELECT 1 FROM audit_stream_change AS c WHERE c.context_id = ctx.id)
+    UNION ALL
+    SELECT ctx.id FROM audit_stream_context AS ctx JOIN freed ON freed.context_id = ctx.id
+)
+SELECT ctx.id FROM candidates JOIN audit_stream_context AS ctx ON ctx.id = candidates.id
+LEFT JOIN {foresight.FORESEEN} AS f ON f.context_id = ctx.id
+WHERE ctx.updated_at < %(grace)s
+  AND NOT EXISTS (
+    SELECT 1 FROM {references.COUNT_TABLE} AS n
+    WHERE n.context_id = ctx.id AND n.events + coalesce(f.events, 0) > 0
+  )
+  AND NOT EXISTS (SELECT 1 FROM unfolded_contexts AS u WHERE u.context_id = ctx.id)
+"""
 
 # updated_at again in the DELETE itself: rechecked on the row's latest version if a
 # writer attached the context meanwhile (see triggers.attach_context_function). The
@@ -89,6 +108,8 @@ def prune_contexts(connection, now, batch_size, dry_run, *, foreseen: bool = Fal
     params = {"grace": now - _GRACE}
     with connection.cursor() as cursor:
         sql = candidates(connection, cursor, params, foreseen=foreseen)
+        if foreseen:  # its size for the planner (a temporary table is never analysed on its own)
+            cursor.execute(f"ANALYZE {foresight.FORESEEN}")
         if dry_run:
             with transaction.atomic(using=connection.alias):
                 batches.choosing_settings(cursor)
@@ -119,4 +140,4 @@ def candidates(connection, cursor, params: dict, *, foreseen: bool = False) -> s
             part = part.replace("%(done)s", f"%(done_{i})s").replace("%(floor)s", f"%(floor_{i})s")
             parts.append(_UNFOLDED_EVENTS.format(table=quoted, part=part, kept=kept))
     unfolded_sql = "\nUNION ALL\n".join(parts) or "SELECT NULL::uuid"
-    return _CANDIDATES.format(unfolded=unfolded_sql, **(_FORESEEN if foreseen else _AS_IT_IS))
+    return (_FORESEEN_CANDIDATES if foreseen else _CANDIDATES).format(unfolded=unfolded_sql)
