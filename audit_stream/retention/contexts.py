@@ -11,7 +11,8 @@ The dry run counts the same SELECT the run deletes by, on the history the
 same run would leave: it deletes no event or change, so each of its deletes
 notes what it would take away (:mod:`~audit_stream.retention.foresight`), and
 its SELECT reads each count less the folded events noted, skips the events
-noted that no count holds, and finds a change only past the number noted.
+noted that no count holds, and takes a context all of whose changes are
+noted as one with none (:data:`_FORESEEN_CANDIDATES`).
 """
 
 from __future__ import annotations
