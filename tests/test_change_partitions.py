@@ -11,9 +11,10 @@ from datetime import timedelta
 import pytest
 from django.db import IntegrityError, connections, transaction
 
+import audit_stream
 from audit_stream import partitions, retention
 from audit_stream.dashboard import queries
-from audit_stream.models import Change
+from audit_stream.models import Change, Context, ContextCount
 from audit_stream.stream import fold
 from tests.testapp.models import Note, Ticket
 
@@ -232,3 +233,22 @@ def test_a_second_prune_replaces_the_partition_the_first_one_kept(partitioned):
     first = next(p for p in _parts() if not p.default)
     assert first.name != kept.name and (first.lower, first.upper) == (kept.lower, kept.upper)
     assert Change.objects.using(DB).count() == 27
+
+
+def test_a_dry_run_counts_a_context_whose_only_changes_go_with_the_partitions_replaced(partitioned):
+    """Changes dropped with their partitions refer to their context no more: the dry run foresees it."""
+    with audit_stream.context(user="gone"):
+        tickets = _write(12)
+    for ticket in tickets:  # each ticket's latest change, without a context
+        ticket.state = "closed"
+        ticket.save(using=DB)
+    _write(15)
+    _fold()
+    ContextCount.objects.using(DB).update(events=0)  # as if its events were pruned: its changes alone left
+    _age_changes()
+    _sql("UPDATE audit_stream_context SET updated_at = updated_at - interval '1 day'")
+    policy = retention.Policy(max_age=timedelta(days=90))
+    foreseen = retention.prune(using=DB, overrides=policy, dry_run=True).rows["audit_stream_context"]
+    pruned = retention.prune(using=DB, overrides=policy).rows["audit_stream_context"]
+    assert foreseen == pruned == 1
+    assert not Context.objects.using(DB).exists()

@@ -269,3 +269,40 @@ def test_converting_leaves_pgtrigger_every_trigger_installed_and_none_to_prune(p
     for uri, (model, trigger) in registry._registry.items():
         if model is TicketEvent:
             assert trigger.get_installation_status(model)[0] == "INSTALLED", uri
+
+
+def _dry_run_then_run_contexts() -> int:
+    """Contexts counted by a dry run of a 90-day prune, by the run, and gone: all equal; their number."""
+    with connection.cursor() as cursor:  # past the hour's grace
+        cursor.execute("UPDATE audit_stream_context SET updated_at = updated_at - interval '1 day'")
+    before = Context.objects.count()
+    policy = retention.Policy(max_age=timedelta(days=90))
+    foreseen = retention.prune(overrides=policy, dry_run=True).rows["audit_stream_context"]
+    pruned = retention.prune(overrides=policy).rows["audit_stream_context"]
+    assert (foreseen, pruned) == (before - Context.objects.count(),) * 2
+    return pruned
+
+
+def test_a_dry_run_counts_a_context_whose_events_go_with_the_partitions_the_run_drops(partitioned):
+    """The dropped partitions' events leave their contexts' counts in the run: the dry run foresees it."""
+    with audit_stream.context(user="tickets"):
+        _write(25)
+    fold.fold(TICKETS)
+    Change.objects.all().delete()  # the events alone refer to the context
+    _age_events()
+    assert _dry_run_then_run_contexts() == 1
+
+
+def test_a_dry_run_counts_a_context_whose_events_are_in_a_partition_left_detached(partitioned):
+    """A partition an interrupted prune detached is dropped first by the run: the dry run foresees it."""
+    with audit_stream.context(user="tickets"):
+        _write(5)
+    fold.fold(TICKETS)
+    Change.objects.all().delete()
+    _write(25)  # without a context, past the partition of the context's events
+    fold.fold(TICKETS)
+    _age_events()
+    first = TicketEvent.objects.exclude(pgh_context=None).order_by("pgh_id")[0].pgh_id
+    (part,) = [p for p in _parts() if not p.default and (p.lower or 0) <= first < p.upper]
+    drops._detach(connection, TICKETS, [part.name])  # then the worker is killed
+    assert _dry_run_then_run_contexts() == 1

@@ -4,7 +4,8 @@ A trigger on the change feed counts, per context, its folded events
 (audit_stream.retention.references); retention and erasure subtract the folded
 events they delete. A context is garbage when it is over an hour old, no
 folded event is counted for it, no change carries it and no unfolded event
-(or row log entry) refers to it. The dry run counts what the run deletes.
+(or row log entry) refers to it. The dry run counts what the same run deletes,
+the contexts its own event and change deletes free included.
 """
 
 import io
@@ -21,7 +22,7 @@ from django.utils import timezone
 import audit_stream
 from audit_stream import retention
 from audit_stream.models import Change, Context, ContextCount
-from audit_stream.retention import contexts, references
+from audit_stream.retention import contexts, foresight, references
 from audit_stream.stream import fold
 from tests.testapp.models import Product, ProductEvent, Supplier
 
@@ -298,8 +299,12 @@ def test_the_counts_of_existing_history_are_rebuilt_by_the_backfill():
     assert _counted() == {_context("a"): 2, _context("b"): 1}
 
 
-def test_contexts_are_checked_without_reading_an_event_table():
-    """Folded events are counted and unfolded ones a range of pgh_xid: no event table is read whole."""
+@pytest.mark.parametrize("foreseen", [False, True], ids=["run", "dry run"])
+def test_contexts_are_checked_without_reading_an_event_table(foreseen):
+    """Folded events are counted and unfolded ones a range of pgh_xid: no event table is read whole.
+
+    Nor by a dry run's, which also reads what its deletes noted (foresight).
+    """
     for i in range(20):
         _in_context(f"u{i}", 50)
     fold.fold(EVENTS)
@@ -308,7 +313,9 @@ def test_contexts_are_checked_without_reading_an_event_table():
         cursor.execute(f"ANALYZE {EVENTS}, audit_stream_change, audit_stream_context")
     params = {"grace": timezone.now()}
     with connection.cursor() as cursor:
-        sql = contexts.candidates(connection, cursor, params)
+        if foreseen:
+            foresight.create(cursor)
+        sql = contexts.candidates(connection, cursor, params, foreseen=foreseen)
         cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM ({sql}) AS c", params)
         plan = cursor.fetchone()[0]
     plan = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
@@ -338,3 +345,104 @@ def test_an_empty_event_table_costs_a_run_no_query_of_its_own(settings):
             targets=[PRODUCTS, "testapp.OrderEvent", "testapp.BookEvent"], overrides=policy, dry_run=True
         )
     assert len(three.captured_queries) == len(one.captured_queries)
+
+
+# The dry run foresees the contexts the same run frees (issue 24): each test
+# checks the dry run's count against the run's and the contexts actually gone.
+
+OLD_PRODUCTS = {PRODUCTS: {"max_age": "90d"}}
+
+
+def _dry_run_then_run(**prune) -> int:
+    """Contexts counted by a dry run of ``retention.prune(**prune)``, by the run, and gone: all equal."""
+    _age("audit_stream_context", "updated_at", 1)
+    before = Context.objects.count()
+    foreseen = retention.prune(dry_run=True, **prune).rows.get("audit_stream_context", 0)
+    pruned = retention.prune(**prune).rows.get("audit_stream_context", 0)
+    assert (foreseen, pruned) == (before - Context.objects.count(),) * 2
+    return pruned
+
+
+def test_the_dry_run_counts_a_context_whose_only_events_the_run_deletes(settings):
+    """Its folded events deleted by the run's batches, the context goes too: the dry run counts it."""
+    _in_context("gone", 2)
+    fold.fold(EVENTS)
+    _forget_changes()
+    _age(EVENTS, "pgh_created_at", 100)
+    settings.AUDIT_STREAM = {"RETENTION": OLD_PRODUCTS}
+    assert _dry_run_then_run() == 1
+
+
+def test_the_dry_run_counts_a_context_whose_only_change_the_run_deletes(settings):
+    """A change the run deletes (not its object's latest) refers to its context no more."""
+    (product,) = _in_context("gone")
+    Product.objects.filter(pk=product.pk).update(stock=1)  # the latest change, without a context
+    fold.fold(EVENTS)
+    _age(EVENTS, "pgh_created_at", 100)
+    settings.AUDIT_STREAM = {"RETENTION": {**OLD_PRODUCTS, "changes": {"max_age": "90d"}}}
+    retention.prune(targets=[PRODUCTS])  # the events gone first: the change alone refers to it
+    assert Context.objects.filter(id=_context("gone")).exists()
+    _age("audit_stream_change", "created_at", 100)
+    assert _dry_run_then_run() == 1
+
+
+def test_a_context_also_referred_to_by_a_kept_event_or_change_is_not_counted(settings):
+    """Only a context left with no reference is counted: a kept event or a kept change keeps one."""
+    with audit_stream.context(user="kept by its change"):  # two changes: the older goes, the latest stays
+        changed = Product.objects.create(name="c")
+        Product.objects.filter(pk=changed.pk).update(stock=1)
+    _in_context("gone")
+    with audit_stream.context(user="kept by its event"):
+        product = Product.objects.create(name="p")
+        Product.objects.filter(pk=product.pk).update(stock=1)  # the newest event: kept
+    fold.fold(EVENTS)
+    Change.objects.exclude(context_id=_context("kept by its change")).delete()
+    newest = ProductEvent.objects.filter(pgh_obj_id=product.pk).latest("pgh_id").pgh_id
+    _age(EVENTS, "pgh_created_at", 100, where=f"pgh_id < {newest}")
+    _age("audit_stream_change", "created_at", 100)
+    settings.AUDIT_STREAM = {"RETENTION": {**OLD_PRODUCTS, "changes": {"max_age": "90d"}}}
+    assert _dry_run_then_run() == 1
+    assert set(Context.objects.values_list("metadata__user", flat=True)) == {
+        "kept by its event",
+        "kept by its change",
+    }
+
+
+@pytest.mark.parametrize("checkpoint", [True, False], ids=["folded table", "table never folded"])
+def test_the_dry_run_counts_a_context_whose_unfolded_events_the_forced_run_deletes(settings, checkpoint):
+    """With ``force``, unfolded events go too: read from the table by the run's contexts step, and gone."""
+    if checkpoint:
+        Product.objects.create(name="folded, so the table has a checkpoint")
+        fold.fold(EVENTS)
+    _in_context("gone", 2)
+    _age(EVENTS, "pgh_created_at", 100)
+    settings.AUDIT_STREAM = {"RETENTION": OLD_PRODUCTS}
+    assert _dry_run_then_run(force=True) == 1
+
+
+def test_the_dry_run_counts_a_context_whose_only_row_log_entry_the_run_deletes(settings, logged):
+    """The row log is pruned and foreseen like an event table."""
+    with audit_stream.context(user="gone"):
+        Supplier.objects.create(name="Acme")
+    fold.fold(ROW_LOG)
+    _forget_changes()
+    _age(ROW_LOG, "pgh_created_at", 100)
+    settings.AUDIT_STREAM = {"RETENTION": {"row_log": {"max_age": "90d"}}}
+    assert _dry_run_then_run() == 1
+
+
+def test_the_dry_run_prunes_contexts_for_restricted_targets_as_the_run_does(settings):
+    """Restricted to an event table that loses events, both count; to the change feed alone, neither."""
+    _in_context("gone")
+    (changed,) = _in_context("changed")
+    fold.fold(EVENTS)
+    Change.objects.exclude(context_id=_context("changed")).delete()
+    _age(EVENTS, "pgh_created_at", 100)
+    _age("audit_stream_change", "created_at", 100)
+    settings.AUDIT_STREAM = {"RETENTION": {**OLD_PRODUCTS, "changes": {"max_age": "90d"}}}
+    assert _dry_run_then_run(targets=[PRODUCTS]) == 1  # "changed" keeps its change: not a target
+    Product.objects.filter(pk=changed.pk).update(stock=1)  # its change no longer the latest
+    fold.fold(EVENTS)
+    assert "audit_stream_context" not in retention.prune(targets=["changes"], dry_run=True).rows
+    assert "audit_stream_context" not in retention.prune(targets=["changes"]).rows
+    assert Context.objects.filter(id=_context("changed")).exists()

@@ -67,7 +67,8 @@ The package, one module per concern: :mod:`~audit_stream.retention.policies`
 :mod:`~audit_stream.retention.references` (per-context counts),
 :mod:`~audit_stream.retention.events`, :mod:`~audit_stream.retention.changes`,
 :mod:`~audit_stream.retention.messages`, :mod:`~audit_stream.retention.contexts`,
-:mod:`~audit_stream.retention.drops` (partitions dropped whole) and
+:mod:`~audit_stream.retention.drops` (partitions dropped whole),
+:mod:`~audit_stream.retention.foresight` (what a dry run's deletes would free) and
 :mod:`~audit_stream.retention.erasure`.
 """
 
@@ -79,7 +80,7 @@ from dataclasses import dataclass, field
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils import timezone
 
-from audit_stream.retention import batches, changes, contexts, events, messages
+from audit_stream.retention import batches, changes, contexts, events, foresight, messages
 from audit_stream.retention.batches import Progress
 from audit_stream.retention.erasure import erase
 from audit_stream.retention.permission import allow_prune, may_delete, privilege_error
@@ -169,6 +170,8 @@ def prune(
     ]
     with connection.cursor() as cursor:
         batches.create_doomed(cursor)
+        if dry_run:  # what the deletes would take off the contexts' references
+            foresight.create(cursor)
         empty = batches.empty_tables(cursor, history)
     try:
         for target in chosen:
@@ -212,10 +215,11 @@ def prune(
         if (not targets or pruned_events) and (dry_run or may_delete("audit_stream_context", using)):
             started = time.monotonic()
             report.rows["audit_stream_context"] = contexts.prune_contexts(
-                connection, now, batch_size, dry_run
+                connection, now, batch_size, dry_run, foreseen=dry_run
             )
             report.seconds["audit_stream_context"] = time.monotonic() - started
     finally:
         with connection.cursor() as cursor:
             batches.drop_doomed(cursor)
+            foresight.drop(cursor)
     return report

@@ -26,6 +26,7 @@ __all__ = [
     "drop_doomed",
     "empty_tables",
     "fill",
+    "select_of",
 ]
 
 Progress = Callable[[str, int, int], None]
@@ -107,12 +108,16 @@ def fill(cursor, sql: str, params: dict, *, count_only: bool = False) -> int:
     with transaction.atomic(using=cursor.db.alias):
         choosing_settings(cursor)
         if count_only:
-            select = sql.strip().split("\n", 1)[1]  # the SELECT without its INSERT line
-            cursor.execute(f"SELECT count(*) FROM ({select}) AS candidates", params)
+            cursor.execute(f"SELECT count(*) FROM ({select_of(sql)}) AS candidates", params)
             return cursor.fetchone()[0]
         cursor.execute(f"TRUNCATE {DOOMED}, {DOOMED_UUID}")
         cursor.execute(sql, params)
         return cursor.rowcount
+
+
+def select_of(sql: str) -> str:
+    """The SELECT of candidates (``INSERT INTO <temporary table> (id) SELECT ...``): no INSERT line."""
+    return sql.strip().split("\n", 1)[1]
 
 
 def drain(

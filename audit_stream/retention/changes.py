@@ -10,8 +10,10 @@ are one object per event table and model: the newest of them stays too.
 
 from __future__ import annotations
 
+from django.db import transaction
+
 from audit_stream import partitions
-from audit_stream.retention import batches, counts
+from audit_stream.retention import batches, counts, foresight
 from audit_stream.retention.policies import Policy
 
 __all__ = ["CHANGE_CANDIDATES", "CHANGE_PARTITIONS_LOCK", "prune_changes"]
@@ -73,9 +75,13 @@ def prune_changes(connection, policy: Policy, cutoff, batch_size, dry_run, progr
     dropped, above = _drop_change_partitions(connection, policy, cutoff, dry_run, progress)
     with connection.cursor() as cursor:
         params = {"cutoff": cutoff, "keep_last": policy.keep_last, "above": above}
-        total = batches.fill(cursor, CHANGE_CANDIDATES, params, count_only=dry_run)
-    if dry_run:
-        return TABLE, dropped + total
+        if dry_run:  # counted, and noted for the contexts step (audit_stream.retention.foresight)
+            with transaction.atomic(using=connection.alias):
+                batches.choosing_settings(cursor)
+                return TABLE, dropped + foresight.note_changes(
+                    cursor, batches.select_of(CHANGE_CANDIDATES), params
+                )
+        total = batches.fill(cursor, CHANGE_CANDIDATES, params)
     return TABLE, dropped + batches.drain(
         connection, TABLE, "id", total, batch_size, progress, event_table=False
     )
@@ -105,14 +111,10 @@ def _drop_change_partitions(
         parts = partitions.aged(cursor, TABLE, cutoff)
         if not parts:
             return 0, None
-        if dry_run:
-            names = [connection.ops.quote_name(part.name) for part in parts]
-            counted = " + ".join(
-                f"(SELECT count(*) FILTER (WHERE NOT {_LATEST_OF_ITS_OBJECT}) FROM {name} AS c)"
-                for name in names
-            )
-            cursor.execute(f"SELECT {counted}")
-            return cursor.fetchone()[0], parts[-1].upper
+        if dry_run:  # each partition's changes that would go, counted and noted for the contexts step
+            doomed = f"NOT {_LATEST_OF_ITS_OBJECT}"
+            counted = sum(foresight.note_change_partition(cursor, part.name, doomed) for part in parts)
+            return counted, parts[-1].upper
         layout = partitions.layout_of(Change)
         partitions.drop_leftovers(connection, TABLE)  # of a prune interrupted after its swap
         cursor.execute("SELECT pg_advisory_lock(%s)", [CHANGE_PARTITIONS_LOCK])

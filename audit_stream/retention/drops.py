@@ -26,9 +26,9 @@ from __future__ import annotations
 from django.db import transaction
 
 from audit_stream import partitions
-from audit_stream.retention import references
+from audit_stream.retention import foresight, references
 
-__all__ = ["drop_detached", "drop_leftovers", "drop_partitions"]
+__all__ = ["drop_detached", "drop_leftovers", "drop_partitions", "foresee_leftovers"]
 
 # Detaching locks the parent table (ACCESS EXCLUSIVE) for as long as the
 # statements take, milliseconds; waiting for that lock would queue every
@@ -61,10 +61,12 @@ def drop_partitions(connection, table: str, parts, dry_run: bool, progress, *, c
 
     ``contexts``: the table has a context column, whose counts lose the
     partitions' events in the transaction that drops them (:func:`drop_detached`).
-    A dry run counts the partitions' rows and changes nothing.
+    A dry run counts the partitions' rows and changes nothing but, for a table
+    with a context column, the contexts' counts it foresees (:mod:`~audit_stream.retention.foresight`).
     """
     if dry_run:
-        return sum(_count_rows(connection, part.name) for part in parts)
+        count = _foresee_rows if contexts else _count_rows
+        return sum(count(connection, part.name) for part in parts)
     if not parts:
         return 0
     names = [part.name for part in parts]
@@ -98,12 +100,27 @@ def drop_leftovers(connection, table: str, *, contexts: bool) -> list[str]:
     return names
 
 
+def foresee_leftovers(connection, table: str, *, contexts: bool) -> None:
+    """A dry run's :func:`drop_leftovers`: their events noted as the run would take them off the counts."""
+    if contexts:
+        for name in partitions.leftovers(connection, table):
+            _foresee_rows(connection, name)
+
+
 def _take_rows(connection, name: str, contexts: bool) -> int:
     """The rows of a detached partition about to go, taken off their contexts' counts (``contexts``)."""
     with connection.cursor() as cursor:
         cursor.execute(
             (_TAKE_WITH_CONTEXTS if contexts else _TAKE).format(partition=connection.ops.quote_name(name))
         )
+        return cursor.fetchone()[0]
+
+
+def _foresee_rows(connection, name: str) -> int:
+    """A dry run's :func:`_take_rows`: the partition's events noted, not subtracted, for the contexts step."""
+    sql = _TAKE_WITH_CONTEXTS.replace(references.COUNT_TABLE, foresight.FORESEEN)
+    with connection.cursor() as cursor:
+        cursor.execute(sql.format(partition=connection.ops.quote_name(name)))
         return cursor.fetchone()[0]
 
 

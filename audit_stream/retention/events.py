@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from django.db import transaction
+
 from audit_stream import partitions
-from audit_stream.retention import batches, counts, drops, references
+from audit_stream.retention import batches, counts, drops, foresight, references
 from audit_stream.retention.policies import Policy, row_log_model
 from audit_stream.stream import unfolded
 
@@ -129,7 +131,9 @@ def prune_events(connection, model, policy, cutoff, batch_size, dry_run, force, 
             )
         dropped, above = 0, None
         if cutoff is not None and policy.keep_last is None and partitions.is_partitioned(cursor, table):
-            if not dry_run:
+            if dry_run:
+                drops.foresee_leftovers(connection, table, contexts=_has_context(model))
+            else:
                 drops.drop_leftovers(connection, table, contexts=_has_context(model))
             parts = partitions.droppable(cursor, table, cutoff, done, floor)
             dropped = drops.drop_partitions(
@@ -148,7 +152,10 @@ def prune_events(connection, model, policy, cutoff, batch_size, dry_run, force, 
         }
         # Counts say nothing of a table never folded; only `force` prunes one.
         sql = candidates(connection, model, policy, counted=done is not None or not force)
-        total = batches.fill(cursor, sql, params, count_only=dry_run)
+        if dry_run and _has_context(model):  # counted, and noted for the contexts step
+            total = _foresee(cursor, table, sql, params, None if foreign else done, floor)
+        else:
+            total = batches.fill(cursor, sql, params, count_only=dry_run)
     if dry_run:
         return table, dropped + total
     deleted = batches.drain(
@@ -157,6 +164,14 @@ def prune_events(connection, model, policy, cutoff, batch_size, dry_run, force, 
         params={"count_table": table, "done": None if foreign else done, "floor": floor},
     )  # fmt: skip
     return table, dropped + deleted
+
+
+def _foresee(cursor, table: str, sql: str, params: dict, done, floor) -> int:
+    """A dry run's count of the candidates ``sql``, each noted as the run's batch would take it
+    off its context's count, :func:`_delete_batch` (:mod:`~audit_stream.retention.foresight`)."""
+    with transaction.atomic(using=cursor.db.alias):
+        batches.choosing_settings(cursor)
+        return foresight.note_events(cursor, table, batches.select_of(sql), params, done, floor)
 
 
 def _delete_batch(connection, model, policy: Policy, force: bool) -> str | None:
