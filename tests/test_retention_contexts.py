@@ -24,6 +24,7 @@ from audit_stream import retention
 from audit_stream.models import Change, Context, ContextCount
 from audit_stream.retention import contexts, foresight, references
 from audit_stream.stream import fold
+from tests.test_retention import _backdate as _age  # rows made to look old (set-up only)
 from tests.testapp.models import Product, ProductEvent, Supplier
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -45,17 +46,6 @@ def _context(user: str):
 
 def _counted() -> dict:
     return dict(ContextCount.objects.values_list("context_id", "events"))
-
-
-def _age(table: str, column: str, days: int, where: str = "TRUE") -> None:
-    """Make rows look old (setup only: replica mode skips the append-only trigger)."""
-    with connection.cursor() as cursor:
-        cursor.execute("BEGIN")
-        cursor.execute("SET LOCAL session_replication_role = replica")
-        cursor.execute(
-            f"UPDATE {table} SET {column} = {column} - make_interval(days => %s) WHERE {where}", [days]
-        )
-        cursor.execute("COMMIT")
 
 
 def _prune_contexts(*, dry_run: bool = False) -> int:
