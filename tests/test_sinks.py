@@ -179,6 +179,42 @@ def test_a_write_becomes_a_rabbitmq_message_routed_by_object(rabbitmq_sink):
     assert received.headers["audit-stream-event-id"] == str(webhook_payload["data"]["event_id"])
 
 
+async def _amqp_stream(queue: str, count: int, url: str = AMQP_URL) -> list:
+    """The first ``count`` messages of a stream queue, from its first offset (streams have no basic.get)."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=100)  # a stream consumer must set a prefetch
+        q = await channel.declare_queue(queue, durable=True, arguments={"x-queue-type": "stream"})
+        found = []
+        async with q.iterator(arguments={"x-stream-offset": "first"}, timeout=15) as messages:
+            async for message in messages:
+                found.append(message)
+                await message.ack()
+                if len(found) == count:
+                    break
+        return found
+
+
+def test_a_rabbitmq_sink_with_a_queue_fills_a_stream_queue_bound_to_every_key():
+    """options["queue"]: a durable stream queue declared by the sink and bound to "#": every message."""
+    exchange, queue = unique("i20t"), unique("i20t-stream-")
+    sink = Sink.objects.create(
+        name=exchange, kind="rabbitmq", target=AMQP_URL, options={"exchange": exchange, "queue": queue}
+    )
+    try:
+        Product.objects.create(name="lamp")
+        Order.objects.create(customer=Customer.objects.create(email="s@example.com", name="S"))
+        fold.fold_all()
+        sent = sorted(m.message_id for m in SinkMessage.objects.all())
+        assert delivery.deliver(sink.pk).delivered == len(sent) > 2
+        received = asyncio.run(_amqp_stream(queue, len(sent)))
+        assert sorted(m.message_id for m in received) == sent
+        assert {m.routing_key.rsplit(".", 1)[0] for m in received} >= {"testapp.product", "testapp.order"}
+    finally:
+        asyncio.run(_amqp_cleanup(exchange, queue))
+
+
 def test_sinks_get_only_the_changes_their_filters_match(redis_sink):
     """filter_models and filter_labels work as for webhook endpoints; inactive sinks get nothing."""
     redis_sink.filter_models = ["testapp.Order"]
