@@ -62,11 +62,17 @@ class Proc:
         return self.log.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 60.0, after: int = 0) -> None:
-        wait_until(
-            lambda: self.ready in self.output()[after:] or self.popen.poll() is not None,
-            timeout,
-            message=f"{self.name} to be ready",
-        )
+        """Wait for the ready line; a process that never gets ready is stopped, not left running
+        (a listener left behind holds the leader's lock and every later listener stands by)."""
+        try:
+            wait_until(
+                lambda: self.ready in self.output()[after:] or self.popen.poll() is not None,
+                timeout,
+                message=f"{self.name} to be ready",
+            )
+        except AssertionError:
+            self.stop()
+            raise
         if self.popen.poll() is not None:
             raise AssertionError(f"{self.name} exited:\n{self.output()[-3000:]}")
 
