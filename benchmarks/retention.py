@@ -927,11 +927,14 @@ def layout_run(args: argparse.Namespace, layout: str, children: Children, log_di
     out = log_dir / f"writer-{layout}.json"
     log(
         f"{layout}: writer at {args.writer_rate} tx/s,"
-        f" {args.baseline_seconds:.0f}s alone, then during a prune"
+        f" twice {args.baseline_seconds:.0f}s alone, then during a prune"
     )
     writer = children.writer(args.writer_rate, 3600, out)
     try:
         time.sleep(1.0)
+        # Two windows alone: the second is the baseline, their ratio this machine's noise.
+        control = (time.time(), time.time() + args.baseline_seconds)
+        time.sleep(args.baseline_seconds)
         baseline = (time.time(), time.time() + args.baseline_seconds)
         time.sleep(args.baseline_seconds)
         wal_before = _wal()
@@ -979,6 +982,10 @@ def layout_run(args: argparse.Namespace, layout: str, children: Children, log_di
         "window_from_prune_start": window(same_length),
     }
     found["window_p99_ratio"] = found["window_from_prune_start"]["p99"] / without["p99"]
+    found["control"] = window(control)
+    found["control_p99_ratio"] = without["p99"] / found["control"]["p99"]
+    found["slowest_writes_window"] = _slowest_writes(data["rows"], same_length, spans, 12)
+    found["slowest_writes_alone"] = _slowest_writes(data["rows"], baseline, spans, 12)
     log(f"  {layout}: {json.dumps(found, default=str)}")
     return found
 

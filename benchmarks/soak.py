@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--minutes", type=float, default=10.0, help="of steady writes per setting (60: the long run)"
     )
     parser.add_argument("--rate", type=float, default=300.0, help="transactions per second")
+    parser.add_argument(
+        "--connections", type=int, default=4, help="the writer's connections, sending transactions in turn"
+    )
     parser.add_argument("--autovacuum", choices=["off", "on", "both"], default="both")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13", help="flushed!")
     parser.add_argument("--no-report", action="store_true", help="print only, leave BENCHMARKS.md alone")
@@ -233,7 +236,7 @@ def run_one(args: argparse.Namespace) -> dict:
         mixer = children.start(
             "mixer",
             [sys.executable, "-m", "benchmarks.perfapp.mixer", "--rate", str(args.rate),
-             "--seconds", str(seconds), "--out", str(mixer_out)],
+             "--seconds", str(seconds), "--out", str(mixer_out), "--connections", str(args.connections)],
             harness.child_env(None, "bench mixer"),
             "mixer: ready",
         )  # fmt: skip
@@ -354,8 +357,9 @@ def markdown(args: argparse.Namespace, results: dict[str, dict]) -> str:
         SECTION,
         "",
         f"Measured {dt.date.today():%Y-%m-%d} with `{COMMAND} --minutes {args.minutes:g} --rate {args.rate:g}"
-        f" --autovacuum {args.autovacuum}`, on 2 cores shared with other work while measuring (the"
-        " other engineers' test suites and benchmarks ran meanwhile: the load average is in the table).",
+        f" --connections {args.connections} --autovacuum {args.autovacuum}` on {os.cpu_count()} cores (the"
+        " load average, in the table, counts the soak's own writer, worker, listener, receiver and PostgreSQL"
+        " with whatever else ran).",
         "Each setting ran on a PostgreSQL cluster of its own. Latency is from the writing transaction's"
         " start; p50/p99 per minute are the worst 10-second sample of the minute.",
         "",
@@ -427,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
             subprocess.run(
                 [sys.executable, "-m", "benchmarks.soak", "--one", setting, "--port", str(port),
                  "--json", out.name, "--minutes", str(args.minutes), "--rate", str(args.rate),
-                 "--redis-url", args.redis_url],
+                 "--redis-url", args.redis_url, "--connections", str(args.connections)],
                 check=True,
             )  # fmt: skip
             results[setting] = json.loads(Path(out.name).read_text())
