@@ -4,9 +4,22 @@ from django.db.models.signals import class_prepared, post_migrate
 
 
 def _on_class_prepared(sender, **kwargs):
+    """Set up each concrete event model as Django prepares its class (its triggers registered).
+
+    audit_stream's own logs say how (``_pgh_setup``: append-only); every other
+    subclass of :class:`audit_stream.event.Event` is an event model of
+    :mod:`audit_stream.tracking`. A class that is not an event model costs one
+    attribute lookup: no module of audit_stream is imported for it.
+    """
     setup = getattr(sender, "_pgh_setup", None)
     if setup is not None:
         setup()
+    elif hasattr(sender, "pgh_tracked_model"):  # an attribute of Event's: the cheap test first
+        from audit_stream import tracking
+        from audit_stream.event import Event
+
+        if issubclass(sender, Event):
+            tracking.setup_event_model(sender)
 
 
 def _on_post_migrate(sender, using, **kwargs):

@@ -27,7 +27,7 @@ from django.conf import settings
 from django.core import checks
 from django.db import connections, models, router
 
-from audit_stream import config, tracking
+from audit_stream import config, registry, tracking
 
 
 @checks.register()
@@ -35,7 +35,7 @@ def check_declarations(app_configs=None, **kwargs):
     """Report the problems found while the event models were built."""
     return [
         checks.Error(message, hint=hint, obj=label, id=check_id)
-        for label, message, hint, check_id in tracking._problems
+        for label, message, hint, check_id in registry.problems
     ]
 
 

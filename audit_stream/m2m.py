@@ -31,10 +31,11 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models.fields.related import lazy_related_operation
 
-from audit_stream import events, triggers
+from audit_stream import events, registry, triggers
+from audit_stream.fields import history_field
 
 if TYPE_CHECKING:
-    from audit_stream.models import Event as EventModel
+    from audit_stream.event import Event
 
 __all__ = ["M2MEvent", "M2MTrigger", "track_m2m"]
 
@@ -127,17 +128,15 @@ class M2MEvent(events.DatabaseEvent):
 
 
 def _members_field(target_pk: models.Field) -> ArrayField:
-    from audit_stream.tracking import _history_field
-
-    base = _history_field(target_pk.target_field if target_pk.is_relation else target_pk)
+    base = history_field(target_pk.target_field if target_pk.is_relation else target_pk)
     base.null = False
     return ArrayField(base, default=list, help_text="The members' primary keys after the change, sorted.")
 
 
 def _create(
     model: type[models.Model], field: models.ManyToManyField, target: type[models.Model], app_label: str
-) -> type[EventModel]:
-    from audit_stream.models import Event, context_field
+) -> type[Event]:
+    from audit_stream.event import Event, context_field  # models: not before apps are ready
 
     name = f"{model._meta.object_name}{''.join(p.title() for p in field.name.split('_'))}Event"
     module = model.__module__ if model._meta.app_label == app_label else f"{app_label}.models"
@@ -165,15 +164,13 @@ def _create(
 
 def track_m2m(model: type[models.Model], field_names: list[str], app_label: str | None = None) -> None:
     """Record the many-to-many fields ``field_names`` of ``model`` (see the module docstring)."""
-    from audit_stream.tracking import _problem
-
     for field_name in field_names:
         try:
             field = model._meta.get_field(field_name)
         except Exception:
             field = None
         if not isinstance(field, models.ManyToManyField):
-            _problem(
+            registry.problem(
                 model._meta.label,
                 f"{model._meta.label} has no many-to-many field {field_name!r} (in m2m_fields=).",
                 (

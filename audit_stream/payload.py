@@ -15,7 +15,7 @@ its events is there, and the write path does no extra work for it.
 
 from __future__ import annotations
 
-from audit_stream import tracking
+from audit_stream import registry
 from audit_stream.triggers import quote_name
 
 __all__ = ["FROM_SQL", "PAYLOAD_SQL", "TYPE_SQL", "matches", "transaction_sizes"]
@@ -78,9 +78,7 @@ WHERE c.id = ANY(%(change_ids)s::bigint[]) AND c.transaction_id IS NOT NULL"""
 
 
 def _tables() -> list[str]:
-    from audit_stream.rowlog import DDL_LOG_TABLE
-
-    return [*tracking.stream_tables(), DDL_LOG_TABLE]
+    return [*registry.stream_tables(), registry.DDL_LOG_TABLE]
 
 
 def transaction_sizes(cursor, change_ids: list[int]) -> dict[str, list[int]]:

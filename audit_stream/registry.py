@@ -1,4 +1,5 @@
-"""The registry of history tables: every event model by its table, and the row log's two tables.
+"""The registry of history tables: every event model by its table, the row log's two tables,
+and the problems found in the declarations.
 
 :mod:`audit_stream.tracking` fills it as event models are built (when the
 apps' models modules are imported); the stream, the faces, retention, the
@@ -19,6 +20,8 @@ __all__ = [
     "event_model",
     "event_models",
     "event_models_for",
+    "problem",
+    "problems",
     "register",
     "stream_tables",
 ]
@@ -30,6 +33,16 @@ DDL_LOG_TABLE = "audit_stream_ddl_log"
 
 #: Event table -> concrete event model. Read it; :func:`register` is the one writer.
 event_models: dict[str, type[models.Model]] = {}
+
+
+#: (event model label, message, hint, check id): the problems found in declarations while the
+#: event models were built, reported by the system checks (audit_stream.checks).
+problems: list[tuple[str, str, str, str]] = []
+
+
+def problem(model_label: str, message: str, hint: str, check_id: str) -> None:
+    """Note a problem of a declaration, to be reported by the checks rather than raised at import."""
+    problems.append((model_label, message, hint, check_id))
 
 
 def register(model: type[models.Model]) -> None:

@@ -12,7 +12,6 @@ here and reported by the system checks with the model's name, so
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import sys
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,9 +21,11 @@ from django.apps import apps
 from django.db import connections, models
 
 from audit_stream import config, events, keys, registry, triggers
+from audit_stream.fields import history_field
+from audit_stream.m2m import track_m2m
 
 if TYPE_CHECKING:
-    from audit_stream.models import Event as EventModel
+    from audit_stream.event import Event
 
 __all__ = ["create_event", "create_event_model", "get_event_model", "track"]
 
@@ -44,8 +45,6 @@ _labels: dict[tuple[type[models.Model], str], type[models.Model]] = {}
 # event table -> concrete event model: audit_stream.registry.event_models (this name is kept for
 # the modules that still read it here).
 _event_models = registry.event_models
-# (event model label, message, hint, check id) found while building models.
-_problems: list[tuple[str, str, str, str]] = []
 
 
 #: The event models that track a model, by table name (:func:`audit_stream.registry.event_models_for`).
@@ -54,72 +53,12 @@ event_models_for = registry.event_models_for
 stream_tables = registry.stream_tables
 
 
-def _problem(model_label: str, message: str, hint: str, check_id: str) -> None:
-    _problems.append((model_label, message, hint, check_id))
-
-
 def _pascal(name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part)
 
 
-def _history_field(field: models.Field) -> models.Field:
-    """A copy of a tracked field that can hold any past value of it.
-
-    No uniqueness, no index, no default, no database constraint: history holds
-    many rows per object, and the referenced rows may be gone.
-    """
-    if isinstance(field, models.BigAutoField):
-        return models.BigIntegerField(db_column=_own_column(field))
-    if isinstance(field, models.SmallAutoField):
-        return models.SmallIntegerField(db_column=_own_column(field))
-    if isinstance(field, models.AutoField):
-        return models.IntegerField(db_column=_own_column(field))
-    if isinstance(field, models.GeneratedField):
-        output = copy.deepcopy(field.output_field)
-        output.db_column = _own_column(field)
-        output.null = True  # a generated column is NULL when its expression is
-        return output
-
-    field = copy.deepcopy(field)
-    swappable = getattr(field, "swappable", None)
-    if swappable is not None:
-        field.swappable = False  # deconstruct() would otherwise load the model
-    _, _path, args, kwargs = field.deconstruct()
-    for key in (
-        "primary_key",
-        "unique",
-        "db_index",
-        "db_default",
-        "auto_now",
-        "auto_now_add",
-        "unique_for_date",
-        "unique_for_month",
-        "unique_for_year",
-        "db_comment",
-        "default",
-    ):
-        kwargs.pop(key, None)
-    cls = type(field)
-    if isinstance(field, models.ForeignKey):  # OneToOneField included
-        cls = models.ForeignKey
-        kwargs.update(
-            on_delete=models.DO_NOTHING,
-            db_constraint=False,
-            related_name="+",
-            related_query_name="+",
-        )
-    new = cls(*args, **kwargs)
-    if swappable is not None:
-        new.swappable = swappable
-    return new
-
-
-def _own_column(field: models.Field) -> str | None:
-    return field.db_column if field.db_column and field.db_column != field.name else None
-
-
 def create_event_model(
-    base_class: type[EventModel],
+    base_class: type[Event],
     tracked_model: type[models.Model],
     fields: list[str] | None = None,
     exclude: list[str] | None = None,
@@ -131,7 +70,7 @@ def create_event_model(
     app_label: str | None = None,
     attrs: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
-) -> type[EventModel]:
+) -> type[Event]:
     """Create an event model that snapshots ``tracked_model``.
 
     Args:
@@ -157,7 +96,7 @@ def create_event_model(
     Returns:
         The event model class.
     """
-    from audit_stream.models import Event, context_field
+    from audit_stream.event import Event, context_field  # models: not before apps are ready
 
     if not (isinstance(base_class, type) and issubclass(base_class, Event)):
         raise TypeError("base_class must be audit_stream.models.Event or a subclass of it.")
@@ -183,7 +122,7 @@ def create_event_model(
     concrete = [f for f in tracked_model._meta.concrete_model._meta.local_concrete_fields]
     by_name = {f.name: f for f in concrete} | {f.attname: f for f in concrete}
     if fields is not None and exclude is not None:
-        _problem(
+        registry.problem(
             label,
             f"track() of {tracked_model._meta.label} got both fields and exclude.",
             "Pass one of them: fields lists what to record, exclude what not to.",
@@ -193,7 +132,7 @@ def create_event_model(
     for arg, names in (("fields", fields), ("exclude", exclude)):
         for field_name in names or ():
             if field_name not in by_name:
-                _problem(
+                registry.problem(
                     label,
                     f"{tracked_model._meta.label} has no field {field_name!r}"
                     f" (in {arg}= of its history model).",
@@ -211,21 +150,21 @@ def create_event_model(
     reserved = {"pgh_id", "pgh_created_at", "pgh_label", "pgh_xid", "pgh_obj", "pgh_context"}
     for field in chosen:
         if field.name in reserved:
-            _problem(
+            registry.problem(
                 label,
                 f"{tracked_model._meta.label}.{field.name} clashes with an audit_stream field.",
                 "Rename the field or exclude it.",
                 "audit_stream.E001",
             )
             continue
-        class_attrs[field.name] = _history_field(field)
+        class_attrs[field.name] = history_field(field)
 
     if related_name is None:
         all_tracked = fields is None and not exclude
         related_name = "event" if all_tracked else "_".join(f.name for f in chosen) + "_event"
     if keys.is_composite(tracked_model) and obj_fk is not None:
         if obj_fk is not UNSET:
-            _problem(
+            registry.problem(
                 label,
                 f"{tracked_model._meta.label} has a composite primary key: obj_fk cannot point to it"
                 " (Django supports no foreign key to a composite key).",
@@ -276,7 +215,7 @@ def get_event_model(
     app_label: str | None = None,
     abstract: bool = True,
     mask: list[str] | None = None,
-) -> type[EventModel]:
+) -> type[Event]:
     """An event model for ``model`` to subclass (abstract by default).
 
     Use it instead of :func:`track` to declare the event model yourself, for
@@ -288,7 +227,7 @@ def get_event_model(
 
     The arguments are those of :func:`track`.
     """
-    from audit_stream.models import Event
+    from audit_stream.event import Event  # models: not before apps are ready
 
     event_model = create_event_model(
         Event,
@@ -306,7 +245,7 @@ def get_event_model(
     concrete = model._meta.concrete_model._meta.local_concrete_fields
     for field_name in mask or ():
         if not any(field_name in (f.name, f.attname) for f in concrete):
-            _problem(
+            registry.problem(
                 event_model._meta.label,
                 f"{model._meta.label} has no field {field_name!r} (in mask= of its history model).",
                 "Choose among: " + ", ".join(sorted(f.name for f in concrete)) + ".",
@@ -377,15 +316,13 @@ def track(
             mask=mask,
         )
         if m2m_fields:
-            from audit_stream.m2m import track_m2m
-
             track_m2m(model, list(m2m_fields), app_label=app_label)
         return model
 
     return _wrap
 
 
-def _setup_event_model(event_model: type[EventModel]) -> None:
+def setup_event_model(event_model: type[Event]) -> None:
     """Finish a concrete event model: index, triggers, labels (on ``class_prepared``)."""
     meta = event_model._meta
     tracked = event_model.pgh_tracked_model
@@ -436,7 +373,7 @@ def _setup_event_model(event_model: type[EventModel]) -> None:
                 f"{meta.label}: {event!r} is not an audit_stream event (e.g. audit_stream.Snapshot())."
             )
         if event.label in seen:
-            _problem(
+            registry.problem(
                 meta.label,
                 f"{meta.label} declares the event label {event.label!r} twice.",
                 "Give each event of a model its own label, e.g. AfterUpdate('price_changed', condition=...).",
@@ -453,7 +390,7 @@ def _setup_event_model(event_model: type[EventModel]) -> None:
                     trigger_target(event_model) if trigger_target else target
                 )
             except ValueError as exc:
-                _problem(
+                registry.problem(
                     meta.label,
                     str(exc),
                     "Fix the event declaration.",
@@ -464,7 +401,7 @@ def _setup_event_model(event_model: type[EventModel]) -> None:
         pgtrigger.register(triggers.AppendOnly())(event_model)
 
 
-def _trigger_target(event_model: type[EventModel]) -> type[models.Model]:
+def _trigger_target(event_model: type[Event]) -> type[models.Model]:
     """The model the triggers are declared on, which decides where their migrations go.
 
     The tracked model itself when it lives in the event model's app; otherwise

@@ -7,7 +7,7 @@ from django.core.management import call_command
 from django.db import connection, models
 
 import audit_stream
-from audit_stream import keys, tracking
+from audit_stream import keys, registry
 from audit_stream.models import AggregateEvent, Change, Event
 from audit_stream.revert import restore, revert
 from audit_stream.stream import fold
@@ -55,7 +55,7 @@ def test_a_composite_key_object_can_be_reverted_and_restored(line):
 
 def test_a_foreign_key_to_a_composite_key_is_refused_at_check_time_with_what_to_declare():
     """Django cannot point a foreign key at a composite key: the check says to leave obj_fk out."""
-    before = len(tracking._problems)
+    before = len(registry.problems)
     audit_stream.get_event_model(
         OrderLine,
         audit_stream.Snapshot(),
@@ -63,13 +63,13 @@ def test_a_foreign_key_to_a_composite_key_is_refused_at_check_time_with_what_to_
         name="OrderLineWithFkEvent",
     )
     try:
-        (problem,) = tracking._problems[before:]
+        (problem,) = registry.problems[before:]
         _label, message, hint, check_id = problem
         assert check_id == "audit_stream.E008"
         assert "composite primary key" in message
         assert "Leave obj_fk out" in hint
     finally:
-        del tracking._problems[before:]
+        del registry.problems[before:]
 
 
 def test_makemigrations_and_check_pass_for_composite_keys():
