@@ -30,12 +30,10 @@ from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
 
 from audit_stream.history import states
+from audit_stream.history.errors import ReadOnlyHistoryError
+from audit_stream.history.related import freeze
 
 __all__ = ["AsOfQuery", "ReadOnlyHistoryError", "as_of_queryset"]
-
-
-class ReadOnlyHistoryError(TypeError):
-    """A write through an as-of instance or QuerySet: the past cannot be changed."""
 
 
 def _tables() -> dict[str, type[models.Model]]:
@@ -100,11 +98,9 @@ class _AsOfIterable(ModelIterable):
     """Model instances, made read-only and resolving relations as of the same moment."""
 
     def __iter__(self):
-        from audit_stream.history.related import freeze
-
         when = self.queryset.query.as_of
         for obj in super().__iter__():
-            yield freeze(obj, when)
+            yield freeze(obj, when, as_of_queryset)
 
 
 def _refuse(self, *args: Any, **kwargs: Any):

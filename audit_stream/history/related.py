@@ -7,20 +7,30 @@ history: a foreign key to a model with history resolves to the target as it
 was at the same moment (``None`` if it did not exist then), to an untracked
 model to the live row; a many-to-many field tracked with ``m2m_fields`` returns
 the set recorded at that moment. Nothing is queried until it is read.
+
+The history is read through the function the as-of QuerySet hands in
+(:func:`audit_stream.history.query.as_of_queryset`): that module yields these
+instances, and this one does not import it back.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from datetime import datetime
 
 from django.db import models
 from django.db.models.expressions import RawSQL
 
 from audit_stream import tracking
+from audit_stream.history import states
+from audit_stream.history.errors import ReadOnlyHistoryError
 from audit_stream.triggers import quote_name
 
-__all__ = ["freeze", "is_as_of", "m2m_ids_sql"]
+__all__ = ["Reader", "freeze", "is_as_of", "m2m_ids_sql"]
+
+#: ``(queryset, when)`` -> that queryset over the rows as they were at ``when``.
+Reader = Callable[[models.QuerySet, datetime], models.QuerySet]
 
 # The members of one object's many-to-many field at a moment: the set recorded
 # by its latest m2m event at or before it (empty if none).
@@ -34,8 +44,6 @@ SELECT unnest(e.{column}) FROM (
 
 
 def _refuse_write(obj: models.Model, *args, **kwargs):
-    from audit_stream.history.query import ReadOnlyHistoryError
-
     raise ReadOnlyHistoryError(
         f"{obj._meta.verbose_name} {obj.pk} as of {obj._pgh_as_of.isoformat()} is a past version: it"
         " cannot be saved or deleted. To bring these values back, revert to the event"
@@ -63,16 +71,15 @@ def m2m_ids_sql(event_model: type[models.Model], pk, when: datetime) -> RawSQL:
     return RawSQL(sql, [pk, when])
 
 
-def _history_or_live(model: type[models.Model], when: datetime, using: str | None) -> models.QuerySet:
-    from audit_stream.history import states
-    from audit_stream.history.query import as_of_queryset
-
+def _history_or_live(
+    model: type[models.Model], when: datetime, using: str | None, read: Reader
+) -> models.QuerySet:
     manager = model._base_manager.db_manager(using)
     try:
         states.source_for(model, using=manager.db)
     except ValueError:
         return manager.all()
-    return as_of_queryset(manager.all(), when)
+    return read(manager.all(), when)
 
 
 class _AsOf(dict):
@@ -87,12 +94,13 @@ class _AsOf(dict):
     collector what plain ones do.
     """
 
-    __slots__ = ("_obj", "_when")
+    __slots__ = ("_obj", "_read", "_when")
 
-    def __init__(self, obj: models.Model, when: datetime, cached: dict) -> None:
+    def __init__(self, obj: models.Model, when: datetime, cached: dict, read: Reader) -> None:
         super().__init__(cached)
         self._obj = weakref.ref(obj)
         self._when = when
+        self._read = read
 
     def __missing__(self, name: str):
         obj = self._obj()
@@ -113,14 +121,14 @@ class _AsOf(dict):
         value = getattr(obj, field.attname)
         if value is None:
             return None
-        rows = _history_or_live(field.related_model, self._when, obj._state.db)
+        rows = _history_or_live(field.related_model, self._when, obj._state.db, self._read)
         return rows.filter(**{field.target_field.attname: value}).first()
 
     def _members(self, obj: models.Model, field: models.Field) -> models.QuerySet:
         event_model = m2m_event_model(type(obj), field.name)
         if event_model is None:
             raise KeyError(field.name)  # not tracked: the live set
-        rows = _history_or_live(field.related_model, self._when, obj._state.db)
+        rows = _history_or_live(field.related_model, self._when, obj._state.db, self._read)
         return rows.filter(pk__in=m2m_ids_sql(event_model, obj.pk, self._when))
 
     def __call__(self, *args, **kwargs):
@@ -134,13 +142,13 @@ def _has_history(model: type[models.Model]) -> bool:
     return bool(tracking.event_models_for(model))
 
 
-def freeze(obj: models.Model, when: datetime) -> models.Model:
-    """Mark ``obj`` as its version at ``when``: read-only, relations as of ``when``."""
+def freeze(obj: models.Model, when: datetime, read: Reader) -> models.Model:
+    """Mark ``obj`` as its version at ``when``: read-only, relations as of ``when`` (read by ``read``)."""
     obj._pgh_as_of = when
-    cache = _AsOf(obj, when, obj._state.fields_cache)
+    cache = _AsOf(obj, when, obj._state.fields_cache, read)
     obj._state.fields_cache = obj._prefetched_objects_cache = cache
     obj.save = obj.asave = obj.delete = obj.adelete = cache
     for related in list(cache.values()):  # select_related(): read from history too
         if isinstance(related, models.Model) and not is_as_of(related) and _has_history(type(related)):
-            freeze(related, when)
+            freeze(related, when, read)
     return obj
