@@ -21,6 +21,7 @@ __all__ = [
     "DOOMED",
     "DOOMED_UUID",
     "Progress",
+    "choosing",
     "create_doomed",
     "drain",
     "drop_doomed",
@@ -93,9 +94,12 @@ def drop_doomed(cursor) -> None:
     cursor.execute(f"DROP TABLE IF EXISTS {DOOMED}, {DOOMED_UUID}")
 
 
-def choosing_settings(cursor) -> None:
-    """Inside a transaction: the settings of a choosing read (see ``_CHOOSING_SETTINGS``)."""
-    cursor.execute(_CHOOSING_SETTINGS)
+@contextlib.contextmanager
+def choosing(cursor):
+    """A transaction with the settings of a choosing read (see ``_CHOOSING_SETTINGS``)."""
+    with transaction.atomic(using=cursor.db.alias):
+        cursor.execute(_CHOOSING_SETTINGS)
+        yield
 
 
 def fill(cursor, sql: str, params: dict, *, count_only: bool = False) -> int:
@@ -105,8 +109,7 @@ def fill(cursor, sql: str, params: dict, *, count_only: bool = False) -> int:
     temporary table and its index: the same rows, exactly, at a fraction of
     the cost.
     """
-    with transaction.atomic(using=cursor.db.alias):
-        choosing_settings(cursor)
+    with choosing(cursor):
         if count_only:
             cursor.execute(f"SELECT count(*) FROM ({select_of(sql)}) AS candidates", params)
             return cursor.fetchone()[0]

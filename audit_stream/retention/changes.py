@@ -10,8 +10,6 @@ are one object per event table and model: the newest of them stays too.
 
 from __future__ import annotations
 
-from django.db import transaction
-
 from audit_stream import partitions
 from audit_stream.retention import batches, counts, foresight
 from audit_stream.retention.policies import Policy
@@ -76,8 +74,7 @@ def prune_changes(connection, policy: Policy, cutoff, batch_size, dry_run, progr
     with connection.cursor() as cursor:
         params = {"cutoff": cutoff, "keep_last": policy.keep_last, "above": above}
         if dry_run:  # counted, and noted for the contexts step (audit_stream.retention.foresight)
-            with transaction.atomic(using=connection.alias):
-                batches.choosing_settings(cursor)
+            with batches.choosing(cursor):
                 return TABLE, dropped + foresight.note_changes(
                     cursor, batches.select_of(CHANGE_CANDIDATES), params
                 )

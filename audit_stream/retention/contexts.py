@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.db import transaction
-
 from audit_stream import registry
 from audit_stream.retention import batches, foresight, references
 from audit_stream.stream import checkpoint, unfolded
@@ -112,8 +110,7 @@ def prune_contexts(connection, now, batch_size, dry_run, *, foreseen: bool = Fal
         if foreseen:  # its size for the planner (a temporary table is never analysed on its own)
             cursor.execute(f"ANALYZE {foresight.FORESEEN}")
         if dry_run:
-            with transaction.atomic(using=connection.alias):
-                batches.choosing_settings(cursor)
+            with batches.choosing(cursor):
                 cursor.execute(f"SELECT count(*) FROM ({sql}) AS candidates", params)
                 return cursor.fetchone()[0]
         cursor.execute(_DELETE.format(candidates=sql), params)

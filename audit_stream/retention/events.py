@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from django.db import transaction
-
 from audit_stream import partitions
 from audit_stream.retention import batches, counts, drops, foresight, references
 from audit_stream.retention.policies import Policy, row_log_model
@@ -169,8 +167,7 @@ def prune_events(connection, model, policy, cutoff, batch_size, dry_run, force, 
 def _foresee(cursor, table: str, sql: str, params: dict, done, floor) -> int:
     """A dry run's count of the candidates ``sql``, each noted as the run's batch would take it
     off its context's count, :func:`_delete_batch` (:mod:`~audit_stream.retention.foresight`)."""
-    with transaction.atomic(using=cursor.db.alias):
-        batches.choosing_settings(cursor)
+    with batches.choosing(cursor):
         return foresight.note_events(cursor, table, batches.select_of(sql), params, done, floor)
 
 
