@@ -121,12 +121,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="keep the filled, folded and aged set-up in a template database and start from it next time",
     )
+    parser.add_argument(
+        "--writer-rate",
+        type=int,
+        default=100,
+        help="the concurrent writer's transactions per second (more: a p99 of more samples, steadier)",
+    )
     args = parser.parse_args(argv)
     args.rows = args.rows or (100_000 if args.quick else 1_000_000)
     args.insert_per_statement = 50_000
     args.batch_sizes = [5_000, 20_000]
     args.command_batch_size = 10_000
-    args.writer_rate = 100
     args.baseline_seconds = 3.0 if args.quick else 10.0
     args.repeat = 1 if args.quick else 3
     args.explain_batch_size = 20_000
