@@ -196,24 +196,6 @@ def test_dropping_a_partition_takes_its_events_from_their_contexts_counts(partit
     assert ContextCount.objects.get(context_id=context).events == 0
 
 
-def test_a_partition_read_in_ranges_leaves_every_event_counted_once(partitioned, monkeypatch):
-    """The dropping transaction reads a detached partition range by range (3 ids at a time for partitions of
-    10 here): every row is in the report and every folded event leaves its context's count, once."""
-    monkeypatch.setattr(drops, "_READ_IDS", 3)
-    with audit_stream.context(user="first"):
-        _write(12)
-    with audit_stream.context(user="second"):
-        _write(13)
-    fold.fold(TICKETS)
-    contexts = [Context.objects.get(metadata__user=user).id for user in ("first", "second")]
-    _age_events()
-    report = retention.prune(
-        targets=["testapp.TicketEvent"], overrides=retention.Policy(max_age=timedelta(days=90))
-    )
-    assert report.rows[TICKETS] == 25 and not report.errors
-    assert [ContextCount.objects.get(context_id=c).events for c in contexts] == [0, 0]
-
-
 def test_a_partition_left_detached_by_an_interrupted_prune_leaves_its_contexts_counts_when_dropped(
     partitioned,
 ):
