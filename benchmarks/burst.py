@@ -32,8 +32,21 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks import stream
 from benchmarks.sections import replace_section
+from benchmarks.stream_database import (
+    DEFAULT_REDIS_URL,
+    EVENTS,
+    ROOT,
+    configure_environment,
+    execute,
+    log,
+    machine_info,
+    migrate,
+    recreate_database,
+    scalar,
+    verify_exactly_once,
+)
+from benchmarks.stream_fold_throughput import create_backlog
 
 SECTION = "## Fold of a burst, without and with planner statistics (benchmarks/stream.py --burst)"
 COMMAND = "python -m benchmarks.stream --burst"
@@ -55,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="times each scenario runs, alternating")
     parser.add_argument("--partition-size", type=int, default=50_000, help="ids per partition")
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL, help="dropped and recreated!")
-    parser.add_argument("--redis-url", default=stream.DEFAULT_REDIS_URL, help="not used: no process starts")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="not used: no process starts")
     parser.add_argument("--no-report", action="store_true", help="print only: no BENCHMARKS.md, no JSON")
     parser.add_argument("--only", choices=["plain", "partitioned"], help="one layout only")
     return parser.parse_args(argv)
@@ -68,15 +81,15 @@ def _partitions(args: argparse.Namespace) -> dict:
 
 def _counters() -> tuple[int, int, int]:
     """(sequential scans, rows they read, rows fetched by index scans) of the event table (its partitions)."""
-    stream.execute("SELECT pg_stat_force_next_flush()")
+    execute("SELECT pg_stat_force_next_flush()")
     time.sleep(0.01)
-    stream.execute("SELECT pg_stat_clear_snapshot()")
+    execute("SELECT pg_stat_clear_snapshot()")
     return tuple(
-        stream.execute(
+        execute(
             "SELECT coalesce(sum(seq_scan), 0)::bigint, coalesce(sum(seq_tup_read), 0)::bigint,"
             " coalesce(sum(idx_tup_fetch), 0)::bigint FROM pg_stat_user_tables"
             " WHERE relname = %s OR relname LIKE %s",
-            [stream.EVENTS, stream.EVENTS + "\\_%"],
+            [EVENTS, EVENTS + "\\_%"],
         )[0]
     )
 
@@ -88,29 +101,29 @@ def scenario(args: argparse.Namespace, name: str, partitioned: bool, analysed: b
     from audit_stream.stream.fold import fold
 
     settings = _partitions(args) if partitioned else {}
-    stream.recreate_database()
+    recreate_database()
     with override_settings(AUDIT_STREAM=settings):
-        stream.migrate(False)  # migrate partitions what PARTITIONS declares
+        migrate(False)  # migrate partitions what PARTITIONS declares
     started = time.perf_counter()
-    stream.create_backlog(args.rows)
+    create_backlog(args.rows)
     insert_seconds = time.perf_counter() - started
     if analysed:
-        stream.execute(f"VACUUM ANALYZE {stream.EVENTS}")
-    statistics = stream.scalar("SELECT count(*) FROM pg_stats WHERE tablename LIKE %s", [stream.EVENTS + "%"])
-    stream.execute("CHECKPOINT")
+        execute(f"VACUUM ANALYZE {EVENTS}")
+    statistics = scalar("SELECT count(*) FROM pg_stats WHERE tablename LIKE %s", [EVENTS + "%"])
+    execute("CHECKPOINT")
     before = _counters()
     with override_settings(AUDIT_STREAM={**settings, "FOLD_LINGER": 0}):
         started = time.perf_counter()
         folded = batches = 0
         while True:
-            result = fold(stream.EVENTS, max_seconds=3600)
+            result = fold(EVENTS, max_seconds=3600)
             folded += result.folded
             batches += 1
             if result.caught_up and not result.busy:
                 break
         seconds = time.perf_counter() - started
     after = _counters()
-    stream.verify_exactly_once(args.rows)
+    verify_exactly_once(args.rows)
     run = {
         "scenario": name,
         "partitioned": partitioned,
@@ -125,7 +138,7 @@ def scenario(args: argparse.Namespace, name: str, partitioned: bool, analysed: b
         "index_rows_fetched": after[2] - before[2],
         "load": _load(),
     }
-    stream.log(
+    log(
         f"{name}: {run['events_per_s']:,.0f} events/s ({seconds:.1f} s); seq rows read"
         f" {run['seq_rows_read']:,}, index rows fetched {run['index_rows_fetched']:,}"
     )
@@ -155,25 +168,25 @@ def table(runs: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.quick = True
-    stream.configure_environment(args)
+    configure_environment(args)
     import django
 
     django.setup()
     chosen = [s for s in SCENARIOS if args.only is None or s[1] == (args.only == "partitioned")]
-    stream.log(f"database {args.database_url}: {len(chosen)} scenarios x {args.rounds}, {args.rows:,} rows")
+    log(f"database {args.database_url}: {len(chosen)} scenarios x {args.rounds}, {args.rows:,} rows")
     runs = [scenario(args, *s) for _ in range(args.rounds) for s in chosen]
     results = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": stream.machine_info(),
+        "machine": machine_info(),
         "args": {k: v for k, v in vars(args).items() if k not in ("database_url", "redis_url")},
         "runs": runs,
     }
     print("\n" + table(runs))
     if args.no_report:
         return
-    path = stream.ROOT / "benchmarks" / "results" / f"burst-{results['date'][:10]}.json"
+    path = ROOT / "benchmarks" / "results" / f"burst-{results['date'][:10]}.json"
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    stream.log(f"wrote {path.relative_to(stream.ROOT)}")
+    log(f"wrote {path.relative_to(ROOT)}")
     replace_section(SECTION, markdown(results))
 
 

@@ -24,7 +24,10 @@ import statistics
 import threading
 import time
 
-from benchmarks import stream as bench
+from benchmarks.stream_database import EVENTS, ROOT, execute, log, reset_tables, verify_exactly_once
+from benchmarks.stream_fold_throughput import create_backlog, forget_folds
+from benchmarks.stream_observers import BackendCpu, machine_busy_seconds
+from benchmarks.stream_processes import process_cpu
 
 LABEL = "streamapp.TrackedRowEvent"
 SECTION = "## Fold lanes (benchmarks/stream.py --lanes)"
@@ -32,15 +35,15 @@ SECTION = "## Fold lanes (benchmarks/stream.py --lanes)"
 
 def measure(args) -> dict:
     """Fold the same backlog with each number of lanes in ``args.lanes``; the runs and their medians."""
-    bench.reset_tables()
-    bench.log(f"lanes: inserting a backlog of {args.backlog:,} events")
-    bench.create_backlog(args.backlog)
-    bench.execute(f"VACUUM ANALYZE {bench.EVENTS}")
+    reset_tables()
+    log(f"lanes: inserting a backlog of {args.backlog:,} events")
+    create_backlog(args.backlog)
+    execute(f"VACUUM ANALYZE {EVENTS}")
     runs = []
     for repeat in range(args.lanes_repeat):
         for lanes in args.lanes:
             run = {"lanes": lanes, "repeat": repeat, **_fold_with_lanes(lanes, args)}
-            bench.log(
+            log(
                 f"lanes: N={lanes}: {run['events_per_s']:,.0f} events/s,"
                 f" {run['cpu_ms_per_1000']:.0f} ms CPU per 1,000 events, other load {run['other_load']:.0%}"
             )
@@ -55,7 +58,7 @@ def _fold_with_lanes(lanes: int, args) -> dict:
 
     from audit_stream.stream.fold import fold
 
-    bench.forget_folds()
+    forget_folds()
     args.quiet.wait()
     folded = [0] * lanes
     seconds = [0.0] * lanes
@@ -65,7 +68,7 @@ def _fold_with_lanes(lanes: int, args) -> dict:
         started = time.perf_counter()
         try:
             while True:
-                result = fold(bench.EVENTS, lane=lane, batch_size=args.lanes_batch, max_seconds=3600)
+                result = fold(EVENTS, lane=lane, batch_size=args.lanes_batch, max_seconds=3600)
                 folded[lane] += result.folded
                 if result.caught_up and not result.busy:
                     break
@@ -76,11 +79,11 @@ def _fold_with_lanes(lanes: int, args) -> dict:
             connections.close_all()
 
     settings = {"FOLD_LINGER": 0, "FOLD_LANES": {LABEL: lanes}}
-    with override_settings(AUDIT_STREAM=settings), bench.BackendCpu() as backends:
+    with override_settings(AUDIT_STREAM=settings), BackendCpu() as backends:
         # The lanes' checkpoint rows first (one transaction), so no lane waits for another's creation.
-        fold(bench.EVENTS, lane=lanes, max_seconds=0)
-        machine = bench.machine_busy_seconds()
-        own = bench.process_cpu(os.getpid()) or 0.0
+        fold(EVENTS, lane=lanes, max_seconds=0)
+        machine = machine_busy_seconds()
+        own = process_cpu(os.getpid()) or 0.0
         start = time.perf_counter()
         threads = [threading.Thread(target=lane_worker, args=(lane,)) for lane in range(lanes)]
         for thread in threads:
@@ -88,11 +91,11 @@ def _fold_with_lanes(lanes: int, args) -> dict:
         for thread in threads:
             thread.join()
         wall = time.perf_counter() - start
-        own = (bench.process_cpu(os.getpid()) or 0.0) - own
-        machine = bench.machine_busy_seconds() - machine
+        own = (process_cpu(os.getpid()) or 0.0) - own
+        machine = machine_busy_seconds() - machine
     if errors:
         raise errors[0]
-    bench.verify_exactly_once(args.backlog)
+    verify_exactly_once(args.backlog)
     events = sum(folded)
     cpu = backends.seconds() + own
     return {
@@ -151,7 +154,7 @@ def save(results: dict) -> None:
     """JSON into benchmarks/results/ (the BENCHMARKS.md text around the table is written by hand)."""
     import json
 
-    path = bench.ROOT / "benchmarks" / "results" / f"lanes-{results['date'][:10]}.json"
+    path = ROOT / "benchmarks" / "results" / f"lanes-{results['date'][:10]}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    bench.log(f"wrote {path.relative_to(bench.ROOT)}")
+    log(f"wrote {path.relative_to(ROOT)}")
