@@ -13,6 +13,7 @@ import statistics
 import time
 from pathlib import Path
 
+from benchmarks.perfapp.harness import percentile
 from benchmarks.stream_database import (
     CHANGE,
     EVENTS,
@@ -40,16 +41,6 @@ LATENCY_MODES = [
 
 
 # --------------------------------------------------------------------------- statistics
-
-
-def percentile(ordered: list[float], q: float) -> float | None:
-    """The q-quantile of sorted values, interpolated linearly."""
-    if not ordered:
-        return None
-    k = (len(ordered) - 1) * q
-    lo = math.floor(k)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def summarize_ms(seconds: list[float]) -> dict:
