@@ -116,6 +116,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=100,
         help="the concurrent writer's transactions per second (more: a p99 of more samples, steadier)",
     )
+    parser.add_argument(
+        "--prune-nice",
+        type=int,
+        default=0,
+        help="with --partitioned: run the prune's PostgreSQL backend at this nice value (a diagnosis:"
+        " does the writer wait for a core, or for the prune?); the database must be on this machine",
+    )
     args = parser.parse_args(argv)
     args.rows = args.rows or (100_000 if args.quick else 1_000_000)
     args.insert_per_statement = 50_000

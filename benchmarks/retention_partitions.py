@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -135,6 +136,9 @@ def layout_run(args: argparse.Namespace, layout: str, children: Children, log_di
         baseline = (time.time(), time.time() + args.baseline_seconds)
         time.sleep(args.baseline_seconds)
         wal_before = _wal()
+        if args.prune_nice:
+            # The prune's backend (this process's connection) yields the cores to the writer's.
+            os.setpriority(os.PRIO_PROCESS, scalar("SELECT pg_backend_pid()"), args.prune_nice)
         prune_start = time.time()
         with _timed_drops() as spans:
             result = timed_prune(args.command_batch_size, args.rows)
@@ -183,6 +187,10 @@ def layout_run(args: argparse.Namespace, layout: str, children: Children, log_di
     found["control_p99_ratio"] = without["p99"] / found["control"]["p99"]
     found["slowest_writes_window"] = _slowest_writes(data["rows"], same_length, spans, 12)
     found["slowest_writes_alone"] = _slowest_writes(data["rows"], baseline, spans, 12)
+    # The windows themselves (epoch seconds): runs can be pooled from the writer's file.
+    found["prune_nice"] = args.prune_nice
+    found["windows"] = {"control": control, "baseline": baseline, "from_prune_start": same_length}
+    found["writer_file"] = str(out)
     log(f"  {layout}: {json.dumps(found, default=str)}")
     return found
 

@@ -10,8 +10,9 @@ For each autovacuum setting (``--autovacuum off``, ``on`` or ``both``, the
 default) it creates a PostgreSQL cluster of its own (``initdb`` in a
 temporary directory, run as the ``postgres`` user when started as root, on a
 free loopback port, ``autovacuum`` set as asked), so the setting is the
-cluster's and no other database shares it (it logs every autovacuum, lock wait
-and statement over 200 ms, and its log is kept in the temporary directory when
+cluster's and no other database shares it (it logs every autovacuum, every lock
+wait over 100 ms, every statement over 200 ms and the plan of every statement,
+a trigger's included, over 150 ms, and its log is kept in the temporary directory when
 the run ends: the path is printed). Then, in that cluster's database
 ``audit_stream_bench_soak``, with Redis database ``--redis-url`` (flushed):
 
@@ -110,9 +111,14 @@ def cluster(autovacuum: str):
         f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={directory}"
         f" -c autovacuum={autovacuum} -c max_connections=100"
         # What a latency spike can be matched against afterwards: every autovacuum and
-        # autoanalyze, every lock wait past deadlock_timeout, every statement over 200 ms.
-        " -c log_autovacuum_min_duration=0 -c log_lock_waits=on -c log_min_duration_statement=200"
-        " -c log_checkpoints=on -c log_line_prefix='%m [%p] '"
+        # autoanalyze, every lock wait over 100 ms, every statement over 200 ms, and the plan
+        # (with the buffers it read) of every statement over 150 ms, a trigger's statements
+        # included (auto_explain; its timing off, so that it does not slow what it watches).
+        " -c log_autovacuum_min_duration=0 -c log_lock_waits=on -c deadlock_timeout=100ms"
+        " -c log_min_duration_statement=200 -c log_checkpoints=on -c log_line_prefix='%m [%p] '"
+        " -c shared_preload_libraries=auto_explain -c auto_explain.log_min_duration=150"
+        " -c auto_explain.log_analyze=on -c auto_explain.log_timing=off -c auto_explain.log_buffers=on"
+        " -c auto_explain.log_nested_statements=on"
     )
     log_file = directory / "postgres.log"
     start = ["pg_ctl", "-D", str(data), "-o", options, "-l", str(log_file), "-w", "start"]
