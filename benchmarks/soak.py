@@ -205,12 +205,16 @@ WHERE created_at >= now() - interval '60 seconds' AND folded_at >= now() - %(win
 # (200 ms, growing). Each is written so that only an index probe answers it.
 
 # The transaction's start of each event received: one probe of the (event_table, event_id)
-# unique index per id.
+# unique index per id. The LIMIT keeps the subquery a subquery: without it the planner may
+# flatten it into a join, and once autovacuum has analysed the change table it chose a hash
+# join over a sequential scan of every change (330 ms every 10 s at 170,000 changes, and
+# growing: in the hours with autovacuum on, the drift the soak measured was partly its own).
 _CREATED_SQL = """
 SELECT i.id, extract(epoch FROM c.created_at)::float8
 FROM unnest(%(ids)s::bigint[]) AS i (id)
 CROSS JOIN LATERAL (
     SELECT created_at FROM audit_stream_change WHERE event_table = %(table)s AND event_id = i.id
+    LIMIT 1
 ) AS c
 """
 
