@@ -7,6 +7,7 @@ Usage::
     python -m benchmarks.retention --partitioned --rows 1000000   # batched delete vs dropping partitions
     python -m benchmarks.retention --partitioned --rows 10000000 --fill sql --reuse   # at 10M, set-up kept
     python -m benchmarks.retention --partitioned --layouts partitioned ...   # the partition drop alone
+    python -m benchmarks.retention_pool run1.log run2.log ...   # the writer's p99 pooled over such runs
 
 It drops and recreates the database ``audit_stream_bench_retention``
 (``--database-url``), with ``AUDIT_STREAM = {"RETENTION": {"perfapp.ItemEvent":

@@ -138,7 +138,14 @@ def layout_run(args: argparse.Namespace, layout: str, children: Children, log_di
         wal_before = _wal()
         if args.prune_nice:
             # The prune's backend (this process's connection) yields the cores to the writer's.
-            os.setpriority(os.PRIO_PROCESS, scalar("SELECT pg_backend_pid()"), args.prune_nice)
+            backend = scalar("SELECT pg_backend_pid()")
+            try:
+                os.setpriority(os.PRIO_PROCESS, backend, args.prune_nice)
+            except OSError as exc:
+                raise SystemExit(
+                    f"--prune-nice: cannot renice PostgreSQL's backend {backend} ({exc}): run the benchmark"
+                    " on the database's machine, as root or as the server's user"
+                ) from None
         prune_start = time.time()
         with _timed_drops() as spans:
             result = timed_prune(args.command_batch_size, args.rows)
@@ -187,8 +194,9 @@ def layout_run(args: argparse.Namespace, layout: str, children: Children, log_di
     found["control_p99_ratio"] = without["p99"] / found["control"]["p99"]
     found["slowest_writes_window"] = _slowest_writes(data["rows"], same_length, spans, 12)
     found["slowest_writes_alone"] = _slowest_writes(data["rows"], baseline, spans, 12)
-    # The windows themselves (epoch seconds): runs can be pooled from the writer's file.
     found["prune_nice"] = args.prune_nice
+    # The windows themselves (epoch seconds) and the writer's file: runs are pooled from
+    # them (benchmarks.retention_pool).
     found["windows"] = {"control": control, "baseline": baseline, "from_prune_start": same_length}
     found["writer_file"] = str(out)
     log(f"  {layout}: {json.dumps(found, default=str)}")
