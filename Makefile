@@ -42,7 +42,8 @@ test: install
 # The suite's modules CI also runs on the partitioned layout (README, "Partitioned history"):
 # every event table, the row log and the change feed partitioned; a database of its own.
 PARTITIONED_TESTS ?= tests/test_partitions.py tests/test_change_partitions.py tests/test_change_retention.py \
-	tests/test_unfolded.py tests/test_aggregate.py tests/test_fold_concurrency.py
+	tests/test_unfolded.py tests/test_aggregate.py tests/test_fold_concurrency.py tests/test_partition_counts.py \
+	tests/test_retention_contexts.py
 test-partitioned: install
 	./scripts/services.sh
 	AUDIT_STREAM_TEST_PARTITIONED=1 DATABASE_URL=$(TEST_DATABASE_URL)_partitioned REDIS_URL=$(TEST_REDIS_URL) \

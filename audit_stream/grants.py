@@ -11,8 +11,9 @@ gets exactly this:
   registry of logged tables): ``SELECT`` only, to read history (admin,
   ``AggregateEvent``, webhook payloads); every other privilege revoked, so
   it cannot insert, update, delete or truncate it. So are the per-context
-  counts (``ContextCount``): a count lowered would let retention delete a
-  context events still refer to (the fold's trigger writes them as the owner);
+  and per-partition counts (``ContextCount``, ``PartitionCount``): a count
+  lowered would let retention delete a context events still refer to (the
+  fold's triggers write them as the owner);
 * the stream's tables (``Change``, checkpoints, webhooks, heartbeats, runs):
   ``SELECT, INSERT, UPDATE, DELETE``, for the worker, the listener, the
   dashboard and the webhook admin;
@@ -25,8 +26,8 @@ gets exactly this:
 
 ``pruner`` names a role that may delete history (retention of event tables,
 the row log and contexts, ``prune_history --erase``): ``SELECT, DELETE`` on
-history, and ``INSERT, UPDATE`` too on the per-context counts (each delete of
-events takes them off their contexts' counts). The owner always may.
+history, and ``INSERT, UPDATE`` too on the per-context and per-partition
+counts (each delete of events takes them off their counts). The owner always may.
 """
 
 from __future__ import annotations
@@ -38,14 +39,15 @@ from audit_stream import config, registry, rowlog, triggers
 __all__ = ["history_tables", "statements"]
 
 # audit_stream's own tables that are history (the rest of audit_stream_* is the stream's),
-# with the counts that guard contexts (written by retention's deletes: the pruner's).
-_COUNTS = "audit_stream_context_count"
+# with the counts that guard contexts, per context and per partition (written by
+# retention's deletes: the pruner's).
+_COUNTS = ("audit_stream_context_count", "audit_stream_partition_count")
 _HISTORY = (
     "audit_stream_context",
     rowlog.ROW_LOG_TABLE,
     "audit_stream_ddl_log",
     "audit_stream_logged_table",
-    _COUNTS,
+    *_COUNTS,
 )
 
 # Tables and sequences of the schema, with the table a sequence belongs to (if any),
@@ -121,7 +123,7 @@ def statements(role: str, *, pruner: str | None = None, using: str = DEFAULT_DB_
     sql.append(f"GRANT EXECUTE ON FUNCTION {ensure_partitions}(text) TO {grantee};")
     if pruner:
         sql.extend(
-            f"GRANT SELECT, {'INSERT, UPDATE, ' if root == _COUNTS else ''}DELETE"
+            f"GRANT SELECT, {'INSERT, UPDATE, ' if root in _COUNTS else ''}DELETE"
             f" ON TABLE {triggers.qualified(name)} TO {quote(pruner)};"
             for name, kind, _, root in relations
             if kind != "S" and root in history

@@ -29,6 +29,7 @@ __all__ = [
     "Heartbeat",
     "LoggedTable",
     "ObjectCount",
+    "PartitionCount",
     "RetentionRun",
     "RowLog",
     "Sink",
@@ -350,6 +351,34 @@ class ContextCount(models.Model):
 
     class Meta:
         db_table = "audit_stream_context_count"
+
+
+class PartitionCount(models.Model):
+    """How many folded events each partition of a partitioned history table holds, per context and in all.
+
+    Kept so that retention drops a partition without reading it
+    (``audit_stream.partitions.counts``): the fold's trigger on
+    ``Change`` adds the events it folds, each to the partition that holds it
+    (``slot`` 0-15, one of sixteen rows per key so that lanes folding one
+    table rarely wait for each other); retention's batches and erasure add
+    the folded events they delete, negative (``slot`` -1). ``context_id`` is
+    the nil UUID for the partition's total. A partition whose events were
+    folded before it was counted (converted, or older than the counts, or
+    holding rows moved out of the default partition) carries a row with
+    ``slot`` -2: it is read when dropped, as before. ``filenode`` is the
+    partition's file when counted: a partition rewritten since (``TRUNCATE``,
+    ``VACUUM FULL``, ``CLUSTER``, pg_repack, a restore) is read too.
+    """
+
+    pk = models.CompositePrimaryKey("partition", "filenode", "slot", "context_id")
+    partition = models.TextField()
+    filenode = models.BigIntegerField()
+    slot = models.SmallIntegerField()
+    context_id = models.UUIDField()
+    events = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "audit_stream_partition_count"
 
 
 class RowLog(Event):

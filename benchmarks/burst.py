@@ -203,3 +203,7 @@ def markdown(results: dict) -> str:
             table(results["runs"]),
         ]
     )
+
+
+if __name__ == "__main__":
+    main()

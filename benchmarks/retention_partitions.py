@@ -48,13 +48,35 @@ def _age_partition_bounds() -> None:
                 cursor.execute(f"COMMENT ON TABLE {part.name} IS %s", [f"audit_stream: full before {bound}"])
 
 
+# Set-up only: the partitions' counts as the fold keeps them (audit_stream.partitions.counts).
+# The events were folded once, before they were copied aside; restored, they are copied back
+# into partitions (new files) that no fold counted.
+_COUNT_AS_FOLDED = f"""
+INSERT INTO audit_stream_partition_count (partition, filenode, slot, context_id, events)
+SELECT (SELECT p.relname FROM pg_class AS p WHERE p.oid = g.tableoid), pg_relation_filenode(g.tableoid), 0,
+       coalesce(g.context_id, '00000000-0000-0000-0000-000000000000'), g.events
+FROM (
+    SELECT e.tableoid, e.pgh_context_id AS context_id, count(*) AS events, grouping(e.pgh_context_id) AS total
+    FROM {EVENTS} AS e
+    GROUP BY GROUPING SETS ((e.tableoid, e.pgh_context_id), (e.tableoid))
+) AS g
+WHERE g.total = 1 OR g.context_id IS NOT NULL
+"""
+
+
+def _count_as_folded() -> None:
+    """Set-up only: the restored partitions' counts, written as the fold would have written them."""
+    execute("DELETE FROM audit_stream_partition_count WHERE partition LIKE %s", [EVENTS + "\\_%"])
+    execute(_COUNT_AS_FOLDED)
+
+
 @contextlib.contextmanager
 def _timed_drops():
     """Time retention's partition drops while pruning; yields the steps as (name, start, end) wall times.
 
     The steps: ``detach`` (one transaction for every partition: the only step
     that locks the table), then ``read_and_drop``, one transaction of ``read``
-    (each detached partition read once: its rows counted for the report, its
+    (each detached partition's counts read: its rows for the report, its
     events taken off their contexts' counts), ``drop`` (the statement, outside
     the table's lock) and the commit (when the files are unlinked); then
     ``batches`` (the straddling partition's batched delete) and ``contexts``
@@ -121,6 +143,7 @@ def layout_run(args: argparse.Namespace, layout: str, children: Children, log_di
     if layout == "partitioned":
         partitions.ensure(partitions.Layout(EVENTS, args.partition_size, 2))
         _age_partition_bounds()
+        _count_as_folded()
     size_before = _size_mb()
     out = log_dir / f"writer-{layout}.json"
     log(

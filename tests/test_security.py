@@ -23,10 +23,11 @@ import psycopg
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection, transaction
+from django.db.models import Sum
 
 import audit_stream
 from audit_stream import checks, grants, partitions, retention, rowlog
-from audit_stream.models import Context, ContextCount, RowLog
+from audit_stream.models import Context, ContextCount, PartitionCount, RowLog
 from audit_stream.stream import fold
 from tests.testapp.models import (
     Customer,
@@ -241,6 +242,7 @@ def test_a_hand_written_event_is_refused(deployment, product_event):
         "INSERT INTO audit_stream_context (id, metadata) VALUES (gen_random_uuid(), '{}')",
         "DELETE FROM audit_stream_row_log",
         "UPDATE audit_stream_context_count SET events = 0",
+        "UPDATE audit_stream_partition_count SET events = 0",
         "ALTER TABLE testapp_product DISABLE TRIGGER ALL",
         "DROP TRIGGER {trigger} ON testapp_product",
         "SELECT _audit_stream_attach_context(gen_random_uuid(), '{}')",
@@ -412,6 +414,20 @@ def test_the_runtime_role_keeps_partitions_ahead(deployment, partitioned_tickets
         newest = cursor.fetchone()[0]
     assert max(p.upper for p in parts if not p.default) >= newest + 2 * 10
     assert TicketEvent.objects.count() >= 25
+
+
+def test_the_runtime_roles_fold_counts_each_partitions_events_through_the_trigger(
+    deployment, partitioned_tickets
+):
+    """The runtime role cannot write the per-partition counts, yet its fold keeps them (as the owner)."""
+    with _django_as(deployment.runtime):
+        with audit_stream.context(user="counted"):
+            for i in range(12):
+                Ticket.objects.create(title=f"t{i}")
+        fold.fold("testapp_ticketevent")
+    context = Context.objects.get(metadata__user="counted").id
+    counted = PartitionCount.objects.filter(context_id=context).aggregate(events=Sum("events"))["events"]
+    assert counted == TicketEvent.objects.filter(pgh_context_id=context).count() == 12
 
 
 def test_the_partition_function_serves_partitioned_history_alone(deployment):

@@ -15,6 +15,7 @@ from pathlib import Path
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from audit_stream import config, triggers
+from audit_stream.partitions import counts as partition_counts
 from audit_stream.partitions.layout import FULL_BEFORE, Layout, declared, is_partitioned, partitions
 
 __all__ = ["DROP_ENSURE_FUNCTION", "default_rows", "ensure", "ensure_all", "ensure_function", "ensure_in"]
@@ -64,6 +65,9 @@ def ensure_function() -> str:
         "{schema}": literal,
         "{layout_pattern}": layout,
         "{full_before}": FULL_BEFORE,
+        "{partition_counts}": triggers.qualified(partition_counts.TABLE),
+        "{unknown_slot}": str(partition_counts.UNKNOWN),
+        "{all_contexts}": f"'{partition_counts.ALL}'::uuid",
     }
     return re.sub(r"\{[a-z_]+\}", lambda name: names[name.group()], template)
 

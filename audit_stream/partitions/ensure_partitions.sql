@@ -5,7 +5,9 @@
 -- never a caller's value): {function} the function's qualified name, {search_path} its pinned
 -- search_path, {schema} audit_stream's schema as a quoted literal, {layout_pattern} the regular
 -- expression of the layout comment the owner records on the table (size, ahead), {full_before}
--- the prefix of the comment that marks a partition the sequence has passed.
+-- the prefix of the comment that marks a partition the sequence has passed, {partition_counts} the
+-- qualified table of the partitions' counts (audit_stream.partitions.counts) and
+-- {unknown_slot}, {all_contexts} the slot and context of its row that says "not counted".
 
 CREATE OR REPLACE FUNCTION {function}(_table text)
 RETURNS text[] LANGUAGE plpgsql
@@ -26,6 +28,8 @@ DECLARE
     _passed text;
     _unique record;
     _suffix text;
+    -- The partitions' counts exist (migration 0039 on; this function is installed earlier).
+    _counted boolean := to_regclass('{partition_counts}') IS NOT NULL;
 BEGIN
     -- A range-partitioned table of this schema, on one column, with a recorded layout.
     SELECT a.attname INTO _column
@@ -70,6 +74,10 @@ BEGIN
         END IF;
         EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%s) TO (%s)',
                        {schema}, _name, _parent, _end, _end + _size);
+        -- A new partition is counted from nothing (a former table of that name left its counts).
+        IF _counted THEN
+            DELETE FROM {partition_counts} WHERE partition = _name;
+        END IF;
         -- Unique keys that a partitioned table cannot hold (they lack the partition
         -- key) are kept as a unique index of each partition (Layout.local_unique).
         FOR _unique IN
@@ -89,6 +97,11 @@ BEGIN
             EXECUTE format('DELETE FROM %I.%I WHERE %I >= $1 AND %I < $2',
                            {schema}, _default, _column, _column)
                 USING _end, _end + _size;
+            -- Rows folded in the default partition were counted there: a drop reads this one.
+            IF _counted THEN
+                INSERT INTO {partition_counts} (partition, filenode, slot, context_id, events)
+                VALUES (_name, 0, {unknown_slot}, {all_contexts}, 0);
+            END IF;
             EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I DEFAULT', _parent, {schema}, _default);
         END IF;
         _created := _created || _name;

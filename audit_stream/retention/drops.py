@@ -1,4 +1,4 @@
-"""Retention by partition: whole partitions of an event table detached at once, then read and dropped.
+"""Retention by partition: whole partitions of an event table detached at once, then dropped unread.
 
 Two steps, so that writers wait for as little as possible:
 
@@ -7,19 +7,24 @@ Two steps, so that writers wait for as little as possible:
    milliseconds the catalog changes take. One lock for every partition, not
    one per partition, and a short ``lock_timeout``, retried, rather than a
    queue of writers behind a detach that waits;
-2. in one transaction, read each detached table once (its rows counted for
-   the report, its events taken off their contexts' counts,
-   :mod:`~audit_stream.retention.references`) and drop them all, outside any
-   lock of the parent (:func:`partitions.drop_detached`): no row is written to
-   them any more, and the commit that unlinks their files (about 0.13 s per
-   gigabyte, measured) holds nothing a writer waits for. Each table is read
-   by one sequential scan, which PostgreSQL runs through a small ring of
-   buffers: reading it in ranges of its primary key instead, with pauses
-   between them, went through shared buffers, evicting the writers' pages,
-   and at 10,000,000 events took 4.6 s instead of 1.2 s and raised a
-   concurrent writer's p99 4.2x instead of 1.3x (BENCHMARKS.md). (A file system
-   mounted with online ``discard`` makes every writer's commit wait while it
-   discards the freed blocks, seconds later: README, "Partitioned history".)
+2. in one transaction, take each detached table's events off their
+   contexts' counts and count its rows for the report, from the counts the
+   fold kept per partition (:mod:`~audit_stream.partitions.counts`:
+   the table is not read), and drop them all, outside any lock of the parent
+   (:func:`partitions.drop_detached`): the commit that unlinks their files
+   (about 0.13 s per gigabyte, measured) holds nothing a writer waits for.
+   (A file system mounted with online ``discard`` makes every writer's commit
+   wait while it discards the freed blocks, seconds later: README,
+   "Partitioned history".)
+
+Reading the partitions instead (one sequential scan each) took 1.2 s at
+10,000,000 events and raised a concurrent writer's p99 1.8x, all of it during
+the read; from a cold cache the same read took 3.4 s with the writer's p99 at
+39 ms (BENCHMARKS.md). A partition the counts do not cover (older than them,
+or a converted table's first one) is still read that way: one sequential
+scan, which PostgreSQL runs through a small ring of buffers (reading it in
+ranges of its primary key went through shared buffers, evicting the writers'
+pages, and was slower and worse for them).
 
 A prune interrupted between 1 and 2 leaves marked tables, which the next
 prune of the table drops first (:func:`drop_leftovers`), the same way.
@@ -33,6 +38,7 @@ from __future__ import annotations
 from django.db import transaction
 
 from audit_stream import partitions
+from audit_stream.partitions import counts as partition_counts
 from audit_stream.retention import foresight, references
 
 __all__ = ["drop_detached", "drop_leftovers", "drop_partitions", "foresee_leftovers"]
@@ -43,7 +49,7 @@ __all__ = ["drop_detached", "drop_leftovers", "drop_partitions", "foresee_leftov
 _DETACH_LOCK_TIMEOUT = "100ms"
 _DETACH_ATTEMPTS = 50
 
-# One read of a detached partition, in the transaction that drops it: its rows
+# One read of a detached partition the counts do not cover, in the transaction that drops it: its rows
 # counted (for the report) and, for a table with a context column, its events
 # taken off their contexts' counts (every one folded, or it would not be
 # dropped). The INSERT runs though nothing reads it (a data-modifying WITH).
@@ -72,8 +78,7 @@ def drop_partitions(connection, table: str, parts, dry_run: bool, progress, *, c
     with a context column, the contexts' counts it foresees (:mod:`~audit_stream.retention.foresight`).
     """
     if dry_run:
-        count = _foresee_rows if contexts else _count_rows
-        return sum(count(connection, part.name) for part in parts)
+        return sum(_foresee_rows(connection, part.name, contexts) for part in parts)
     if not parts:
         return 0
     names = [part.name for part in parts]
@@ -88,7 +93,7 @@ def drop_partitions(connection, table: str, parts, dry_run: bool, progress, *, c
 
 def drop_detached(connection, names: list[str], *, contexts: bool, progress=None) -> int:
     """Drop tables detached from a partitioned table (:func:`partitions.drop_detached`) in one transaction
-    that first reads each one (:func:`_take_rows`): their rows, taken off their contexts' counts exactly
+    that first counts each one (:func:`_take_rows`): their rows, taken off their contexts' counts exactly
     once, whether this prune drops them or the next one (:func:`drop_leftovers`)."""
     total = 0
     with transaction.atomic(using=connection.alias):
@@ -111,30 +116,33 @@ def foresee_leftovers(connection, table: str, *, contexts: bool) -> None:
     """A dry run's :func:`drop_leftovers`: their events noted as the run would take them off the counts."""
     if contexts:
         for name in partitions.leftovers(connection, table):
-            _foresee_rows(connection, name)
+            _foresee_rows(connection, name, contexts)
 
 
 def _take_rows(connection, name: str, contexts: bool) -> int:
-    """The rows of a detached partition about to go, taken off their contexts' counts (``contexts``)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            (_TAKE_WITH_CONTEXTS if contexts else _TAKE).format(partition=connection.ops.quote_name(name))
-        )
-        return cursor.fetchone()[0]
+    """The rows of a detached partition about to go, taken off their contexts' counts (``contexts``).
+
+    From the partition's counts (:func:`partition_counts.take`); a partition they do not cover is read.
+    """
+    rows = partition_counts.take(connection, name, into=references.COUNT_TABLE if contexts else None)
+    if rows is None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                (_TAKE_WITH_CONTEXTS if contexts else _TAKE).format(partition=connection.ops.quote_name(name))
+            )
+            rows = cursor.fetchone()[0]
+        partition_counts.forget(connection, name)
+    return rows
 
 
-def _foresee_rows(connection, name: str) -> int:
+def _foresee_rows(connection, name: str, contexts: bool) -> int:
     """A dry run's :func:`_take_rows`: the partition's events noted, not subtracted, for the contexts step."""
-    sql = _TAKE_WITH_CONTEXTS.replace(references.COUNT_TABLE, foresight.FORESEEN)
+    rows = partition_counts.foresee(connection, name, into=foresight.FORESEEN if contexts else None)
+    if rows is not None:
+        return rows
+    sql = _TAKE_WITH_CONTEXTS.replace(references.COUNT_TABLE, foresight.FORESEEN) if contexts else _TAKE
     with connection.cursor() as cursor:
         cursor.execute(sql.format(partition=connection.ops.quote_name(name)))
-        return cursor.fetchone()[0]
-
-
-def _count_rows(connection, name: str) -> int:
-    """The exact number of rows of one partition (a dry run's count): a read of the whole partition."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT count(*) FROM {connection.ops.quote_name(name)}")
         return cursor.fetchone()[0]
 
 

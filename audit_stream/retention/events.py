@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from audit_stream import partitions
+from audit_stream.partitions import counts as partition_counts
 from audit_stream.retention import batches, counts, drops, foresight, references
 from audit_stream.retention.policies import Policy, row_log_model
 from audit_stream.stream import unfolded
@@ -180,7 +181,9 @@ def _delete_batch(connection, model, policy: Policy, force: bool) -> str | None:
     speed, BENCHMARKS.md; nor with ``force``: its unfolded events were never
     counted). The per-context counts always lose the deleted events the fold
     counted (:data:`~audit_stream.retention.references.SUBTRACT`): contexts are
-    pruned by them whatever the policy.
+    pruned by them whatever the policy. So do the counts of a partitioned
+    table's partitions (:data:`~audit_stream.partitions.counts.SUBTRACT`),
+    which the partitions' drops take off the contexts' counts in their turn.
     """
     returning, counted, after = ["t.pgh_id"], [], "TRUE"
     if policy.keep_last is not None and not force and _object_key(model) != "NULL::int":
@@ -188,10 +191,17 @@ def _delete_batch(connection, model, policy: Policy, force: bool) -> str | None:
         counted.append(counts.SUBTRACT)
         after = counts.AFTER_SUBTRACT  # objects locked first, as the fold locks them
     if _has_context(model):
-        returning.extend(["t.pgh_xid", "t.pgh_context_id"])
         counted.append(references.SUBTRACT.replace("{after}", after))
+    with connection.cursor() as cursor:
+        partitioned = partitions.is_partitioned(cursor, model._meta.db_table)
+    if partitioned:  # the partitions' own counts, which their drops read
+        counted.append(partition_counts.SUBTRACT)
+        returning.append("t.tableoid")
     if not counted:
         return None
+    if _has_context(model) or partitioned:  # what the two SUBTRACTs read of each event
+        context = "t.pgh_context_id" if _has_context(model) else "NULL::uuid AS pgh_context_id"
+        returning.extend(["t.pgh_xid", context])
     return batches.COUNTED_DELETE_BATCH.format(
         table=connection.ops.quote_name(model._meta.db_table),
         doomed=batches.DOOMED,
