@@ -24,6 +24,23 @@ next claim sends if it is now the head. ``held`` only keeps a message out of
 the scan: the head condition is checked by every claim, so nothing is sent out
 of order whatever ``held`` says.
 
+Staying O(batch) however many messages were delivered. Every delivered
+message leaves entries of its owed versions in the ``..._claimable`` index
+until a vacuum removes them (or a scan finds them dead to every transaction:
+a long transaction anywhere delays that), and they sort with the oldest due
+times, where a claim's scan starts: in an hour at 300 messages/s one claim
+walked 19,000-41,000 buffers of them for 0-15 messages (BENCHMARKS.md,
+"Soak"). So a subscriber with a **floor** (``due_floor``, webhook endpoints)
+is claimed from its floor less :data:`FLOOR_MARGIN`: each claim raises the
+floor to the due time of the first message it took (or to its start when it
+took none), only if no one changed it meanwhile (:func:`raise_floor_sql`),
+since no owed message due before it is left but those other claims hold. A
+message that becomes owed with an earlier due time (a transaction that
+commits more than the margin after it started, a retry on a clock that is
+behind) is found by the sweep, which lowers the floor to the earliest due
+time (:func:`lower_floors_sql`), every ``SWEEP_INTERVAL``. A message
+unparked is due from then (:class:`UnparkNext`), not from its first due time.
+
 The claim is two statements in one transaction: the first locks the due
 candidates (``FOR UPDATE SKIP LOCKED``), the second, with a snapshot taken
 after those locks, sends the heads and parks the rest. Were both in one
@@ -48,6 +65,8 @@ from audit_stream import triggers
 __all__ = [
     "DUE",
     "DUE_AT",
+    "FLOOR_MARGIN",
+    "FROM_FLOOR",
     "OBJECT_KEY_SQL",
     "OWED",
     "UnparkNext",
@@ -55,6 +74,8 @@ __all__ = [
     "head",
     "held_claim_sql",
     "indexes",
+    "lower_floors_sql",
+    "raise_floor_sql",
 ]
 
 #: Owed: a message not yet delivered and not dead.
@@ -68,6 +89,16 @@ DUE_AT = "(CASE WHEN m.status = 'pending' THEN m.next_attempt_at ELSE m.lease_un
 
 #: A message ``m`` is due: owed, not parked, and its time has come.
 DUE = f"(m.status IN {OWED} AND NOT m.held AND {DUE_AT} <= now())"
+
+#: How far below a subscriber's floor its claims start (see the module's docstring): the longest
+#: a message may take from the due time it is given to its commit without waiting for the sweep.
+#: The fold gives it the time it writes it (audit_stream.outbox), a retry the time of its outcome.
+#: Each claim also reads the entries delivered messages left in this window: about 2 per message
+#: delivered in it (its pending and its leased versions).
+FLOOR_MARGIN = "1 second"
+
+#: From its subscriber's floor (``{floor}``, an SQL expression; NULL: from the first due message).
+FROM_FLOOR = f"{DUE_AT} >= coalesce({{floor}} - interval '{FLOOR_MARGIN}', '-infinity')"
 
 #: The object key the fold gives a message of change ``c`` for subscriber ``alias``:
 #: NULL (unordered) unless the subscriber is ordered.
@@ -88,20 +119,23 @@ def head(table: str, subscriber: str) -> str:
     )
 
 
-def claim_sql(table: str, subscriber: str, returning: str) -> tuple[str, str]:
+def claim_sql(table: str, subscriber: str, returning: str, *, floored: bool = False) -> tuple[str, str]:
     """The two statements of a claim on ``table`` for one subscriber (``%(subscriber)s``).
 
     1. Lock up to ``%(limit)s`` due messages, in the order they fell due
        (``FOR UPDATE SKIP LOCKED``; a range of the ``..._claimable`` partial
        index: O(limit) whatever the backlog waiting for later retries); returns
-       their ids. For new messages that order is the order they were recorded.
+       their ids and due times. For new messages that order is the order they
+       were recorded. ``floored``: from the subscriber's floor, ``%(floor)s``
+       (:data:`FROM_FLOOR`).
     2. Given those ids (``%(ids)s``), with a fresh snapshot: lease the heads
        (``status = 'sending'``, ``lease_until = now() + %(lease)s``) and return
        ``returning`` (columns of ``m``) for each; park the others.
     """
+    from_floor = f" AND {FROM_FLOOR.format(floor='%(floor)s::timestamptz')}" if floored else ""
     lock = f"""
-SELECT m.id FROM {table} AS m
-WHERE m.{subscriber} = %(subscriber)s AND {DUE}
+SELECT m.id, {DUE_AT} FROM {table} AS m
+WHERE m.{subscriber} = %(subscriber)s AND {DUE}{from_floor}
 ORDER BY {DUE_AT}
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
@@ -152,6 +186,43 @@ WHERE m.id = ANY(ARRAY(
 """
 
 
+def raise_floor_sql(subscribers: str) -> str:
+    """Raise the floor of subscriber ``%(subscriber)s`` of ``subscribers`` to ``%(floor)s``.
+
+    Only if it is still ``%(read)s``, the floor the claim started from: a
+    sweep that lowered it meanwhile found a message below it, which the next
+    claim must see. Never lowers it. Run after the claim's transaction, on its own.
+    """
+    return f"""
+UPDATE {subscribers} SET due_floor = %(floor)s
+WHERE id = %(subscriber)s AND due_floor IS NOT DISTINCT FROM %(read)s
+  AND (due_floor IS NULL OR due_floor < %(floor)s)
+"""
+
+
+def lower_floors_sql(table: str, subscriber: str, subscribers: str) -> str:
+    """The sweep's: the active subscribers of ``subscribers`` with a due message, read from no floor;
+    the floor of each lowered to its earliest owed message's due time where that is below it.
+
+    One probe of the ``..._claimable`` index per subscriber, from the oldest
+    due times: it walks what the claims skip, once per sweep.
+    """
+    return f"""
+WITH earliest AS MATERIALIZED (
+    SELECT s.id, s.due_floor,
+           (SELECT min({DUE_AT}) FROM {table} AS m
+            WHERE m.{subscriber} = s.id AND m.status IN {OWED} AND NOT m.held) AS due
+    FROM {subscribers} AS s
+    WHERE s.is_active
+), lowered AS (
+    UPDATE {subscribers} AS s SET due_floor = e.due
+    FROM earliest AS e
+    WHERE s.id = e.id AND e.due < s.due_floor
+)
+SELECT e.id FROM earliest AS e WHERE e.due <= now() ORDER BY e.id
+"""
+
+
 def indexes(prefix: str, subscriber: str) -> list[models.Index]:
     """The two partial indexes a message model needs (``subscriber``: its foreign key's field name).
 
@@ -181,6 +252,9 @@ def indexes(prefix: str, subscriber: str) -> list[models.Index]:
 class UnparkNext(pgtrigger.Trigger):
     """When an ordered message stops being owed, unpark the next owed message of its object.
 
+    The message unparked is due from now on, if it was due before: its first
+    due time may lie below its subscriber's floor, where no claim looks.
+
     Declared on both message models. It writes the next message even when it
     is not parked: a claim that is parking it at that moment holds its row
     lock, so this update waits for that claim and then clears ``held`` on the
@@ -204,7 +278,8 @@ class UnparkNext(pgtrigger.Trigger):
     def get_func(self, model) -> str:
         table = triggers.qualified(self.table)
         return (
-            f"UPDATE {table} AS n SET held = false\n"
+            f"UPDATE {table} AS n\n"
+            "SET held = false, next_attempt_at = greatest(n.next_attempt_at, clock_timestamp())\n"
             "WHERE n.id = (\n"
             f"    SELECT q.id FROM {table} AS q\n"
             f"    WHERE q.{self.subscriber} = NEW.{self.subscriber}\n"

@@ -62,13 +62,16 @@ def record_sql(messages: str, subscriber: str, subscribers: str) -> str:
     (its id in the column ``subscriber`` of ``messages``), in change order;
     returns each message's subscriber. data.event_id (pgh_id) grows per object in
     the order changes happened: a receiver re-orders or drops stale deliveries with it.
+    A message is due from when it is written (``clock_timestamp()``, not the fold
+    transaction's start): its commit follows within milliseconds, well inside the
+    claims' margin below their floor (:data:`audit_stream.ordering.FLOOR_MARGIN`).
     """
     return f"""
 INSERT INTO {messages}
     (id, {subscriber}, change_id, event_type, payload, status, attempts, next_attempt_at,
      last_error, created_at, object_key)
 SELECT gen_random_uuid(), s.id, c.id, {payload.TYPE_SQL}, {payload.PAYLOAD_SQL},
-       'pending', 0, now(), '', now(), {ordering.OBJECT_KEY_SQL.format(alias="s")}
+       'pending', 0, clock_timestamp(), '', now(), {ordering.OBJECT_KEY_SQL.format(alias="s")}
 FROM audit_stream_change AS c
 JOIN {subscribers} AS s ON {payload.matches("s")}
 {payload.FROM_SQL}

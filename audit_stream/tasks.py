@@ -114,13 +114,17 @@ def _enqueue_due_sinks() -> list[int]:
 
 
 def endpoints_with_due_messages() -> list[int]:
-    """Active endpoints with a message whose attempt is due (or whose lease expired)."""
+    """Active endpoints with a message whose attempt is due (or whose lease expired), from no floor.
+
+    The sweep's check: it also lowers each endpoint's floor to its earliest owed message, so that
+    the claims find a message that became owed below it (:mod:`audit_stream.ordering`).
+    """
     from django.db import connection
 
-    from audit_stream.webhooks.delivery import DUE_ENDPOINTS_SQL
+    from audit_stream.webhooks.delivery import SWEEP_DUE_ENDPOINTS_SQL
 
     with connection.cursor() as cursor:
-        cursor.execute(DUE_ENDPOINTS_SQL)
+        cursor.execute(SWEEP_DUE_ENDPOINTS_SQL)
         return sorted(row[0] for row in cursor.fetchall())
 
 

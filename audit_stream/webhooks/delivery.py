@@ -60,18 +60,34 @@ _EXCERPT = 500
 # and by the listener.
 DUE = ordering.DUE
 
-# Active endpoints with a due message: the listener and the sweep enqueue their deliveries.
-# One probe of the claim's index per endpoint, however many messages are due.
+# Active endpoints with a due message from their floor (audit_stream.ordering): the listener
+# enqueues their deliveries. One probe of the claim's index per endpoint, however many
+# messages are due or were delivered.
 DUE_ENDPOINTS_SQL = f"""
 SELECT ep.id
 FROM audit_stream_webhookendpoint AS ep
 WHERE ep.is_active
-  AND EXISTS (SELECT 1 FROM audit_stream_webhookmessage AS m WHERE m.endpoint_id = ep.id AND {DUE})
+  AND EXISTS (
+    SELECT 1 FROM audit_stream_webhookmessage AS m
+    WHERE m.endpoint_id = ep.id AND {DUE} AND {ordering.FROM_FLOOR.format(floor="ep.due_floor")}
+  )
 """
 
-_HAS_DUE_SQL = (
-    f"SELECT EXISTS (SELECT 1 FROM audit_stream_webhookmessage AS m WHERE m.endpoint_id = %s AND {DUE})"
+# The sweep's: the same from no floor, each endpoint's floor lowered to its earliest owed message.
+SWEEP_DUE_ENDPOINTS_SQL = ordering.lower_floors_sql(
+    "audit_stream_webhookmessage", "endpoint_id", "audit_stream_webhookendpoint"
 )
+
+_HAS_DUE_SQL = f"""
+SELECT EXISTS (
+    SELECT 1 FROM audit_stream_webhookmessage AS m
+    WHERE m.endpoint_id = %(endpoint)s AND {DUE} AND {
+    ordering.FROM_FLOOR.format(
+        floor="(SELECT ep.due_floor FROM audit_stream_webhookendpoint AS ep WHERE ep.id = %(endpoint)s)"
+    )
+}
+)
+"""
 
 # Claim up to `limit` due messages of one endpoint, in the order they fell due
 # (a range of the audit_stream_msg_claimable index), sending
@@ -80,8 +96,14 @@ _HAS_DUE_SQL = (
 # text of the JSONB payload: numbers stay exact, and every attempt sends the
 # same bytes; the payload itself is not decoded.
 _LOCK_SQL, _CLAIM_SQL = ordering.claim_sql(
-    "audit_stream_webhookmessage", "endpoint_id", returning="m.id, m.attempts, m.created_at, m.payload::text"
+    "audit_stream_webhookmessage",
+    "endpoint_id",
+    returning="m.id, m.attempts, m.created_at, m.payload::text",
+    floored=True,
 )
+# The claim starts from the endpoint's floor, and its transaction's start.
+_FLOOR_SQL = "SELECT due_floor, now() FROM audit_stream_webhookendpoint WHERE id = %s"
+_RAISE_FLOOR_SQL = ordering.raise_floor_sql("audit_stream_webhookendpoint")
 
 # A batch's outcomes, one statement: each message's attempt row, and its new status,
 # attempts, error and next attempt (NULL: unchanged), as parallel arrays.
@@ -241,12 +263,22 @@ def _claim(endpoint_id: int, limit: int, lease: timedelta) -> list[_Claimed]:
     """
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(_LOCK_SQL, {"subscriber": endpoint_id, "limit": limit})
-            ids = [row[0] for row in cursor.fetchall()]
-            if not ids:
-                return []
-            cursor.execute(_CLAIM_SQL, {"ids": ids, "lease": lease})
-            claimed = [_Claimed(*row) for row in cursor.fetchall()]
+            cursor.execute(_FLOOR_SQL, [endpoint_id])
+            floor, started = cursor.fetchone() or (None, None)
+            cursor.execute(_LOCK_SQL, {"subscriber": endpoint_id, "limit": limit, "floor": floor})
+            locked = cursor.fetchall()
+            ids = [row[0] for row in locked]
+            if ids:
+                cursor.execute(_CLAIM_SQL, {"ids": ids, "lease": lease})
+                claimed = [_Claimed(*row) for row in cursor.fetchall()]
+        # Nothing owed is due before the first message locked (or, with none, before the
+        # claim started) but what other claims hold: the floor rises to there.
+        raised = min(row[1] for row in locked) if locked else started
+        if raised is not None:
+            with connection.cursor() as cursor:
+                cursor.execute(_RAISE_FLOOR_SQL, {"subscriber": endpoint_id, "floor": raised, "read": floor})
+        if not ids:
+            return []
         if claimed:
             return sorted(claimed, key=lambda m: (m.created_at, m.pk))
 
@@ -255,7 +287,7 @@ def _has_due(endpoint_id: int) -> bool:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute(_HAS_DUE_SQL, [endpoint_id])
+        cursor.execute(_HAS_DUE_SQL, {"endpoint": endpoint_id})
         return cursor.fetchone()[0]
 
 
@@ -408,7 +440,7 @@ def replay(messages) -> int:
     return WebhookMessage.objects.filter(pk__in=[getattr(m, "pk", m) for m in messages]).update(
         status=WebhookMessage.PENDING,
         attempts=0,
-        next_attempt_at=timezone.now(),
+        next_attempt_at=Now(),  # the database's clock, as the claims' floor (audit_stream.ordering)
         lease_until=None,
         held=False,
     )
@@ -424,7 +456,7 @@ def replay_failed(endpoint: WebhookEndpoint | int, since: datetime | None = None
     return dead.update(
         status=WebhookMessage.PENDING,
         attempts=0,
-        next_attempt_at=timezone.now(),
+        next_attempt_at=Now(),
         lease_until=None,
         held=False,
     )

@@ -67,6 +67,9 @@ class WebhookEndpoint(models.Model):
     disabled_reason = models.TextField(blank=True, default="", editable=False)
     disabled_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(db_default=Now(), editable=False)
+    # Claims start here, less ordering.FLOOR_MARGIN: no owed message is due before it but those
+    # the sweep finds (audit_stream.ordering). NULL: not known yet, claims start at the first.
+    due_floor = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         db_table = "audit_stream_webhookendpoint"
