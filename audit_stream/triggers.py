@@ -164,6 +164,27 @@ def search_path() -> str:
     return f"pg_catalog, {quote_name(config.schema())}, pg_temp"
 
 
+def change_trigger_sql(name: str, function: str, *, on: str = "INSERT", rows: str = "NEW") -> str:
+    """A statement-level trigger on the change feed: ``name`` (re)created ``AFTER on``, running
+    ``function`` with its ``rows`` table as ``_audit_stream_rows``.
+
+    Each of the counts the fold keeps (:mod:`audit_stream.retention.counts`,
+    :mod:`~audit_stream.retention.references`, :mod:`audit_stream.partitions.counts`) is such a trigger.
+    """
+    change = qualified("audit_stream_change")
+    return f"""DROP TRIGGER IF EXISTS {name} ON {change};
+CREATE TRIGGER {name} AFTER {on} ON {change}
+    REFERENCING {rows} TABLE AS _audit_stream_rows FOR EACH STATEMENT EXECUTE FUNCTION {function}();
+"""
+
+
+def drop_change_trigger_sql(function: str, *names: str) -> str:
+    """Drop the triggers ``names`` on the change feed and their ``function`` (:func:`change_trigger_sql`)."""
+    change = qualified("audit_stream_change")
+    dropped = "".join(f"DROP TRIGGER IF EXISTS {name} ON {change};\n" for name in names)
+    return f"{dropped}DROP FUNCTION IF EXISTS {function}();\n"
+
+
 def qualified(name: str) -> str:
     """``name`` (a table, sequence or function of audit_stream) qualified with its schema."""
     return f"{quote_name(config.schema())}.{quote_name(name)}"

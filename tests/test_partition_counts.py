@@ -60,6 +60,15 @@ def _counted() -> dict[tuple[str, str | None], int]:
     }
 
 
+def _folded_and_aged() -> str:
+    """25 ticket events in a context, folded and aged past 90 days; the lowest full partition's name."""
+    with audit_stream.context(user="tickets"):
+        _write(25)
+    fold.fold(TICKETS)
+    _age_events()
+    return next(p.name for p in _parts() if p.full_before is not None)
+
+
 def _tickets_context() -> str:
     return str(Context.objects.get(metadata__user="tickets").id)
 
@@ -101,11 +110,7 @@ def test_a_drop_reads_none_of_the_partitions_it_drops():
 
 def test_a_partition_its_counts_do_not_cover_is_read_when_dropped():
     """A partition marked as not counted (older than the counts, converted) is read: the same outcome."""
-    with audit_stream.context(user="tickets"):
-        _write(25)
-    fold.fold(TICKETS)
-    _age_events()
-    first = next(p.name for p in _parts() if p.full_before is not None)
+    first = _folded_and_aged()
     with connection.cursor() as cursor:
         counts.mark_unknown(cursor, first)  # its counts forgotten, as before migration 0039
     report = retention.prune(targets=["testapp.TicketEvent"], overrides=AGED)
@@ -183,11 +188,7 @@ def test_a_new_partition_starts_without_the_counts_of_a_former_table_of_its_name
 
 def test_a_partition_truncated_since_it_was_counted_is_read_when_dropped():
     """A partition emptied outside retention (a new file) is read: its old counts are not subtracted."""
-    with audit_stream.context(user="tickets"):
-        _write(25)
-    fold.fold(TICKETS)
-    _age_events()
-    first = next(p.name for p in _parts() if p.full_before is not None)
+    first = _folded_and_aged()
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT count(*) FROM {first}")
         truncated = cursor.fetchone()[0]

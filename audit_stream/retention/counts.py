@@ -55,7 +55,6 @@ def install_sql() -> str:
     count: never more than N, so never ranked for it.
     """
     function, counts = triggers.qualified(_FUNCTION), triggers.qualified(COUNT_TABLE)
-    change = triggers.qualified("audit_stream_change")
     return f"""
 CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = {triggers.search_path()}
@@ -75,22 +74,12 @@ BEGIN
 END;
 $$;
 REVOKE ALL ON FUNCTION {function}() FROM PUBLIC;
-DROP TRIGGER IF EXISTS {_INSERTED} ON {change};
-CREATE TRIGGER {_INSERTED} AFTER INSERT ON {change}
-    REFERENCING NEW TABLE AS _audit_stream_rows FOR EACH STATEMENT EXECUTE FUNCTION {function}();
-DROP TRIGGER IF EXISTS {_DELETED} ON {change};
-CREATE TRIGGER {_DELETED} AFTER DELETE ON {change}
-    REFERENCING OLD TABLE AS _audit_stream_rows FOR EACH STATEMENT EXECUTE FUNCTION {function}();
-"""
+{triggers.change_trigger_sql(_INSERTED, function)}\
+{triggers.change_trigger_sql(_DELETED, function, on="DELETE", rows="OLD")}"""
 
 
 def uninstall_sql() -> str:
-    change = triggers.qualified("audit_stream_change")
-    return f"""
-DROP TRIGGER IF EXISTS {_INSERTED} ON {change};
-DROP TRIGGER IF EXISTS {_DELETED} ON {change};
-DROP FUNCTION IF EXISTS {triggers.qualified(_FUNCTION)}();
-"""
+    return triggers.drop_change_trigger_sql(triggers.qualified(_FUNCTION), _INSERTED, _DELETED)
 
 
 # The counts of the history there is already (migrate, once): the changes as

@@ -52,7 +52,6 @@ def install_sql() -> str:
     event goes.
     """
     function, counts = triggers.qualified(_FUNCTION), triggers.qualified(COUNT_TABLE)
-    change = triggers.qualified("audit_stream_change")
     return f"""
 CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = {triggers.search_path()}
@@ -69,17 +68,11 @@ BEGIN
 END;
 $$;
 REVOKE ALL ON FUNCTION {function}() FROM PUBLIC;
-DROP TRIGGER IF EXISTS {_INSERTED} ON {change};
-CREATE TRIGGER {_INSERTED} AFTER INSERT ON {change}
-    REFERENCING NEW TABLE AS _audit_stream_rows FOR EACH STATEMENT EXECUTE FUNCTION {function}();
-"""
+{triggers.change_trigger_sql(_INSERTED, function)}"""
 
 
 def uninstall_sql() -> str:
-    return f"""
-DROP TRIGGER IF EXISTS {_INSERTED} ON {triggers.qualified("audit_stream_change")};
-DROP FUNCTION IF EXISTS {triggers.qualified(_FUNCTION)}();
-"""
+    return triggers.drop_change_trigger_sql(triggers.qualified(_FUNCTION), _INSERTED)
 
 
 # The counts of the history there is already (migrate, once): every event of

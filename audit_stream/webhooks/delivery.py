@@ -263,6 +263,7 @@ def _claim(endpoint_id: int, limit: int, lease: timedelta) -> list[_Claimed]:
     """
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(ordering.CLAIM_SETTINGS)
             cursor.execute(_FLOOR_SQL, [endpoint_id])
             floor, started = cursor.fetchone() or (None, None)
             cursor.execute(_LOCK_SQL, {"subscriber": endpoint_id, "limit": limit, "floor": floor})
