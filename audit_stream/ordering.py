@@ -101,11 +101,12 @@ FLOOR_MARGIN = "1 second"
 #: From its subscriber's floor (``{floor}``, an SQL expression; NULL: from the first due message).
 FROM_FLOOR = f"{DUE_AT} >= coalesce({{floor}} - interval '{FLOOR_MARGIN}', '-infinity')"
 
-#: Run first in a claim's transaction: its lock statement reads the ``..._claimable`` index in due
-#: order, never another index and a sort. With the floor's range estimated at a row or two, the
-#: planner once took the subscriber's index on status instead (in the soak, after an ANALYZE),
-#: whose entries of every delivered message's owed versions it read through: 249 ms, 24,873 buffers.
-CLAIM_SETTINGS = "SET LOCAL enable_sort = off"
+#: An SQL expression a claim's transaction evaluates first (``SET LOCAL``): its lock statement
+#: reads the ``..._claimable`` index in due order, never another index and a sort. With the floor's
+#: range estimated at a row or two, the planner once took the subscriber's index on status instead
+#: (in the soak, after an ANALYZE), reading every delivered message's owed versions: 249 ms,
+#: 24,873 buffers.
+CLAIM_SETTINGS = "set_config('enable_sort', 'off', true)"
 
 #: The object key the fold gives a message of change ``c`` for subscriber ``alias``:
 #: NULL (unordered) unless the subscriber is ordered.

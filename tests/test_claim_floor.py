@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from audit_stream import tasks
 from audit_stream.models import WebhookEndpoint, WebhookMessage
-from audit_stream.stream import fold
+from audit_stream.stream import fold, listen
 from audit_stream.webhooks import delivery
 from tests.testapp.models import Product
 
@@ -136,3 +136,32 @@ def test_a_message_unparked_is_claimed_though_its_first_due_time_lies_below_the_
     fold.fold_all()
     WebhookMessage.objects.update(next_attempt_at=timezone.now() - timedelta(hours=1))  # both long due
     assert delivery.deliver(endpoint.pk).delivered == 2
+
+
+def test_the_listener_lowers_the_floors_as_the_sweep_does_when_no_beat_runs(endpoint):
+    """A deployment with a listener and no beat: the listener's first poll (and one every
+    SWEEP_INTERVAL) reads from no floor, so a message owed below the floor is still enqueued."""
+    _new_messages(1)
+    delivery.deliver(endpoint.pk)
+    late = WebhookMessage.objects.create(
+        endpoint=endpoint,
+        event_type="audit_stream.test",
+        payload={"type": "audit_stream.test"},
+        next_attempt_at=timezone.now() - timedelta(minutes=1),
+    )
+    enqueued = []
+    listener = listen.Listener(
+        connection.get_connection_params(), enqueue=lambda *task: enqueued.append(task)
+    )
+    listener._enqueue = lambda task, *args: enqueued.append((task, *args))  # no Redis dedupe in this test
+    settings = connection.settings_dict
+    with psycopg.connect(
+        host=settings["HOST"],
+        port=settings["PORT"],
+        user=settings["USER"],
+        dbname=settings["NAME"],
+        autocommit=True,
+    ) as conn:
+        listener._poll(conn)
+    assert ("audit_stream.deliver", endpoint.pk) in enqueued
+    assert WebhookEndpoint.objects.get(pk=endpoint.pk).due_floor == late.next_attempt_at

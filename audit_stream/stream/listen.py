@@ -23,9 +23,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from audit_stream import config, tracking
+from audit_stream import beat, config, tracking
 from audit_stream.stream import heartbeat, pending, wakeup
-from audit_stream.webhooks.delivery import DUE_ENDPOINTS_SQL
+from audit_stream.webhooks.delivery import DUE_ENDPOINTS_SQL, SWEEP_DUE_ENDPOINTS_SQL
 
 __all__ = ["Listener", "run"]
 
@@ -58,6 +58,7 @@ class Listener:
         self.tables = set(tracking.stream_tables())
         self._stop = threading.Event()
         self.is_leader = False
+        self._floors_checked = float("-inf")  # when the endpoints' floors were last checked (monotonic)
 
     def stop(self, *args: Any) -> None:
         """Ask the loop to finish (safe from a signal handler)."""
@@ -114,7 +115,14 @@ class Listener:
                 self._enqueue("audit_stream.fold", table, *([] if lane is None else [lane]))
             if not busy and self.notify:
                 cursor.execute(wakeup.ARM_SQL)  # all caught up: the next writer wakes us
-            cursor.execute(DUE_ENDPOINTS_SQL)
+            # From each endpoint's floor, as the claims read; every SWEEP_INTERVAL from no floor,
+            # the floors lowered to what became owed below them (audit_stream.ordering), as the
+            # sweep does: a deployment whose beat does not run loses nothing either.
+            if time.monotonic() - self._floors_checked >= beat.SWEEP_INTERVAL:
+                self._floors_checked = time.monotonic()
+                cursor.execute(SWEEP_DUE_ENDPOINTS_SQL)
+            else:
+                cursor.execute(DUE_ENDPOINTS_SQL)
             for (endpoint_id,) in cursor.fetchall():
                 self._enqueue("audit_stream.deliver", endpoint_id)
 

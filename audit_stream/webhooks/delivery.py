@@ -101,8 +101,12 @@ _LOCK_SQL, _CLAIM_SQL = ordering.claim_sql(
     returning="m.id, m.attempts, m.created_at, m.payload::text",
     floored=True,
 )
-# The claim starts from the endpoint's floor, and its transaction's start.
-_FLOOR_SQL = "SELECT due_floor, now() FROM audit_stream_webhookendpoint WHERE id = %s"
+# The claim's settings (ordering.CLAIM_SETTINGS), in the statement that reads where it starts: the
+# endpoint's floor, and its transaction's start.
+_FLOOR_SQL = f"""
+SELECT {ordering.CLAIM_SETTINGS},
+       (SELECT due_floor FROM audit_stream_webhookendpoint WHERE id = %s), now()
+"""
 _RAISE_FLOOR_SQL = ordering.raise_floor_sql("audit_stream_webhookendpoint")
 
 # A batch's outcomes, one statement: each message's attempt row, and its new status,
@@ -263,9 +267,8 @@ def _claim(endpoint_id: int, limit: int, lease: timedelta) -> list[_Claimed]:
     """
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(ordering.CLAIM_SETTINGS)
             cursor.execute(_FLOOR_SQL, [endpoint_id])
-            floor, started = cursor.fetchone() or (None, None)
+            _, floor, started = cursor.fetchone()
             cursor.execute(_LOCK_SQL, {"subscriber": endpoint_id, "limit": limit, "floor": floor})
             locked = cursor.fetchall()
             ids = [row[0] for row in locked]
@@ -275,7 +278,7 @@ def _claim(endpoint_id: int, limit: int, lease: timedelta) -> list[_Claimed]:
         # Nothing owed is due before the first message locked (or, with none, before the
         # claim started) but what other claims hold: the floor rises to there.
         raised = min(row[1] for row in locked) if locked else started
-        if raised is not None:
+        if floor is None or raised > floor:
             with connection.cursor() as cursor:
                 cursor.execute(_RAISE_FLOOR_SQL, {"subscriber": endpoint_id, "floor": raised, "read": floor})
         if not ids:
