@@ -30,16 +30,24 @@ until a vacuum removes them (or a scan finds them dead to every transaction:
 a long transaction anywhere delays that), and they sort with the oldest due
 times, where a claim's scan starts: in an hour at 300 messages/s one claim
 walked 19,000-41,000 buffers of them for 0-15 messages (BENCHMARKS.md,
-"Soak"). So a subscriber with a **floor** (``due_floor``, webhook endpoints)
-is claimed from its floor less :data:`FLOOR_MARGIN`: each claim raises the
-floor to the due time of the first message it took (or to its start when it
-took none), only if no one changed it meanwhile (:func:`raise_floor_sql`),
-since no owed message due before it is left but those other claims hold. A
-message that becomes owed with an earlier due time (a transaction that
-commits more than the margin after it started, a retry on a clock that is
-behind) is found by the sweep, which lowers the floor to the earliest due
-time (:func:`lower_floors_sql`), every ``SWEEP_INTERVAL``. A message
-unparked is due from then (:class:`UnparkNext`), not from its first due time.
+"Soak"). So every subscriber (webhook endpoint, sink) has a **floor**
+(``due_floor``) and is claimed from its floor less :data:`FLOOR_MARGIN`: each
+claim raises the floor to the due time of the first message it took (or to
+its start when it took none), only if no one changed it meanwhile
+(:func:`raise_floor_sql`), since no owed message due before it is left but
+those other claims hold. A message that becomes owed with an earlier due time
+(a transaction that commits more than the margin after it started, a retry
+on a clock that is behind, a claim that rolled back after another raised the
+floor past it) is found by the sweep, which lowers the floor to the earliest
+due time (:func:`lower_floors_sql`), every ``SWEEP_INTERVAL``. A message
+unparked is due from then (:class:`UnparkNext`), not from its first due time;
+a batch given back unsent lowers the floor to itself (:func:`lower_floor_sql`).
+
+A **leased** claim (:class:`LeasedClaim`: webhook endpoints, ordered sinks)
+raises the floor after its transaction; a **held** claim
+(:func:`held_claim_sql`: sinks not ordered), whose rows stay locked while they
+are published, raises it in the transaction that records their outcomes, so a
+batch rolled back never raised it.
 
 The claim is two statements in one transaction: the first locks the due
 candidates (``FOR UPDATE SKIP LOCKED``), the second, with a snapshot taken
@@ -56,8 +64,12 @@ again.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cached_property
+
 import pgtrigger
-from django.db import models
+from django.db import connection, models, transaction
 from pgtrigger import compiler
 
 from audit_stream import triggers
@@ -70,13 +82,18 @@ __all__ = [
     "FROM_FLOOR",
     "OBJECT_KEY_SQL",
     "OWED",
+    "LeasedClaim",
     "UnparkNext",
     "claim_sql",
+    "floor_sql",
     "head",
     "held_claim_sql",
     "indexes",
+    "lower_floor_sql",
     "lower_floors_sql",
+    "raise_floor",
     "raise_floor_sql",
+    "raised_floor",
 ]
 
 #: Owed: a message not yet delivered and not dead.
@@ -100,6 +117,9 @@ FLOOR_MARGIN = "1 second"
 
 #: From its subscriber's floor (``{floor}``, an SQL expression; NULL: from the first due message).
 FROM_FLOOR = f"{DUE_AT} >= coalesce({{floor}} - interval '{FLOOR_MARGIN}', '-infinity')"
+
+# From the floor a claim read, bound as ``%(floor)s``.
+_FROM_FLOOR_PARAM = FROM_FLOOR.format(floor="%(floor)s::timestamptz")
 
 #: An SQL expression a claim's transaction evaluates first (``SET LOCAL``): its lock statement
 #: reads the ``..._claimable`` index in due order, never another index and a sort. With the floor's
@@ -127,23 +147,22 @@ def head(table: str, subscriber: str) -> str:
     )
 
 
-def claim_sql(table: str, subscriber: str, returning: str, *, floored: bool = False) -> tuple[str, str]:
+def claim_sql(table: str, subscriber: str, returning: str) -> tuple[str, str]:
     """The two statements of a claim on ``table`` for one subscriber (``%(subscriber)s``).
 
-    1. Lock up to ``%(limit)s`` due messages, in the order they fell due
-       (``FOR UPDATE SKIP LOCKED``; a range of the ``..._claimable`` partial
-       index: O(limit) whatever the backlog waiting for later retries); returns
-       their ids and due times. For new messages that order is the order they
-       were recorded. ``floored``: from the subscriber's floor, ``%(floor)s``
-       (:data:`FROM_FLOOR`).
+    1. Lock up to ``%(limit)s`` due messages from the subscriber's floor,
+       ``%(floor)s`` (:data:`FROM_FLOOR`; NULL: from the first), in the order
+       they fell due (``FOR UPDATE SKIP LOCKED``; a range of the
+       ``..._claimable`` partial index: O(limit) whatever the backlog waiting
+       for later retries or delivered); returns their ids and due times. For
+       new messages that order is the order they were recorded.
     2. Given those ids (``%(ids)s``), with a fresh snapshot: lease the heads
        (``status = 'sending'``, ``lease_until = now() + %(lease)s``) and return
        ``returning`` (columns of ``m``) for each; park the others.
     """
-    from_floor = f" AND {FROM_FLOOR.format(floor='%(floor)s::timestamptz')}" if floored else ""
     lock = f"""
 SELECT m.id, {DUE_AT} FROM {table} AS m
-WHERE m.{subscriber} = %(subscriber)s AND {DUE}{from_floor}
+WHERE m.{subscriber} = %(subscriber)s AND {DUE} AND {_FROM_FLOOR_PARAM}
 ORDER BY {DUE_AT}
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
@@ -168,12 +187,14 @@ RETURNING {returning}
 def held_claim_sql(table: str, subscriber: str, returning: str) -> str:
     """A claim that holds its row locks instead of leasing: for subscribers that are not ordered.
 
-    Locks up to ``%(limit)s`` due heads of one subscriber (``%(subscriber)s``),
-    in the order they fell due, and returns ``returning`` (columns of ``m``) for
-    each; nothing is written. The caller publishes them and writes their
+    Locks up to ``%(limit)s`` due heads of one subscriber (``%(subscriber)s``)
+    from its floor (``%(floor)s``, :data:`FROM_FLOOR`), in the order they fell
+    due, and returns ``returning`` (columns of ``m``) and then the message's due
+    time for each; nothing is written. The caller publishes them and writes their
     outcomes in the same transaction, so each message is updated once, not
     twice (no lease): a worker that dies mid-batch leaves no lease behind, its
-    transaction is rolled back and the batch is due again at once.
+    transaction is rolled back and the batch is due again at once (found by
+    the sweep, if another claim raised the floor past it meanwhile).
 
     Messages that are not heads (an object key left by an earlier ordered
     setting) are neither locked nor parked: nothing this transaction holds is
@@ -182,11 +203,11 @@ def held_claim_sql(table: str, subscriber: str, returning: str) -> str:
     claims hold (``SKIP LOCKED``) cost no ``returning`` work.
     """
     return f"""
-SELECT {returning}
+SELECT {returning}, {DUE_AT}
 FROM {table} AS m
 WHERE m.id = ANY(ARRAY(
     SELECT m.id FROM {table} AS m
-    WHERE m.{subscriber} = %(subscriber)s AND {DUE} AND {head(table, subscriber)}
+    WHERE m.{subscriber} = %(subscriber)s AND {DUE} AND {_FROM_FLOOR_PARAM} AND {head(table, subscriber)}
     ORDER BY {DUE_AT}
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -194,17 +215,53 @@ WHERE m.id = ANY(ARRAY(
 """
 
 
+def floor_sql(subscribers: str) -> str:
+    """A claim's first statement: its settings (:data:`CLAIM_SETTINGS`), then the floor of subscriber
+    ``%(subscriber)s`` of ``subscribers`` and the transaction's start (where the floor rises to when
+    the claim takes nothing)."""
+    return f"""
+SELECT {CLAIM_SETTINGS},
+       (SELECT due_floor FROM {subscribers} WHERE id = %(subscriber)s), now()
+"""
+
+
+def raised_floor(due_times: list[datetime], started: datetime) -> datetime:
+    """Where a claim raises its subscriber's floor: the due time of the first message it took
+    (``due_times``), or with none, its transaction's start. No owed message is due before it but
+    those other claims hold."""
+    return min(due_times) if due_times else started
+
+
 def raise_floor_sql(subscribers: str) -> str:
     """Raise the floor of subscriber ``%(subscriber)s`` of ``subscribers`` to ``%(floor)s``.
 
     Only if it is still ``%(read)s``, the floor the claim started from: a
     sweep that lowered it meanwhile found a message below it, which the next
-    claim must see. Never lowers it. Run after the claim's transaction, on its own.
+    claim must see. Never lowers it. A leased claim runs it after its
+    transaction, on its own; a held claim in the transaction that records its
+    batch's outcomes.
     """
     return f"""
 UPDATE {subscribers} SET due_floor = %(floor)s
 WHERE id = %(subscriber)s AND due_floor IS NOT DISTINCT FROM %(read)s
   AND (due_floor IS NULL OR due_floor < %(floor)s)
+"""
+
+
+def raise_floor(cursor, sql: str, subscriber: int, read: datetime | None, raised: datetime) -> None:
+    """Raise ``subscriber``'s floor from ``read`` to ``raised`` with ``sql`` (:func:`raise_floor_sql`),
+    when that moves it: a claim's floor rises only when its first message lies above it."""
+    if read is None or raised > read:
+        cursor.execute(sql, {"subscriber": subscriber, "floor": raised, "read": read})
+
+
+def lower_floor_sql(subscribers: str) -> str:
+    """Lower the floor of subscriber ``%(subscriber)s`` of ``subscribers`` to ``%(floor)s``, where it
+    lies above: the due time of a batch given back unsent (rolled back), which another claim may
+    have raised the floor past meanwhile."""
+    return f"""
+UPDATE {subscribers} SET due_floor = %(floor)s
+WHERE id = %(subscriber)s AND due_floor > %(floor)s
 """
 
 
@@ -229,6 +286,63 @@ WITH earliest AS MATERIALIZED (
 )
 SELECT e.id FROM earliest AS e WHERE e.due <= now() ORDER BY e.id
 """
+
+
+@dataclass(frozen=True)
+class LeasedClaim:
+    """The statements of a leased claim on one message table, from its subscribers' floors.
+
+    ``table`` holds the messages, ``subscriber`` is its column naming their
+    subscriber, ``subscribers`` the subscribers' table (with ``due_floor``);
+    ``returning``: the columns of ``m`` :meth:`take` returns per message leased.
+    """
+
+    table: str
+    subscriber: str
+    subscribers: str
+    returning: str
+
+    @cached_property
+    def read_floor_sql(self) -> str:
+        return floor_sql(self.subscribers)
+
+    @cached_property
+    def lock_and_lease(self) -> tuple[str, str]:
+        return claim_sql(self.table, self.subscriber, self.returning)
+
+    @cached_property
+    def raise_floor_sql(self) -> str:
+        return raise_floor_sql(self.subscribers)
+
+    def take(self, subscriber: int, limit: int, lease: timedelta) -> list[tuple]:
+        """Lease up to ``limit`` due heads of ``subscriber``, in transactions of their own; their rows.
+
+        Due messages that are not heads of their objects' queues are parked, not
+        returned: a claim that found only those claims again. After each claim's
+        transaction the floor rises (:func:`raised_floor`, :func:`raise_floor_sql`),
+        when it moves.
+        """
+        lock, lease_sql = self.lock_and_lease
+        while True:
+            rows: list[tuple] = []
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(self.read_floor_sql, {"subscriber": subscriber})
+                _, floor, started = cursor.fetchone()
+                cursor.execute(lock, {"subscriber": subscriber, "limit": limit, "floor": floor})
+                locked = cursor.fetchall()
+                if locked:
+                    cursor.execute(lease_sql, {"ids": [row[0] for row in locked], "lease": lease})
+                    rows = cursor.fetchall()
+            with connection.cursor() as cursor:
+                raise_floor(
+                    cursor,
+                    self.raise_floor_sql,
+                    subscriber,
+                    floor,
+                    raised_floor([row[1] for row in locked], started),
+                )
+            if rows or not locked:
+                return rows
 
 
 def indexes(prefix: str, subscriber: str) -> list[models.Index]:

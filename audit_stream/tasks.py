@@ -104,10 +104,11 @@ def deliver_sink(sink_id: int) -> dict:
     return {"sink": sink_id, "delivered": result.delivered, "failed": result.failed}
 
 
-def _enqueue_due_sinks() -> list[int]:
+def _enqueue_due_sinks(*, lower_floors: bool = False) -> list[int]:
+    """Enqueue a delivery of each sink with a due message (``lower_floors``: the sweep's, from no floor)."""
     from audit_stream.sinks.delivery import due_sinks
 
-    sinks = due_sinks()
+    sinks = due_sinks(lower_floors=lower_floors)
     for sink_id in sinks:
         enqueue(deliver_sink, sink_id)
     return sinks
@@ -170,7 +171,7 @@ def sweep(self) -> dict:
     endpoints = endpoints_with_due_messages()
     for endpoint_id in endpoints:
         enqueue(deliver, endpoint_id)
-    sinks = _enqueue_due_sinks()
+    sinks = _enqueue_due_sinks(lower_floors=True)
     return {"tables": tables, "endpoints": endpoints, "sinks": sinks}
 
 

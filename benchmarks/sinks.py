@@ -174,7 +174,7 @@ def bench_sink(kind: str, target: str, options: dict, n: int, mode: str = "held"
     _messages(n, f"{kind}-{mode}-{sink.pk}")
     lanes = delivery._lanes
     if mode == "leased":
-        delivery._lanes = lambda sink: delivery._LeasedLanes()
+        delivery._lanes = lambda sink: delivery._LeasedLanes(sink.pk)
     updates, hot = _table_stats()
     try:
         timing = _time(lambda: delivery.deliver(sink.pk, max_messages=10**9, max_seconds=600), n)
@@ -206,7 +206,7 @@ def explain(n: int) -> None:
         name=f"explain-{uuid.uuid4().hex[:6]}", kind="redis", target="redis://127.0.0.1:6379/3"
     )
     _messages(n, f"explain-{sink.pk}")
-    params = {"subscriber": sink.pk, "limit": n}
+    params = {"subscriber": sink.pk, "limit": n, "floor": None}
 
     def show(title, sql, values):
         with connection.cursor() as cursor:

@@ -125,7 +125,7 @@ def explain_claim(endpoint_id: int) -> dict | None:
 
     limit = getattr(delivery, "_CLAIM", 50)
     due = count(MESSAGES, "endpoint_id = %s AND status = 'pending'", [endpoint_id])
-    params = {"lease": timedelta(seconds=60), "subscriber": endpoint_id, "limit": limit}
+    params = {"lease": timedelta(seconds=60), "subscriber": endpoint_id, "limit": limit, "floor": None}
     try:
         plan = _explain(delivery._LOCK_SQL, params)
         indexed = _explain(delivery._LOCK_SQL, params, before=_CLAIM_INDEX)

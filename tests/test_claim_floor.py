@@ -1,18 +1,21 @@
-"""The claims' floor (audit_stream.ordering): a claim reads from its endpoint's floor, not from the
-index entries every delivered message leaves behind; what becomes owed below the floor is found by
-the sweep. Against a real HTTP receiver on loopback."""
+"""The claims' floor (audit_stream.ordering): a claim reads from its endpoint's (or sink's) floor, not
+from the index entries every delivered message leaves behind; what becomes owed below the floor is
+found by the sweep. Against a real HTTP receiver on loopback, and this machine's Redis for sinks."""
 
 from datetime import timedelta
 
 import psycopg
 import pytest
-from django.db import connection
+import redis
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audit_stream import tasks
-from audit_stream.models import WebhookEndpoint, WebhookMessage
+from audit_stream.models import Sink, SinkMessage, WebhookEndpoint, WebhookMessage
+from audit_stream.sinks import delivery as sink_delivery
 from audit_stream.stream import fold, listen
 from audit_stream.webhooks import delivery
+from tests.sink_servers import REDIS_URL, unique
 from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -43,13 +46,22 @@ def old_snapshot():
         other.rollback()
 
 
-def _buffers_of_a_claim(endpoint_id: int, floor) -> int:
-    """Shared buffers the claim's locking statement reads (EXPLAIN ANALYZE, rolled back)."""
+@pytest.fixture
+def sink():
+    prefix = unique("floor")
+    yield Sink.objects.create(name=prefix, kind="redis", target=REDIS_URL, options={"stream_prefix": prefix})
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+
+
+def _buffers_of_a_claim(subscriber: int, floor, sql: str = delivery._LOCK_SQL) -> int:
+    """Shared buffers a claim's locking statement ``sql`` reads (EXPLAIN ANALYZE, rolled back)."""
     with connection.cursor() as cursor:
         cursor.execute("BEGIN")
         cursor.execute(
-            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + delivery._LOCK_SQL,
-            {"subscriber": endpoint_id, "limit": 50, "floor": floor},
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql,
+            {"subscriber": subscriber, "limit": 50, "floor": floor},
         )
         plan = cursor.fetchone()[0][0]["Plan"]
         cursor.execute("ROLLBACK")
@@ -122,7 +134,7 @@ def test_a_claim_does_not_raise_a_floor_the_sweep_lowered_meanwhile(endpoint):
     WebhookEndpoint.objects.filter(pk=endpoint.pk).update(due_floor=lowered)  # the sweep, meanwhile
     with connection.cursor() as cursor:
         cursor.execute(
-            delivery._RAISE_FLOOR_SQL, {"subscriber": endpoint.pk, "floor": started, "read": started}
+            delivery._CLAIMS.raise_floor_sql, {"subscriber": endpoint.pk, "floor": started, "read": started}
         )
     assert WebhookEndpoint.objects.get(pk=endpoint.pk).due_floor == lowered
 
@@ -165,3 +177,176 @@ def test_the_listener_lowers_the_floors_as_the_sweep_does_when_no_beat_runs(endp
         listener._poll(conn)
     assert ("audit_stream.deliver", endpoint.pk) in enqueued
     assert WebhookEndpoint.objects.get(pk=endpoint.pk).due_floor == late.next_attempt_at
+
+
+def _publish_all(sink_id: int) -> None:
+    while sink_delivery.deliver(sink_id, batch_size=100).delivered:
+        pass
+    assert not SinkMessage.objects.exclude(status="delivered").exists()
+
+
+def _floor(sink_id: int):
+    return Sink.objects.get(pk=sink_id).due_floor
+
+
+def _owed(sink: Sink, count: int, due) -> None:
+    """``count`` messages owed to ``sink``, due within a second from ``due``, not in the order they
+    are stored (as messages of many subscribers and retries are); no earlier index entry."""
+    SinkMessage.objects.bulk_create(
+        SinkMessage(
+            sink=sink,
+            event_type="testapp.product.insert",
+            payload={
+                "type": "testapp.product.insert",
+                "data": {"model": "testapp.product", "object_id": str(i), "event_id": i},
+            },
+            next_attempt_at=due + timedelta(milliseconds=i * 7919 % count),
+            object_key=f"testapp.product:{i}" if sink.ordered else None,
+        )
+        for i in range(count)
+    )
+
+
+@pytest.mark.parametrize("ordered", [False, True], ids=["held", "leased"])
+def test_a_sinks_claim_reads_from_its_floor_not_the_entries_of_published_messages(
+    sink, old_snapshot, ordered
+):
+    """Sinks claim as endpoints do: after 1,000 messages published whose index entries are still
+    there, the claim of the next reads a few pages, held (a sink not ordered) or leased (ordered)."""
+    Sink.objects.filter(pk=sink.pk).update(ordered=ordered)
+    sink.refresh_from_db()
+    _owed(sink, 1000, timezone.now() - timedelta(hours=1))  # an hour's worth
+    _publish_all(sink.pk)
+    _new_messages(1)
+    floor = _floor(sink.pk)
+    assert floor is not None
+    sql = sink_delivery._LOCK_SQL if ordered else sink_delivery._HELD_CLAIM_SQL
+    from_floor, from_nothing = (
+        _buffers_of_a_claim(sink.pk, floor, sql),
+        _buffers_of_a_claim(sink.pk, None, sql),
+    )
+    assert from_floor <= 10, from_floor
+    assert from_nothing >= 10 * from_floor
+
+
+def test_a_sink_message_owed_below_the_floor_is_published_once_the_sweep_lowers_it(sink):
+    _new_messages(1)
+    assert sink_delivery.deliver(sink.pk).delivered == 1
+    late = SinkMessage.objects.create(
+        sink=sink,
+        event_type="audit_stream.test",
+        payload={
+            "type": "audit_stream.test",
+            "data": {"model": "testapp.product", "object_id": "1", "event_id": 1},
+        },
+        next_attempt_at=timezone.now() - timedelta(minutes=1),
+    )
+    assert sink_delivery.due_sinks() == []  # the fold's check reads from the floor, as claims do
+    assert sink_delivery.deliver(sink.pk).delivered == 0
+    assert sink_delivery.due_sinks(lower_floors=True) == [sink.pk]  # the sweep's
+    assert _floor(sink.pk) == late.next_attempt_at
+    assert sink_delivery.deliver(sink.pk).delivered == 1
+    assert SinkMessage.objects.get(pk=late.pk).status == "delivered"
+
+
+def test_a_held_batch_raises_the_floor_when_its_outcomes_commit_and_locks_no_sink_meanwhile(sink):
+    """The floor rises in the transaction recording a held batch: while it is held (published), the
+    floor stays where the claim read it, and the sink's row is free (the other lane's claims and
+    records write it); rolled back, the batch never raised it."""
+    _new_messages(3)
+    lane = sink_delivery._Lane(threaded=True)
+    try:
+        batch = lane.claim(sink.pk, 10).result()
+        assert len(batch) == 3
+        assert _floor(sink.pk) is None  # held: not yet
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '2s'")  # fails, rather than waits for the publish
+            cursor.execute("UPDATE audit_stream_sink SET last_error = last_error WHERE id = %s", [sink.pk])
+        lane.finish(
+            sink_delivery._outcomes(batch, [None] * 3, sink_delivery.DeliveryResult(sink.pk))
+        ).result()
+        assert _floor(sink.pk) == SinkMessage.objects.order_by("next_attempt_at")[0].next_attempt_at
+    finally:
+        lane.close()
+
+
+def test_a_held_batch_given_back_lowers_the_floor_another_batch_raised_past_it(sink):
+    """Two held batches: the later one is published and raises the floor past the earlier, which is
+    then given back unpublished (its delivery's budget ran out). It lowers the floor to itself, so
+    the next delivery publishes it, without waiting for the sweep."""
+    _new_messages(10)
+    oldest = SinkMessage.objects.order_by("next_attempt_at", "id").values_list("pk", flat=True)[:5]
+    SinkMessage.objects.filter(pk__in=list(oldest)).update(
+        next_attempt_at=timezone.now() - timedelta(hours=1)
+    )
+    first, second = sink_delivery._Lane(threaded=True), sink_delivery._Lane(threaded=True)
+    try:
+        earlier = first.claim(sink.pk, 5).result()
+        later = second.claim(sink.pk, 5).result()  # skips the rows the first holds
+        outcomes = sink_delivery._outcomes(later, [None] * 5, sink_delivery.DeliveryResult(sink.pk))
+        second.finish(outcomes).result()
+        assert _floor(sink.pk) > timezone.now() - timedelta(minutes=1)  # past the earlier batch
+        first.finish(None).result()  # given back
+    finally:
+        first.close()
+        second.close()
+    assert {message.id for message, _ in earlier} == {f"msg_{pk.hex}" for pk in oldest}
+    assert _floor(sink.pk) < timezone.now() - timedelta(minutes=59)
+    assert sink_delivery.deliver(sink.pk).delivered == 5
+
+
+def test_a_leased_batch_given_back_lowers_the_floor_to_itself(sink):
+    """An ordered sink's batch released unpublished is due again from its first due time, below the
+    floor a later claim raised: the floor comes down to it."""
+    Sink.objects.filter(pk=sink.pk).update(ordered=True)
+    _new_messages(10)
+    oldest = SinkMessage.objects.order_by("next_attempt_at", "id").values_list("pk", flat=True)[:5]
+    SinkMessage.objects.filter(pk__in=list(oldest)).update(
+        next_attempt_at=timezone.now() - timedelta(hours=1)
+    )
+    lanes = sink_delivery._LeasedLanes(sink.pk)
+    earlier = sink_delivery._claim(sink.pk, 5)
+    later = sink_delivery._claim(sink.pk, 5)
+    assert _floor(sink.pk) > timezone.now() - timedelta(minutes=1)
+    lanes.release(earlier)
+    lanes.close()
+    assert _floor(sink.pk) < timezone.now() - timedelta(minutes=59)
+    SinkMessage.objects.filter(id__in=[m.id.removeprefix("msg_") for m, _ in later]).update(
+        status="delivered", lease_until=None
+    )
+    assert sink_delivery.deliver(sink.pk).delivered == 5
+
+
+def test_the_listener_enqueues_due_sinks_and_lowers_their_floors_every_sweep_interval(sink):
+    """The fold enqueues sink deliveries as it records messages; retries, and what became owed below
+    a sink's floor, are enqueued by the sweep, and by the listener when no beat runs."""
+    _new_messages(1)
+    sink_delivery.deliver(sink.pk)
+    late = SinkMessage.objects.create(
+        sink=sink,
+        event_type="audit_stream.test",
+        payload={
+            "type": "audit_stream.test",
+            "data": {"model": "testapp.product", "object_id": "1", "event_id": 1},
+        },
+        next_attempt_at=timezone.now() - timedelta(minutes=1),
+    )
+    enqueued = []
+    listener = listen.Listener(
+        connection.get_connection_params(), enqueue=lambda *task: enqueued.append(task)
+    )
+    listener._enqueue = lambda task, *args: enqueued.append((task, *args))
+    settings = connection.settings_dict
+    with psycopg.connect(
+        host=settings["HOST"],
+        port=settings["PORT"],
+        user=settings["USER"],
+        dbname=settings["NAME"],
+        autocommit=True,
+    ) as conn:
+        listener._poll(conn)  # its first poll: a sweep
+        assert ("audit_stream.deliver_sink", sink.pk) in enqueued
+        assert _floor(sink.pk) == late.next_attempt_at
+        enqueued.clear()
+        listener._poll(conn)  # not again until SWEEP_INTERVAL has passed
+        assert ("audit_stream.deliver_sink", sink.pk) not in enqueued

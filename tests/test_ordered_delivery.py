@@ -233,7 +233,8 @@ def test_a_failing_objects_queue_is_parked_so_a_claim_reads_only_heads(httpserve
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE audit_stream_webhookmessage")
         cursor.execute(
-            "EXPLAIN (ANALYZE, FORMAT JSON) " + lock_sql, {"subscriber": endpoint.pk, "limit": 100}
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + lock_sql,
+            {"subscriber": endpoint.pk, "limit": 100, "floor": None},
         )
         plan = cursor.fetchone()[0][0]["Plan"]
     scanned = _rows_read(plan, "audit_stream_webhookmessage")
@@ -254,7 +255,10 @@ def test_a_claim_reads_only_due_messages_however_many_wait_for_a_retry(httpserve
     lock_sql, _ = ordering.claim_sql("audit_stream_webhookmessage", "endpoint_id", "m.id")
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE audit_stream_webhookmessage")
-        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + lock_sql, {"subscriber": endpoint.pk, "limit": 50})
+        cursor.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + lock_sql,
+            {"subscriber": endpoint.pk, "limit": 50, "floor": None},
+        )
         plan = cursor.fetchone()[0][0]["Plan"]
     assert _rows_read(plan, "audit_stream_webhookmessage") <= 50, plan
 

@@ -22,25 +22,34 @@ Two ways to hold a batch, by the sink's ``ordered`` setting:
   killed mid-batch leaves leases that expire: the batch is published again.
   (Parking in a transaction held across a publish could deadlock two
   deliveries unparking each other's messages.)
+
+Either way a claim reads from the sink's floor (``due_floor``,
+:mod:`audit_stream.ordering`), not through the index entries every published
+message leaves behind until a vacuum. A held batch raises the floor in the
+transaction that records its outcomes, so a batch rolled back (a worker
+killed) never raised it; a batch given back unpublished lowers it to itself.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models.functions import Now
 
 from audit_stream import config, ordering
 from audit_stream.sinks import base
 from audit_stream.sinks.models import Sink, SinkMessage
 
-__all__ = ["DUE_SINKS_SQL", "DeliveryResult", "deliver", "due_sinks", "replay"]
+logger = logging.getLogger("audit_stream.sinks")
+
+__all__ = ["DUE_SINKS_SQL", "SWEEP_DUE_SINKS_SQL", "DeliveryResult", "deliver", "due_sinks", "replay"]
 
 _LEASE_SECONDS = 60
 
@@ -48,14 +57,22 @@ _LEASE_SECONDS = 60
 # died); never while parked behind its object's head (ordered sinks).
 _DUE = ordering.DUE
 
-# Active sinks with a due message: the sweep and the fold task enqueue their deliveries.
-# One probe of the claim's index per sink, however many messages are due.
+# Active sinks with a due message from their floor, as the claims read: the fold task enqueues
+# their deliveries. One probe of the claim's index per sink, however many messages are due or
+# were published.
 DUE_SINKS_SQL = f"""
 SELECT s.id
 FROM audit_stream_sink AS s
 WHERE s.is_active
-  AND EXISTS (SELECT 1 FROM audit_stream_sinkmessage AS m WHERE m.sink_id = s.id AND {_DUE})
+  AND EXISTS (
+    SELECT 1 FROM audit_stream_sinkmessage AS m
+    WHERE m.sink_id = s.id AND {_DUE} AND {ordering.FROM_FLOOR.format(floor="s.due_floor")}
+  )
 """
+
+# The sweep's (and the listener's, every SWEEP_INTERVAL): the same from no floor, each sink's
+# floor lowered to its earliest owed message.
+SWEEP_DUE_SINKS_SQL = ordering.lower_floors_sql("audit_stream_sinkmessage", "sink_id", "audit_stream_sink")
 
 # Claim up to `limit` due messages of one sink, in the order they fell due, sending only the heads
 # of their objects' queues (audit_stream.ordering; every message of an unordered
@@ -65,9 +82,13 @@ _RETURNING = (
     "m.id, m.attempts, m.event_type, m.payload->'data'->>'model', m.payload->'data'->>'object_id',"
     " (m.payload->'data'->>'event_id')::bigint, m.payload::text"
 )
-_LOCK_SQL, _CLAIM_SQL = ordering.claim_sql("audit_stream_sinkmessage", "sink_id", returning=_RETURNING)
+_CLAIMS = ordering.LeasedClaim(
+    "audit_stream_sinkmessage", "sink_id", "audit_stream_sink", returning=_RETURNING
+)
+_LOCK_SQL, _CLAIM_SQL = _CLAIMS.lock_and_lease
 # A sink not ordered: the batch stays locked until its outcomes are written (no lease).
 _HELD_CLAIM_SQL = ordering.held_claim_sql("audit_stream_sinkmessage", "sink_id", returning=_RETURNING)
+_LOWER_FLOOR_SQL = ordering.lower_floor_sql("audit_stream_sink")
 
 # A held batch's transaction ends (rolled back, its batch due again) if its worker
 # stops for as long as a lease would last.
@@ -92,10 +113,12 @@ UPDATE audit_stream_sink
  WHERE id = %(sink)s
 """
 
-# A claimed batch given back unpublished (the delivery's budget ran out): due again, no attempt counted.
+# A claimed batch given back unpublished (the delivery's budget ran out): due again, no attempt
+# counted; from its first due time, which the floor may have passed (lowered to it, _LOWER_FLOOR_SQL).
 _RELEASE_SQL = """
 UPDATE audit_stream_sinkmessage SET status = 'pending', lease_until = NULL
  WHERE id = ANY(%(ids)s::uuid[]) AND status = 'sending'
+RETURNING next_attempt_at
 """
 
 # A failed attempt: the next one after `delay` seconds, or dead when the schedule is spent.
@@ -180,29 +203,55 @@ def deliver(
 
 def _lanes(sink: Sink) -> _LeasedLanes | _HeldLanes:
     """How a delivery to ``sink`` holds its batches: leased if it is ordered, else held."""
-    return _LeasedLanes() if sink.ordered else _HeldLanes()
+    return _LeasedLanes(sink.pk) if sink.ordered else _HeldLanes()
 
 
 def _claim(sink_id: int, limit: int) -> list[tuple[base.Message, int]]:
     """Lease up to ``limit`` due heads (an ordered sink), in a transaction of their own."""
-    rows = []
-    while not rows:  # a claim that found only messages to park claims again
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(_LOCK_SQL, {"subscriber": sink_id, "limit": limit})
-            ids = [row[0] for row in cursor.fetchall()]
-            if not ids:
-                return []
-            cursor.execute(_CLAIM_SQL, {"ids": ids, "lease": timedelta(seconds=_LEASE_SECONDS)})
-            rows = cursor.fetchall()
-    return _messages(rows)
+    return _messages(_CLAIMS.take(sink_id, limit, timedelta(seconds=_LEASE_SECONDS)))
 
 
-def _claim_held(sink_id: int, limit: int) -> list[tuple[base.Message, int]]:
-    """Lock up to ``limit`` due messages in the transaction open on this thread's connection."""
+@dataclass(frozen=True)
+class _Floor:
+    """Where a held claim read its sink's floor from, and where its batch raises it."""
+
+    sink_id: int
+    read: datetime | None
+    raised: datetime
+    taken: bool  # the claim locked a batch (whose first due time is ``raised``)
+
+    def rise(self) -> None:
+        """In the transaction recording the batch (or ending an empty claim): the floor rises."""
+        with connection.cursor() as cursor:
+            ordering.raise_floor(cursor, _CLAIMS.raise_floor_sql, self.sink_id, self.read, self.raised)
+
+    def lower(self) -> None:
+        """After the batch was rolled back unpublished: the floor comes down to it, if it rose past it.
+
+        If the database can't be reached, the sweep lowers it (the batch is late, not lost).
+        """
+        if not self.taken:
+            return
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(_LOWER_FLOOR_SQL, {"subscriber": self.sink_id, "floor": self.raised})
+        except DatabaseError as exc:
+            logger.warning(
+                "sink %s: floor not lowered to a batch given back (the sweep will): %s", self.sink_id, exc
+            )
+
+
+def _claim_held(sink_id: int, limit: int) -> tuple[list[tuple[base.Message, int]], _Floor]:
+    """Lock up to ``limit`` due messages from the sink's floor, in the transaction open on this
+    thread's connection; with the floor its outcomes raise."""
     with connection.cursor() as cursor:
         cursor.execute(_HOLD_TIMEOUT_SQL)
-        cursor.execute(_HELD_CLAIM_SQL, {"subscriber": sink_id, "limit": limit})
-        return _messages(cursor.fetchall())
+        cursor.execute(_CLAIMS.read_floor_sql, {"subscriber": sink_id})
+        _, read, started = cursor.fetchone()
+        cursor.execute(_HELD_CLAIM_SQL, {"subscriber": sink_id, "limit": limit, "floor": read})
+        rows = cursor.fetchall()
+    raised = ordering.raised_floor([row[-1] for row in rows], started)
+    return _messages([row[:-1] for row in rows]), _Floor(sink_id, read, raised, taken=bool(rows))
 
 
 def _messages(rows: list[tuple]) -> list[tuple[base.Message, int]]:
@@ -312,7 +361,8 @@ class _LeasedLanes(_Lanes):
     connection could not see) runs inline.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sink_id: int) -> None:
+        self._sink_id = sink_id
         self._inline = connection.in_atomic_block
         self.ahead = True  # claims ahead may run beside a publish (inline, they wait for it)
         self._claimer: ThreadPoolExecutor | None = None
@@ -344,6 +394,9 @@ class _LeasedLanes(_Lanes):
             ids = [message.id.removeprefix("msg_") for message, _ in batch]
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute(_RELEASE_SQL, {"ids": ids})
+                due = [row[0] for row in cursor.fetchall()]
+                if due:
+                    cursor.execute(_LOWER_FLOOR_SQL, {"subscriber": self._sink_id, "floor": min(due)})
 
     def close(self, unpublished: Future | None = None) -> None:
         """Wait for the write in flight, give back the batch claimed but not published, end the threads."""
@@ -375,6 +428,7 @@ class _Lane:
         if threaded:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit_stream-sinklane")
         self._atomic = None
+        self._floor: _Floor | None = None  # of the batch held
 
     def _submit(self, call, *args) -> Future:
         if self._executor is not None:
@@ -398,7 +452,9 @@ class _Lane:
         self._atomic = transaction.atomic()
         self._atomic.__enter__()
         try:
-            batch = _claim_held(sink_id, limit)
+            batch, self._floor = _claim_held(sink_id, limit)
+            if not batch:
+                self._floor.rise()
         except BaseException as exc:
             self._end(exc)
             raise
@@ -411,9 +467,11 @@ class _Lane:
             return
         if out is None:
             self._end(_GiveBack())
+            self._floor.lower()
             return
         try:
             _write_outcomes(out)
+            self._floor.rise()
         except BaseException as exc:
             self._end(exc)
             raise
@@ -501,8 +559,12 @@ def replay(sink_id: int) -> int:
     )
 
 
-def due_sinks() -> list[int]:
-    """Active sinks with a message whose attempt is due (or whose lease expired)."""
+def due_sinks(*, lower_floors: bool = False) -> list[int]:
+    """Active sinks with a message whose attempt is due (or whose lease expired), from their floors.
+
+    ``lower_floors`` (the sweep's): from no floor, each sink's floor lowered to its earliest owed
+    message, so that the claims find a message that became owed below it (:mod:`audit_stream.ordering`).
+    """
     with connection.cursor() as cursor:
-        cursor.execute(DUE_SINKS_SQL)
+        cursor.execute(SWEEP_DUE_SINKS_SQL if lower_floors else DUE_SINKS_SQL)
         return sorted(row[0] for row in cursor.fetchall())

@@ -57,6 +57,9 @@ class Sink(models.Model):
     last_delivered_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_error = models.TextField(blank=True, default="", db_default="", editable=False)
     last_error_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Claims start here, less ordering.FLOOR_MARGIN: no owed message is due before it but those
+    # the sweep finds (audit_stream.ordering). NULL: not known yet, claims start at the first.
+    due_floor = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         db_table = "audit_stream_sink"

@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 
 from audit_stream import beat, config, tracking
+from audit_stream.sinks.delivery import SWEEP_DUE_SINKS_SQL
 from audit_stream.stream import heartbeat, pending, wakeup
 from audit_stream.webhooks.delivery import DUE_ENDPOINTS_SQL, SWEEP_DUE_ENDPOINTS_SQL
 
@@ -118,13 +119,18 @@ class Listener:
             # From each endpoint's floor, as the claims read; every SWEEP_INTERVAL from no floor,
             # the floors lowered to what became owed below them (audit_stream.ordering), as the
             # sweep does: a deployment whose beat does not run loses nothing either.
-            if time.monotonic() - self._floors_checked >= beat.SWEEP_INTERVAL:
+            # Sinks (whose deliveries the fold enqueues) are checked then only: their retries and
+            # what became owed below their floors.
+            sweeping = time.monotonic() - self._floors_checked >= beat.SWEEP_INTERVAL
+            if sweeping:
                 self._floors_checked = time.monotonic()
-                cursor.execute(SWEEP_DUE_ENDPOINTS_SQL)
-            else:
-                cursor.execute(DUE_ENDPOINTS_SQL)
+            cursor.execute(SWEEP_DUE_ENDPOINTS_SQL if sweeping else DUE_ENDPOINTS_SQL)
             for (endpoint_id,) in cursor.fetchall():
                 self._enqueue("audit_stream.deliver", endpoint_id)
+            if sweeping:
+                cursor.execute(SWEEP_DUE_SINKS_SQL)
+                for (sink_id,) in cursor.fetchall():
+                    self._enqueue("audit_stream.deliver_sink", sink_id)
 
     def _enqueue(self, task: str, *args: Any) -> None:
         key = pending.key(*args)

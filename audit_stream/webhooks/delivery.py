@@ -95,19 +95,13 @@ SELECT EXISTS (
 # message of an unordered endpoint is a head). The body is PostgreSQL's own
 # text of the JSONB payload: numbers stay exact, and every attempt sends the
 # same bytes; the payload itself is not decoded.
-_LOCK_SQL, _CLAIM_SQL = ordering.claim_sql(
+_CLAIMS = ordering.LeasedClaim(
     "audit_stream_webhookmessage",
     "endpoint_id",
+    "audit_stream_webhookendpoint",
     returning="m.id, m.attempts, m.created_at, m.payload::text",
-    floored=True,
 )
-# The claim's settings (ordering.CLAIM_SETTINGS), in the statement that reads where it starts: the
-# endpoint's floor, and its transaction's start.
-_FLOOR_SQL = f"""
-SELECT {ordering.CLAIM_SETTINGS},
-       (SELECT due_floor FROM audit_stream_webhookendpoint WHERE id = %s), now()
-"""
-_RAISE_FLOOR_SQL = ordering.raise_floor_sql("audit_stream_webhookendpoint")
+_LOCK_SQL, _CLAIM_SQL = _CLAIMS.lock_and_lease
 
 # A batch's outcomes, one statement: each message's attempt row, and its new status,
 # attempts, error and next attempt (NULL: unchanged), as parallel arrays.
@@ -260,31 +254,11 @@ def _lease(endpoint: WebhookEndpoint) -> timedelta:
 
 
 def _claim(endpoint_id: int, limit: int, lease: timedelta) -> list[_Claimed]:
-    """Lease up to ``limit`` due messages, oldest first, with their bodies (the payload is not decoded).
-
-    Due messages that are not the heads of their objects' queues are parked,
-    not returned: when a claim found only those, it claims again.
-    """
-    while True:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(_FLOOR_SQL, [endpoint_id])
-            _, floor, started = cursor.fetchone()
-            cursor.execute(_LOCK_SQL, {"subscriber": endpoint_id, "limit": limit, "floor": floor})
-            locked = cursor.fetchall()
-            ids = [row[0] for row in locked]
-            if ids:
-                cursor.execute(_CLAIM_SQL, {"ids": ids, "lease": lease})
-                claimed = [_Claimed(*row) for row in cursor.fetchall()]
-        # Nothing owed is due before the first message locked (or, with none, before the
-        # claim started) but what other claims hold: the floor rises to there.
-        raised = min(row[1] for row in locked) if locked else started
-        if floor is None or raised > floor:
-            with connection.cursor() as cursor:
-                cursor.execute(_RAISE_FLOOR_SQL, {"subscriber": endpoint_id, "floor": raised, "read": floor})
-        if not ids:
-            return []
-        if claimed:
-            return sorted(claimed, key=lambda m: (m.created_at, m.pk))
+    """Lease up to ``limit`` due messages from the endpoint's floor, oldest first, with their bodies
+    (the payload is not decoded); due messages that are not the heads of their objects' queues are
+    parked, not returned (:meth:`audit_stream.ordering.LeasedClaim.take`)."""
+    claimed = [_Claimed(*row) for row in _CLAIMS.take(endpoint_id, limit, lease)]
+    return sorted(claimed, key=lambda m: (m.created_at, m.pk))
 
 
 def _has_due(endpoint_id: int) -> bool:
