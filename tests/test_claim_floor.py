@@ -350,3 +350,56 @@ def test_the_listener_enqueues_due_sinks_and_lowers_their_floors_every_sweep_int
         enqueued.clear()
         listener._poll(conn)  # not again until SWEEP_INTERVAL has passed
         assert ("audit_stream.deliver_sink", sink.pk) not in enqueued
+
+
+_DELIVERED_ONCE_OWED_TWICE = """
+INSERT INTO {table} (id, {subscriber}, event_type, payload, status, attempts, next_attempt_at, last_error,
+                     created_at, held)
+SELECT gen_random_uuid(), %(subscriber)s, 'x', '{{}}'::jsonb, 'pending', 0, t, '', t, false
+FROM generate_series(1, 2000) AS g,
+     LATERAL (SELECT now() - interval '1 hour' + g * interval '1 ms') AS due(t);
+UPDATE {table} SET status = 'sending', lease_until = now() + interval '1 minute';
+UPDATE {table} SET status = 'delivered', lease_until = NULL;
+INSERT INTO {table} (id, {subscriber}, event_type, payload, status, attempts, next_attempt_at, last_error,
+                     created_at, held)
+SELECT gen_random_uuid(), %(subscriber)s, 'x', '{{}}'::jsonb, 'pending', 0, clock_timestamp(), '', now(),
+       false
+FROM generate_series(1, 2) AS g;
+ANALYZE {table};
+"""
+
+
+@pytest.mark.parametrize("kind", ["webhook", "sink"])
+def test_a_claim_reads_its_index_in_due_order_when_the_statistics_favour_the_status_index(kind, sink):
+    """2,000 messages delivered, two owed, the table analysed: the planner's estimates favour the
+    subscriber's index on status and a sort, which reads the entries of every delivered message.
+    The claim's settings (ordering.CLAIM_SETTINGS, in its first statement) keep it on the claimable
+    index from its floor."""
+    if kind == "webhook":
+        subscriber = WebhookEndpoint.objects.create(url="http://127.0.0.1:9/hook").pk
+        table, column, claims, lock = (
+            "audit_stream_webhookmessage",
+            "endpoint_id",
+            delivery._CLAIMS,
+            delivery._LOCK_SQL,
+        )
+    else:
+        subscriber = sink.pk
+        table, column, claims = "audit_stream_sinkmessage", "sink_id", sink_delivery._CLAIMS
+        lock = sink_delivery._HELD_CLAIM_SQL
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _DELIVERED_ONCE_OWED_TWICE.format(table=table, subscriber=column), {"subscriber": subscriber}
+        )
+
+    def plan(settings: bool) -> str:
+        with transaction.atomic(), connection.cursor() as cursor:
+            if settings:
+                cursor.execute(claims.read_floor_sql, {"subscriber": subscriber})  # as a claim begins
+            params = {"subscriber": subscriber, "limit": 100, "floor": timezone.now() - timedelta(seconds=5)}
+            cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + lock, params)
+            return "\n".join(row[0] for row in cursor.fetchall())
+
+    assert "Sort" in plan(settings=False)  # what the statistics alone choose
+    claimed = plan(settings=True)
+    assert "Sort" not in claimed and "_claimable" in claimed, claimed
