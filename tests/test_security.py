@@ -21,14 +21,27 @@ from decimal import Decimal
 
 import psycopg
 import pytest
+import redis
 from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 from django.db.models import Sum
 
 import audit_stream
 from audit_stream import checks, grants, partitions, retention, rowlog
-from audit_stream.models import Context, ContextCount, PartitionCount, RowLog
+from audit_stream.models import (
+    Context,
+    ContextCount,
+    PartitionCount,
+    RowLog,
+    Sink,
+    SinkMessage,
+    WebhookEndpoint,
+    WebhookMessage,
+)
+from audit_stream.sinks import delivery as sink_delivery
 from audit_stream.stream import fold
+from audit_stream.webhooks import delivery
+from tests.sink_servers import REDIS_URL, unique
 from tests.testapp.models import (
     Customer,
     Order,
@@ -332,6 +345,26 @@ def test_the_runtime_roles_fold_counts_contexts_through_the_trigger(deployment):
         fold.fold("testapp_productevent")
     context = Context.objects.get(metadata__user="counted")
     assert ContextCount.objects.get(context_id=context.id).events == 1
+
+
+def test_the_runtime_roles_deliveries_claim_from_and_raise_the_floors(deployment, httpserver, settings):
+    """Webhook and sink deliveries as the runtime role: each claim reads its subscriber's floor and
+    raises it (``due_floor``), the sweep lowers it, with the documented grants alone."""
+    settings.AUDIT_STREAM = {"WEBHOOK_ALLOWED_NETWORKS": ["127.0.0.0/8"], "WEBHOOK_TIMEOUT": [1, 1]}
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    endpoint = WebhookEndpoint.objects.create(url=httpserver.url_for("/hook"))
+    prefix = unique("floor")
+    sink = Sink.objects.create(name=prefix, kind="redis", target=REDIS_URL, options={"stream_prefix": prefix})
+    with _django_as(deployment.runtime):
+        Product.objects.create(name="delivered", price=1)
+        fold.fold("testapp_productevent")
+        assert delivery.deliver(endpoint.pk).delivered == 1
+        assert sink_delivery.deliver(sink.pk).delivered == 1
+        assert sink_delivery.due_sinks(lower_floors=True) == []
+    assert WebhookEndpoint.objects.get(pk=endpoint.pk).due_floor is not None
+    assert Sink.objects.get(pk=sink.pk).due_floor is not None
+    assert {m.status for m in [*WebhookMessage.objects.all(), *SinkMessage.objects.all()]} == {"delivered"}
+    redis.Redis.from_url(REDIS_URL).delete(f"{prefix}:testapp.product")
 
 
 def test_create_event_works_for_the_runtime_role(deployment):
