@@ -2,11 +2,11 @@
 from the index entries every delivered message leaves behind; what becomes owed below the floor is
 found by the sweep. Against a real HTTP receiver on loopback, and this machine's Redis for sinks."""
 
+import contextlib
 from datetime import timedelta
 
 import psycopg
 import pytest
-import redis
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -15,7 +15,7 @@ from audit_stream.models import Sink, SinkMessage, WebhookEndpoint, WebhookMessa
 from audit_stream.sinks import delivery as sink_delivery
 from audit_stream.stream import fold, listen
 from audit_stream.webhooks import delivery
-from tests.sink_servers import REDIS_URL, unique
+from tests.test_sinks import redis_sink  # noqa: F401 (a fixture)
 from tests.testapp.models import Product
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -47,12 +47,8 @@ def old_snapshot():
 
 
 @pytest.fixture
-def sink():
-    prefix = unique("floor")
-    yield Sink.objects.create(name=prefix, kind="redis", target=REDIS_URL, options={"stream_prefix": prefix})
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(f"{prefix}:*"):
-        client.delete(key)
+def sink(redis_sink):  # noqa: F811 (tests.test_sinks's)
+    return redis_sink
 
 
 def _buffers_of_a_claim(subscriber: int, floor, sql: str = delivery._LOCK_SQL) -> int:
@@ -72,6 +68,38 @@ def _new_messages(count: int) -> None:
     first = Product.objects.count()
     Product.objects.bulk_create([Product(name=f"p{first + i}") for i in range(count)])
     fold.fold_all()
+
+
+@contextlib.contextmanager
+def _listener():
+    """A listener's poll on a connection of its own, and the tasks it enqueued (no Redis dedupe here)."""
+    enqueued = []
+    listener = listen.Listener(
+        connection.get_connection_params(), enqueue=lambda *task: enqueued.append(task)
+    )
+    listener._enqueue = lambda task, *args: enqueued.append((task, *args))
+    settings = connection.settings_dict
+    with psycopg.connect(
+        host=settings["HOST"],
+        port=settings["PORT"],
+        user=settings["USER"],
+        dbname=settings["NAME"],
+        autocommit=True,
+    ) as conn:
+        yield (lambda: listener._poll(conn)), enqueued
+
+
+def _late_sink_message(sink: Sink) -> SinkMessage:
+    """A message owed to ``sink`` a minute ago, below a floor raised since (it committed late)."""
+    return SinkMessage.objects.create(
+        sink=sink,
+        event_type="audit_stream.test",
+        payload={
+            "type": "audit_stream.test",
+            "data": {"model": "testapp.product", "object_id": "1", "event_id": 1},
+        },
+        next_attempt_at=timezone.now() - timedelta(minutes=1),
+    )
 
 
 def test_a_claim_reads_from_its_floor_not_the_entries_of_delivered_messages(endpoint, old_snapshot):
@@ -161,20 +189,8 @@ def test_the_listener_lowers_the_floors_as_the_sweep_does_when_no_beat_runs(endp
         payload={"type": "audit_stream.test"},
         next_attempt_at=timezone.now() - timedelta(minutes=1),
     )
-    enqueued = []
-    listener = listen.Listener(
-        connection.get_connection_params(), enqueue=lambda *task: enqueued.append(task)
-    )
-    listener._enqueue = lambda task, *args: enqueued.append((task, *args))  # no Redis dedupe in this test
-    settings = connection.settings_dict
-    with psycopg.connect(
-        host=settings["HOST"],
-        port=settings["PORT"],
-        user=settings["USER"],
-        dbname=settings["NAME"],
-        autocommit=True,
-    ) as conn:
-        listener._poll(conn)
+    with _listener() as (poll, enqueued):
+        poll()
     assert ("audit_stream.deliver", endpoint.pk) in enqueued
     assert WebhookEndpoint.objects.get(pk=endpoint.pk).due_floor == late.next_attempt_at
 
@@ -232,15 +248,7 @@ def test_a_sinks_claim_reads_from_its_floor_not_the_entries_of_published_message
 def test_a_sink_message_owed_below_the_floor_is_published_once_the_sweep_lowers_it(sink):
     _new_messages(1)
     assert sink_delivery.deliver(sink.pk).delivered == 1
-    late = SinkMessage.objects.create(
-        sink=sink,
-        event_type="audit_stream.test",
-        payload={
-            "type": "audit_stream.test",
-            "data": {"model": "testapp.product", "object_id": "1", "event_id": 1},
-        },
-        next_attempt_at=timezone.now() - timedelta(minutes=1),
-    )
+    late = _late_sink_message(sink)
     assert sink_delivery.due_sinks() == []  # the fold's check reads from the floor, as claims do
     assert sink_delivery.deliver(sink.pk).delivered == 0
     assert sink_delivery.due_sinks(lower_floors=True) == [sink.pk]  # the sweep's
@@ -322,33 +330,13 @@ def test_the_listener_enqueues_due_sinks_and_lowers_their_floors_every_sweep_int
     a sink's floor, are enqueued by the sweep, and by the listener when no beat runs."""
     _new_messages(1)
     sink_delivery.deliver(sink.pk)
-    late = SinkMessage.objects.create(
-        sink=sink,
-        event_type="audit_stream.test",
-        payload={
-            "type": "audit_stream.test",
-            "data": {"model": "testapp.product", "object_id": "1", "event_id": 1},
-        },
-        next_attempt_at=timezone.now() - timedelta(minutes=1),
-    )
-    enqueued = []
-    listener = listen.Listener(
-        connection.get_connection_params(), enqueue=lambda *task: enqueued.append(task)
-    )
-    listener._enqueue = lambda task, *args: enqueued.append((task, *args))
-    settings = connection.settings_dict
-    with psycopg.connect(
-        host=settings["HOST"],
-        port=settings["PORT"],
-        user=settings["USER"],
-        dbname=settings["NAME"],
-        autocommit=True,
-    ) as conn:
-        listener._poll(conn)  # its first poll: a sweep
+    late = _late_sink_message(sink)
+    with _listener() as (poll, enqueued):
+        poll()  # its first poll: a sweep
         assert ("audit_stream.deliver_sink", sink.pk) in enqueued
         assert _floor(sink.pk) == late.next_attempt_at
         enqueued.clear()
-        listener._poll(conn)  # not again until SWEEP_INTERVAL has passed
+        poll()  # not again until SWEEP_INTERVAL has passed
         assert ("audit_stream.deliver_sink", sink.pk) not in enqueued
 
 
