@@ -10,10 +10,15 @@ import logging
 
 from celery import shared_task
 from celery.signals import beat_embedded_init, beat_init, before_task_publish
+from django.db import connection
 from django.utils import timezone
 
+from audit_stream import partitions, retention
+from audit_stream.models import FoldRun, RetentionRun
+from audit_stream.sinks import delivery as sink_delivery
 from audit_stream.stream import fold as _fold
 from audit_stream.stream import heartbeat, pending, wakeup
+from audit_stream.webhooks import delivery as webhook_delivery
 
 logger = logging.getLogger("audit_stream.stream")
 
@@ -67,8 +72,6 @@ def fold(event_table: str, lane: int | None = None) -> dict:
 
 
 def _record_fold(event_table: str, started, result) -> None:
-    from audit_stream.models import FoldRun
-
     heartbeat.beat("worker")
     if result.folded:
         FoldRun.objects.create(
@@ -79,11 +82,9 @@ def _record_fold(event_table: str, started, result) -> None:
 @shared_task(name=DELIVER, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def deliver(endpoint_id: int) -> dict:
     """Deliver the due messages of one webhook endpoint."""
-    from audit_stream.webhooks import delivery
-
     pending.release(DELIVER, endpoint_id)
     heartbeat.beat("worker")
-    result = delivery.deliver(endpoint_id)
+    result = webhook_delivery.deliver(endpoint_id)
     if result.more:
         enqueue(deliver, endpoint_id)
     logger.info("endpoint %s: %s delivered, %s failed", endpoint_id, result.delivered, result.failed)
@@ -93,11 +94,9 @@ def deliver(endpoint_id: int) -> dict:
 @shared_task(name=DELIVER_SINK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def deliver_sink(sink_id: int) -> dict:
     """Publish the due messages of one sink, in pipelined batches."""
-    from audit_stream.sinks import delivery
-
     pending.release(DELIVER_SINK, sink_id)
     heartbeat.beat("worker")
-    result = delivery.deliver(sink_id)
+    result = sink_delivery.deliver(sink_id)
     if result.more:
         enqueue(deliver_sink, sink_id)
     logger.info("sink %s: %s delivered, %s failed", sink_id, result.delivered, result.failed)
@@ -106,9 +105,7 @@ def deliver_sink(sink_id: int) -> dict:
 
 def _enqueue_due_sinks(*, lower_floors: bool = False) -> list[int]:
     """Enqueue a delivery of each sink with a due message (``lower_floors``: the sweep's, from no floor)."""
-    from audit_stream.sinks.delivery import due_sinks
-
-    sinks = due_sinks(lower_floors=lower_floors)
+    sinks = sink_delivery.due_sinks(lower_floors=lower_floors)
     for sink_id in sinks:
         enqueue(deliver_sink, sink_id)
     return sinks
@@ -120,12 +117,8 @@ def endpoints_with_due_messages() -> list[int]:
     The sweep's check: it also lowers each endpoint's floor to its earliest owed message, so that
     the claims find a message that became owed below it (:mod:`audit_stream.ordering`).
     """
-    from django.db import connection
-
-    from audit_stream.webhooks.delivery import SWEEP_DUE_ENDPOINTS_SQL
-
     with connection.cursor() as cursor:
-        cursor.execute(SWEEP_DUE_ENDPOINTS_SQL)
+        cursor.execute(webhook_delivery.SWEEP_DUE_ENDPOINTS_SQL)
         return sorted(row[0] for row in cursor.fetchall())
 
 
@@ -178,9 +171,6 @@ def sweep(self) -> dict:
 @shared_task(name=PRUNE, bind=True, ignore_result=True)
 def prune(self) -> dict:
     """Apply the retention policies (scheduled by beat every RETENTION_INTERVAL) and record the run."""
-    from audit_stream import retention
-    from audit_stream.models import RetentionRun
-
     heartbeat.beat_for_scheduler(getattr(self.request, heartbeat.BEAT_HEADER, None))
     run = RetentionRun.objects.create(trigger="beat")
     try:
@@ -198,6 +188,4 @@ def prune(self) -> dict:
 @shared_task(name="audit_stream.ensure_partitions", ignore_result=True)
 def ensure_partitions() -> dict:
     """Create the partitions of partitioned history tables ahead of the id sequence (scheduled by beat)."""
-    from audit_stream import partitions
-
     return partitions.ensure_all()
