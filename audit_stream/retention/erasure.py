@@ -6,7 +6,6 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
 from audit_stream import partitions
-from audit_stream.partitions import counts as partition_counts
 from audit_stream.retention import counts, references
 from audit_stream.retention.changes import CHANGE_PARTITIONS_LOCK
 from audit_stream.retention.permission import allow_prune, may_delete, privilege_error
@@ -115,7 +114,7 @@ def erase(
 
 # An object's events, deleted; those the fold counted leave their contexts'
 # counts (references.SUBTRACT: an unfolded one was never counted) and, in a
-# partitioned table, their partitions' counts (partition_counts.SUBTRACT), each
+# partitioned table, their partitions' counts (references.subtractions), each
 # {subtract} after a comma.
 _ERASE_EVENTS = """
 WITH gone AS (
@@ -127,20 +126,17 @@ SELECT count(*) FROM gone
 
 def _erase_events(cursor, table: str, quoted: str, where: str, params: dict, has_context: bool) -> int:
     """Delete the events of ``table`` that ``where`` selects (read as ``e``); how many went."""
-    subtract = []
-    if has_context:
-        subtract.append(references.SUBTRACT.replace("{after}", "TRUE"))
-    if partitions.is_partitioned(cursor, table):
-        subtract.append(partition_counts.SUBTRACT)
+    subtract, columns = references.subtractions(
+        "e", has_context=has_context, partitioned=partitions.is_partitioned(cursor, table)
+    )
     if not subtract:
         cursor.execute(f"DELETE FROM {quoted} AS e WHERE {where}", params)
         return cursor.rowcount
     done, floor, foreign = checkpoint.folded(cursor, table)
-    context = "e.pgh_context_id" if has_context else "NULL::uuid AS pgh_context_id"
     sql = _ERASE_EVENTS.format(
         table=quoted,
         where=where,
-        returning=f"e.pgh_id, e.pgh_xid, e.tableoid, {context}",
+        returning=", ".join(["e.pgh_id", *columns]),
         subtract="".join(",\n" + cte.replace("{gone}", "gone") for cte in subtract),
     )
     cursor.execute(sql, {**params, "done": None if foreign else done, "floor": floor})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from audit_stream import partitions
-from audit_stream.partitions import counts as partition_counts
 from audit_stream.retention import batches, counts, drops, foresight, references
 from audit_stream.retention.policies import Policy, row_log_model
 from audit_stream.stream import unfolded
@@ -190,18 +189,15 @@ def _delete_batch(connection, model, policy: Policy, force: bool) -> str | None:
         returning.append("t.pgh_obj_id")
         counted.append(counts.SUBTRACT)
         after = counts.AFTER_SUBTRACT  # objects locked first, as the fold locks them
-    if _has_context(model):
-        counted.append(references.SUBTRACT.replace("{after}", after))
     with connection.cursor() as cursor:
         partitioned = partitions.is_partitioned(cursor, model._meta.db_table)
-    if partitioned:  # the partitions' own counts, which their drops read
-        counted.append(partition_counts.SUBTRACT)
-        returning.append("t.tableoid")
+    ctes, columns = references.subtractions(
+        "t", has_context=_has_context(model), partitioned=partitioned, after=after
+    )
+    counted.extend(ctes)
+    returning.extend(columns)
     if not counted:
         return None
-    if _has_context(model) or partitioned:  # what the two SUBTRACTs read of each event
-        context = "t.pgh_context_id" if _has_context(model) else "NULL::uuid AS pgh_context_id"
-        returning.extend(["t.pgh_xid", context])
     return batches.COUNTED_DELETE_BATCH.format(
         table=connection.ops.quote_name(model._meta.db_table),
         doomed=batches.DOOMED,

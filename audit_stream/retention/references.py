@@ -32,9 +32,10 @@ an event that was not counted.
 from __future__ import annotations
 
 from audit_stream import triggers
+from audit_stream.partitions import counts as partition_counts
 from audit_stream.stream import unfolded
 
-__all__ = ["COUNT_TABLE", "SUBTRACT", "backfill", "install_sql", "uninstall_sql"]
+__all__ = ["COUNT_TABLE", "SUBTRACT", "backfill", "install_sql", "subtractions", "uninstall_sql"]
 
 COUNT_TABLE = "audit_stream_context_count"
 _FUNCTION = "_audit_stream_count_references"
@@ -120,3 +121,23 @@ SUBTRACT = f"""counted_contexts AS (
     ORDER BY e.pgh_context_id
     ON CONFLICT (context_id) DO UPDATE SET events = n.events + excluded.events
 )"""
+
+
+def subtractions(
+    alias: str, *, has_context: bool, partitioned: bool, after: str = "TRUE"
+) -> tuple[list[str], list[str]]:
+    """What a deletion of events takes off the counts that stay: its CTEs, and what they read of each event.
+
+    The contexts' counts lose the deleted events the fold counted (:data:`SUBTRACT`, with
+    ``after``), and in a partitioned table so do their partitions' counts
+    (:data:`audit_stream.partitions.counts.SUBTRACT`). Returns those CTEs (each reading ``{gone}``)
+    and the columns of ``alias``, the deleted rows, that the deletion's ``RETURNING`` must give
+    them; both empty when there is nothing to count.
+    """
+    ctes = [SUBTRACT.replace("{after}", after)] if has_context else []
+    if partitioned:
+        ctes.append(partition_counts.SUBTRACT)
+    if not ctes:
+        return [], []
+    context = f"{alias}.pgh_context_id" if has_context else "NULL::uuid AS pgh_context_id"
+    return ctes, [f"{alias}.pgh_xid", context, *([f"{alias}.tableoid"] if partitioned else [])]
