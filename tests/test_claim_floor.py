@@ -102,11 +102,30 @@ def _late_sink_message(sink: Sink) -> SinkMessage:
     )
 
 
+def _owed(subscriber: WebhookEndpoint | Sink, count: int, due) -> None:
+    """``count`` messages owed to ``subscriber``, due within a second from ``due``, not in the order
+    they are stored (as messages of many subscribers and retries are), with no index entry before
+    that: a fold's first due times would lie within the claim's margin of a floor raised at once."""
+    model, field = (SinkMessage, "sink") if isinstance(subscriber, Sink) else (WebhookMessage, "endpoint")
+    model.objects.bulk_create(
+        model(
+            **{field: subscriber},
+            event_type="testapp.product.insert",
+            payload={
+                "type": "testapp.product.insert",
+                "data": {"model": "testapp.product", "object_id": str(i), "event_id": i},
+            },
+            next_attempt_at=due + timedelta(milliseconds=i * 7919 % count),
+            object_key=f"testapp.product:{i}" if subscriber.ordered else None,
+        )
+        for i in range(count)
+    )
+
+
 def test_a_claim_reads_from_its_floor_not_the_entries_of_delivered_messages(endpoint, old_snapshot):
     """After 1,000 deliveries whose index entries are still there, a claim of the next message reads a
     few pages; from no floor it reads through every one of them."""
-    _new_messages(1000)
-    WebhookMessage.objects.update(next_attempt_at=timezone.now() - timedelta(hours=1))  # an hour's worth
+    _owed(endpoint, 1000, timezone.now() - timedelta(hours=1))  # an hour's worth
     while delivery.deliver(endpoint.pk).delivered:
         pass
     assert not WebhookMessage.objects.exclude(status="delivered").exists()
@@ -203,24 +222,6 @@ def _publish_all(sink_id: int) -> None:
 
 def _floor(sink_id: int):
     return Sink.objects.get(pk=sink_id).due_floor
-
-
-def _owed(sink: Sink, count: int, due) -> None:
-    """``count`` messages owed to ``sink``, due within a second from ``due``, not in the order they
-    are stored (as messages of many subscribers and retries are); no earlier index entry."""
-    SinkMessage.objects.bulk_create(
-        SinkMessage(
-            sink=sink,
-            event_type="testapp.product.insert",
-            payload={
-                "type": "testapp.product.insert",
-                "data": {"model": "testapp.product", "object_id": str(i), "event_id": i},
-            },
-            next_attempt_at=due + timedelta(milliseconds=i * 7919 % count),
-            object_key=f"testapp.product:{i}" if sink.ordered else None,
-        )
-        for i in range(count)
-    )
 
 
 @pytest.mark.parametrize("ordered", [False, True], ids=["held", "leased"])
