@@ -85,6 +85,7 @@ __all__ = [
     "LeasedClaim",
     "UnparkNext",
     "claim_sql",
+    "due_subscribers_sql",
     "floor_sql",
     "head",
     "held_claim_sql",
@@ -253,6 +254,22 @@ def raise_floor(cursor, sql: str, subscriber: int, read: datetime | None, raised
     when that moves it: a claim's floor rises only when its first message lies above it."""
     if read is None or raised > read:
         cursor.execute(sql, {"subscriber": subscriber, "floor": raised, "read": read})
+
+
+def due_subscribers_sql(table: str, subscriber: str, subscribers: str) -> str:
+    """The active subscribers of ``subscribers`` with a message of ``table`` due from their floors, as
+    the claims read: what the fold and the listener enqueue deliveries for. One probe of the
+    ``..._claimable`` index per subscriber, however many messages are due or were delivered.
+    """
+    return f"""
+SELECT s.id
+FROM {subscribers} AS s
+WHERE s.is_active
+  AND EXISTS (
+    SELECT 1 FROM {table} AS m
+    WHERE m.{subscriber} = s.id AND {DUE} AND {FROM_FLOOR.format(floor="s.due_floor")}
+  )
+"""
 
 
 def lower_floor_sql(subscribers: str) -> str:

@@ -53,22 +53,9 @@ __all__ = ["DUE_SINKS_SQL", "SWEEP_DUE_SINKS_SQL", "DeliveryResult", "deliver", 
 
 _LEASE_SECONDS = 60
 
-# Due: pending and its time has come, or claimed and its lease expired (its worker
-# died); never while parked behind its object's head (ordered sinks).
-_DUE = ordering.DUE
-
 # Active sinks with a due message from their floor, as the claims read: the fold task enqueues
-# their deliveries. One probe of the claim's index per sink, however many messages are due or
-# were published.
-DUE_SINKS_SQL = f"""
-SELECT s.id
-FROM audit_stream_sink AS s
-WHERE s.is_active
-  AND EXISTS (
-    SELECT 1 FROM audit_stream_sinkmessage AS m
-    WHERE m.sink_id = s.id AND {_DUE} AND {ordering.FROM_FLOOR.format(floor="s.due_floor")}
-  )
-"""
+# their deliveries.
+DUE_SINKS_SQL = ordering.due_subscribers_sql("audit_stream_sinkmessage", "sink_id", "audit_stream_sink")
 
 # The sweep's (and the listener's, every SWEEP_INTERVAL): the same from no floor, each sink's
 # floor lowered to its earliest owed message.

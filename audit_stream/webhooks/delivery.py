@@ -61,17 +61,10 @@ _EXCERPT = 500
 DUE = ordering.DUE
 
 # Active endpoints with a due message from their floor (audit_stream.ordering): the listener
-# enqueues their deliveries. One probe of the claim's index per endpoint, however many
-# messages are due or were delivered.
-DUE_ENDPOINTS_SQL = f"""
-SELECT ep.id
-FROM audit_stream_webhookendpoint AS ep
-WHERE ep.is_active
-  AND EXISTS (
-    SELECT 1 FROM audit_stream_webhookmessage AS m
-    WHERE m.endpoint_id = ep.id AND {DUE} AND {ordering.FROM_FLOOR.format(floor="ep.due_floor")}
-  )
-"""
+# enqueues their deliveries.
+DUE_ENDPOINTS_SQL = ordering.due_subscribers_sql(
+    "audit_stream_webhookmessage", "endpoint_id", "audit_stream_webhookendpoint"
+)
 
 # The sweep's: the same from no floor, each endpoint's floor lowered to its earliest owed message.
 SWEEP_DUE_ENDPOINTS_SQL = ordering.lower_floors_sql(
