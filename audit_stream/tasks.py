@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from celery import shared_task
 from celery.signals import beat_embedded_init, beat_init, before_task_publish
 from django.db import connection
 from django.utils import timezone
+from kombu.exceptions import OperationalError
 
 from audit_stream import partitions, retention
 from audit_stream.models import FoldRun, RetentionRun
@@ -26,6 +28,9 @@ FOLD = "audit_stream.fold"
 DELIVER = "audit_stream.deliver"
 DELIVER_SINK = "audit_stream.deliver_sink"
 
+# Redis (the pending marks) or the broker (Celery raises kombu's OperationalError) unreachable.
+_BROKER_ERRORS = (redis.RedisError, OperationalError)
+
 
 def enqueue(task, *args) -> bool:
     """Send ``task`` with ``args`` (its unit of work) unless one is already pending."""
@@ -38,6 +43,35 @@ def enqueue(task, *args) -> bool:
         pending.release(task.name, key)
         raise
     return True
+
+
+def _follow_up(task, *args) -> bool:
+    """Enqueue ``task`` from a running task (its next run, a delivery of what it recorded).
+
+    When Redis or the broker is down or restarting, the running task goes on
+    rather than fail with work half done: what it would have enqueued is still
+    owed in the database, and the listener's next poll (or the sweep) enqueues
+    it once the broker is back.
+    """
+    try:
+        return enqueue(task, *args)
+    except _BROKER_ERRORS as exc:
+        logger.warning(
+            "could not enqueue %s(%s); the listener or the sweep will: %s", task.name, pending.key(*args), exc
+        )
+        return False
+
+
+def _start(task_name: str, key: object) -> None:
+    """Release the task's pending mark as it starts, so work arriving meanwhile enqueues the next run.
+
+    With Redis unreachable the task still runs: the mark expires by itself
+    (:mod:`audit_stream.stream.pending`).
+    """
+    try:
+        pending.release(task_name, key)
+    except redis.RedisError as exc:
+        logger.warning("could not release the pending mark of %s(%s): %s", task_name, key, exc)
 
 
 def _fold_args(event_table: str, lane: int | None) -> list:
@@ -54,19 +88,19 @@ def fold(event_table: str, lane: int | None = None) -> dict:
     killed mid-fold leaves the task to be delivered again, and the fold's
     transactions make the redo exact.
     """
-    pending.release(FOLD, pending.key(*_fold_args(event_table, lane)))
+    _start(FOLD, pending.key(*_fold_args(event_table, lane)))
     started = timezone.now()
 
     def deliver_now(endpoints):  # after each committed batch, not when the fold ends
         for endpoint_id in sorted(endpoints):
-            enqueue(deliver, endpoint_id)
+            _follow_up(deliver, endpoint_id)
 
     result = _fold.fold(event_table, lane=lane, on_messages=deliver_now)
     _record_fold(event_table, started, result)
     if result.folded:
-        _enqueue_due_sinks()
+        _enqueue_due_sinks(send=_follow_up)
     if not result.caught_up:
-        enqueue(fold, *_fold_args(event_table, lane))  # more to do: yield the worker, come back
+        _follow_up(fold, *_fold_args(event_table, lane))  # more to do: yield the worker, come back
     logger.info("folded %s events of %s (lane %s)", result.folded, event_table, "*" if lane is None else lane)
     return {"event_table": event_table, "lane": lane, "folded": result.folded, "caught_up": result.caught_up}
 
@@ -82,11 +116,11 @@ def _record_fold(event_table: str, started, result) -> None:
 @shared_task(name=DELIVER, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def deliver(endpoint_id: int) -> dict:
     """Deliver the due messages of one webhook endpoint."""
-    pending.release(DELIVER, endpoint_id)
+    _start(DELIVER, endpoint_id)
     heartbeat.beat("worker")
     result = webhook_delivery.deliver(endpoint_id)
     if result.more:
-        enqueue(deliver, endpoint_id)
+        _follow_up(deliver, endpoint_id)
     logger.info("endpoint %s: %s delivered, %s failed", endpoint_id, result.delivered, result.failed)
     return {"endpoint": endpoint_id, "delivered": result.delivered, "failed": result.failed}
 
@@ -94,20 +128,20 @@ def deliver(endpoint_id: int) -> dict:
 @shared_task(name=DELIVER_SINK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def deliver_sink(sink_id: int) -> dict:
     """Publish the due messages of one sink, in pipelined batches."""
-    pending.release(DELIVER_SINK, sink_id)
+    _start(DELIVER_SINK, sink_id)
     heartbeat.beat("worker")
     result = sink_delivery.deliver(sink_id)
     if result.more:
-        enqueue(deliver_sink, sink_id)
+        _follow_up(deliver_sink, sink_id)
     logger.info("sink %s: %s delivered, %s failed", sink_id, result.delivered, result.failed)
     return {"sink": sink_id, "delivered": result.delivered, "failed": result.failed}
 
 
-def _enqueue_due_sinks(*, lower_floors: bool = False) -> list[int]:
+def _enqueue_due_sinks(*, lower_floors: bool = False, send=enqueue) -> list[int]:
     """Enqueue a delivery of each sink with a due message (``lower_floors``: the sweep's, from no floor)."""
     sinks = sink_delivery.due_sinks(lower_floors=lower_floors)
     for sink_id in sinks:
-        enqueue(deliver_sink, sink_id)
+        send(deliver_sink, sink_id)
     return sinks
 
 

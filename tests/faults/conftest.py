@@ -11,6 +11,7 @@ different messages.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.server
 import json
 import os
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 
 from audit_stream.webhooks.models import new_secret
 from tests.procs import ROOT, Proc, wait_until
@@ -229,6 +231,7 @@ class Stack:
         self.cluster, self.redis, self.db, self.log_dir, self.name = cluster, redis, db, log_dir, name
         self.lanes = lanes  # the products' event table is folded in this many lanes
         self.procs: list[Proc] = []
+        self.writers: list[Writer] = []  # stopped on close, so a failed test leaves none writing
         self.receiver: Receiver | None = None
         self.endpoint_id: int | None = None
         self.figures: dict = {"scenario": name, "lanes": lanes}
@@ -281,6 +284,7 @@ class Stack:
     def writer(self, rate: float = 100.0) -> Writer:
         writer = Writer(lambda **kw: self.cluster.connect(self.db, **kw), rate)
         writer.start()
+        self.writers.append(writer)
         return writer
 
     def count(self, sql: str, params=None) -> int:
@@ -360,7 +364,32 @@ class Stack:
             duplicates_received=len(received) - len(ids),
         )  # fmt: skip
 
+    def state(self) -> str:
+        """What a failed test's report shows besides the logs: Redis's queue and pending marks, the
+        unfolded events, and what every session of the test's database is doing or waiting for."""
+        lines = []
+        try:
+            client = redis.Redis(port=self.redis.port, socket_timeout=2)
+            lines.append(f"redis: {client.llen('celery')} queued tasks; pending marks:")
+            lines += [f"  {key.decode()}" for key in sorted(client.scan_iter("audit_stream:*"))]
+        except redis.RedisError as exc:
+            lines.append(f"redis: {exc}")
+        try:
+            lines.append(f"events: {self.events()}, changes: {self.changes()}")
+            for row in self.sql(
+                "SELECT pid, application_name, state, wait_event_type, wait_event, now() - xact_start,"
+                " regexp_replace(left(query, 160), '\\s+', ' ', 'g')"
+                " FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() ORDER BY pid"
+            ):
+                lines.append("  " + " | ".join(str(value) for value in row))
+        except psycopg.Error as exc:
+            lines.append(f"database: {exc}")
+        return "\n".join(lines)
+
     def close(self) -> None:
+        for writer in self.writers:
+            writer.stop()
         for proc in self.procs:
             proc.stop()
         if self.receiver:
@@ -406,9 +435,12 @@ def lanes():
 
 @pytest.fixture
 def stack(cluster, private_redis, tmp_path, request, lanes):
-    db = "faults_" + request.node.name.lower()[:40].replace("[", "_").replace("]", "")
+    # One database per test (parametrized ones included: a name cut at 63 bytes must not make two
+    # tests share one), dropped by force should a process of an earlier run still hold it.
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]
+    db = f"faults_{request.node.originalname[:40]}_{digest}".lower()
     with cluster.connect("postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{db}"')
+        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{db}" TEMPLATE template_faults')
     if private_redis.proc is None or private_redis.proc.poll() is not None:
         private_redis.start()
@@ -421,9 +453,27 @@ def stack(cluster, private_redis, tmp_path, request, lanes):
 def pytest_runtest_makereport(item, call):
     report = yield
     if report.when == "call" and report.failed and "stack" in item.funcargs:
-        for proc in item.funcargs["stack"].procs:
-            report.sections.append((f"log of {proc.name}", proc.output()[-4000:]))
+        stack = item.funcargs["stack"]
+        report.sections.append(("state at the failure", stack.state()))
+        for proc in stack.procs:
+            report.sections.append((f"log of {proc.name}", _log_lines(proc.output())))
     return report
+
+
+def _log_lines(output: str, limit: int = 12000) -> str:
+    """A process's log for a failure report: its timestamped lines, each traceback cut to its last
+    line (what was raised), so that the report shows the whole story rather than one traceback."""
+    lines, in_traceback = [], False
+    for line in output.splitlines():
+        if line.startswith(("Traceback ", "During handling", "The above exception")):
+            in_traceback = True
+        elif in_traceback and not line.startswith((" ", "\t")) and line.strip():
+            in_traceback = False
+            lines.append("    " + line)  # the exception raised
+        elif not in_traceback and line.strip():
+            lines.append(line[:300])
+    text = "\n".join(lines)
+    return text if len(text) <= limit else text[: limit // 3] + "\n...\n" + text[-2 * limit // 3 :]
 
 
 __all__ = ["Stack", "signal"]

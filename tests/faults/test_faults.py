@@ -58,7 +58,8 @@ def test_redis_restart_loses_queued_tasks_but_no_change(stack):
     stack.wait_for(stack.changes, 150, message="folding under way")
     stack.redis.restart()  # queued tasks and pending keys are gone
     restarted = time.monotonic()
-    stack.wait_for(stack.changes, 300, message="folding again after the restart")
+    # The time to recover is a figure (RELIABILITY.md), not a bound: a slow machine may take long.
+    stack.wait_for(stack.changes, 300, timeout=120, message="folding again after the restart")
     writer.stop()
     stack.assert_consistent()
     stack.figures["recovery_s"] = round(time.monotonic() - restarted, 2)
