@@ -62,10 +62,10 @@ def _follow_up(task, *args) -> bool:
         return False
 
 
-def _start(task_name: str, key: object) -> None:
-    """Release the task's pending mark as it starts, so work arriving meanwhile enqueues the next run.
+def _release(task_name: str, key: object) -> None:
+    """Release the task's pending mark (a fold's as it starts, a delivery's as it ends).
 
-    With Redis unreachable the task still runs: the mark expires by itself
+    With Redis unreachable the task goes on: the mark expires by itself
     (:mod:`audit_stream.stream.pending`).
     """
     try:
@@ -88,7 +88,7 @@ def fold(event_table: str, lane: int | None = None) -> dict:
     killed mid-fold leaves the task to be delivered again, and the fold's
     transactions make the redo exact.
     """
-    _start(FOLD, pending.key(*_fold_args(event_table, lane)))
+    _release(FOLD, pending.key(*_fold_args(event_table, lane)))
     started = timezone.now()
 
     def deliver_now(endpoints):  # after each committed batch, not when the fold ends
@@ -115,26 +115,42 @@ def _record_fold(event_table: str, started, result) -> None:
 
 @shared_task(name=DELIVER, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def deliver(endpoint_id: int) -> dict:
-    """Deliver the due messages of one webhook endpoint."""
-    _start(DELIVER, endpoint_id)
+    """Deliver the due messages of one webhook endpoint (one task queued or running per endpoint)."""
     heartbeat.beat("worker")
-    result = webhook_delivery.deliver(endpoint_id)
-    if result.more:
-        _follow_up(deliver, endpoint_id)
+    result = _delivery(deliver, endpoint_id, webhook_delivery.deliver, webhook_delivery.has_due)
     logger.info("endpoint %s: %s delivered, %s failed", endpoint_id, result.delivered, result.failed)
     return {"endpoint": endpoint_id, "delivered": result.delivered, "failed": result.failed}
 
 
 @shared_task(name=DELIVER_SINK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def deliver_sink(sink_id: int) -> dict:
-    """Publish the due messages of one sink, in pipelined batches."""
-    _start(DELIVER_SINK, sink_id)
+    """Publish the due messages of one sink, in pipelined batches (one task queued or running per sink)."""
     heartbeat.beat("worker")
-    result = sink_delivery.deliver(sink_id)
-    if result.more:
-        _follow_up(deliver_sink, sink_id)
+    result = _delivery(deliver_sink, sink_id, sink_delivery.deliver, sink_delivery.has_due)
     logger.info("sink %s: %s delivered, %s failed", sink_id, result.delivered, result.failed)
     return {"sink": sink_id, "delivered": result.delivered, "failed": result.failed}
+
+
+def _delivery(task, key: int, run, has_due):
+    """``run(key)`` with the task's pending mark held until it ends, then the next run enqueued if
+    anything is due.
+
+    A fold keeps its mark only while queued; a delivery keeps it while it runs too, so that work
+    arriving meanwhile sends no second task for the same endpoint (or sink): one task already sends
+    in parallel and pipelines its batches, and a second would only take a worker process from the
+    fold (with a slow receiver, every process of a worker could end up waiting on one endpoint
+    while the change feed waits behind them). Whatever became due after the run's last claim is
+    found here, once the mark is released. A mark outlives its run only if the run outlasts the
+    mark's expiry or Redis loses it; then a second task may run alongside, which the claims make
+    safe (:mod:`audit_stream.stream.pending`).
+    """
+    try:
+        result = run(key)
+    finally:
+        _release(task.name, key)
+    if result.more or has_due(key):
+        _follow_up(task, key)
+    return result
 
 
 def _enqueue_due_sinks(*, lower_floors: bool = False, send=enqueue) -> list[int]:

@@ -546,6 +546,11 @@ def replay(sink_id: int) -> int:
     )
 
 
+def has_due(sink_id: int) -> bool:
+    """Whether the sink is active and has a message due now (or whose lease expired), from its floor."""
+    return sink_id in due_sinks()
+
+
 def due_sinks(*, lower_floors: bool = False) -> list[int]:
     """Active sinks with a message whose attempt is due (or whose lease expired), from their floors.
 

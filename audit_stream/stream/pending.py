@@ -1,9 +1,12 @@
 """At most one pending task per unit of work (a fold of a table, a delivery to an endpoint), in Redis.
 
-Whoever enqueues claims ``audit_stream:<task>:<key>`` first; the task
-releases it when it starts, so work that arrives during a run can enqueue the
-next one. The key expires, so a task lost with a Redis restart never blocks
-its unit for long: the listener's poll enqueues it again.
+Whoever enqueues claims ``audit_stream:<task>:<key>`` first. A fold
+releases it when it starts, so that work arriving during a run enqueues the
+next one (a second fold of the same lane backs off at its checkpoint's lock).
+A delivery releases it when it ends, then enqueues the next run if anything
+is due: one delivery task queued or running per endpoint or sink
+(``audit_stream.tasks``). The key expires, so a task lost with a Redis restart
+never blocks its unit for long: the listener's poll enqueues it again.
 """
 
 from __future__ import annotations

@@ -188,7 +188,7 @@ def deliver(endpoint_id: int, *, max_messages: int = 1000, max_seconds: float = 
             sent = result.delivered + result.failed + (len(in_flight[1]) if in_flight else 0)
             if endpoint is not None:
                 if sent >= max_messages or time.monotonic() > deadline:
-                    result.more = _has_due(endpoint_id)
+                    result.more = has_due(endpoint_id)
                 else:
                     batch = _claim(endpoint_id, min(_CLAIM, max_messages - sent), _lease(endpoint))
             following = None
@@ -254,9 +254,8 @@ def _claim(endpoint_id: int, limit: int, lease: timedelta) -> list[_Claimed]:
     return sorted(claimed, key=lambda m: (m.created_at, m.pk))
 
 
-def _has_due(endpoint_id: int) -> bool:
-    from django.db import connection
-
+def has_due(endpoint_id: int) -> bool:
+    """Whether the endpoint has a message due now (or whose lease expired), from its floor."""
     with connection.cursor() as cursor:
         cursor.execute(_HAS_DUE_SQL, {"endpoint": endpoint_id})
         return cursor.fetchone()[0]
@@ -454,8 +453,6 @@ _DELETE_MESSAGES_SQL = "DELETE FROM audit_stream_webhookmessage WHERE endpoint_i
 
 def delete_endpoint(endpoint: WebhookEndpoint) -> int:
     """Delete ``endpoint``, its messages and their attempts in one transaction; returns the messages."""
-    from django.db import connection
-
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_DELETE_ATTEMPTS_SQL, [endpoint.pk])
         cursor.execute(_DELETE_MESSAGES_SQL, [endpoint.pk])
