@@ -57,7 +57,7 @@ from django.db import connections, models
 from django.db.models.sql import Query
 from django.db.models.sql.compiler import SQLCompiler
 
-from audit_stream import keys, masking, registry
+from audit_stream import events, keys, masking, registry
 
 # Kept here for migrations written before audit_stream.exact existed.
 from audit_stream.exact import ExactDecoder
@@ -132,8 +132,6 @@ def _where_sql(
 
 
 def _delete_labels(event_model) -> list[str]:
-    from audit_stream import events
-
     return events.delete_labels(event_model)
 
 

@@ -9,7 +9,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models.functions import Now
 
-from audit_stream import registry, triggers
+from audit_stream import keys, registry, triggers
 from audit_stream.aggregate import AggregateEventQuery, AggregateEventQuerySet
 from audit_stream.event import Context, Event, TransactionNow, context_field
 from audit_stream.exact import ExactDecoder
@@ -60,8 +60,6 @@ class ChangeQuerySet(models.QuerySet):
 
     def for_object(self, obj: models.Model) -> ChangeQuerySet:
         """The changes of one object, oldest first."""
-        from audit_stream import keys
-
         model = obj._meta.concrete_model
         return self.filter(model=model._meta.label_lower, object_id=keys.object_id(model, obj.pk)).order_by(
             "created_at", "event_id"

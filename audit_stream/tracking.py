@@ -21,6 +21,7 @@ from django.apps import apps
 from django.db import connections, models
 
 from audit_stream import config, events, keys, registry, triggers
+from audit_stream.context import _current, _serialize
 from audit_stream.fields import history_field
 from audit_stream.m2m import track_m2m
 
@@ -451,8 +452,6 @@ def create_event(obj: models.Model, *, label: str, using: str = "default") -> mo
     Returns:
         The saved event.
     """
-    from audit_stream.context import _current, _serialize
-
     model = type(obj)._meta.concrete_model
     event_model = _labels.get((model, label))
     if event_model is None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 from django.apps import apps
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db import models as django_models
 
-from audit_stream import triggers
+from audit_stream import exact, triggers
+from audit_stream.exact import ExactDecoder
 from audit_stream.rowlog.names import models_by_table, table_names
 
 __all__ = ["model_of", "recorded_instance", "recorded_state"]
@@ -53,10 +56,6 @@ def recorded_state(entry, *, using: str = DEFAULT_DB_ALIAS, model=None) -> dict 
     first, every later entry of it (an update puts back its old values, a
     delete puts back the whole row, an insert means the row did not exist).
     """
-    import json
-
-    from audit_stream.exact import ExactDecoder
-
     if entry.pgh_label == "delete":
         return entry.old_data
     model = model or model_of(entry, using=using)
@@ -88,8 +87,6 @@ def recorded_state(entry, *, using: str = DEFAULT_DB_ALIAS, model=None) -> dict 
 
 def recorded_instance(entry, *, using: str | None = None) -> django_models.Model | None:
     """:func:`recorded_state` as an (unsaved) instance of the table's model."""
-    from audit_stream import exact
-
     using = using or DEFAULT_DB_ALIAS
     model = model_of(entry, using=using)
     state = recorded_state(entry, using=using, model=model) if model is not None else None
