@@ -63,7 +63,7 @@ def _follow_up(task, *args) -> bool:
 
 
 def _release(task_name: str, key: object) -> None:
-    """Release the task's pending mark (a fold's as it starts, a delivery's as it ends).
+    """Release a fold's pending mark as it starts.
 
     With Redis unreachable the task goes on: the mark expires by itself
     (:mod:`audit_stream.stream.pending`).
@@ -140,14 +140,12 @@ def _delivery(task, key: int, run, has_due):
     in parallel and pipelines its batches, and a second would only take a worker process from the
     fold (with a slow receiver, every process of a worker could end up waiting on one endpoint
     while the change feed waits behind them). Whatever became due after the run's last claim is
-    found here, once the mark is released. A mark outlives its run only if the run outlasts the
-    mark's expiry or Redis loses it; then a second task may run alongside, which the claims make
-    safe (:mod:`audit_stream.stream.pending`).
+    found here, once the mark is released. The mark is renewed while the run lasts and expires
+    seconds after a killed worker's; if Redis loses it, a second task may run alongside, which the
+    claims make safe (:mod:`audit_stream.stream.pending`).
     """
-    try:
+    with pending.held(task.name, key):
         result = run(key)
-    finally:
-        _release(task.name, key)
     if result.more or has_due(key):
         _follow_up(task, key)
     return result

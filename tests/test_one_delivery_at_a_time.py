@@ -7,6 +7,12 @@ the next run if anything is due. Real PostgreSQL, a real HTTP receiver, this
 machine's Redis (the marks, a sink, and a broker database of the test's own).
 """
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 import redis
 from celery import Celery
@@ -16,6 +22,7 @@ from audit_stream import tasks
 from audit_stream.models import SinkMessage, WebhookEndpoint
 from audit_stream.stream import fold, pending
 from audit_stream.webhooks import delivery
+from tests.procs import ROOT, wait_until
 from tests.settings import REDIS_URL
 from tests.test_sinks import redis_sink  # noqa: F401 (a fixture)
 from tests.testapp.models import Product
@@ -110,3 +117,43 @@ def test_a_sink_delivery_releases_its_mark_when_done(redis_sink):  # noqa: F811
     assert SinkMessage.objects.filter(sink=redis_sink, status="delivered").count() == 2
     assert pending.claim(tasks.DELIVER_SINK, redis_sink.pk)
     pending.release(tasks.DELIVER_SINK, redis_sink.pk)
+
+
+def _mark(task: str, key: object) -> str:
+    return f"audit_stream:{task}:{key}"
+
+
+def test_a_running_deliverys_mark_is_renewed_while_it_runs(monkeypatch):
+    monkeypatch.setattr(pending, "HELD_TTL", 1.0)
+    monkeypatch.setattr(pending, "HELD_RENEW", 0.2)
+    client, name = redis.Redis.from_url(REDIS_URL), _mark(tasks.DELIVER, 424242)
+    started = time.monotonic()
+    with pending.held(tasks.DELIVER, 424242):
+        # Three times the expiry, the mark still there: renewed, not set once.
+        wait_until(lambda: time.monotonic() - started > 3 * pending.HELD_TTL and client.exists(name), 10)
+        assert client.pttl(name) > 0
+    assert not client.exists(name)
+
+
+def test_a_worker_killed_mid_delivery_holds_its_endpoint_for_seconds_only():
+    """The mark of a process killed with kill -9 expires within HELD_TTL (the renewing thread died
+    with it), instead of the queued mark's 30 s."""
+    client, name = redis.Redis.from_url(REDIS_URL), _mark(tasks.DELIVER, 434343)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import django, sys; django.setup()\n"
+         "from audit_stream.stream import pending\n"
+         "with pending.held('audit_stream.deliver', 434343):\n"
+         "    print('held', flush=True); sys.stdin.read()"],
+        cwd=ROOT, env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "REDIS_URL": REDIS_URL},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        assert client.exists(name)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    killed = time.monotonic()
+    wait_until(lambda: not client.exists(name), timeout=pending.HELD_TTL + 2, message="the mark to expire")
+    assert time.monotonic() - killed <= pending.HELD_TTL + 2

@@ -3,21 +3,35 @@
 Whoever enqueues claims ``audit_stream:<task>:<key>`` first. A fold
 releases it when it starts, so that work arriving during a run enqueues the
 next one (a second fold of the same lane backs off at its checkpoint's lock).
-A delivery releases it when it ends, then enqueues the next run if anything
-is due: one delivery task queued or running per endpoint or sink
-(``audit_stream.tasks``). The key expires, so a task lost with a Redis restart
-never blocks its unit for long: the listener's poll enqueues it again.
+A delivery holds it while it runs (:func:`held`), releases it when it ends,
+then enqueues the next run if anything is due: one delivery task queued or
+running per endpoint or sink (``audit_stream.tasks``). The key expires, so a
+task lost with a Redis restart never blocks its unit for long: the listener's
+poll enqueues it again. A running delivery keeps its mark on a short expiry
+that a thread of its own renews, so a worker killed mid-delivery holds up its
+endpoint for seconds, not for the mark's whole expiry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+import threading
+from collections.abc import Iterator
 
 import redis
 
 from audit_stream import config
 
 _PREFIX = "audit_stream:"
+
+logger = logging.getLogger("audit_stream.stream")
+
+#: Seconds a running task's mark outlives the last renewal (what a killed worker holds its unit up for).
+HELD_TTL = 10.0
+#: Seconds between renewals of a running task's mark.
+HELD_RENEW = 2.0
 
 
 @functools.cache
@@ -43,3 +57,40 @@ def claim(task: str, key: object) -> bool:
 def release(task: str, key: object) -> None:
     """Forget the pending ``task`` for ``key`` (it has started, or could not be sent)."""
     _client(config.redis_url()).delete(f"{_PREFIX}{task}:{key}")
+
+
+@contextlib.contextmanager
+def held(task: str, key: object) -> Iterator[None]:
+    """Hold the mark of ``task`` for ``key`` while the block runs, then release it.
+
+    The mark is set with an expiry of :data:`HELD_TTL`, renewed every
+    :data:`HELD_RENEW` seconds by a thread, so it lasts as long as the block
+    while the process lives (a slow receiver included), and expires within
+    :data:`HELD_TTL` of the process dying. With Redis unreachable the block
+    still runs, unmarked.
+    """
+    client, name = _client(config.redis_url()), f"{_PREFIX}{task}:{key}"
+    stop = threading.Event()
+
+    def mark() -> None:
+        try:
+            client.set(name, "1", px=int(HELD_TTL * 1000))
+        except redis.RedisError as exc:
+            logger.warning("could not mark %s(%s) as running: %s", task, key, exc)
+
+    def renew() -> None:
+        while not stop.wait(HELD_RENEW):
+            mark()
+
+    mark()
+    renewer = threading.Thread(target=renew, name="audit_stream-mark", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        try:
+            client.delete(name)
+        except redis.RedisError as exc:
+            logger.warning("could not release the mark of %s(%s): %s", task, key, exc)
