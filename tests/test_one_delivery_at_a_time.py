@@ -19,7 +19,7 @@ from celery import Celery
 from werkzeug import Response
 
 from audit_stream import tasks
-from audit_stream.models import SinkMessage, WebhookEndpoint
+from audit_stream.models import Sink, SinkMessage, WebhookEndpoint
 from audit_stream.stream import fold, pending
 from audit_stream.webhooks import delivery
 from tests.procs import ROOT, wait_until
@@ -110,6 +110,14 @@ def test_a_delivery_that_leaves_nothing_due_enqueues_nothing(endpoint, queue):
     assert queue.llen("celery") == 0
 
 
+def test_a_delivery_to_a_disabled_endpoint_with_messages_pending_enqueues_nothing(endpoint, queue):
+    """Its messages wait while it is disabled: a next run would find them again, and again."""
+    _owed(2)
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(is_active=False, disabled_reason="by hand")
+    assert tasks.deliver(endpoint.pk)["delivered"] == 0
+    assert queue.llen("celery") == 0
+
+
 def test_a_sink_delivery_releases_its_mark_when_done(redis_sink):  # noqa: F811
     _owed(2)
     assert pending.claim(tasks.DELIVER_SINK, redis_sink.pk)
@@ -157,3 +165,10 @@ def test_a_worker_killed_mid_delivery_holds_its_endpoint_for_seconds_only():
     killed = time.monotonic()
     wait_until(lambda: not client.exists(name), timeout=pending.HELD_TTL + 2, message="the mark to expire")
     assert time.monotonic() - killed <= pending.HELD_TTL + 2
+
+
+def test_a_delivery_to_a_disabled_sink_with_messages_pending_enqueues_nothing(redis_sink, queue):  # noqa: F811
+    _owed(2)
+    Sink.objects.filter(pk=redis_sink.pk).update(is_active=False)
+    assert tasks.deliver_sink(redis_sink.pk)["delivered"] == 0
+    assert queue.llen("celery") == 0

@@ -71,6 +71,8 @@ SWEEP_DUE_ENDPOINTS_SQL = ordering.lower_floors_sql(
     "audit_stream_webhookmessage", "endpoint_id", "audit_stream_webhookendpoint"
 )
 
+# Whether an endpoint is active and has a message due, from its floor (a disabled endpoint's
+# messages wait: nothing is sent, so nothing must be enqueued for them).
 _HAS_DUE_SQL = f"""
 SELECT EXISTS (
     SELECT 1 FROM audit_stream_webhookmessage AS m
@@ -79,7 +81,7 @@ SELECT EXISTS (
         floor="(SELECT ep.due_floor FROM audit_stream_webhookendpoint AS ep WHERE ep.id = %(endpoint)s)"
     )
 }
-)
+) AND EXISTS (SELECT 1 FROM audit_stream_webhookendpoint AS ep WHERE ep.id = %(endpoint)s AND ep.is_active)
 """
 
 # Claim up to `limit` due messages of one endpoint, in the order they fell due
@@ -255,7 +257,7 @@ def _claim(endpoint_id: int, limit: int, lease: timedelta) -> list[_Claimed]:
 
 
 def has_due(endpoint_id: int) -> bool:
-    """Whether the endpoint has a message due now (or whose lease expired), from its floor."""
+    """Whether the endpoint is active and has a message due now (or whose lease expired), from its floor."""
     with connection.cursor() as cursor:
         cursor.execute(_HAS_DUE_SQL, {"endpoint": endpoint_id})
         return cursor.fetchone()[0]
