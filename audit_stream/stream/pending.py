@@ -43,6 +43,11 @@ def _ttl() -> int:
     return max(30, int(10 * config.poll_interval()))
 
 
+def _name(task: str, key: object) -> str:
+    """The Redis key of the mark of ``task`` for ``key``."""
+    return f"{_PREFIX}{task}:{key}"
+
+
 def key(*args: object) -> str:
     """The unit of work of a task's arguments: ``"42"``, ``"shop_orderevent"``, or a lane of a table,
     ``"shop_orderevent:2"``."""
@@ -51,12 +56,12 @@ def key(*args: object) -> str:
 
 def claim(task: str, key: object) -> bool:
     """Mark ``task`` for ``key`` as pending; ``False`` if it already is."""
-    return bool(_client(config.redis_url()).set(f"{_PREFIX}{task}:{key}", "1", nx=True, ex=_ttl()))
+    return bool(_client(config.redis_url()).set(_name(task, key), "1", nx=True, ex=_ttl()))
 
 
 def release(task: str, key: object) -> None:
     """Forget the pending ``task`` for ``key`` (it has started, or could not be sent)."""
-    _client(config.redis_url()).delete(f"{_PREFIX}{task}:{key}")
+    _client(config.redis_url()).delete(_name(task, key))
 
 
 @contextlib.contextmanager
@@ -69,7 +74,7 @@ def held(task: str, key: object) -> Iterator[None]:
     :data:`HELD_TTL` of the process dying. With Redis unreachable the block
     still runs, unmarked.
     """
-    client, name = _client(config.redis_url()), f"{_PREFIX}{task}:{key}"
+    client, name = _client(config.redis_url()), _name(task, key)
     stop = threading.Event()
 
     def mark() -> None:
